@@ -1,0 +1,609 @@
+//! Backup: walk sources, reuse unchanged files from the parent snapshot, chunk and hash the
+//! rest on this thread, and feed new blobs to the [`pipeline`](crate::pipeline).
+//!
+//! Order of writes (the crash-safety argument): packs → index files → snapshot. A snapshot is
+//! only written after every blob it references is in a pack listed by an index file, so a
+//! crash at any point leaves at worst unreferenced packs, which the next backup re-indexes
+//! ([`Repository::recover_unindexed_packs`]) and reuses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::exclude::PathMatcher;
+use crate::fsmeta::{node_from_metadata, NameCache};
+use crate::id::Id;
+use crate::index::MasterIndex;
+use crate::pack::BlobKind;
+use crate::pipeline::{BlobWriter, PipelineOptions};
+use crate::repo::{ChunkerParams, Repository};
+use crate::snapshot::{Snapshot, SnapshotEntry, Summary};
+use crate::tree::{Node, NodeKind, RawName, Tree};
+
+/// Callbacks for progress display; all optional.
+pub trait Progress: Send + Sync {
+    /// A file is being read.
+    fn file(&self, _path: &Path) {}
+    /// Bytes processed (read, or skipped as unchanged).
+    fn bytes(&self, _n: u64) {}
+    /// One file finished.
+    fn file_done(&self) {}
+    /// A non-fatal problem (unreadable file…).
+    fn warn(&self, _msg: &str) {}
+}
+
+/// No progress output.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Where a snapshot's data comes from.
+pub enum Source {
+    /// Files, directories and block devices.
+    Paths(Vec<PathBuf>),
+    /// A stream (e.g. `pg_dump | bams backup --stdin`) stored as one file.
+    Stdin {
+        /// The stream.
+        reader: Box<dyn Read + Send>,
+        /// File name in the snapshot.
+        name: String,
+    },
+}
+
+/// How to pick the parent snapshot.
+#[derive(Debug, Clone, Default)]
+pub enum ParentChoice {
+    /// Latest snapshot of the same host and paths.
+    #[default]
+    Auto,
+    /// This one.
+    Id(Id),
+    /// None: read everything.
+    None,
+}
+
+/// Everything `backup` needs to know.
+pub struct BackupOptions {
+    /// What to back up.
+    pub source: Source,
+    /// Exclude patterns.
+    pub excludes: Vec<String>,
+    /// Do not cross filesystem boundaries.
+    pub one_file_system: bool,
+    /// Tags to attach.
+    pub tags: Vec<String>,
+    /// Host name to record (default: this host).
+    pub host: Option<String>,
+    /// Parent selection.
+    pub parent: ParentChoice,
+    /// Job that runs this backup.
+    pub job: Option<String>,
+    /// Pipeline tuning.
+    pub pipeline: PipelineOptions,
+    /// How long to wait for an exclusive lock (prune) to go away.
+    pub lock_wait: Duration,
+}
+
+impl BackupOptions {
+    /// Options for backing up `paths` with defaults elsewhere.
+    pub fn paths(paths: Vec<PathBuf>) -> Self {
+        Self {
+            source: Source::Paths(paths),
+            excludes: Vec::new(),
+            one_file_system: false,
+            tags: Vec::new(),
+            host: None,
+            parent: ParentChoice::Auto,
+            job: None,
+            pipeline: PipelineOptions::default(),
+            lock_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a backup produced.
+#[derive(Debug)]
+pub struct BackupResult {
+    /// New snapshot id.
+    pub id: Id,
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Warnings (unreadable files…); non-empty means the snapshot is partial.
+    pub warnings: Vec<String>,
+    /// Packs recovered from an interrupted earlier run.
+    pub recovered_packs: usize,
+}
+
+/// Run a backup into `repo`.
+pub fn backup(
+    repo: &Repository,
+    opts: BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
+    let started = Instant::now();
+    let time = chrono::Local::now();
+    let host = opts.host.clone().unwrap_or_else(crate::host::hostname);
+    let excluder = PathMatcher::new(&opts.excludes)?;
+    let paths = match &opts.source {
+        Source::Paths(p) => {
+            if p.is_empty() {
+                return Err(Error::invalid(
+                    "nothing to back up: give at least one path or --stdin",
+                ));
+            }
+            p.iter().map(|p| absolute(p)).collect::<Result<Vec<_>>>()?
+        }
+        Source::Stdin { name, .. } => {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(Error::invalid(format!(
+                    "--stdin-name {name:?} must be a plain file name"
+                )));
+            }
+            vec![PathBuf::from(format!("/{name}"))]
+        }
+    };
+    let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+
+    let _lock = crate::lock::acquire(repo, false, "backup", opts.lock_wait)?;
+    let mut index = repo.load_index()?;
+    let recovered_packs = repo.recover_unindexed_packs(&mut index)?;
+
+    let parent = match &opts.parent {
+        ParentChoice::None => None,
+        ParentChoice::Id(id) => Some(repo.find_snapshot(&id.to_hex())?),
+        ParentChoice::Auto => find_parent(repo, &host, &path_strings)?,
+    };
+    let parent_root = parent
+        .as_ref()
+        .and_then(|p| repo.load_tree(&index, &p.snapshot.tree).ok());
+
+    let mut warnings = Vec::new();
+    let (tree, summary) = std::thread::scope(|scope| -> Result<(Id, Summary)> {
+        let writer = BlobWriter::start(scope, repo, &index, opts.pipeline);
+        let mut walker = Walker {
+            repo,
+            index: &index,
+            writer,
+            excluder,
+            one_file_system: opts.one_file_system,
+            progress,
+            summary: Summary::default(),
+            warnings: &mut warnings,
+            hardlinks: HashMap::new(),
+            names: NameCache::default(),
+            chunker: repo.config().chunker,
+        };
+        let root = match opts.source {
+            Source::Stdin { mut reader, name } => walker.stdin_tree(&mut reader, &name),
+            Source::Paths(_) => walker.virtual_root(&paths, parent_root.as_ref()),
+        };
+        let Walker {
+            writer,
+            mut summary,
+            ..
+        } = walker;
+        let root = match root {
+            Ok(root) => root,
+            Err(e) => {
+                // Drain the pipeline so threads exit, but report the walker's error.
+                let _ = writer.finish();
+                return Err(e);
+            }
+        };
+        summary.data_blobs_added = writer.added.0;
+        summary.tree_blobs_added = writer.added.1;
+        summary.data_added = writer.added_bytes;
+        let stats = writer.finish()?;
+        summary.data_added_packed = stats.packed_bytes;
+        Ok((root, summary))
+    })?;
+
+    let mut summary = summary;
+    summary.errors = warnings.len() as u64;
+    summary.duration_secs = started.elapsed().as_secs_f64();
+    let snapshot = Snapshot {
+        time,
+        host,
+        username: crate::host::username(),
+        paths: path_strings,
+        tags: opts.tags,
+        parent: parent.map(|p| p.id),
+        tree,
+        partial: !warnings.is_empty(),
+        job: opts.job,
+        origin: None,
+        program: format!("bams {}", env!("CARGO_PKG_VERSION")),
+        summary,
+    };
+    let id = repo.save_snapshot(&snapshot)?;
+    Ok(BackupResult {
+        id,
+        snapshot,
+        warnings,
+        recovered_packs,
+    })
+}
+
+/// Latest snapshot with the same host and path set.
+fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<SnapshotEntry>> {
+    let (all, _) = repo.snapshots()?;
+    let mut want = paths.to_vec();
+    want.sort();
+    Ok(all.into_iter().rev().find(|s| {
+        let mut p = s.snapshot.paths.clone();
+        p.sort();
+        s.snapshot.host == host && p == want
+    }))
+}
+
+/// Make a path absolute and lexically normal without following a final symlink.
+fn absolute(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| Error::io(p.display(), e))?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Intermediate directories between `/` and the backup targets.
+#[derive(Default)]
+struct VirtualDir {
+    children: BTreeMap<OsString, VirtualEntry>,
+}
+
+enum VirtualEntry {
+    Target(PathBuf),
+    Dir(VirtualDir),
+}
+
+impl VirtualDir {
+    fn insert(&mut self, parts: &[&OsStr], full: &Path) {
+        let Some((first, rest)) = parts.split_first() else {
+            return;
+        };
+        if rest.is_empty() {
+            self.children.insert(
+                (*first).to_owned(),
+                VirtualEntry::Target(full.to_path_buf()),
+            );
+            return;
+        }
+        let entry = self
+            .children
+            .entry((*first).to_owned())
+            .or_insert_with(|| VirtualEntry::Dir(VirtualDir::default()));
+        if let VirtualEntry::Dir(d) = entry {
+            d.insert(rest, full);
+        } // else: an ancestor is itself a target and covers this path
+    }
+}
+
+struct Walker<'a, 'scope, 'env> {
+    repo: &'env Repository,
+    index: &'env MasterIndex,
+    writer: BlobWriter<'scope, 'env>,
+    excluder: PathMatcher,
+    one_file_system: bool,
+    progress: &'a dyn Progress,
+    summary: Summary,
+    warnings: &'a mut Vec<String>,
+    hardlinks: HashMap<(u64, u64), Vec<Id>>,
+    names: NameCache,
+    chunker: ChunkerParams,
+}
+
+impl Walker<'_, '_, '_> {
+    fn warn(&mut self, msg: String) {
+        self.progress.warn(&msg);
+        tracing::warn!("{msg}");
+        self.warnings.push(msg);
+    }
+
+    fn save_tree(&mut self, mut tree: Tree) -> Result<Id> {
+        tree.sort();
+        self.writer.add(BlobKind::Tree, tree.encode()?)
+    }
+
+    fn parent_subtree(&self, parent: Option<&Node>) -> Option<Tree> {
+        let id = parent?.subtree?;
+        self.repo.load_tree(self.index, &id).ok()
+    }
+
+    fn virtual_root(&mut self, paths: &[PathBuf], parent: Option<&Tree>) -> Result<Id> {
+        if paths.iter().any(|p| p == Path::new("/")) {
+            let meta = fs::symlink_metadata("/").map_err(|e| Error::io("/", e))?;
+            return self.dir_tree(Path::new("/"), meta.dev(), parent);
+        }
+        let mut root = VirtualDir::default();
+        for p in paths {
+            let parts: Vec<&OsStr> = p
+                .components()
+                .filter_map(|c| {
+                    if let Component::Normal(n) = c {
+                        Some(n)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            root.insert(&parts, p);
+        }
+        self.virtual_tree(Path::new("/"), &root, parent)
+    }
+
+    fn virtual_tree(&mut self, path: &Path, dir: &VirtualDir, parent: Option<&Tree>) -> Result<Id> {
+        let mut tree = Tree::default();
+        for (name, entry) in &dir.children {
+            let child_path = path.join(name);
+            let parent_node = parent.and_then(|t| t.find(name.as_encoded_bytes()));
+            match entry {
+                VirtualEntry::Target(full) => {
+                    let meta = match fs::symlink_metadata(full) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            self.warn(format!("{}: {e}", full.display()));
+                            continue;
+                        }
+                    };
+                    let root_dev = meta.dev();
+                    if let Some(node) =
+                        self.entry(full, name, &meta, parent_node, root_dev, true)?
+                    {
+                        tree.nodes.push(node);
+                    }
+                }
+                VirtualEntry::Dir(sub) => {
+                    let meta = fs::symlink_metadata(&child_path)
+                        .map_err(|e| Error::io(child_path.display(), e))?;
+                    let mut node = node_from_metadata(name, &child_path, &meta, &mut self.names);
+                    let parent_sub = self.parent_subtree(parent_node);
+                    node.subtree =
+                        Some(self.virtual_tree(&child_path, sub, parent_sub.as_ref())?);
+                    self.summary.dirs += 1;
+                    tree.nodes.push(node);
+                }
+            }
+        }
+        self.save_tree(tree)
+    }
+
+    fn dir_tree(&mut self, path: &Path, root_dev: u64, parent: Option<&Tree>) -> Result<Id> {
+        let mut tree = Tree::default();
+        let entries = match fs::read_dir(path) {
+            Ok(e) => e,
+            Err(e) => {
+                self.warn(format!("{}: {e}", path.display()));
+                return self.save_tree(tree);
+            }
+        };
+        let mut names: Vec<OsString> = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(e) => names.push(e.file_name()),
+                Err(e) => self.warn(format!("{}: {e}", path.display())),
+            }
+        }
+        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        for name in names {
+            let child = path.join(&name);
+            let meta = match fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.warn(format!("{}: {e}", child.display()));
+                    continue;
+                }
+            };
+            if self.excluder.matches(&child, meta.is_dir()) {
+                continue;
+            }
+            let parent_node = parent.and_then(|t| t.find(name.as_encoded_bytes()));
+            if let Some(node) = self.entry(&child, &name, &meta, parent_node, root_dev, false)? {
+                tree.nodes.push(node);
+            }
+        }
+        self.save_tree(tree)
+    }
+
+    /// One filesystem entry. `Ok(None)` = skipped with a warning.
+    fn entry(
+        &mut self,
+        path: &Path,
+        name: &OsStr,
+        meta: &fs::Metadata,
+        parent: Option<&Node>,
+        root_dev: u64,
+        top: bool,
+    ) -> Result<Option<Node>> {
+        let mut node = node_from_metadata(name, path, meta, &mut self.names);
+        match node.kind {
+            NodeKind::Dir => {
+                self.summary.dirs += 1;
+                let sub = if self.one_file_system && meta.dev() != root_dev {
+                    self.save_tree(Tree::default())?
+                } else {
+                    let parent_sub = self.parent_subtree(parent);
+                    self.dir_tree(path, root_dev, parent_sub.as_ref())?
+                };
+                node.subtree = Some(sub);
+            }
+            NodeKind::File => {
+                if !self.file_content(path, &mut node, meta, parent)? {
+                    return Ok(None);
+                }
+            }
+            NodeKind::Blockdev if top => {
+                // A device named on the command line is imaged: its bytes become a file.
+                node.kind = NodeKind::File;
+                node.rdev = None;
+                node.sparse = true;
+                if !self.read_content(path, &mut node)? {
+                    return Ok(None);
+                }
+                self.summary.files_new += 1;
+            }
+            _ => {}
+        }
+        Ok(Some(node))
+    }
+
+    /// Fill a regular file's content; `false` when it could not be read.
+    fn file_content(
+        &mut self,
+        path: &Path,
+        node: &mut Node,
+        meta: &fs::Metadata,
+        parent: Option<&Node>,
+    ) -> Result<bool> {
+        self.summary.total_bytes += node.size;
+        if let Some(p) = parent {
+            let same = p.kind == NodeKind::File
+                && p.size == node.size
+                && p.mtime_ns == node.mtime_ns
+                && p.ctime_ns == node.ctime_ns
+                && p.inode == node.inode
+                && (p.size == 0 || !p.content.is_empty())
+                && p.content.iter().all(|id| self.writer.has(id));
+            if same {
+                node.content = p.content.clone();
+                self.summary.files_unmodified += 1;
+                self.progress.bytes(node.size);
+                self.progress.file_done();
+                return Ok(true);
+            }
+        }
+        let hardlink_key = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+        if let Some(content) = hardlink_key.and_then(|k| self.hardlinks.get(&k)) {
+            node.content = content.clone();
+            self.progress.bytes(node.size);
+            self.progress.file_done();
+            return Ok(true);
+        }
+        if !self.read_content(path, node)? {
+            return Ok(false);
+        }
+        if parent.is_some() {
+            self.summary.files_changed += 1;
+        } else {
+            self.summary.files_new += 1;
+        }
+        if let Some(k) = hardlink_key {
+            self.hardlinks.insert(k, node.content.clone());
+        }
+        Ok(true)
+    }
+
+    /// Chunk a file or device into blobs. Read errors skip the file with a warning.
+    fn read_content(&mut self, path: &Path, node: &mut Node) -> Result<bool> {
+        self.progress.file(path);
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn(format!("{}: {e}", path.display()));
+                return Ok(false);
+            }
+        };
+        if file
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_block_device())
+        {
+            node.size = file
+                .seek(SeekFrom::End(0))
+                .and_then(|n| file.seek(SeekFrom::Start(0)).map(|_| n))
+                .unwrap_or(0);
+            self.summary.total_bytes += node.size;
+        }
+        match self.chunk_stream(&mut file) {
+            Ok((content, size)) => {
+                node.content = content;
+                node.size = size;
+                self.progress.file_done();
+                Ok(true)
+            }
+            Err(ChunkError::Read(e)) => {
+                self.warn(format!("{}: read error: {e}", path.display()));
+                Ok(false)
+            }
+            Err(ChunkError::Store(e)) => Err(e),
+        }
+    }
+
+    fn chunk_stream(
+        &mut self,
+        reader: &mut dyn Read,
+    ) -> std::result::Result<(Vec<Id>, u64), ChunkError> {
+        let c = self.chunker;
+        let mut content = Vec::new();
+        let mut size = 0u64;
+        let chunks = fastcdc::v2020::StreamCDC::new(reader, c.min_size, c.avg_size, c.max_size);
+        for chunk in chunks {
+            let chunk = chunk.map_err(|e| ChunkError::Read(e.to_string()))?;
+            let len = chunk.data.len() as u64;
+            let id = self
+                .writer
+                .add(BlobKind::Data, chunk.data)
+                .map_err(ChunkError::Store)?;
+            content.push(id);
+            size += len;
+            self.summary.bytes_read += len;
+            self.progress.bytes(len);
+        }
+        Ok((content, size))
+    }
+
+    fn stdin_tree(&mut self, reader: &mut dyn Read, name: &str) -> Result<Id> {
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        let (content, size) = match self.chunk_stream(reader) {
+            Ok(r) => r,
+            Err(ChunkError::Read(e)) => {
+                return Err(Error::new(
+                    crate::error::ErrorKind::Io,
+                    format!("reading stdin: {e}"),
+                ))
+            }
+            Err(ChunkError::Store(e)) => return Err(e),
+        };
+        self.summary.files_new += 1;
+        self.summary.total_bytes += size;
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let node = Node {
+            name: RawName(name.as_bytes().to_vec()),
+            kind: NodeKind::File,
+            mode: 0o600,
+            uid,
+            gid,
+            user: Some(crate::host::username()),
+            group: None,
+            size,
+            mtime_ns: now,
+            atime_ns: now,
+            ctime_ns: now,
+            inode: 0,
+            device_id: 0,
+            links: 1,
+            rdev: None,
+            link_target: None,
+            content,
+            subtree: None,
+            xattrs: Vec::new(),
+            sparse: false,
+        };
+        self.save_tree(Tree { nodes: vec![node] })
+    }
+}
+
+enum ChunkError {
+    Read(String),
+    Store(Error),
+}

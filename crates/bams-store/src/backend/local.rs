@@ -1,0 +1,214 @@
+//! A repository in a local directory (or any mounted filesystem).
+//!
+//! Objects are plain files under the root. `put` writes a temporary file next to the target,
+//! fsyncs it, renames it into place and fsyncs the directory, so a crash never leaves a
+//! half-written object under its final name. Temporary files start with `.tmp-` and are ignored
+//! by `list`.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{ObjectInfo, ReadBackend, WriteBackend};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Prefix of in-flight files; never listed, removed by `prune`.
+pub const TMP_PREFIX: &str = ".tmp-";
+
+/// Local-directory backend.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root` (which need not exist yet for `init`).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Filesystem path of `key`, refusing keys that could escape the root.
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        if key.is_empty() || key.starts_with('/') || key.split('/').any(|c| c == ".." || c == ".") {
+            return Err(Error::invalid(format!("invalid object key {key:?}")));
+        }
+        Ok(self.root.join(key))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Other, format!("I/O task failed: {e}")))?
+    }
+}
+
+fn info(key: String, meta: &fs::Metadata) -> ObjectInfo {
+    ObjectInfo {
+        key,
+        size: meta.len(),
+        modified: meta.modified().ok(),
+    }
+}
+
+fn list_dir(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir.display(), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir.display(), e))?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(TMP_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let meta = entry.metadata().map_err(|e| Error::io(path.display(), e))?;
+        if meta.is_dir() {
+            list_dir(root, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(info(rel.to_string_lossy().into_owned(), &meta));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ReadBackend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = self.path(key)?;
+        Self::blocking(move || {
+            fs::read(&path)
+                .map(Bytes::from)
+                .map_err(|e| Error::io(path.display(), e))
+        })
+        .await
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+        let path = self.path(key)?;
+        Self::blocking(move || {
+            let file = fs::File::open(&path).map_err(|e| Error::io(path.display(), e))?;
+            let len = usize::try_from(len).map_err(|_| Error::invalid("range too large"))?;
+            let mut buf = vec![0u8; len];
+            let mut done = 0;
+            while done < len {
+                let n = file
+                    .read_at(&mut buf[done..], offset + done as u64)
+                    .map_err(|e| Error::io(path.display(), e))?;
+                if n == 0 {
+                    return Err(Error::corrupt(format!(
+                        "{}: truncated (wanted {len} bytes at offset {offset}, got {done})",
+                        path.display()
+                    )));
+                }
+                done += n;
+            }
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let root = self.root.clone();
+        let dir = if prefix.is_empty() {
+            root.clone()
+        } else {
+            self.path(prefix.trim_end_matches('/'))?
+        };
+        let prefix = prefix.to_string();
+        Self::blocking(move || {
+            let mut out = Vec::new();
+            list_dir(&root, &dir, &mut out)?;
+            out.retain(|o| o.key.starts_with(&prefix));
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        let path = self.path(key)?;
+        let key = key.to_string();
+        Self::blocking(move || match fs::metadata(&path) {
+            Ok(m) => Ok(Some(info(key, &m))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path.display(), e)),
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl WriteBackend for LocalBackend {
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path(key)?;
+        Self::blocking(move || {
+            let dir = path
+                .parent()
+                .ok_or_else(|| Error::invalid("object without directory"))?;
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+            let tmp = dir.join(format!("{TMP_PREFIX}{}", crate::id::Id::random().short()));
+            let write = || -> std::io::Result<()> {
+                let mut f = fs::File::create(&tmp)?;
+                f.write_all(&data)?;
+                f.sync_all()?;
+                fs::rename(&tmp, &path)?;
+                fs::File::open(dir)?.sync_all()
+            };
+            write().map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                Error::io(path.display(), e)
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        Self::blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(path.display(), e)),
+        })
+        .await
+    }
+}
+
+/// Remove leftover temporary files older than `max_age` (after crashes); returns how many.
+pub fn remove_stale_temp_files(root: &Path, max_age: std::time::Duration) -> usize {
+    fn walk(dir: &Path, max_age: std::time::Duration, n: &mut usize) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                walk(&path, max_age, n);
+            } else if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                let old = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|a| a > max_age);
+                if old && fs::remove_file(&path).is_ok() {
+                    *n += 1;
+                }
+            }
+        }
+    }
+    let mut n = 0;
+    walk(root, max_age, &mut n);
+    n
+}

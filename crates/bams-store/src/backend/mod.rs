@@ -1,0 +1,54 @@
+//! Storage backends: where repository objects live.
+//!
+//! The trait is shaped like an object store (put whole objects, get whole or ranges, list by
+//! prefix, delete) so that a local directory, S3 and the BAMS server's repository endpoint all
+//! fit it unchanged. Keys are `/`-separated relative paths such as `data/ab/<id>`.
+//! Retries, request counting and caching are wrappers around these traits, never inside them.
+
+pub mod local;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+
+/// One listed object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    /// Key relative to the repository root.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time, when the backend knows it (used for prune grace periods).
+    pub modified: Option<SystemTime>,
+}
+
+/// Reading half of a backend.
+#[async_trait]
+pub trait ReadBackend: Send + Sync + 'static {
+    /// Human description of where the repository is (for messages).
+    fn location(&self) -> String;
+    /// Whole object. A missing object is `ErrorKind::NotFound`.
+    async fn get(&self, key: &str) -> Result<Bytes>;
+    /// `len` bytes from `offset`; a short object is `ErrorKind::Corrupt`.
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes>;
+    /// Every object whose key starts with `prefix`, recursively.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Size and time of one object, or `None` when absent.
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>>;
+}
+
+/// Writing half. `put` is atomic: readers see the whole object or none of it.
+#[async_trait]
+pub trait WriteBackend: ReadBackend {
+    /// Store an object durably (on return it survives a crash).
+    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Remove an object; removing a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// How the engine holds a backend.
+pub type DynBackend = Arc<dyn WriteBackend>;

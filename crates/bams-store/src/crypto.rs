@@ -1,0 +1,283 @@
+//! Encryption envelope, compression flag, and key slots.
+//!
+//! Every stored object (blob in a pack, pack header, index file, snapshot, lock, config) is
+//! sealed the same way: `nonce (12 bytes) || AES-256-GCM(ciphertext || tag 16 bytes)`, where the
+//! plaintext starts with one compression byte (`0` raw, `1` zstd). The master key (32-byte
+//! encryption key + 32-byte id key) is random; key slots wrap it under an Argon2id-derived key.
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::Id;
+
+/// Bytes added by sealing: nonce, tag and the compression byte.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN + 1;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const FLAG_RAW: u8 = 0;
+const FLAG_ZSTD: u8 = 1;
+
+/// The repository's secret: what every key slot wraps.
+#[derive(Clone)]
+pub struct MasterKey {
+    enc: [u8; 32],
+    id_key: [u8; 32],
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    /// A fresh random master key for `repo init`.
+    pub fn generate() -> Self {
+        let mut enc = [0u8; 32];
+        let mut id_key = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut enc);
+        rand::thread_rng().fill_bytes(&mut id_key);
+        Self::from_parts(enc, id_key)
+    }
+
+    fn from_parts(enc: [u8; 32], id_key: [u8; 32]) -> Self {
+        let cipher = Aes256Gcm::new(&enc.into());
+        Self {
+            enc,
+            id_key,
+            cipher,
+        }
+    }
+
+    fn to_bytes(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(&self.enc);
+        out[32..].copy_from_slice(&self.id_key);
+        out
+    }
+
+    /// The id of a blob: keyed BLAKE3 of its plaintext.
+    pub fn blob_id(&self, plaintext: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    /// Compress (when `level` is set and it pays) and encrypt `plain`.
+    pub fn seal(&self, plain: &[u8], level: Option<i32>) -> Result<Vec<u8>> {
+        let compressed = match level {
+            Some(level) if plain.len() > 64 => {
+                let c = zstd::bulk::compress(plain, level)
+                    .map_err(|e| Error::new(ErrorKind::Other, format!("zstd: {e}")))?;
+                // Keep it only when it saves at least 1/32: incompressible data stays raw.
+                (c.len() + c.len() / 32 < plain.len()).then_some(c)
+            }
+            _ => None,
+        };
+        let (flag, body) = match &compressed {
+            Some(c) => (FLAG_ZSTD, c.as_slice()),
+            None => (FLAG_RAW, plain),
+        };
+        let mut buf = Vec::with_capacity(body.len() + SEAL_OVERHEAD);
+        buf.push(flag);
+        buf.extend_from_slice(body);
+        Ok(seal_with(&self.cipher, &buf))
+    }
+
+    /// Decrypt and decompress; `what` names the object in the error.
+    pub fn open(&self, sealed: &[u8], what: &dyn std::fmt::Display) -> Result<Vec<u8>> {
+        let plain = open_with(&self.cipher, sealed).ok_or_else(|| {
+            Error::corrupt(format!(
+                "{what}: authentication failed (corrupted or tampered data)"
+            ))
+        })?;
+        match plain.first() {
+            Some(&FLAG_RAW) => Ok(plain[1..].to_vec()),
+            Some(&FLAG_ZSTD) => zstd::stream::decode_all(&plain[1..])
+                .map_err(|e| Error::corrupt(format!("{what}: zstd: {e}"))),
+            _ => Err(Error::corrupt(format!("{what}: unknown compression flag"))),
+        }
+    }
+}
+
+fn seal_with(cipher: &Aes256Gcm, plain: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    // Encryption with a valid key and in-memory buffers cannot fail.
+    let ct = cipher
+        .encrypt(Nonce::from_slice(&nonce), plain)
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+fn open_with(cipher: &Aes256Gcm, sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE_LEN + TAG_LEN {
+        return None;
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    cipher.decrypt(Nonce::from_slice(nonce), ct).ok()
+}
+
+/// Argon2id cost parameters, stored in each key slot so they can be raised later.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_cost: u32,
+    /// Iterations.
+    pub t_cost: u32,
+    /// Lanes.
+    pub p_cost: u32,
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        // 64 MiB, 3 passes: ~0.2 s on the appliance, expensive for a guesser.
+        Self {
+            m_cost: 64 * 1024,
+            t_cost: 3,
+            p_cost: 1,
+        }
+    }
+}
+
+/// Where a slot's secret comes from; shown by `bams key list`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotKind {
+    /// A typed password.
+    Password,
+    /// The contents of a key file.
+    Keyfile,
+}
+
+/// One key slot (`keys/<id>`, plaintext JSON): the master key wrapped by a derived key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeySlot {
+    /// Format version of this slot.
+    pub version: u32,
+    /// Password or key file.
+    pub kind: SlotKind,
+    /// Free text the operator gave (`--label`).
+    #[serde(default)]
+    pub label: String,
+    /// When the slot was added.
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// Who added it (`user@host`).
+    #[serde(default)]
+    pub created_by: String,
+    /// Always `argon2id`.
+    pub kdf: String,
+    /// Cost parameters.
+    pub params: KdfParams,
+    /// Salt, hex.
+    pub salt: String,
+    /// `nonce || AES-256-GCM(enc key || id key)`, hex.
+    pub wrapped: String,
+}
+
+fn derive_kek(secret: &[u8], salt: &[u8], params: KdfParams) -> Result<Aes256Gcm> {
+    let argon_params = argon2::Params::new(params.m_cost, params.t_cost, params.p_cost, Some(32))
+        .map_err(|e| Error::invalid(format!("bad KDF parameters: {e}")))?;
+    let argon = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon_params,
+    );
+    let mut kek = [0u8; 32];
+    argon
+        .hash_password_into(secret, salt, &mut kek)
+        .map_err(|e| Error::invalid(format!("key derivation failed: {e}")))?;
+    Ok(Aes256Gcm::new(&kek.into()))
+}
+
+impl KeySlot {
+    /// Wrap `master` under `secret` (password bytes or key file contents).
+    pub fn wrap(
+        master: &MasterKey,
+        secret: &[u8],
+        kind: SlotKind,
+        label: &str,
+        params: KdfParams,
+    ) -> Result<Self> {
+        let mut salt = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut salt);
+        let kek = derive_kek(secret, &salt, params)?;
+        let wrapped = seal_with(&kek, &master.to_bytes());
+        Ok(Self {
+            version: 1,
+            kind,
+            label: label.to_string(),
+            created: chrono::Utc::now(),
+            created_by: crate::host::user_at_host(),
+            kdf: "argon2id".into(),
+            params,
+            salt: hex::encode(salt),
+            wrapped: hex::encode(wrapped),
+        })
+    }
+
+    /// Try to unwrap the master key with `secret`; `None` when it does not match.
+    pub fn unwrap_key(&self, secret: &[u8]) -> Result<Option<MasterKey>> {
+        if self.kdf != "argon2id" {
+            return Err(Error::corrupt(format!(
+                "key slot uses unknown KDF {:?}",
+                self.kdf
+            )));
+        }
+        let salt =
+            hex::decode(&self.salt).map_err(|_| Error::corrupt("key slot salt is not hex"))?;
+        let wrapped =
+            hex::decode(&self.wrapped).map_err(|_| Error::corrupt("key slot key is not hex"))?;
+        let kek = derive_kek(secret, &salt, self.params)?;
+        let Some(plain) = open_with(&kek, &wrapped) else {
+            return Ok(None);
+        };
+        if plain.len() != 64 {
+            return Err(Error::corrupt("key slot holds a key of the wrong length"));
+        }
+        let mut enc = [0u8; 32];
+        let mut id_key = [0u8; 32];
+        enc.copy_from_slice(&plain[..32]);
+        id_key.copy_from_slice(&plain[32..]);
+        Ok(Some(MasterKey::from_parts(enc, id_key)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_roundtrip_and_tamper_detection() {
+        let key = MasterKey::generate();
+        let data =
+            b"hello hello hello hello hello hello hello hello hello hello hello hello".repeat(10);
+        let sealed = key.seal(&data, Some(3)).unwrap();
+        assert!(sealed.len() < data.len(), "compressible data shrinks");
+        assert_eq!(key.open(&sealed, &"t").unwrap(), data);
+        let mut bad = sealed.clone();
+        bad[20] ^= 1;
+        assert_eq!(key.open(&bad, &"t").unwrap_err().kind(), ErrorKind::Corrupt);
+        let other = MasterKey::generate();
+        assert!(other.open(&sealed, &"t").is_err());
+    }
+
+    #[test]
+    fn key_slot_wraps_and_rejects_wrong_secret() {
+        let key = MasterKey::generate();
+        let params = KdfParams {
+            m_cost: 64,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        let slot = KeySlot::wrap(&key, b"pw", SlotKind::Password, "", params).unwrap();
+        let back = slot.unwrap_key(b"pw").unwrap().unwrap();
+        assert_eq!(back.to_bytes(), key.to_bytes());
+        assert!(slot.unwrap_key(b"nope").unwrap().is_none());
+    }
+}

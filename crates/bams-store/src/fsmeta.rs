@@ -1,0 +1,222 @@
+//! Reading and applying POSIX metadata: owners, modes, times, xattrs/ACLs, device numbers.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::tree::{Node, NodeKind, RawName, Xattr};
+
+/// Caches uid/gid → name lookups (NSS calls are slow).
+#[derive(Default)]
+pub struct NameCache {
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+}
+
+impl NameCache {
+    fn user(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .clone()
+    }
+    fn group(&mut self, gid: u32) -> Option<String> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(gid.into())
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+            })
+            .clone()
+    }
+}
+
+/// Node kind from file type.
+pub fn kind_of(meta: &Metadata) -> NodeKind {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        NodeKind::Dir
+    } else if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_block_device() {
+        NodeKind::Blockdev
+    } else if ft.is_char_device() {
+        NodeKind::Chardev
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else if ft.is_socket() {
+        NodeKind::Socket
+    } else {
+        NodeKind::File
+    }
+}
+
+fn ns(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
+
+/// A node with everything but content/subtree filled from `lstat` + xattrs.
+pub fn node_from_metadata(
+    name: &OsStr,
+    path: &Path,
+    meta: &Metadata,
+    names: &mut NameCache,
+) -> Node {
+    let kind = kind_of(meta);
+    let rdev = matches!(kind, NodeKind::Blockdev | NodeKind::Chardev).then(|| meta.rdev());
+    let link_target = if kind == NodeKind::Symlink {
+        std::fs::read_link(path)
+            .ok()
+            .map(|t| RawName::from(t.as_os_str()))
+    } else {
+        None
+    };
+    let is_file = kind == NodeKind::File;
+    Node {
+        name: RawName::from(name),
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        user: names.user(meta.uid()),
+        group: names.group(meta.gid()),
+        size: if is_file { meta.size() } else { 0 },
+        mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+        atime_ns: ns(meta.atime(), meta.atime_nsec()),
+        ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        inode: meta.ino(),
+        device_id: meta.dev(),
+        links: meta.nlink(),
+        rdev,
+        link_target,
+        content: Vec::new(),
+        subtree: None,
+        xattrs: read_xattrs(path),
+        sparse: is_file && meta.blocks().saturating_mul(512) < meta.size(),
+    }
+}
+
+/// Extended attributes of `path` without following symlinks. Unsupported filesystems give none.
+pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Xattr> = names
+        .filter_map(|n| {
+            let value = xattr::get(path, &n).ok().flatten()?;
+            Some(Xattr {
+                name: RawName::from(n.as_os_str()),
+                value: hex::encode(value),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// What metadata restore should apply.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions {
+    /// Try chown (only root can give files away).
+    pub owners: bool,
+    /// Prefer numeric ids over names.
+    pub numeric_owner: bool,
+}
+
+fn to_timespec(ns: i64) -> nix::sys::time::TimeSpec {
+    nix::sys::time::TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+}
+
+/// Apply owner, xattrs (incl. ACLs), mode and times to a restored path; returns warnings.
+pub fn apply_metadata(path: &Path, node: &Node, opts: ApplyOptions) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let is_link = node.kind == NodeKind::Symlink;
+    if opts.owners {
+        let uid = (!opts.numeric_owner)
+            .then(|| {
+                node.user
+                    .as_deref()
+                    .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+                    .map(|u| u.uid)
+            })
+            .flatten()
+            .unwrap_or_else(|| node.uid.into());
+        let gid = (!opts.numeric_owner)
+            .then(|| {
+                node.group
+                    .as_deref()
+                    .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+                    .map(|g| g.gid)
+            })
+            .flatten()
+            .unwrap_or_else(|| node.gid.into());
+        if let Err(e) = nix::unistd::fchownat(
+            None,
+            path,
+            Some(uid),
+            Some(gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            if e != nix::errno::Errno::EPERM {
+                warnings.push(format!("{}: chown: {e}", path.display()));
+            }
+        }
+    }
+    for x in &node.xattrs {
+        let Ok(value) = hex::decode(&x.value) else {
+            continue;
+        };
+        if let Err(e) = xattr::set(path, x.name.as_os_str(), &value) {
+            warnings.push(format!(
+                "{}: xattr {}: {e}",
+                path.display(),
+                x.name.display()
+            ));
+        }
+    }
+    if !is_link {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode)) {
+            warnings.push(format!("{}: chmod: {e}", path.display()));
+        }
+    }
+    let times = [to_timespec(node.atime_ns), to_timespec(node.mtime_ns)];
+    if let Err(e) = nix::sys::stat::utimensat(
+        None,
+        path,
+        &times[0],
+        &times[1],
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    ) {
+        warnings.push(format!("{}: set times: {e}", path.display()));
+    }
+    warnings
+}
+
+/// Create a device node or FIFO.
+pub fn make_special(path: &Path, node: &Node) -> Result<()> {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    let kind = match node.kind {
+        NodeKind::Blockdev => SFlag::S_IFBLK,
+        NodeKind::Chardev => SFlag::S_IFCHR,
+        NodeKind::Fifo => SFlag::S_IFIFO,
+        _ => return Ok(()),
+    };
+    mknod(
+        path,
+        kind,
+        Mode::from_bits_truncate(node.mode),
+        node.rdev.unwrap_or(0),
+    )
+    .map_err(|e| Error::io(path.display(), std::io::Error::from(e)))
+}

@@ -1,0 +1,219 @@
+//! `prune`: remove data no snapshot references, under an exclusive lock.
+//!
+//! Crash-safe order: (1) repack partly-used packs into new packs, indexed by new index files;
+//! (2) write index files for the packs kept as they are; (3) delete the old index files;
+//! (4) delete obsolete packs. Stopping anywhere leaves every snapshot readable: before (3) old
+//! and new indexes both point at existing packs; after (3) only unreferenced packs remain,
+//! which the next prune deletes. Packs that no index lists are deleted only when older than a
+//! grace period, so a pack uploaded by a backup whose lock went stale is never raced.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::Id;
+use crate::index::{IndexFile, MasterIndex};
+use crate::pack::{pack_key, BlobKind, PackEntry};
+use crate::pipeline::{BlobWriter, PipelineOptions};
+use crate::repo::Repository;
+
+/// Prune settings.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Only report.
+    pub dry_run: bool,
+    /// Repack a pack when more than this share of it (percent) is unused.
+    pub max_unused_percent: f64,
+    /// Keep unindexed packs younger than this.
+    pub grace: Duration,
+    /// Wait this long for backups holding shared locks.
+    pub lock_wait: Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            max_unused_percent: 5.0,
+            grace: Duration::from_secs(3600),
+            lock_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What prune did (or would do).
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    /// Dry run?
+    pub dry_run: bool,
+    /// Packs before.
+    pub packs_before: usize,
+    /// Packs deleted whole (no used blob).
+    pub packs_deleted: usize,
+    /// Packs rewritten.
+    pub packs_repacked: usize,
+    /// Unindexed leftovers deleted.
+    pub unindexed_deleted: usize,
+    /// Blobs copied into new packs.
+    pub blobs_repacked: usize,
+    /// Bytes freed (stored size).
+    pub bytes_freed: u64,
+    /// Bytes that remain referenced.
+    pub bytes_used: u64,
+}
+
+/// Every blob id any snapshot references (trees and data).
+pub fn used_blobs(repo: &Repository, index: &MasterIndex) -> Result<HashSet<Id>> {
+    let (snapshots, errors) = repo.snapshots()?;
+    if let Some(e) = errors.into_iter().next() {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("refusing to prune: {e}"),
+        ));
+    }
+    let mut used = HashSet::new();
+    let mut trees = HashSet::new();
+    for s in &snapshots {
+        repo.walk_trees(index, &s.snapshot.tree, &mut trees, &mut |_, _, tree| {
+            for n in &tree.nodes {
+                used.extend(n.content.iter().copied());
+            }
+        })
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("refusing to prune: snapshot {}: {e}", s.id),
+            )
+        })?;
+    }
+    used.extend(trees);
+    Ok(used)
+}
+
+/// Run prune.
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let _lock = crate::lock::acquire(repo, true, "prune", opts.lock_wait)?;
+    let files = repo.load_index_files()?;
+    let mut index = MasterIndex::default();
+    for (_, f) in &files {
+        index.add_file(f);
+    }
+    index.finalize();
+    let used = used_blobs(repo, &index)?;
+
+    // Decide per pack; a blob stored twice counts as used only in the first pack seen.
+    let mut packs: HashMap<Id, Vec<PackEntry>> = HashMap::new();
+    for (_, f) in &files {
+        for (p, e) in &f.packs {
+            packs.entry(*p).or_insert_with(|| e.clone());
+        }
+    }
+    let mut pack_ids: Vec<Id> = packs.keys().copied().collect();
+    pack_ids.sort();
+    let mut claimed: HashSet<Id> = HashSet::new();
+    let mut keep = IndexFile::default();
+    let mut repack: Vec<(Id, Vec<PackEntry>)> = Vec::new();
+    let mut delete: Vec<Id> = Vec::new();
+    let mut report = PruneReport {
+        dry_run: opts.dry_run,
+        packs_before: pack_ids.len(),
+        ..Default::default()
+    };
+    for pid in pack_ids {
+        let entries = &packs[&pid];
+        let live: Vec<PackEntry> = entries
+            .iter()
+            .filter(|e| used.contains(&e.id) && claimed.insert(e.id))
+            .copied()
+            .collect();
+        let total: u64 = entries.iter().map(|e| u64::from(e.length)).sum();
+        let live_bytes: u64 = live.iter().map(|e| u64::from(e.length)).sum();
+        let unused_pct = if total == 0 {
+            100.0
+        } else {
+            (total - live_bytes) as f64 * 100.0 / total as f64
+        };
+        if live.is_empty() {
+            delete.push(pid);
+            report.packs_deleted += 1;
+            report.bytes_freed += total;
+        } else if unused_pct > opts.max_unused_percent {
+            report.packs_repacked += 1;
+            report.blobs_repacked += live.len();
+            report.bytes_freed += total - live_bytes;
+            report.bytes_used += live_bytes;
+            repack.push((pid, live));
+        } else {
+            report.bytes_used += live_bytes;
+            keep.packs.push((pid, entries.clone()));
+        }
+    }
+    let now = SystemTime::now();
+    let mut unindexed = Vec::new();
+    for (pid, info) in repo.list_packs()? {
+        if packs.contains_key(&pid) {
+            continue;
+        }
+        let old = info
+            .modified
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > opts.grace);
+        if old {
+            unindexed.push(pid);
+            report.bytes_freed += info.size;
+        }
+    }
+    report.unindexed_deleted = unindexed.len();
+    if opts.dry_run {
+        return Ok(report);
+    }
+
+    // (1) repack
+    if !repack.is_empty() {
+        let empty = MasterIndex::default();
+        std::thread::scope(|scope| -> Result<()> {
+            let mut writer = BlobWriter::start(scope, repo, &empty, PipelineOptions::default());
+            let result = (|| -> Result<()> {
+                for (pid, live) in &repack {
+                    let data = repo.get(&pack_key(pid))?;
+                    for e in live {
+                        let sealed = data
+                            .get(e.offset as usize..(e.offset + e.length) as usize)
+                            .ok_or_else(|| {
+                                Error::corrupt(format!("pack {pid}: blob {} beyond end", e.id))
+                            })?;
+                        let plain = repo.open_blob(sealed, &e.id, pid)?;
+                        let kind = if e.kind == BlobKind::Tree {
+                            BlobKind::Tree
+                        } else {
+                            BlobKind::Data
+                        };
+                        writer.add_with_id(kind, e.id, plain)?;
+                    }
+                }
+                Ok(())
+            })();
+            let stats = writer.finish();
+            result?;
+            stats.map(|_| ())
+        })?;
+    }
+    // (2) index for kept packs, (3) drop old index files, (4) delete packs.
+    if !keep.packs.is_empty() {
+        repo.save_index(&keep)?;
+    }
+    for (id, _) in &files {
+        repo.delete_index(id)?;
+    }
+    for pid in delete
+        .iter()
+        .chain(repack.iter().map(|(p, _)| p))
+        .chain(unindexed.iter())
+    {
+        repo.delete(&pack_key(pid))?;
+    }
+    crate::lock::remove_stale(repo)?;
+    Ok(report)
+}

@@ -1,0 +1,580 @@
+//! An opened repository: backend + master key + config, with sync helpers over the async
+//! backend. Engine code runs on plain threads (CPU work) and calls the backend through the
+//! runtime handle; call these methods from outside tokio worker threads (e.g. `spawn_blocking`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+
+use crate::backend::{DynBackend, ObjectInfo};
+use crate::crypto::{KdfParams, KeySlot, MasterKey, SlotKind};
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::Id;
+use crate::index::{IndexFile, MasterIndex};
+use crate::pack::{header_range, pack_key, parse_header, BlobKind, PackEntry};
+use crate::snapshot::{snapshot_key, Snapshot, SnapshotEntry};
+use crate::tree::Tree;
+
+const CONFIG_MAGIC: &[u8; 9] = b"BAMSREPO\x01";
+/// Repository format version written by this program.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Chunker sizes (bytes). Stored in the config so every client cuts identically.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkerParams {
+    /// Smallest chunk.
+    pub min_size: u32,
+    /// Target average.
+    pub avg_size: u32,
+    /// Largest chunk.
+    pub max_size: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        Self {
+            min_size: 256 * 1024,
+            avg_size: 1024 * 1024,
+            max_size: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Repository-wide settings (`config`, sealed after a plaintext magic).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Format version.
+    pub version: u32,
+    /// Random repository id (keys caches, names the repository in logs).
+    pub id: Id,
+    /// Content-defined chunking parameters.
+    pub chunker: ChunkerParams,
+    /// zstd level; 0 disables compression.
+    pub compression: i32,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+}
+
+/// Options for `repo init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// zstd level (0 = off).
+    pub compression: i32,
+    /// Target pack size.
+    pub pack_size: u32,
+    /// Chunker sizes.
+    pub chunker: ChunkerParams,
+    /// Argon2id costs for the first key slot.
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            compression: 3,
+            pack_size: crate::pack::DEFAULT_PACK_SIZE as u32,
+            chunker: ChunkerParams::default(),
+            kdf: KdfParams::default(),
+        }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: DynBackend,
+    rt: Handle,
+    key: MasterKey,
+    config: RepoConfig,
+    key_slot: Id,
+}
+
+fn key_slot_key(id: &Id) -> String {
+    format!("keys/{id}")
+}
+
+fn index_key(id: &Id) -> String {
+    format!("index/{id}")
+}
+
+impl Repository {
+    /// Create a new repository with one key slot for `secret`.
+    pub fn init(
+        backend: DynBackend,
+        rt: Handle,
+        secret: &[u8],
+        kind: SlotKind,
+        opts: &InitOptions,
+    ) -> Result<Self> {
+        let location = backend.location();
+        if rt.block_on(backend.head("config"))?.is_some() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{location}: a repository already exists here"),
+            ));
+        }
+        if !rt.block_on(backend.list("keys/"))?.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{location}: key slots exist but no config; refusing to overwrite"),
+            ));
+        }
+        let key = MasterKey::generate();
+        let slot = KeySlot::wrap(&key, secret, kind, "initial", opts.kdf)?;
+        let slot_bytes = serde_json::to_vec_pretty(&slot)?;
+        let slot_id = Id::hash_of(&slot_bytes);
+        rt.block_on(backend.put(&key_slot_key(&slot_id), Bytes::from(slot_bytes)))?;
+        let config = RepoConfig {
+            version: FORMAT_VERSION,
+            id: Id::random(),
+            chunker: opts.chunker,
+            compression: opts.compression,
+            pack_size: opts.pack_size,
+        };
+        let mut data = CONFIG_MAGIC.to_vec();
+        data.extend(key.seal(&serde_json::to_vec(&config)?, None)?);
+        // The config is written last: its presence marks a complete repository.
+        rt.block_on(backend.put("config", Bytes::from(data)))?;
+        Ok(Self {
+            backend,
+            rt,
+            key,
+            config,
+            key_slot: slot_id,
+        })
+    }
+
+    /// Open with a password or key-file contents, trying every key slot.
+    pub fn open(backend: DynBackend, rt: Handle, secret: &[u8]) -> Result<Self> {
+        let location = backend.location();
+        let raw = match rt.block_on(backend.get("config")) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::new(ErrorKind::InvalidInput, format!("{location} is not a BAMS repository (no config); create one with `bams repo init`")))
+            }
+            Err(e) => return Err(e),
+        };
+        if raw.get(..CONFIG_MAGIC.len()) != Some(CONFIG_MAGIC.as_slice()) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{location} is not a BAMS repository (unknown config format)"),
+            ));
+        }
+        let slots = Self::read_slots(&backend, &rt)?;
+        for (slot_id, slot) in slots {
+            if let Some(key) = slot.unwrap_key(secret)? {
+                let plain = key.open(&raw[CONFIG_MAGIC.len()..], &"config")?;
+                let config: RepoConfig = serde_json::from_slice(&plain)?;
+                if config.version > FORMAT_VERSION {
+                    return Err(Error::invalid(format!("repository format {} is newer than this program supports ({FORMAT_VERSION})", config.version)));
+                }
+                return Ok(Self {
+                    backend,
+                    rt,
+                    key,
+                    config,
+                    key_slot: slot_id,
+                });
+            }
+        }
+        Err(Error::new(
+            ErrorKind::WrongPassword,
+            "wrong password or no key slot matches",
+        ))
+    }
+
+    fn read_slots(backend: &DynBackend, rt: &Handle) -> Result<Vec<(Id, KeySlot)>> {
+        let mut out = Vec::new();
+        for obj in rt.block_on(backend.list("keys/"))? {
+            let name = obj.key.trim_start_matches("keys/");
+            let Ok(id) = Id::from_hex(name) else { continue };
+            let bytes = rt.block_on(backend.get(&obj.key))?;
+            let slot: KeySlot = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::corrupt(format!("key slot {id}: {e}")))?;
+            out.push((id, slot));
+        }
+        Ok(out)
+    }
+
+    /// All key slots.
+    pub fn key_slots(&self) -> Result<Vec<(Id, KeySlot)>> {
+        Self::read_slots(&self.backend, &self.rt)
+    }
+
+    /// The slot that opened this session.
+    pub fn current_key_slot(&self) -> Id {
+        self.key_slot
+    }
+
+    /// Add a key slot for another password or key file.
+    pub fn add_key(
+        &self,
+        secret: &[u8],
+        kind: SlotKind,
+        label: &str,
+        params: KdfParams,
+    ) -> Result<Id> {
+        let slot = KeySlot::wrap(&self.key, secret, kind, label, params)?;
+        let bytes = serde_json::to_vec_pretty(&slot)?;
+        let id = Id::hash_of(&bytes);
+        self.put(&key_slot_key(&id), bytes)?;
+        Ok(id)
+    }
+
+    /// Remove a key slot; refuses the last one and the one in use.
+    pub fn remove_key(&self, id: &Id) -> Result<()> {
+        let slots = self.key_slots()?;
+        if !slots.iter().any(|(s, _)| s == id) {
+            return Err(Error::not_found(format!("no key slot {id}")));
+        }
+        if *id == self.key_slot {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "refusing to remove the key slot in use; open with another key to remove it",
+            ));
+        }
+        if slots.len() <= 1 {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "refusing to remove the last key slot",
+            ));
+        }
+        self.delete(&key_slot_key(id))
+    }
+
+    /// Repository settings.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The master key (sealing, blob ids).
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+
+    /// Runtime used to drive the backend.
+    pub fn runtime(&self) -> &Handle {
+        &self.rt
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &DynBackend {
+        &self.backend
+    }
+
+    /// Where the repository is.
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// Compression level as used by `seal`.
+    pub fn compression(&self) -> Option<i32> {
+        (self.config.compression > 0).then_some(self.config.compression)
+    }
+
+    // ---- raw backend helpers (sync) ----
+
+    /// Whole object.
+    pub fn get(&self, key: &str) -> Result<Bytes> {
+        self.rt.block_on(self.backend.get(key))
+    }
+
+    /// Byte range of an object.
+    pub fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+        self.rt.block_on(self.backend.get_range(key, offset, len))
+    }
+
+    /// Store an object.
+    pub fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        self.rt.block_on(self.backend.put(key, Bytes::from(data)))
+    }
+
+    /// Delete an object.
+    pub fn delete(&self, key: &str) -> Result<()> {
+        self.rt.block_on(self.backend.delete(key))
+    }
+
+    /// List objects under a prefix.
+    pub fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        self.rt.block_on(self.backend.list(prefix))
+    }
+
+    /// Fetch many objects concurrently (bounded), preserving order.
+    pub fn get_many(&self, keys: Vec<String>) -> Vec<Result<Bytes>> {
+        let backend = self.backend.clone();
+        self.rt.block_on(async move {
+            let sem = Arc::new(tokio::sync::Semaphore::new(16));
+            let handles: Vec<_> = keys
+                .into_iter()
+                .map(|k| {
+                    let b = backend.clone();
+                    let sem = sem.clone();
+                    tokio::spawn(async move {
+                        let _permit = sem.acquire_owned().await;
+                        b.get(&k).await
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(handles.len());
+            for h in handles {
+                out.push(h.await.unwrap_or_else(|e| {
+                    Err(Error::new(ErrorKind::Other, format!("task failed: {e}")))
+                }));
+            }
+            out
+        })
+    }
+
+    /// Seal `plain` and store it as `<dir>/<hash of stored bytes>`; returns that id.
+    pub fn save_sealed(&self, dir: &str, plain: &[u8]) -> Result<Id> {
+        let sealed = self.key.seal(plain, self.compression())?;
+        let id = Id::hash_of(&sealed);
+        self.put(&format!("{dir}/{id}"), sealed)?;
+        Ok(id)
+    }
+
+    /// Load and open `<dir>/<id>`, checking the content hash against the name.
+    pub fn load_sealed(&self, dir: &str, id: &Id) -> Result<Vec<u8>> {
+        let key = format!("{dir}/{id}");
+        let raw = self.get(&key)?;
+        self.open_named(&key, id, &raw)
+    }
+
+    fn open_named(&self, key: &str, id: &Id, raw: &[u8]) -> Result<Vec<u8>> {
+        if Id::hash_of(raw) != *id {
+            return Err(Error::corrupt(format!(
+                "{key}: content does not match its name"
+            )));
+        }
+        self.key.open(raw, &key)
+    }
+
+    // ---- snapshots ----
+
+    /// Every snapshot, sorted by time. Unreadable ones are returned as errors in the second list.
+    pub fn snapshots(&self) -> Result<(Vec<SnapshotEntry>, Vec<Error>)> {
+        let ids: Vec<Id> = self
+            .list("snapshots/")?
+            .iter()
+            .filter_map(|o| Id::from_hex(o.key.trim_start_matches("snapshots/")).ok())
+            .collect();
+        let raws = self.get_many(ids.iter().map(snapshot_key).collect());
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for (id, raw) in ids.into_iter().zip(raws) {
+            let parsed = raw
+                .and_then(|raw| self.open_named(&snapshot_key(&id), &id, &raw))
+                .and_then(|plain| Ok(serde_json::from_slice::<Snapshot>(&plain)?));
+            match parsed {
+                Ok(snapshot) => out.push(SnapshotEntry { id, snapshot }),
+                Err(e) => errors.push(e.context(format!("snapshot {id}"))),
+            }
+        }
+        out.sort_by_key(|s| s.snapshot.time);
+        Ok((out, errors))
+    }
+
+    /// Resolve `latest`, a full id or a unique prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
+        let (all, _) = self.snapshots()?;
+        resolve_snapshot(&all, spec).cloned()
+    }
+
+    /// Write a snapshot object.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        self.save_sealed("snapshots", &serde_json::to_vec(snap)?)
+    }
+
+    /// Remove a snapshot object.
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.delete(&snapshot_key(id))
+    }
+
+    // ---- index ----
+
+    /// Ids of all index files.
+    pub fn index_ids(&self) -> Result<Vec<Id>> {
+        Ok(self
+            .list("index/")?
+            .iter()
+            .filter_map(|o| Id::from_hex(o.key.trim_start_matches("index/")).ok())
+            .collect())
+    }
+
+    /// Load every index file. A damaged index file is an error naming it.
+    pub fn load_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
+        let ids = self.index_ids()?;
+        let raws = self.get_many(ids.iter().map(index_key).collect());
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, raw) in ids.into_iter().zip(raws) {
+            let key = index_key(&id);
+            let plain = self.open_named(&key, &id, &raw?)?;
+            out.push((id, IndexFile::decode(&plain, &id.to_hex())?));
+        }
+        Ok(out)
+    }
+
+    /// The lookup over all index files.
+    pub fn load_index(&self) -> Result<MasterIndex> {
+        let mut mi = MasterIndex::default();
+        for (_, f) in self.load_index_files()? {
+            mi.add_file(&f);
+        }
+        mi.finalize();
+        Ok(mi)
+    }
+
+    /// Write an index file.
+    pub fn save_index(&self, file: &IndexFile) -> Result<Id> {
+        self.save_sealed("index", &file.encode())
+    }
+
+    /// Delete an index file.
+    pub fn delete_index(&self, id: &Id) -> Result<()> {
+        self.delete(&index_key(id))
+    }
+
+    /// Read the header of a pack (two range reads), for resume and index repair.
+    pub fn read_pack_header(&self, pack: &Id, size: u64) -> Result<Vec<PackEntry>> {
+        let key = pack_key(pack);
+        if size < 4 {
+            return Err(Error::corrupt(format!("pack {pack}: only {size} bytes")));
+        }
+        let trailer = self.get_range(&key, size - 4, 4)?;
+        let (off, len) = header_range(size, &trailer, pack)?;
+        let sealed = self.get_range(&key, off, len)?;
+        let plain = self
+            .key
+            .open(&sealed, &format_args!("pack {pack} header"))?;
+        let entries = parse_header(&plain, pack)?;
+        if let Some(last) = entries.last() {
+            if u64::from(last.offset) + u64::from(last.length) > off {
+                return Err(Error::corrupt(format!(
+                    "pack {pack}: header points past the data"
+                )));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Packs in `data/` with their sizes.
+    pub fn list_packs(&self) -> Result<Vec<(Id, ObjectInfo)>> {
+        Ok(self
+            .list("data/")?
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.key.rsplit('/').next()?;
+                Some((Id::from_hex(name).ok()?, o))
+            })
+            .collect())
+    }
+
+    /// Index packs that exist but no index file lists (left by an interrupted backup), so
+    /// their blobs are reused instead of stored again. Returns how many packs were recovered.
+    pub fn recover_unindexed_packs(&self, index: &mut MasterIndex) -> Result<usize> {
+        let mut recovered = IndexFile::default();
+        for (pack, info) in self.list_packs()? {
+            if index.has_pack(&pack) {
+                continue;
+            }
+            match self.read_pack_header(&pack, info.size) {
+                Ok(entries) => recovered.packs.push((pack, entries)),
+                Err(e) => tracing::warn!("ignoring unreadable unindexed pack: {e}"),
+            }
+        }
+        let n = recovered.packs.len();
+        if n > 0 {
+            index.add_file(&recovered);
+            index.finalize();
+            self.save_index(&recovered)?;
+        }
+        Ok(n)
+    }
+
+    // ---- blobs ----
+
+    /// Read, authenticate and verify one blob.
+    pub fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
+        let loc = index
+            .get(id)
+            .ok_or_else(|| Error::not_found(format!("blob {id} is not in the index")))?;
+        let sealed = self.get_range(
+            &pack_key(&loc.pack),
+            u64::from(loc.offset),
+            u64::from(loc.length),
+        )?;
+        self.open_blob(&sealed, id, &loc.pack)
+    }
+
+    /// Decrypt a sealed blob and check its id.
+    pub fn open_blob(&self, sealed: &[u8], id: &Id, pack: &Id) -> Result<Vec<u8>> {
+        let what = format_args!("blob {id} in pack {pack}");
+        let plain = self.key.open(sealed, &what)?;
+        if self.key.blob_id(&plain) != *id {
+            return Err(Error::corrupt(format!(
+                "blob {id} in pack {pack}: content hash mismatch"
+            )));
+        }
+        Ok(plain)
+    }
+
+    /// Load a tree blob.
+    pub fn load_tree(&self, index: &MasterIndex, id: &Id) -> Result<Tree> {
+        let loc = index
+            .get(id)
+            .ok_or_else(|| Error::not_found(format!("tree {id} is not in the index")))?;
+        if loc.kind != BlobKind::Tree {
+            return Err(Error::corrupt(format!("blob {id} is not a tree")));
+        }
+        Tree::decode(&self.read_blob(index, id)?).map_err(|e| e.context(format!("tree {id}")))
+    }
+
+    /// Walk every tree reachable from `root`, calling `f(path, tree)`; used by check/prune/stats.
+    pub fn walk_trees(
+        &self,
+        index: &MasterIndex,
+        root: &Id,
+        seen: &mut HashSet<Id>,
+        f: &mut dyn FnMut(&str, &Id, &Tree),
+    ) -> Result<()> {
+        let mut stack = vec![(String::new(), *root)];
+        while let Some((path, id)) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            let tree = self.load_tree(index, &id)?;
+            f(&path, &id, &tree);
+            for node in &tree.nodes {
+                if let Some(sub) = node.subtree {
+                    stack.push((format!("{path}/{}", node.name.display()), sub));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolve `latest`, a full id or a unique prefix within `all`.
+pub fn resolve_snapshot<'a>(all: &'a [SnapshotEntry], spec: &str) -> Result<&'a SnapshotEntry> {
+    if spec == "latest" {
+        return all
+            .last()
+            .ok_or_else(|| Error::not_found("the repository has no snapshots"));
+    }
+    if spec.len() < 4 || !spec.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::invalid(format!(
+            "{spec:?} is not a snapshot id (use at least 4 hex digits or `latest`)"
+        )));
+    }
+    let spec = spec.to_ascii_lowercase();
+    let mut matches = all.iter().filter(|s| s.id.to_hex().starts_with(&spec));
+    match (matches.next(), matches.next()) {
+        (Some(s), None) => Ok(s),
+        (None, _) => Err(Error::not_found(format!("no snapshot {spec}"))),
+        (Some(_), Some(_)) => Err(Error::invalid(format!(
+            "snapshot prefix {spec} is ambiguous"
+        ))),
+    }
+}

@@ -1,0 +1,272 @@
+//! Command-line definitions (`bams --help` is the reference of DESIGN.md §4).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// BAMS: deduplicating, encrypted backups of files, streams and disk images.
+#[derive(Parser, Debug)]
+#[command(name = "bams", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every repository command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository: /path (s3://bucket/prefix and bams://host:4848/name come with their backends)
+    #[arg(short = 'r', long = "repo", env = "BAMS_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// Read the password from this file (first line)
+    #[arg(long, env = "BAMS_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Open the repository with a key file instead of a password
+    #[arg(long, env = "BAMS_KEY_FILE", global = true)]
+    pub key_file: Option<PathBuf>,
+    /// Machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress, only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Verbose logging (-v info, -vv debug)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Repository management
+    #[command(subcommand)]
+    Repo(RepoCmd),
+    /// Back up paths, a block device, or standard input
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(SnapshotsArgs),
+    /// List files in a snapshot
+    Ls(LsArgs),
+    /// Restore a snapshot (or part of it)
+    Restore(RestoreArgs),
+    /// Show differences between two snapshots
+    Diff(DiffArgs),
+    /// Remove snapshots by retention policy or id
+    Forget(ForgetArgs),
+    /// Remove unreferenced data
+    Prune(PruneArgs),
+    /// Verify the repository's structure and optionally its data
+    Check(CheckArgs),
+    /// Repository statistics
+    Stats(StatsArgs),
+    /// Manage key slots (passwords and key files)
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Mount snapshots as a read-only filesystem (FUSE)
+    Mount(MountArgs),
+    /// Remove stale locks left by crashed processes
+    Unlock,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCmd {
+    /// Create a new repository
+    Init(InitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// zstd level 1-19, 0 = no compression
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub compression: i32,
+    /// Target pack size in MiB (larger suits object stores)
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub pack_size_mib: u32,
+    /// Average chunk size in KiB (min = avg/4, max = avg*4)
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=16384))]
+    pub chunk_avg_kib: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files, directories or block devices to back up
+    pub paths: Vec<PathBuf>,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record (default: this machine)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Exclude paths matching this glob (repeatable)
+    #[arg(long = "exclude", short = 'e')]
+    pub excludes: Vec<String>,
+    /// Read exclude patterns from a file, one per line
+    #[arg(long = "exclude-file")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Stay on the filesystem of each path
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+    /// Back up standard input as one file
+    #[arg(long)]
+    pub stdin: bool,
+    /// File name for --stdin
+    #[arg(long, default_value = "stdin")]
+    pub stdin_name: String,
+    /// Use this snapshot as parent instead of the latest matching one
+    #[arg(long, conflicts_with = "force")]
+    pub parent: Option<String>,
+    /// Read every file again (no parent)
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this host
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Only snapshots containing this path
+    #[arg(long)]
+    pub path: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot id, prefix, or `latest`
+    pub snapshot: String,
+    /// Directory inside the snapshot
+    pub path: Option<String>,
+    /// Long listing (mode, owner, size, time)
+    #[arg(short, long)]
+    pub long: bool,
+    /// Only the named directory, not everything below it
+    #[arg(long)]
+    pub no_recursive: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id, prefix, or `latest`; `ID:/sub/dir` restores a subtree
+    pub snapshot: String,
+    /// Directory to restore into
+    #[arg(long, short = 't')]
+    pub target: PathBuf,
+    /// Restore only paths matching this glob (repeatable)
+    #[arg(long = "include", short = 'i')]
+    pub include: Vec<String>,
+    /// Re-read restored files and compare with the snapshot
+    #[arg(long)]
+    pub verify: bool,
+    /// Use numeric uid/gid instead of user and group names
+    #[arg(long)]
+    pub numeric_owner: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// Older snapshot
+    pub first: String,
+    /// Newer snapshot
+    pub second: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove explicitly
+    pub snapshots: Vec<String>,
+    /// Keep the newest N
+    #[arg(long)]
+    pub keep_last: Option<usize>,
+    /// Keep one per hour for the last N hours with snapshots
+    #[arg(long)]
+    pub keep_hourly: Option<usize>,
+    /// Keep one per day for N days
+    #[arg(long)]
+    pub keep_daily: Option<usize>,
+    /// Keep one per week for N weeks
+    #[arg(long)]
+    pub keep_weekly: Option<usize>,
+    /// Keep one per month for N months
+    #[arg(long)]
+    pub keep_monthly: Option<usize>,
+    /// Keep one per year for N years
+    #[arg(long)]
+    pub keep_yearly: Option<usize>,
+    /// Keep everything within this duration of the newest snapshot (e.g. 7d, 12h, 2w, 1y2m)
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    /// Always keep snapshots with this tag
+    #[arg(long)]
+    pub keep_tag: Vec<String>,
+    /// Only consider snapshots of this host
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only consider snapshots with this tag
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Show what would be removed
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Run prune afterwards
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Show what would be removed
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Repack packs with more than this percentage unused
+    #[arg(long, default_value_t = 5.0)]
+    pub max_unused: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Read and verify every pack
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read and verify a random share of packs, e.g. 10%
+    #[arg(long)]
+    pub read_data_subset: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Add a key slot for a new password or key file
+    Add(KeyAddArgs),
+    /// List key slots
+    List,
+    /// Remove a key slot
+    Remove {
+        /// Key slot id or unique prefix
+        id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct KeyAddArgs {
+    /// Read the new password from this file
+    #[arg(long, conflicts_with = "new_key_file")]
+    pub new_password_file: Option<PathBuf>,
+    /// Use this file's contents as the new key (created with 32 random bytes if missing)
+    #[arg(long)]
+    pub new_key_file: Option<PathBuf>,
+    /// Description shown by `key list`
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Empty directory to mount on
+    pub mountpoint: PathBuf,
+}

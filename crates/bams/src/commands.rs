@@ -1,0 +1,722 @@
+//! One function per command; each returns an exit code.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use bams_store::archiver::{self, BackupOptions, ParentChoice, Source};
+use bams_store::browse::{self, Lookup};
+use bams_store::check::{self, ReadData};
+use bams_store::crypto::{KdfParams, SlotKind};
+use bams_store::forget::{apply_policy, KeepPolicy};
+use bams_store::prune::{self, PruneOptions};
+use bams_store::repo::{resolve_snapshot, ChunkerParams, InitOptions};
+use bams_store::restorer::{self, RestoreOptions};
+use bams_store::snapshot::SnapshotEntry;
+use bams_store::tree::{Node, NodeKind};
+use bams_store::Id;
+use serde_json::json;
+
+use crate::cli::{Cli, Command, KeyCmd, RepoCmd};
+use crate::exit;
+use crate::output::{human_bytes, scan_total, Bar, Out};
+use crate::session::{self, Session};
+
+/// Dispatch a parsed command line.
+pub fn run(cli: Cli) -> Result<u8> {
+    let out = Out {
+        json: cli.global.json,
+        quiet: cli.global.quiet,
+    };
+    let g = &cli.global;
+    match cli.command {
+        Command::Repo(RepoCmd::Init(a)) => {
+            let avg = a.chunk_avg_kib * 1024;
+            let opts = InitOptions {
+                compression: a.compression,
+                pack_size: a.pack_size_mib * 1024 * 1024,
+                chunker: ChunkerParams {
+                    min_size: avg / 4,
+                    avg_size: avg,
+                    max_size: avg * 4,
+                },
+                kdf: KdfParams::default(),
+            };
+            let s = session::init(g, &opts)?;
+            let c = s.repo.config();
+            if out.json {
+                out.json(
+                    &json!({"id": c.id, "location": s.repo.location(), "version": c.version}),
+                )?;
+            } else {
+                out.info(format!(
+                    "created repository {} at {}",
+                    c.id.short(),
+                    s.repo.location()
+                ));
+            }
+            Ok(exit::OK)
+        }
+        Command::Backup(a) => backup(g, out, a),
+        Command::Snapshots(a) => {
+            let s = session::open(g)?;
+            let (all, errors) = s.repo.snapshots()?;
+            for e in &errors {
+                eprintln!("warning: {e}");
+            }
+            let list: Vec<&SnapshotEntry> = all
+                .iter()
+                .filter(|e| a.host.as_ref().is_none_or(|h| &e.snapshot.host == h))
+                .filter(|e| a.tag.as_ref().is_none_or(|t| e.snapshot.tags.contains(t)))
+                .filter(|e| a.path.as_ref().is_none_or(|p| e.snapshot.paths.contains(p)))
+                .collect();
+            if out.json {
+                out.json(&list.iter().map(|e| snapshot_json(e)).collect::<Vec<_>>())?;
+            } else {
+                println!(
+                    "{:<10} {:<25} {:<16} {:<20} {:>10}  paths",
+                    "id", "time", "host", "tags", "size"
+                );
+                for e in &list {
+                    let s = &e.snapshot;
+                    println!(
+                        "{:<10} {:<25} {:<16} {:<20} {:>10}  {}{}",
+                        e.id.short(),
+                        s.time.format("%Y-%m-%d %H:%M:%S %z"),
+                        s.host,
+                        s.tags.join(","),
+                        human_bytes(s.summary.total_bytes),
+                        s.paths.join(" "),
+                        if s.partial { "  (partial)" } else { "" }
+                    );
+                }
+                println!("{} snapshots", list.len());
+            }
+            Ok(if errors.is_empty() {
+                exit::OK
+            } else {
+                exit::PARTIAL
+            })
+        }
+        Command::Ls(a) => {
+            let s = session::open(g)?;
+            let snap = find(&s, &a.snapshot)?;
+            let index = s.repo.load_index()?;
+            let path = a.path.as_deref().unwrap_or("/");
+            let mut rows: Vec<serde_json::Value> = Vec::new();
+            let mut print = |p: &str, n: &Node| {
+                if out.json {
+                    rows.push(node_json(p, n));
+                } else if a.long {
+                    println!("{}", long_line(p, n));
+                } else {
+                    println!("{p}");
+                }
+            };
+            match browse::lookup(&s.repo, &index, &snap.snapshot.tree, path)? {
+                Lookup::Root(root) => {
+                    browse::list(&s.repo, &index, &root, "", !a.no_recursive, &mut print)?
+                }
+                Lookup::Node(n) => {
+                    let base = format!("/{}", browse::path_components(path)?.join("/"));
+                    print(&base, &n);
+                    if let Some(sub) = n.subtree {
+                        browse::list(&s.repo, &index, &sub, &base, !a.no_recursive, &mut print)?;
+                    }
+                }
+            }
+            if out.json {
+                out.json(&rows)?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Restore(a) => restore(g, out, a),
+        Command::Diff(a) => {
+            let s = session::open(g)?;
+            let (all, _) = s.repo.snapshots()?;
+            let x = resolve_snapshot(&all, &a.first)?;
+            let y = resolve_snapshot(&all, &a.second)?;
+            let index = s.repo.load_index()?;
+            let changes = browse::diff(&s.repo, &index, &x.snapshot.tree, &y.snapshot.tree)?;
+            if out.json {
+                out.json(&changes)?;
+            } else {
+                for c in &changes {
+                    println!("{:<2} {}", c.change, c.path);
+                }
+                let count = |k: &str| changes.iter().filter(|c| c.change == k).count();
+                out.info(format!(
+                    "{} added, {} removed, {} modified, {} metadata changed",
+                    count("+"),
+                    count("-"),
+                    count("M"),
+                    count("U")
+                ));
+            }
+            Ok(exit::OK)
+        }
+        Command::Forget(a) => forget(g, out, a),
+        Command::Prune(a) => {
+            let s = session::open(g)?;
+            let opts = PruneOptions {
+                dry_run: a.dry_run,
+                max_unused_percent: a.max_unused,
+                ..Default::default()
+            };
+            run_prune(&s, out, &opts)?;
+            Ok(exit::OK)
+        }
+        Command::Check(a) => {
+            let s = session::open(g)?;
+            let read = match (a.read_data, a.read_data_subset.as_deref()) {
+                (true, _) => ReadData::All,
+                (false, Some(p)) => ReadData::Subset(parse_percent(p)?),
+                _ => ReadData::None,
+            };
+            let _lock = bams_store::lock::acquire(
+                &s.repo,
+                false,
+                "check",
+                std::time::Duration::from_secs(60),
+            )?;
+            let bar = Bar::new(out, "check");
+            let report = check::check(&s.repo, read, &|| {
+                bams_store::archiver::Progress::bytes(&*bar, 1)
+            })?;
+            bar.finish();
+            if out.json {
+                out.json(&json!({"ok": report.ok(), "report": report}))?;
+            } else {
+                for p in &report.problems {
+                    println!("{}: {}: {}", p.severity, p.object, p.message);
+                }
+                println!(
+                    "{} snapshots, {} trees, {} packs ({} read), {} blobs: {}",
+                    report.snapshots,
+                    report.trees,
+                    report.packs,
+                    report.packs_read,
+                    report.blobs,
+                    if report.ok() {
+                        "no errors"
+                    } else {
+                        "ERRORS FOUND"
+                    }
+                );
+            }
+            if report.ok() {
+                Ok(exit::OK)
+            } else {
+                bail!(
+                    "repository check found {} error(s)",
+                    report
+                        .problems
+                        .iter()
+                        .filter(|p| p.severity == "error")
+                        .count()
+                )
+            }
+        }
+        Command::Stats(_) => {
+            let s = session::open(g)?;
+            let index = s.repo.load_index()?;
+            let st = browse::stats(&s.repo, &index)?;
+            if out.json {
+                out.json(&st)?;
+            } else {
+                println!("snapshots:          {}", st.snapshots);
+                println!("files (all snaps):  {}", st.files);
+                println!("restore size:       {}", human_bytes(st.restore_size));
+                println!(
+                    "unique data:        {} in {} blobs",
+                    human_bytes(st.raw_bytes),
+                    st.blobs
+                );
+                println!(
+                    "stored:             {} in {} packs",
+                    human_bytes(st.stored_bytes),
+                    st.packs
+                );
+                println!("space saving:       {:.2}x", st.dedup_compression_ratio);
+            }
+            Ok(exit::OK)
+        }
+        Command::Key(k) => key(g, out, k),
+        Command::Mount(a) => {
+            let signals = crate::mount::block_signals()?;
+            let s = session::open(g)?;
+            crate::mount::mount(s, &a.mountpoint, out, signals)?;
+            Ok(exit::OK)
+        }
+        Command::Unlock => {
+            let s = session::open(g)?;
+            let n = bams_store::lock::remove_stale(&s.repo)?;
+            if out.json {
+                out.json(&json!({"removed": n}))?;
+            } else {
+                out.info(format!("removed {n} stale lock(s)"));
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn parse_percent(p: &str) -> Result<f64> {
+    let v: f64 = p
+        .trim_end_matches('%')
+        .parse()
+        .with_context(|| format!("{p:?} is not a percentage"))?;
+    if !(0.0..=100.0).contains(&v) {
+        bail!("percentage {v} is outside 0-100");
+    }
+    Ok(v)
+}
+
+fn find(s: &Session, spec: &str) -> Result<SnapshotEntry> {
+    Ok(s.repo.find_snapshot(spec)?)
+}
+
+/// The JSON shape of a snapshot (DESIGN.md §5: id, time RFC 3339, host, paths, tags).
+pub fn snapshot_json(e: &SnapshotEntry) -> serde_json::Value {
+    let s = &e.snapshot;
+    json!({
+        "id": e.id,
+        "short_id": e.id.short(),
+        "time": s.time.to_rfc3339(),
+        "host": s.host,
+        "username": s.username,
+        "paths": s.paths,
+        "tags": s.tags,
+        "parent": s.parent,
+        "tree": s.tree,
+        "partial": s.partial,
+        "origin": s.origin,
+        "summary": s.summary,
+    })
+}
+
+fn kind_str(k: NodeKind) -> &'static str {
+    match k {
+        NodeKind::File => "file",
+        NodeKind::Dir => "dir",
+        NodeKind::Symlink => "symlink",
+        NodeKind::Blockdev => "blockdev",
+        NodeKind::Chardev => "chardev",
+        NodeKind::Fifo => "fifo",
+        NodeKind::Socket => "socket",
+    }
+}
+
+fn node_json(path: &str, n: &Node) -> serde_json::Value {
+    json!({
+        "path": path,
+        "type": kind_str(n.kind),
+        "mode": n.mode,
+        "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group,
+        "size": n.size,
+        "mtime": chrono::DateTime::from_timestamp_nanos(n.mtime_ns).to_rfc3339(),
+        "link_target": n.link_target.as_ref().map(bams_store::tree::RawName::display),
+    })
+}
+
+fn long_line(path: &str, n: &Node) -> String {
+    let t = match n.kind {
+        NodeKind::Dir => 'd',
+        NodeKind::Symlink => 'l',
+        NodeKind::Blockdev => 'b',
+        NodeKind::Chardev => 'c',
+        NodeKind::Fifo => 'p',
+        NodeKind::Socket => 's',
+        NodeKind::File => '-',
+    };
+    let mut perms = String::new();
+    for shift in [6, 3, 0] {
+        let bits = (n.mode >> shift) & 7;
+        perms.push(if bits & 4 != 0 { 'r' } else { '-' });
+        perms.push(if bits & 2 != 0 { 'w' } else { '-' });
+        perms.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    let user = n.user.clone().unwrap_or_else(|| n.uid.to_string());
+    let group = n.group.clone().unwrap_or_else(|| n.gid.to_string());
+    let time = chrono::DateTime::from_timestamp_nanos(n.mtime_ns)
+        .with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S");
+    let link = n
+        .link_target
+        .as_ref()
+        .map(|t| format!(" -> {}", t.display()))
+        .unwrap_or_default();
+    format!(
+        "{t}{perms} {user:>8} {group:>8} {:>12} {time} {path}{link}",
+        n.size
+    )
+}
+
+fn backup(g: &crate::cli::Global, out: Out, a: crate::cli::BackupArgs) -> Result<u8> {
+    let s = session::open(g)?;
+    let mut excludes = a.excludes.clone();
+    for f in &a.exclude_files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading exclude file {}", f.display()))?;
+        excludes.extend(text.lines().map(str::to_string));
+    }
+    let source = if a.stdin {
+        if !a.paths.is_empty() {
+            bail!("--stdin takes no paths");
+        }
+        Source::Stdin {
+            reader: Box::new(std::io::stdin()),
+            name: a.stdin_name.clone(),
+        }
+    } else {
+        if a.paths.is_empty() {
+            bail!("nothing to back up: give at least one path or --stdin");
+        }
+        for p in &a.paths {
+            if std::fs::symlink_metadata(p).is_err() {
+                bail!("{}: no such file or directory", p.display());
+            }
+        }
+        Source::Paths(a.paths.clone())
+    };
+    let parent = if a.force {
+        ParentChoice::None
+    } else if let Some(p) = &a.parent {
+        ParentChoice::Id(find(&s, p)?.id)
+    } else {
+        ParentChoice::Auto
+    };
+    let mut opts = BackupOptions::paths(Vec::new());
+    opts.source = source;
+    opts.excludes = excludes;
+    opts.one_file_system = a.one_file_system;
+    opts.tags = a.tags.clone();
+    opts.host = a.host.clone();
+    opts.parent = parent;
+    let bar = Bar::new(out, "backup");
+    if !a.stdin {
+        scan_total(a.paths.clone(), bar.clone());
+    }
+    let result = archiver::backup(&s.repo, opts, &*bar)?;
+    bar.finish();
+    let sum = &result.snapshot.summary;
+    if out.json {
+        out.json(&json!({
+            "snapshot_id": result.id,
+            "snapshot": snapshot_json(&SnapshotEntry { id: result.id, snapshot: result.snapshot.clone() }),
+            "warnings": result.warnings,
+            "recovered_packs": result.recovered_packs,
+        }))?;
+    } else {
+        if result.recovered_packs > 0 {
+            out.info(format!(
+                "reused {} pack(s) left by an interrupted backup",
+                result.recovered_packs
+            ));
+        }
+        out.info(format!(
+            "files: {} new, {} changed, {} unmodified; dirs: {}\nread {} of {}, added {} ({} stored) in {:.1}s",
+            sum.files_new,
+            sum.files_changed,
+            sum.files_unmodified,
+            sum.dirs,
+            human_bytes(sum.bytes_read),
+            human_bytes(sum.total_bytes),
+            human_bytes(sum.data_added),
+            human_bytes(sum.data_added_packed),
+            sum.duration_secs
+        ));
+        if result.snapshot.partial {
+            eprintln!(
+                "warning: {} file(s) could not be read; snapshot {} is partial",
+                result.warnings.len(),
+                result.id.short()
+            );
+        } else {
+            out.info(format!("snapshot {} saved", result.id.short()));
+        }
+    }
+    Ok(if result.snapshot.partial {
+        exit::PARTIAL
+    } else {
+        exit::OK
+    })
+}
+
+fn restore(g: &crate::cli::Global, out: Out, a: crate::cli::RestoreArgs) -> Result<u8> {
+    let s = session::open(g)?;
+    let (spec, sub) = match a.snapshot.split_once(':') {
+        Some((spec, sub)) => (spec, Some(sub)),
+        None => (a.snapshot.as_str(), None),
+    };
+    let snap = find(&s, spec)?;
+    let _lock = bams_store::lock::acquire(
+        &s.repo,
+        false,
+        "restore",
+        std::time::Duration::from_secs(60),
+    )?;
+    let index = s.repo.load_index()?;
+    let (root, root_path) = match sub {
+        None | Some("" | "/") => (snap.snapshot.tree, "/".to_string()),
+        Some(p) => match browse::lookup(&s.repo, &index, &snap.snapshot.tree, p)? {
+            Lookup::Root(r) => (r, "/".into()),
+            Lookup::Node(n) => {
+                let id = n.subtree.with_context(|| {
+                    format!("{p} is not a directory; restore its parent with --include")
+                })?;
+                (id, format!("/{}", browse::path_components(p)?.join("/")))
+            }
+        },
+    };
+    let mut opts = RestoreOptions::new(&a.target);
+    opts.include = a.include.clone();
+    opts.verify = a.verify;
+    opts.numeric_owner = a.numeric_owner;
+    let bar = Bar::new(out, "restore");
+    bar.set_total(snap.snapshot.summary.total_bytes);
+    let r = restorer::restore(&s.repo, &index, &root, &root_path, &opts, &*bar)?;
+    bar.finish();
+    for w in &r.warnings {
+        if !out.quiet && !out.json {
+            eprintln!("warning: {w}");
+        }
+    }
+    for e in &r.errors {
+        eprintln!("error: {e}");
+    }
+    if out.json {
+        out.json(&json!({"snapshot_id": snap.id, "target": a.target, "result": r}))?;
+    } else {
+        out.info(format!(
+            "restored {} files, {} dirs, {} other entries, {}{}",
+            r.files,
+            r.dirs,
+            r.others,
+            human_bytes(r.bytes),
+            if a.verify {
+                format!("; verified {} files", r.verified)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    Ok(if r.errors.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
+}
+
+fn parse_within(s: &str) -> Result<chrono::Duration> {
+    let mut total = chrono::Duration::zero();
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: i64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
+        num.clear();
+        total += match c {
+            'h' => chrono::Duration::hours(n),
+            'd' => chrono::Duration::days(n),
+            'w' => chrono::Duration::weeks(n),
+            'm' => chrono::Duration::days(30 * n),
+            'y' => chrono::Duration::days(365 * n),
+            _ => bail!("bad duration unit {c:?} in {s:?} (use h, d, w, m, y)"),
+        };
+    }
+    if !num.is_empty() || total.is_zero() {
+        bail!("bad duration {s:?}: use e.g. 7d, 12h, 2w, 1y6m");
+    }
+    Ok(total)
+}
+
+fn forget(g: &crate::cli::Global, out: Out, a: crate::cli::ForgetArgs) -> Result<u8> {
+    let s = session::open(g)?;
+    let nz = |v: Option<usize>| v.filter(|n| *n > 0);
+    let policy = KeepPolicy {
+        last: nz(a.keep_last),
+        hourly: nz(a.keep_hourly),
+        daily: nz(a.keep_daily),
+        weekly: nz(a.keep_weekly),
+        monthly: nz(a.keep_monthly),
+        yearly: nz(a.keep_yearly),
+        within: a.keep_within.as_deref().map(parse_within).transpose()?,
+        keep_tags: a.keep_tag.clone(),
+    };
+    if policy.is_empty() && a.snapshots.is_empty() {
+        bail!("nothing to forget: give snapshot ids or at least one --keep-* rule");
+    }
+    let lock =
+        bams_store::lock::acquire(&s.repo, true, "forget", std::time::Duration::from_secs(300))?;
+    let (all, _) = s.repo.snapshots()?;
+    let mut remove: Vec<Id> = Vec::new();
+    let mut decisions = Vec::new();
+    for spec in &a.snapshots {
+        remove.push(resolve_snapshot(&all, spec)?.id);
+    }
+    if !policy.is_empty() {
+        let considered: Vec<SnapshotEntry> = all
+            .iter()
+            .filter(|e| a.host.as_ref().is_none_or(|h| &e.snapshot.host == h))
+            .filter(|e| a.tag.as_ref().is_none_or(|t| e.snapshot.tags.contains(t)))
+            .cloned()
+            .collect();
+        decisions = apply_policy(&considered, &policy);
+        for (d, e) in decisions.iter().zip(&considered) {
+            if !d.keep {
+                remove.push(e.id);
+            }
+        }
+    }
+    remove.sort();
+    remove.dedup();
+    if !a.dry_run {
+        for id in &remove {
+            s.repo.delete_snapshot(id)?;
+        }
+    }
+    if out.json {
+        out.json(&json!({"dry_run": a.dry_run, "removed": remove, "decisions": decisions}))?;
+    } else {
+        for d in &decisions {
+            println!(
+                "{} {} {}",
+                if d.keep { "keep  " } else { "remove" },
+                &d.id[..8],
+                d.reasons.join(",")
+            );
+        }
+        out.info(format!(
+            "{} {} snapshot(s)",
+            if a.dry_run { "would remove" } else { "removed" },
+            remove.len()
+        ));
+    }
+    drop(lock);
+    if a.prune && !a.dry_run {
+        run_prune(&s, out, &PruneOptions::default())?;
+    }
+    Ok(exit::OK)
+}
+
+fn run_prune(s: &Session, out: Out, opts: &PruneOptions) -> Result<()> {
+    let r = prune::prune(&s.repo, opts)?;
+    if out.json {
+        out.json(&r)?;
+    } else {
+        out.info(format!(
+            "{}: {} packs, {} deleted, {} repacked ({} blobs), {} unindexed removed; freed {}, {} in use",
+            if r.dry_run { "prune (dry run)" } else { "prune" },
+            r.packs_before,
+            r.packs_deleted,
+            r.packs_repacked,
+            r.blobs_repacked,
+            r.unindexed_deleted,
+            human_bytes(r.bytes_freed),
+            human_bytes(r.bytes_used)
+        ));
+    }
+    Ok(())
+}
+
+fn key(g: &crate::cli::Global, out: Out, k: KeyCmd) -> Result<u8> {
+    let s = session::open(g)?;
+    match k {
+        KeyCmd::List => {
+            let slots = s.repo.key_slots()?;
+            let current = s.repo.current_key_slot();
+            if out.json {
+                let v: Vec<_> = slots
+                    .iter()
+                    .map(|(id, k)| json!({"id": id, "current": *id == current, "kind": k.kind, "label": k.label, "created": k.created.to_rfc3339(), "created_by": k.created_by}))
+                    .collect();
+                out.json(&v)?;
+            } else {
+                for (id, k) in &slots {
+                    println!(
+                        "{} {:<9} {:<8} {} {} {}",
+                        if *id == current { "*" } else { " " },
+                        id.short(),
+                        format!("{:?}", k.kind).to_lowercase(),
+                        k.created.format("%Y-%m-%d %H:%M"),
+                        k.created_by,
+                        k.label
+                    );
+                }
+            }
+        }
+        KeyCmd::Add(a) => {
+            let (secret, kind) = if let Some(kf) = &a.new_key_file {
+                if !kf.exists() {
+                    // 32 bytes from the OS CSPRNG (via rand's thread_rng in Id::random).
+                    write_private(kf, &Id::random().0)?;
+                    out.info(format!("created key file {}", kf.display()));
+                }
+                let data =
+                    std::fs::read(kf).with_context(|| format!("reading {}", kf.display()))?;
+                if data.is_empty() {
+                    bail!("key file {} is empty", kf.display());
+                }
+                (data, SlotKind::Keyfile)
+            } else if let Some(pf) = &a.new_password_file {
+                let g2 = crate::cli::Global {
+                    password_file: Some(pf.clone()),
+                    key_file: None,
+                    ..g.clone()
+                };
+                std::env::remove_var("BAMS_PASSWORD");
+                session::secret(&g2, false)?
+            } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                let p = rpassword::prompt_password("new password: ")?;
+                if rpassword::prompt_password("repeat new password: ")? != p || p.is_empty() {
+                    bail!("passwords are empty or do not match");
+                }
+                (p.into_bytes(), SlotKind::Password)
+            } else {
+                bail!("give --new-password-file or --new-key-file");
+            };
+            let id = s
+                .repo
+                .add_key(&secret, kind, &a.label, KdfParams::default())?;
+            if out.json {
+                out.json(&json!({"id": id}))?;
+            } else {
+                out.info(format!("added key slot {}", id.short()));
+            }
+        }
+        KeyCmd::Remove { id } => {
+            let slots = s.repo.key_slots()?;
+            let matches: Vec<_> = slots
+                .iter()
+                .filter(|(sid, _)| sid.to_hex().starts_with(&id.to_ascii_lowercase()))
+                .collect();
+            let target = match matches.as_slice() {
+                [one] => one.0,
+                [] => bail!("no key slot {id}"),
+                _ => bail!("key slot prefix {id} is ambiguous"),
+            };
+            s.repo.remove_key(&target)?;
+            if out.json {
+                out.json(&json!({"removed": target}))?;
+            } else {
+                out.info(format!("removed key slot {}", target.short()));
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn write_private(path: &PathBuf, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! `bams`: the one binary. Thin: parses arguments, opens the repository, calls the crates.
+
+mod cli;
+mod commands;
+mod mount;
+mod output;
+mod session;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes of DESIGN.md §4.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Error.
+    pub const ERROR: u8 = 1;
+    /// Partial: some files unreadable or unrestorable; the rest succeeded.
+    pub const PARTIAL: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let level = match cli.global.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BAMS_LOG")
+                .unwrap_or_else(|_| level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    match commands::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Opening repositories: location parsing, secrets, the tokio runtime that drives backends.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use bams_store::backend::local::LocalBackend;
+use bams_store::backend::DynBackend;
+use bams_store::crypto::SlotKind;
+use bams_store::Repository;
+
+use crate::cli::Global;
+
+/// A runtime plus the repository it drives; the runtime must outlive the repository.
+pub struct Session {
+    /// The open repository.
+    pub repo: Repository,
+    _rt: tokio::runtime::Runtime,
+}
+
+/// A backend for a repository location.
+pub fn backend_for(location: &str) -> Result<DynBackend> {
+    if location.starts_with("s3://") {
+        bail!("S3 repositories are not available in this build yet (see the S3 backend issue): {location}");
+    }
+    if location.starts_with("bams://") {
+        bail!("server repositories (bams://) are not available in this build yet: {location}");
+    }
+    if location.contains("://") {
+        bail!("unsupported repository location {location:?}: use a local path");
+    }
+    Ok(Arc::new(LocalBackend::new(location)))
+}
+
+/// The runtime used for backend I/O.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bams-io")
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")
+}
+
+fn read_first_line(path: &Path) -> Result<Vec<u8>> {
+    let data =
+        std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
+    let line = data.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        bail!("password file {} is empty", path.display());
+    }
+    Ok(line.to_vec())
+}
+
+/// The secret that opens (or will protect) the repository.
+pub fn secret(global: &Global, confirm: bool) -> Result<(Vec<u8>, SlotKind)> {
+    if let Some(kf) = &global.key_file {
+        let data =
+            std::fs::read(kf).with_context(|| format!("reading key file {}", kf.display()))?;
+        if data.is_empty() {
+            bail!("key file {} is empty", kf.display());
+        }
+        return Ok((data, SlotKind::Keyfile));
+    }
+    if let Ok(p) = std::env::var("BAMS_PASSWORD") {
+        if p.is_empty() {
+            bail!("BAMS_PASSWORD is set but empty");
+        }
+        return Ok((p.into_bytes(), SlotKind::Password));
+    }
+    if let Some(pf) = &global.password_file {
+        return Ok((read_first_line(pf)?, SlotKind::Password));
+    }
+    if std::io::stderr().is_terminal() {
+        let p = rpassword::prompt_password("repository password: ").context("reading password")?;
+        if confirm {
+            let again =
+                rpassword::prompt_password("repeat password: ").context("reading password")?;
+            if again != p {
+                bail!("passwords do not match");
+            }
+        }
+        if p.is_empty() {
+            bail!("empty password");
+        }
+        return Ok((p.into_bytes(), SlotKind::Password));
+    }
+    bail!("no password given: set BAMS_PASSWORD, --password-file or --key-file")
+}
+
+/// The repository location from `-r` / `BAMS_REPOSITORY`.
+pub fn location(global: &Global) -> Result<&str> {
+    global
+        .repo
+        .as_deref()
+        .context("no repository given: use -r/--repo or BAMS_REPOSITORY")
+}
+
+/// Open the repository named on the command line.
+pub fn open(global: &Global) -> Result<Session> {
+    let location = location(global)?;
+    let backend = backend_for(location)?;
+    let (secret, _) = secret(global, false)?;
+    let rt = runtime()?;
+    let repo =
+        Repository::open(backend, rt.handle().clone(), &secret).map_err(anyhow::Error::new)?;
+    Ok(Session { repo, _rt: rt })
+}
+
+/// Create a repository.
+pub fn init(global: &Global, opts: &bams_store::repo::InitOptions) -> Result<Session> {
+    let location = location(global)?;
+    let backend = backend_for(location)?;
+    let (secret, kind) = secret(global, true)?;
+    let rt = runtime()?;
+    let repo = Repository::init(backend, rt.handle().clone(), &secret, kind, opts)
+        .map_err(anyhow::Error::new)?;
+    Ok(Session { repo, _rt: rt })
+}

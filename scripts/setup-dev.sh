@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the system packages BAMS needs to build, test and benchmark on Debian 12.
+# Idempotent: safe to run again; `apt-get update` runs first as apt needs fresh lists.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config      # C parts of crates (zstd)
+  acl attr                        # setfacl/getfacl, setfattr: POSIX ACL and xattr tests
+  fuse3                           # fusermount3 for `bams mount`
+  e2fsprogs xfsprogs              # mkfs for block-image tests and benchmarks
+  restic borgbackup               # peers for the benchmark in bench/
+  time                            # /usr/bin/time -v for peak RSS in bench/
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup-dev.sh: run as root (it installs Debian packages)" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup-dev.sh: cargo not found; install the Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+echo "setup-dev.sh: system packages ready"
