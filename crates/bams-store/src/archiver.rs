@@ -119,11 +119,7 @@ pub struct BackupResult {
 }
 
 /// Run a backup into `repo`.
-pub fn backup(
-    repo: &Repository,
-    opts: BackupOptions,
-    progress: &dyn Progress,
-) -> Result<BackupResult> {
+pub fn backup(repo: &Repository, opts: BackupOptions, progress: &dyn Progress) -> Result<BackupResult> {
     let started = Instant::now();
     let time = chrono::Local::now();
     let host = opts.host.clone().unwrap_or_else(crate::host::hostname);
@@ -131,17 +127,13 @@ pub fn backup(
     let paths = match &opts.source {
         Source::Paths(p) => {
             if p.is_empty() {
-                return Err(Error::invalid(
-                    "nothing to back up: give at least one path or --stdin",
-                ));
+                return Err(Error::invalid("nothing to back up: give at least one path or --stdin"));
             }
             p.iter().map(|p| absolute(p)).collect::<Result<Vec<_>>>()?
         }
         Source::Stdin { name, .. } => {
             if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                return Err(Error::invalid(format!(
-                    "--stdin-name {name:?} must be a plain file name"
-                )));
+                return Err(Error::invalid(format!("--stdin-name {name:?} must be a plain file name")));
             }
             vec![PathBuf::from(format!("/{name}"))]
         }
@@ -157,9 +149,7 @@ pub fn backup(
         ParentChoice::Id(id) => Some(repo.find_snapshot(&id.to_hex())?),
         ParentChoice::Auto => find_parent(repo, &host, &path_strings)?,
     };
-    let parent_root = parent
-        .as_ref()
-        .and_then(|p| repo.load_tree(&index, &p.snapshot.tree).ok());
+    let parent_root = parent.as_ref().and_then(|p| repo.load_tree(&index, &p.snapshot.tree).ok());
 
     let mut warnings = Vec::new();
     let (tree, summary) = std::thread::scope(|scope| -> Result<(Id, Summary)> {
@@ -176,16 +166,13 @@ pub fn backup(
             hardlinks: HashMap::new(),
             names: NameCache::default(),
             chunker: repo.config().chunker,
+            buf: Vec::new(),
         };
         let root = match opts.source {
             Source::Stdin { mut reader, name } => walker.stdin_tree(&mut reader, &name),
             Source::Paths(_) => walker.virtual_root(&paths, parent_root.as_ref()),
         };
-        let Walker {
-            writer,
-            mut summary,
-            ..
-        } = walker;
+        let Walker { writer, mut summary, .. } = walker;
         let root = match root {
             Ok(root) => root,
             Err(e) => {
@@ -220,12 +207,7 @@ pub fn backup(
         summary,
     };
     let id = repo.save_snapshot(&snapshot)?;
-    Ok(BackupResult {
-        id,
-        snapshot,
-        warnings,
-        recovered_packs,
-    })
+    Ok(BackupResult { id, snapshot, warnings, recovered_packs })
 }
 
 /// Latest snapshot with the same host and path set.
@@ -273,16 +255,11 @@ impl VirtualDir {
             return;
         };
         if rest.is_empty() {
-            self.children.insert(
-                (*first).to_owned(),
-                VirtualEntry::Target(full.to_path_buf()),
-            );
+            self.children.insert((*first).to_owned(), VirtualEntry::Target(full.to_path_buf()));
             return;
         }
-        let entry = self
-            .children
-            .entry((*first).to_owned())
-            .or_insert_with(|| VirtualEntry::Dir(VirtualDir::default()));
+        let entry =
+            self.children.entry((*first).to_owned()).or_insert_with(|| VirtualEntry::Dir(VirtualDir::default()));
         if let VirtualEntry::Dir(d) = entry {
             d.insert(rest, full);
         } // else: an ancestor is itself a target and covers this path
@@ -301,6 +278,7 @@ struct Walker<'a, 'scope, 'env> {
     hardlinks: HashMap<(u64, u64), Vec<Id>>,
     names: NameCache,
     chunker: ChunkerParams,
+    buf: Vec<u8>,
 }
 
 impl Walker<'_, '_, '_> {
@@ -327,16 +305,8 @@ impl Walker<'_, '_, '_> {
         }
         let mut root = VirtualDir::default();
         for p in paths {
-            let parts: Vec<&OsStr> = p
-                .components()
-                .filter_map(|c| {
-                    if let Component::Normal(n) = c {
-                        Some(n)
-                    } else {
-                        None
-                    }
-                })
-                .collect();
+            let parts: Vec<&OsStr> =
+                p.components().filter_map(|c| if let Component::Normal(n) = c { Some(n) } else { None }).collect();
             root.insert(&parts, p);
         }
         self.virtual_tree(Path::new("/"), &root, parent)
@@ -357,19 +327,15 @@ impl Walker<'_, '_, '_> {
                         }
                     };
                     let root_dev = meta.dev();
-                    if let Some(node) =
-                        self.entry(full, name, &meta, parent_node, root_dev, true)?
-                    {
+                    if let Some(node) = self.entry(full, name, &meta, parent_node, root_dev, true)? {
                         tree.nodes.push(node);
                     }
                 }
                 VirtualEntry::Dir(sub) => {
-                    let meta = fs::symlink_metadata(&child_path)
-                        .map_err(|e| Error::io(child_path.display(), e))?;
+                    let meta = fs::symlink_metadata(&child_path).map_err(|e| Error::io(child_path.display(), e))?;
                     let mut node = node_from_metadata(name, &child_path, &meta, &mut self.names);
                     let parent_sub = self.parent_subtree(parent_node);
-                    node.subtree =
-                        Some(self.virtual_tree(&child_path, sub, parent_sub.as_ref())?);
+                    node.subtree = Some(self.virtual_tree(&child_path, sub, parent_sub.as_ref())?);
                     self.summary.dirs += 1;
                     tree.nodes.push(node);
                 }
@@ -513,14 +479,8 @@ impl Walker<'_, '_, '_> {
                 return Ok(false);
             }
         };
-        if file
-            .metadata()
-            .is_ok_and(|m| m.file_type().is_block_device())
-        {
-            node.size = file
-                .seek(SeekFrom::End(0))
-                .and_then(|n| file.seek(SeekFrom::Start(0)).map(|_| n))
-                .unwrap_or(0);
+        if file.metadata().is_ok_and(|m| m.file_type().is_block_device()) {
+            node.size = file.seek(SeekFrom::End(0)).and_then(|n| file.seek(SeekFrom::Start(0)).map(|_| n)).unwrap_or(0);
             self.summary.total_bytes += node.size;
         }
         match self.chunk_stream(&mut file) {
@@ -538,27 +498,54 @@ impl Walker<'_, '_, '_> {
         }
     }
 
-    fn chunk_stream(
-        &mut self,
-        reader: &mut dyn Read,
-    ) -> std::result::Result<(Vec<Id>, u64), ChunkError> {
+    /// Cut a stream into content-defined chunks and queue them. The buffer is reused across
+    /// files (a fresh multi-MiB buffer per small file would dominate the cost of a tree backup).
+    fn chunk_stream(&mut self, reader: &mut dyn Read) -> std::result::Result<(Vec<Id>, u64), ChunkError> {
         let c = self.chunker;
-        let mut content = Vec::new();
-        let mut size = 0u64;
-        let chunks = fastcdc::v2020::StreamCDC::new(reader, c.min_size, c.avg_size, c.max_size);
-        for chunk in chunks {
-            let chunk = chunk.map_err(|e| ChunkError::Read(e.to_string()))?;
-            let len = chunk.data.len() as u64;
-            let id = self
-                .writer
-                .add(BlobKind::Data, chunk.data)
-                .map_err(ChunkError::Store)?;
-            content.push(id);
-            size += len;
-            self.summary.bytes_read += len;
-            self.progress.bytes(len);
-        }
-        Ok((content, size))
+        let cap = 2 * c.max_size as usize;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(cap, 0);
+        let result = (|| {
+            let mut content = Vec::new();
+            let mut size = 0u64;
+            let mut filled = 0usize;
+            let mut eof = false;
+            loop {
+                while !eof && filled < cap {
+                    match reader.read(&mut buf[filled..]) {
+                        Ok(0) => eof = true,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(ChunkError::Read(e.to_string())),
+                    }
+                }
+                if filled == 0 {
+                    break;
+                }
+                let mut consumed = 0usize;
+                for chunk in fastcdc::v2020::FastCDC::new(&buf[..filled], c.min_size, c.avg_size, c.max_size) {
+                    let end = chunk.offset + chunk.length;
+                    if end == filled && !eof {
+                        break; // may continue past the buffer: cut again after refilling
+                    }
+                    let data = buf[chunk.offset..end].to_vec();
+                    let id = self.writer.add(BlobKind::Data, data).map_err(ChunkError::Store)?;
+                    content.push(id);
+                    size += chunk.length as u64;
+                    self.summary.bytes_read += chunk.length as u64;
+                    self.progress.bytes(chunk.length as u64);
+                    consumed = end;
+                }
+                buf.copy_within(consumed..filled, 0);
+                filled -= consumed;
+                if eof && filled == 0 {
+                    break;
+                }
+            }
+            Ok((content, size))
+        })();
+        self.buf = buf;
+        result
     }
 
     fn stdin_tree(&mut self, reader: &mut dyn Read, name: &str) -> Result<Id> {
@@ -566,10 +553,7 @@ impl Walker<'_, '_, '_> {
         let (content, size) = match self.chunk_stream(reader) {
             Ok(r) => r,
             Err(ChunkError::Read(e)) => {
-                return Err(Error::new(
-                    crate::error::ErrorKind::Io,
-                    format!("reading stdin: {e}"),
-                ))
+                return Err(Error::new(crate::error::ErrorKind::Io, format!("reading stdin: {e}")))
             }
             Err(ChunkError::Store(e)) => return Err(e),
         };

@@ -12,14 +12,9 @@ use crate::tree::{Node, NodeKind, Tree};
 
 /// Split a snapshot path into components, refusing `..` and empty names.
 pub fn path_components(path: &str) -> Result<Vec<&str>> {
-    let parts: Vec<&str> = path
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect();
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
     if parts.contains(&"..") {
-        return Err(Error::invalid(format!(
-            "path {path:?} must not contain `..`"
-        )));
+        return Err(Error::invalid(format!("path {path:?} must not contain `..`")));
     }
     Ok(parts)
 }
@@ -31,13 +26,12 @@ pub fn lookup(repo: &Repository, index: &MasterIndex, root: &Id, path: &str) -> 
     let mut node: Option<Node> = None;
     for (i, part) in parts.iter().enumerate() {
         let tree = repo.load_tree(index, &tree_id)?;
-        let n = tree.find(part.as_bytes()).cloned().ok_or_else(|| {
-            Error::not_found(format!("{path}: no such file or directory in the snapshot"))
-        })?;
+        let n = tree
+            .find(part.as_bytes())
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("{path}: no such file or directory in the snapshot")))?;
         if i + 1 < parts.len() {
-            tree_id = n
-                .subtree
-                .ok_or_else(|| Error::not_found(format!("{path}: {part} is not a directory")))?;
+            tree_id = n.subtree.ok_or_else(|| Error::not_found(format!("{path}: {part} is not a directory")))?;
         }
         node = Some(n);
     }
@@ -105,17 +99,9 @@ fn all_paths(
     sign: &'static str,
     out: &mut Vec<Change>,
 ) -> Result<()> {
-    out.push(Change {
-        change: sign,
-        path: path.to_string(),
-    });
+    out.push(Change { change: sign, path: path.to_string() });
     if let Some(sub) = node.subtree {
-        list(repo, index, &sub, path, true, &mut |p, _| {
-            out.push(Change {
-                change: sign,
-                path: p.to_string(),
-            })
-        })?;
+        list(repo, index, &sub, path, true, &mut |p, _| out.push(Change { change: sign, path: p.to_string() }))?;
     }
     Ok(())
 }
@@ -133,12 +119,8 @@ fn diff_trees(
     }
     let ta = load(repo, index, a)?;
     let tb = load(repo, index, b)?;
-    let names: std::collections::BTreeSet<&[u8]> = ta
-        .nodes
-        .iter()
-        .chain(&tb.nodes)
-        .map(|n| n.name.0.as_slice())
-        .collect();
+    let names: std::collections::BTreeSet<&[u8]> =
+        ta.nodes.iter().chain(&tb.nodes).map(|n| n.name.0.as_slice()).collect();
     for name in names {
         let na = ta.find(name);
         let nb = tb.find(name);
@@ -148,23 +130,13 @@ fn diff_trees(
             (None, Some(y)) => all_paths(repo, index, y, &path, "+", out)?,
             (Some(x), Some(y)) => {
                 if x.kind != y.kind {
-                    out.push(Change {
-                        change: "T",
-                        path: path.clone(),
-                    });
+                    out.push(Change { change: "T", path: path.clone() });
                 } else if x.kind == NodeKind::Dir {
-                    if x.mode != y.mode || x.uid != y.uid || x.gid != y.gid || x.xattrs != y.xattrs
-                    {
-                        out.push(Change {
-                            change: "U",
-                            path: path.clone(),
-                        });
+                    if x.mode != y.mode || x.uid != y.uid || x.gid != y.gid || x.xattrs != y.xattrs {
+                        out.push(Change { change: "U", path: path.clone() });
                     }
                     diff_trees(repo, index, x.subtree, y.subtree, &path, out)?;
-                } else if x.content != y.content
-                    || x.link_target != y.link_target
-                    || x.rdev != y.rdev
-                {
+                } else if x.content != y.content || x.link_target != y.link_target || x.rdev != y.rdev {
                     out.push(Change { change: "M", path });
                 } else if x.mode != y.mode
                     || x.uid != y.uid
@@ -205,22 +177,13 @@ pub struct RepoStats {
 /// Compute stats; walks every snapshot.
 pub fn stats(repo: &Repository, index: &MasterIndex) -> Result<RepoStats> {
     let (snaps, _) = repo.snapshots()?;
-    let mut s = RepoStats {
-        snapshots: snaps.len(),
-        packs: index.packs().len(),
-        blobs: index.len(),
-        ..Default::default()
-    };
+    let mut s =
+        RepoStats { snapshots: snaps.len(), packs: index.packs().len(), blobs: index.len(), ..Default::default() };
     for (_, loc) in index.iter() {
         s.raw_bytes += u64::from(loc.raw_len);
     }
     let listed: HashSet<Id> = index.packs().iter().copied().collect();
-    s.stored_bytes = repo
-        .list_packs()?
-        .iter()
-        .filter(|(id, _)| listed.contains(id))
-        .map(|(_, o)| o.size)
-        .sum();
+    s.stored_bytes = repo.list_packs()?.iter().filter(|(id, _)| listed.contains(id)).map(|(_, o)| o.size).sum();
     for snap in &snaps {
         s.restore_size += snap.snapshot.summary.total_bytes;
         s.files += snap.snapshot.summary.files_new

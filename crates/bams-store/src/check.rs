@@ -57,18 +57,10 @@ impl CheckReport {
         !self.problems.iter().any(|p| p.severity == "error")
     }
     fn error(&mut self, object: String, message: String) {
-        self.problems.push(Problem {
-            severity: "error",
-            object,
-            message,
-        });
+        self.problems.push(Problem { severity: "error", object, message });
     }
     fn warning(&mut self, object: String, message: String) {
-        self.problems.push(Problem {
-            severity: "warning",
-            object,
-            message,
-        });
+        self.problems.push(Problem { severity: "warning", object, message });
     }
 }
 
@@ -82,9 +74,7 @@ pub fn check(repo: &Repository, read: ReadData, on_pack: &dyn Fn()) -> Result<Ch
     for (id, raw) in index_ids.iter().zip(raws) {
         let parsed = raw.and_then(|raw| {
             if Id::hash_of(&raw) != *id {
-                return Err(crate::error::Error::corrupt(
-                    "content does not match its name",
-                ));
+                return Err(crate::error::Error::corrupt("content does not match its name"));
             }
             let plain = repo.key().open(&raw, &format_args!("index {id}"))?;
             crate::index::IndexFile::decode(&plain, &id.to_hex())
@@ -103,22 +93,11 @@ pub fn check(repo: &Repository, read: ReadData, on_pack: &dyn Fn()) -> Result<Ch
     report.blobs = index.len();
     report.packs = indexed_packs.len();
 
-    let stored: HashMap<Id, u64> = repo
-        .list_packs()?
-        .into_iter()
-        .map(|(id, o)| (id, o.size))
-        .collect();
+    let stored: HashMap<Id, u64> = repo.list_packs()?.into_iter().map(|(id, o)| (id, o.size)).collect();
     for (pack, entries) in &indexed_packs {
-        let expected_min = entries
-            .iter()
-            .map(|e| u64::from(e.offset) + u64::from(e.length))
-            .max()
-            .unwrap_or(0);
+        let expected_min = entries.iter().map(|e| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(0);
         match stored.get(pack) {
-            None => report.error(
-                format!("pack {pack}"),
-                "listed in the index but missing".into(),
-            ),
+            None => report.error(format!("pack {pack}"), "listed in the index but missing".into()),
             Some(&size) if size < expected_min + 4 => report.error(
                 format!("pack {pack}"),
                 format!("truncated: {size} bytes, index needs more than {expected_min}"),
@@ -128,7 +107,10 @@ pub fn check(repo: &Repository, read: ReadData, on_pack: &dyn Fn()) -> Result<Ch
     }
     for pack in stored.keys() {
         if !indexed_packs.contains_key(pack) {
-            report.warning(format!("pack {pack}"), "not in any index (left by an interrupted backup or prune; the next backup or prune handles it)".into());
+            report.warning(
+                format!("pack {pack}"),
+                "not in any index (left by an interrupted backup or prune; the next backup or prune handles it)".into(),
+            );
         }
     }
 
@@ -141,28 +123,17 @@ pub fn check(repo: &Repository, read: ReadData, on_pack: &dyn Fn()) -> Result<Ch
     let mut missing_blobs: HashSet<Id> = HashSet::new();
     for snap in &snapshots {
         let mut problems = Vec::new();
-        let walk = repo.walk_trees(
-            &index,
-            &snap.snapshot.tree,
-            &mut seen_trees,
-            &mut |path, _id, tree| {
-                for node in &tree.nodes {
-                    for blob in &node.content {
-                        if !index.contains(blob) && missing_blobs.insert(*blob) {
-                            problems.push(format!(
-                                "{path}/{}: data blob {blob} is not in the index",
-                                node.name.display()
-                            ));
-                        }
+        let walk = repo.walk_trees(&index, &snap.snapshot.tree, &mut seen_trees, &mut |path, _id, tree| {
+            for node in &tree.nodes {
+                for blob in &node.content {
+                    if !index.contains(blob) && missing_blobs.insert(*blob) {
+                        problems.push(format!("{path}/{}: data blob {blob} is not in the index", node.name.display()));
                     }
                 }
-            },
-        );
+            }
+        });
         if let Err(e) = walk {
-            report.error(
-                format!("snapshot {}", snap.id),
-                format!("tree walk failed: {e}"),
-            );
+            report.error(format!("snapshot {}", snap.id), format!("tree walk failed: {e}"));
         }
         for p in problems {
             report.error(format!("snapshot {}", snap.id), p);
@@ -206,18 +177,11 @@ fn read_pack(repo: &Repository, pack: &Id, indexed: &[crate::pack::PackEntry]) -
     if Id::hash_of(&data) != *pack {
         problems.push("content hash does not match the pack name (corrupted or truncated)".into());
     }
-    match data
-        .len()
-        .checked_sub(4)
-        .map(|t| header_range(data.len() as u64, &data[t..], pack))
-    {
+    match data.len().checked_sub(4).map(|t| header_range(data.len() as u64, &data[t..], pack)) {
         Some(Ok((off, len))) => {
             let header = repo
                 .key()
-                .open(
-                    &data[off as usize..(off + len) as usize],
-                    &format_args!("pack {pack} header"),
-                )
+                .open(&data[off as usize..(off + len) as usize], &format_args!("pack {pack} header"))
                 .and_then(|p| parse_header(&p, pack));
             match header {
                 Ok(entries) if entries.as_slice() != indexed => {
@@ -238,10 +202,7 @@ fn read_pack(repo: &Repository, pack: &Id, indexed: &[crate::pack::PackEntry]) -
                     problems.push(err.to_string());
                 }
             }
-            None => problems.push(format!(
-                "blob {} in pack {pack}: beyond the end of the pack",
-                e.id
-            )),
+            None => problems.push(format!("blob {} in pack {pack}: beyond the end of the pack", e.id)),
         }
     }
     problems

@@ -46,11 +46,7 @@ impl MasterKey {
 
     fn from_parts(enc: [u8; 32], id_key: [u8; 32]) -> Self {
         let cipher = Aes256Gcm::new(&enc.into());
-        Self {
-            enc,
-            id_key,
-            cipher,
-        }
+        Self { enc, id_key, cipher }
     }
 
     fn to_bytes(&self) -> [u8; 64] {
@@ -69,8 +65,7 @@ impl MasterKey {
     pub fn seal(&self, plain: &[u8], level: Option<i32>) -> Result<Vec<u8>> {
         let compressed = match level {
             Some(level) if plain.len() > 64 => {
-                let c = zstd::bulk::compress(plain, level)
-                    .map_err(|e| Error::new(ErrorKind::Other, format!("zstd: {e}")))?;
+                let c = compress(plain, level)?;
                 // Keep it only when it saves at least 1/32: incompressible data stays raw.
                 (c.len() + c.len() / 32 < plain.len()).then_some(c)
             }
@@ -88,27 +83,58 @@ impl MasterKey {
 
     /// Decrypt and decompress; `what` names the object in the error.
     pub fn open(&self, sealed: &[u8], what: &dyn std::fmt::Display) -> Result<Vec<u8>> {
-        let plain = open_with(&self.cipher, sealed).ok_or_else(|| {
-            Error::corrupt(format!(
-                "{what}: authentication failed (corrupted or tampered data)"
-            ))
-        })?;
+        let plain = open_with(&self.cipher, sealed)
+            .ok_or_else(|| Error::corrupt(format!("{what}: authentication failed (corrupted or tampered data)")))?;
         match plain.first() {
             Some(&FLAG_RAW) => Ok(plain[1..].to_vec()),
-            Some(&FLAG_ZSTD) => zstd::stream::decode_all(&plain[1..])
-                .map_err(|e| Error::corrupt(format!("{what}: zstd: {e}"))),
+            Some(&FLAG_ZSTD) => decompress(&plain[1..]).map_err(|e| Error::corrupt(format!("{what}: zstd: {e}"))),
             _ => Err(Error::corrupt(format!("{what}: unknown compression flag"))),
         }
     }
+}
+
+thread_local! {
+    // zstd contexts are expensive to create (they allocate the match tables); one per thread.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn compress(plain: &[u8], level: i32) -> Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            let c =
+                zstd::bulk::Compressor::new(level).map_err(|e| Error::new(ErrorKind::Other, format!("zstd: {e}")))?;
+            *slot = Some((level, c));
+        }
+        let (_, c) = slot.as_mut().ok_or_else(|| Error::new(ErrorKind::Other, "zstd context missing"))?;
+        c.compress(plain).map_err(|e| Error::new(ErrorKind::Other, format!("zstd: {e}")))
+    })
+}
+
+/// Largest plaintext we accept from one frame (blobs are ≤ 16 MiB; index files can be larger).
+const MAX_DECOMPRESSED: usize = 1 << 30;
+
+fn decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let size = zstd::zstd_safe::get_frame_content_size(data).ok().flatten();
+    let Some(size) = size.and_then(|s| usize::try_from(s).ok()).filter(|s| *s <= MAX_DECOMPRESSED) else {
+        return zstd::stream::decode_all(data);
+    };
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let d = slot.as_mut().ok_or_else(|| std::io::Error::other("zstd context missing"))?;
+        d.decompress(data, size)
+    })
 }
 
 fn seal_with(cipher: &Aes256Gcm, plain: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::thread_rng().fill_bytes(&mut nonce);
     // Encryption with a valid key and in-memory buffers cannot fail.
-    let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), plain)
-        .unwrap_or_default();
+    let ct = cipher.encrypt(Nonce::from_slice(&nonce), plain).unwrap_or_default();
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
@@ -137,11 +163,7 @@ pub struct KdfParams {
 impl Default for KdfParams {
     fn default() -> Self {
         // 64 MiB, 3 passes: ~0.2 s on the appliance, expensive for a guesser.
-        Self {
-            m_cost: 64 * 1024,
-            t_cost: 3,
-            p_cost: 1,
-        }
+        Self { m_cost: 64 * 1024, t_cost: 3, p_cost: 1 }
     }
 }
 
@@ -183,11 +205,7 @@ pub struct KeySlot {
 fn derive_kek(secret: &[u8], salt: &[u8], params: KdfParams) -> Result<Aes256Gcm> {
     let argon_params = argon2::Params::new(params.m_cost, params.t_cost, params.p_cost, Some(32))
         .map_err(|e| Error::invalid(format!("bad KDF parameters: {e}")))?;
-    let argon = argon2::Argon2::new(
-        argon2::Algorithm::Argon2id,
-        argon2::Version::V0x13,
-        argon_params,
-    );
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
     let mut kek = [0u8; 32];
     argon
         .hash_password_into(secret, salt, &mut kek)
@@ -197,13 +215,7 @@ fn derive_kek(secret: &[u8], salt: &[u8], params: KdfParams) -> Result<Aes256Gcm
 
 impl KeySlot {
     /// Wrap `master` under `secret` (password bytes or key file contents).
-    pub fn wrap(
-        master: &MasterKey,
-        secret: &[u8],
-        kind: SlotKind,
-        label: &str,
-        params: KdfParams,
-    ) -> Result<Self> {
+    pub fn wrap(master: &MasterKey, secret: &[u8], kind: SlotKind, label: &str, params: KdfParams) -> Result<Self> {
         let mut salt = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut salt);
         let kek = derive_kek(secret, &salt, params)?;
@@ -224,15 +236,10 @@ impl KeySlot {
     /// Try to unwrap the master key with `secret`; `None` when it does not match.
     pub fn unwrap_key(&self, secret: &[u8]) -> Result<Option<MasterKey>> {
         if self.kdf != "argon2id" {
-            return Err(Error::corrupt(format!(
-                "key slot uses unknown KDF {:?}",
-                self.kdf
-            )));
+            return Err(Error::corrupt(format!("key slot uses unknown KDF {:?}", self.kdf)));
         }
-        let salt =
-            hex::decode(&self.salt).map_err(|_| Error::corrupt("key slot salt is not hex"))?;
-        let wrapped =
-            hex::decode(&self.wrapped).map_err(|_| Error::corrupt("key slot key is not hex"))?;
+        let salt = hex::decode(&self.salt).map_err(|_| Error::corrupt("key slot salt is not hex"))?;
+        let wrapped = hex::decode(&self.wrapped).map_err(|_| Error::corrupt("key slot key is not hex"))?;
         let kek = derive_kek(secret, &salt, self.params)?;
         let Some(plain) = open_with(&kek, &wrapped) else {
             return Ok(None);
@@ -255,8 +262,7 @@ mod tests {
     #[test]
     fn seal_roundtrip_and_tamper_detection() {
         let key = MasterKey::generate();
-        let data =
-            b"hello hello hello hello hello hello hello hello hello hello hello hello".repeat(10);
+        let data = b"hello hello hello hello hello hello hello hello hello hello hello hello".repeat(10);
         let sealed = key.seal(&data, Some(3)).unwrap();
         assert!(sealed.len() < data.len(), "compressible data shrinks");
         assert_eq!(key.open(&sealed, &"t").unwrap(), data);
@@ -270,11 +276,7 @@ mod tests {
     #[test]
     fn key_slot_wraps_and_rejects_wrong_secret() {
         let key = MasterKey::generate();
-        let params = KdfParams {
-            m_cost: 64,
-            t_cost: 1,
-            p_cost: 1,
-        };
+        let params = KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 };
         let slot = KeySlot::wrap(&key, b"pw", SlotKind::Password, "", params).unwrap();
         let back = slot.unwrap_key(b"pw").unwrap().unwrap();
         assert_eq!(back.to_bytes(), key.to_bytes());

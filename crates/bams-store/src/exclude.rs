@@ -31,11 +31,7 @@ impl PathMatcher {
         let mut names = GlobSetBuilder::new();
         let mut paths = GlobSetBuilder::new();
         let mut empty = true;
-        for p in patterns
-            .iter()
-            .map(|p| p.trim())
-            .filter(|p| !p.is_empty() && !p.starts_with('#'))
-        {
+        for p in patterns.iter().map(|p| p.trim()).filter(|p| !p.is_empty() && !p.starts_with('#')) {
             empty = false;
             let p = p.trim_end_matches('/');
             if p.contains('/') {
@@ -44,15 +40,8 @@ impl PathMatcher {
                 names.add(glob(p)?);
             }
         }
-        let build = |b: GlobSetBuilder| {
-            b.build()
-                .map_err(|e| Error::invalid(format!("bad exclude patterns: {e}")))
-        };
-        Ok(Self {
-            names: build(names)?,
-            paths: build(paths)?,
-            empty,
-        })
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::invalid(format!("bad exclude patterns: {e}")));
+        Ok(Self { names: build(names)?, paths: build(paths)?, empty })
     }
 
     /// Whether `path` (absolute) is excluded.
@@ -73,13 +62,7 @@ mod tests {
 
     #[test]
     fn names_and_paths() {
-        let e = PathMatcher::new(&[
-            "*.tmp".into(),
-            "/home/*/.cache".into(),
-            "# comment".into(),
-            "".into(),
-        ])
-        .unwrap();
+        let e = PathMatcher::new(&["*.tmp".into(), "/home/*/.cache".into(), "# comment".into(), "".into()]).unwrap();
         assert!(e.matches(Path::new("/a/b/x.tmp"), false));
         assert!(!e.matches(Path::new("/a/b/x.txt"), false));
         assert!(e.matches(Path::new("/home/bob/.cache"), true));

@@ -81,11 +81,7 @@ fn year(t: &DateTime<Local>) -> i64 {
 pub fn apply_policy(snapshots: &[SnapshotEntry], policy: &KeepPolicy) -> Vec<Decision> {
     let mut decisions: Vec<Decision> = snapshots
         .iter()
-        .map(|s| Decision {
-            id: s.id.to_hex(),
-            keep: policy.is_empty(),
-            reasons: Vec::new(),
-        })
+        .map(|s| Decision { id: s.id.to_hex(), keep: policy.is_empty(), reasons: Vec::new() })
         .collect();
     if policy.is_empty() {
         return decisions;
@@ -94,10 +90,7 @@ pub fn apply_policy(snapshots: &[SnapshotEntry], policy: &KeepPolicy) -> Vec<Dec
     for (i, s) in snapshots.iter().enumerate() {
         let mut paths = s.snapshot.paths.clone();
         paths.sort();
-        groups
-            .entry((s.snapshot.host.clone(), paths))
-            .or_default()
-            .push(i);
+        groups.entry((s.snapshot.host.clone(), paths)).or_default().push(i);
     }
     let rules: [(&str, Option<usize>, BucketFn); 5] = [
         ("hourly", policy.hourly, hour),
@@ -107,22 +100,14 @@ pub fn apply_policy(snapshots: &[SnapshotEntry], policy: &KeepPolicy) -> Vec<Dec
         ("yearly", policy.yearly, year),
     ];
     for members in groups.values_mut() {
-        members.sort_by(|a, b| {
-            snapshots[*b]
-                .snapshot
-                .time
-                .cmp(&snapshots[*a].snapshot.time)
-        });
+        members.sort_by(|a, b| snapshots[*b].snapshot.time.cmp(&snapshots[*a].snapshot.time));
         let newest = snapshots[members[0]].snapshot.time;
         for (rank, &i) in members.iter().enumerate() {
             let s = &snapshots[i].snapshot;
             if policy.last.is_some_and(|n| rank < n) {
                 decisions[i].reasons.push("last".into());
             }
-            if policy
-                .within
-                .is_some_and(|d| newest.signed_duration_since(s.time) <= d)
-            {
+            if policy.within.is_some_and(|d| newest.signed_duration_since(s.time) <= d) {
                 decisions[i].reasons.push("within".into());
             }
             if s.tags.iter().any(|t| policy.keep_tags.contains(t)) {
@@ -184,19 +169,8 @@ mod tests {
     fn daily_keeps_newest_per_day() {
         let base = 1_700_000_000;
         let snaps: Vec<_> = (0..10).map(|i| snap(base + i * 6 * 3600, "h")).collect();
-        let d = apply_policy(
-            &snaps,
-            &KeepPolicy {
-                daily: Some(2),
-                ..Default::default()
-            },
-        );
-        let kept: Vec<usize> = d
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.keep)
-            .map(|(i, _)| i)
-            .collect();
+        let d = apply_policy(&snaps, &KeepPolicy { daily: Some(2), ..Default::default() });
+        let kept: Vec<usize> = d.iter().enumerate().filter(|(_, d)| d.keep).map(|(i, _)| i).collect();
         assert_eq!(kept.len(), 2);
         assert!(kept.contains(&9), "newest is kept");
     }

@@ -20,23 +20,13 @@ impl NameCache {
     fn user(&mut self, uid: u32) -> Option<String> {
         self.users
             .entry(uid)
-            .or_insert_with(|| {
-                nix::unistd::User::from_uid(uid.into())
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-            })
+            .or_insert_with(|| nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name))
             .clone()
     }
     fn group(&mut self, gid: u32) -> Option<String> {
         self.groups
             .entry(gid)
-            .or_insert_with(|| {
-                nix::unistd::Group::from_gid(gid.into())
-                    .ok()
-                    .flatten()
-                    .map(|g| g.name)
-            })
+            .or_insert_with(|| nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name))
             .clone()
     }
 }
@@ -66,18 +56,11 @@ fn ns(secs: i64, nsec: i64) -> i64 {
 }
 
 /// A node with everything but content/subtree filled from `lstat` + xattrs.
-pub fn node_from_metadata(
-    name: &OsStr,
-    path: &Path,
-    meta: &Metadata,
-    names: &mut NameCache,
-) -> Node {
+pub fn node_from_metadata(name: &OsStr, path: &Path, meta: &Metadata, names: &mut NameCache) -> Node {
     let kind = kind_of(meta);
     let rdev = matches!(kind, NodeKind::Blockdev | NodeKind::Chardev).then(|| meta.rdev());
     let link_target = if kind == NodeKind::Symlink {
-        std::fs::read_link(path)
-            .ok()
-            .map(|t| RawName::from(t.as_os_str()))
+        std::fs::read_link(path).ok().map(|t| RawName::from(t.as_os_str()))
     } else {
         None
     };
@@ -114,10 +97,7 @@ pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
     let mut out: Vec<Xattr> = names
         .filter_map(|n| {
             let value = xattr::get(path, &n).ok().flatten()?;
-            Some(Xattr {
-                name: RawName::from(n.as_os_str()),
-                value: hex::encode(value),
-            })
+            Some(Xattr { name: RawName::from(n.as_os_str()), value: hex::encode(value) })
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -143,30 +123,16 @@ pub fn apply_metadata(path: &Path, node: &Node, opts: ApplyOptions) -> Vec<Strin
     let is_link = node.kind == NodeKind::Symlink;
     if opts.owners {
         let uid = (!opts.numeric_owner)
-            .then(|| {
-                node.user
-                    .as_deref()
-                    .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
-                    .map(|u| u.uid)
-            })
+            .then(|| node.user.as_deref().and_then(|u| nix::unistd::User::from_name(u).ok().flatten()).map(|u| u.uid))
             .flatten()
             .unwrap_or_else(|| node.uid.into());
         let gid = (!opts.numeric_owner)
-            .then(|| {
-                node.group
-                    .as_deref()
-                    .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
-                    .map(|g| g.gid)
-            })
+            .then(|| node.group.as_deref().and_then(|g| nix::unistd::Group::from_name(g).ok().flatten()).map(|g| g.gid))
             .flatten()
             .unwrap_or_else(|| node.gid.into());
-        if let Err(e) = nix::unistd::fchownat(
-            None,
-            path,
-            Some(uid),
-            Some(gid),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
+        if let Err(e) =
+            nix::unistd::fchownat(None, path, Some(uid), Some(gid), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        {
             if e != nix::errno::Errno::EPERM {
                 warnings.push(format!("{}: chown: {e}", path.display()));
             }
@@ -177,11 +143,7 @@ pub fn apply_metadata(path: &Path, node: &Node, opts: ApplyOptions) -> Vec<Strin
             continue;
         };
         if let Err(e) = xattr::set(path, x.name.as_os_str(), &value) {
-            warnings.push(format!(
-                "{}: xattr {}: {e}",
-                path.display(),
-                x.name.display()
-            ));
+            warnings.push(format!("{}: xattr {}: {e}", path.display(), x.name.display()));
         }
     }
     if !is_link {
@@ -191,13 +153,9 @@ pub fn apply_metadata(path: &Path, node: &Node, opts: ApplyOptions) -> Vec<Strin
         }
     }
     let times = [to_timespec(node.atime_ns), to_timespec(node.mtime_ns)];
-    if let Err(e) = nix::sys::stat::utimensat(
-        None,
-        path,
-        &times[0],
-        &times[1],
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    ) {
+    if let Err(e) =
+        nix::sys::stat::utimensat(None, path, &times[0], &times[1], nix::sys::stat::UtimensatFlags::NoFollowSymlink)
+    {
         warnings.push(format!("{}: set times: {e}", path.display()));
     }
     warnings
@@ -212,11 +170,6 @@ pub fn make_special(path: &Path, node: &Node) -> Result<()> {
         NodeKind::Fifo => SFlag::S_IFIFO,
         _ => return Ok(()),
     };
-    mknod(
-        path,
-        kind,
-        Mode::from_bits_truncate(node.mode),
-        node.rdev.unwrap_or(0),
-    )
-    .map_err(|e| Error::io(path.display(), std::io::Error::from(e)))
+    mknod(path, kind, Mode::from_bits_truncate(node.mode), node.rdev.unwrap_or(0))
+        .map_err(|e| Error::io(path.display(), std::io::Error::from(e)))
 }

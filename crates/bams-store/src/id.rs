@@ -42,8 +42,7 @@ impl Id {
     /// Parse a full 64-digit hex id.
     pub fn from_hex(s: &str) -> Result<Self> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|_| Error::invalid(format!("{s:?} is not a 64-digit hex id")))?;
+        hex::decode_to_slice(s, &mut out).map_err(|_| Error::invalid(format!("{s:?} is not a 64-digit hex id")))?;
         Ok(Self(out))
     }
 }

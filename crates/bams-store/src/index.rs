@@ -26,11 +26,7 @@ pub struct IndexFile {
 impl IndexFile {
     /// Serialize to plaintext.
     pub fn encode(&self) -> Vec<u8> {
-        let n: usize = self
-            .packs
-            .iter()
-            .map(|(_, e)| 36 + e.len() * ENTRY_LEN)
-            .sum();
+        let n: usize = self.packs.iter().map(|(_, e)| 36 + e.len() * ENTRY_LEN).sum();
         let mut out = Vec::with_capacity(4 + n);
         out.extend_from_slice(MAGIC);
         for (pack, entries) in &self.packs {
@@ -56,9 +52,7 @@ impl IndexFile {
         let mut pos = 4;
         let mut packs = Vec::new();
         let u32_at = |p: usize| -> Result<u32> {
-            data.get(p..p + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .ok_or_else(|| bad("truncated"))
+            data.get(p..p + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or_else(|| bad("truncated"))
         };
         while pos < data.len() {
             let pack = Id(data
@@ -126,6 +120,8 @@ pub struct BlobLocation {
 #[derive(Debug, Default)]
 pub struct MasterIndex {
     packs: Vec<Id>,
+    /// Per pack: holds at least one data blob (tree-only packs are read whole and cached).
+    pack_has_data: Vec<bool>,
     pack_pos: HashMap<Id, u32>,
     records: Vec<Record>,
     sorted: bool,
@@ -145,6 +141,10 @@ impl MasterIndex {
         let pos = *self.pack_pos.entry(pack).or_insert(next);
         if pos == next {
             self.packs.push(pack);
+            self.pack_has_data.push(false);
+        }
+        if entries.iter().any(|e| e.kind == BlobKind::Data) {
+            self.pack_has_data[pos as usize] = true;
         }
         self.records.extend(entries.iter().map(|e| Record {
             id: e.id.0,
@@ -159,22 +159,15 @@ impl MasterIndex {
 
     /// Sort for lookups; a blob stored in several packs keeps one location.
     pub fn finalize(&mut self) {
-        self.records
-            .sort_unstable_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
+        self.records.sort_unstable_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
         self.records.dedup_by(|a, b| a.id == b.id);
         self.records.shrink_to_fit();
         self.sorted = true;
     }
 
     fn find(&self, id: &Id) -> Option<&Record> {
-        debug_assert!(
-            self.sorted || self.records.is_empty(),
-            "MasterIndex used before finalize"
-        );
-        self.records
-            .binary_search_by(|r| r.id.cmp(&id.0))
-            .ok()
-            .map(|i| &self.records[i])
+        debug_assert!(self.sorted || self.records.is_empty(), "MasterIndex used before finalize");
+        self.records.binary_search_by(|r| r.id.cmp(&id.0)).ok().map(|i| &self.records[i])
     }
 
     /// Is this blob stored?
@@ -193,6 +186,11 @@ impl MasterIndex {
                 raw_len: r.raw_len,
             })
         })
+    }
+
+    /// True when the pack holds only trees.
+    pub fn is_tree_pack(&self, pack: &Id) -> bool {
+        self.pack_pos.get(pack).is_some_and(|&p| !self.pack_has_data[p as usize])
     }
 
     /// Is this pack listed in any index?
@@ -238,13 +236,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry(seed: u8, off: u32) -> PackEntry {
-        PackEntry {
-            kind: BlobKind::Data,
-            id: Id([seed; 32]),
-            offset: off,
-            length: 10,
-            raw_len: 20,
-        }
+        PackEntry { kind: BlobKind::Data, id: Id([seed; 32]), offset: off, length: 10, raw_len: 20 }
     }
 
     proptest! {
@@ -268,10 +260,7 @@ mod tests {
         assert!(mi.contains(&Id([1; 32])));
         assert!(!mi.contains(&Id([2; 32])));
         assert_eq!(mi.get(&Id([1; 32])).unwrap().pack, Id([9; 32]));
-        let enc = IndexFile {
-            packs: vec![(Id([9; 32]), vec![entry(3, 0)])],
-        }
-        .encode();
+        let enc = IndexFile { packs: vec![(Id([9; 32]), vec![entry(3, 0)])] }.encode();
         assert!(IndexFile::decode(&enc[..enc.len() - 3], "t").is_err());
     }
 }

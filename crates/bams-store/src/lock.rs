@@ -42,17 +42,13 @@ pub struct LockInfo {
 impl LockInfo {
     /// Whether this lock no longer counts.
     pub fn is_stale(&self) -> bool {
-        let age = Utc::now()
-            .signed_duration_since(self.time)
-            .to_std()
-            .unwrap_or_default();
+        let age = Utc::now().signed_duration_since(self.time).to_std().unwrap_or_default();
         if age > STALE_AFTER {
             return true;
         }
         if self.host == crate::host::hostname() && self.pid != std::process::id() {
             // Signal 0 probes for the process without touching it.
-            let alive =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), None).is_ok();
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), None).is_ok();
             return !alive;
         }
         false
@@ -78,22 +74,15 @@ pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, Option<LockInfo>)>> {
         let Ok(id) = Id::from_hex(obj.key.trim_start_matches("locks/")) else {
             continue;
         };
-        let info = repo
-            .load_sealed("locks", &id)
-            .ok()
-            .and_then(|plain| serde_json::from_slice::<LockInfo>(&plain).ok());
+        let info =
+            repo.load_sealed("locks", &id).ok().and_then(|plain| serde_json::from_slice::<LockInfo>(&plain).ok());
         out.push((id, info));
     }
     Ok(out)
 }
 
 /// Take a lock, waiting up to `wait` for conflicting holders to finish.
-pub fn acquire<'a>(
-    repo: &'a Repository,
-    exclusive: bool,
-    purpose: &str,
-    wait: Duration,
-) -> Result<LockGuard<'a>> {
+pub fn acquire<'a>(repo: &'a Repository, exclusive: bool, purpose: &str, wait: Duration) -> Result<LockGuard<'a>> {
     let deadline = Instant::now() + wait;
     let purpose = purpose.to_string();
     let info = move || LockInfo {
@@ -118,10 +107,7 @@ pub fn acquire<'a>(
                     }
                 }
                 Some(o) if exclusive || o.exclusive => {
-                    conflict = Some(format!(
-                        "{} by {}@{} (pid {}) since {}",
-                        o.purpose, o.user, o.host, o.pid, o.time
-                    ))
+                    conflict = Some(format!("{} by {}@{} (pid {}) since {}", o.purpose, o.user, o.host, o.pid, o.time))
                 }
                 Some(_) => {}
                 None => conflict = Some(format!("unreadable lock {id}")),
@@ -131,19 +117,11 @@ pub fn acquire<'a>(
             let current = Arc::new(Mutex::new(own));
             let stop = Arc::new(AtomicBool::new(false));
             let refresher = spawn_refresher(repo, current.clone(), stop.clone(), info.clone());
-            return Ok(LockGuard {
-                repo,
-                current,
-                stop,
-                refresher,
-            });
+            return Ok(LockGuard { repo, current, stop, refresher });
         };
         let _ = repo.delete(&format!("locks/{own}"));
         if Instant::now() >= deadline {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!("repository is locked: {conflict}"),
-            ));
+            return Err(Error::new(ErrorKind::Conflict, format!("repository is locked: {conflict}")));
         }
         let jitter = u64::from(rand::random::<u16>() % 500);
         std::thread::sleep(Duration::from_millis(500 + jitter));
@@ -178,14 +156,9 @@ fn spawn_refresher(
                     continue;
                 };
                 let id = Id::hash_of(&sealed);
-                if rt
-                    .block_on(backend.put(&format!("locks/{id}"), sealed.into()))
-                    .is_ok()
-                {
+                if rt.block_on(backend.put(&format!("locks/{id}"), sealed.into())).is_ok() {
                     let old = {
-                        let mut cur = current
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut cur = current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         std::mem::replace(&mut *cur, id)
                     };
                     let _ = rt.block_on(backend.delete(&format!("locks/{old}")));
@@ -201,10 +174,7 @@ impl Drop for LockGuard<'_> {
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
-        let id = *self
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = self.repo.delete(&format!("locks/{id}"));
     }
 }

@@ -66,23 +66,14 @@ pub struct PackBuilder {
 impl PackBuilder {
     /// An empty pack with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            buf: Vec::with_capacity(capacity),
-            entries: Vec::new(),
-        }
+        Self { buf: Vec::with_capacity(capacity), entries: Vec::new() }
     }
 
     /// Append one sealed blob.
     pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: usize) {
         let offset = self.buf.len() as u32;
         self.buf.extend_from_slice(sealed);
-        self.entries.push(PackEntry {
-            kind,
-            id,
-            offset,
-            length: sealed.len() as u32,
-            raw_len: raw_len as u32,
-        });
+        self.entries.push(PackEntry { kind, id, offset, length: sealed.len() as u32, raw_len: raw_len as u32 });
     }
 
     /// Bytes so far.
@@ -106,8 +97,7 @@ impl PackBuilder {
         }
         let sealed = key.seal(&header, None)?;
         self.buf.extend_from_slice(&sealed);
-        self.buf
-            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         let id = Id::hash_of(&self.buf);
         Ok((id, self.buf, self.entries))
     }
@@ -129,13 +119,7 @@ pub fn parse_header(plain: &[u8], pack: &Id) -> Result<Vec<PackEntry>> {
         id.copy_from_slice(&chunk[1..33]);
         let length = u32::from_le_bytes([chunk[33], chunk[34], chunk[35], chunk[36]]);
         let raw_len = u32::from_le_bytes([chunk[37], chunk[38], chunk[39], chunk[40]]);
-        out.push(PackEntry {
-            kind,
-            id: Id(id),
-            offset,
-            length,
-            raw_len,
-        });
+        out.push(PackEntry { kind, id: Id(id), offset, length, raw_len });
         offset = offset
             .checked_add(length)
             .ok_or_else(|| Error::corrupt(format!("pack {pack}: header offsets overflow")))?;
@@ -145,14 +129,11 @@ pub fn parse_header(plain: &[u8], pack: &Id) -> Result<Vec<PackEntry>> {
 
 /// Where the sealed header sits, given the trailing 4 bytes and the pack size.
 pub fn header_range(pack_size: u64, trailer: &[u8], pack: &Id) -> Result<(u64, u64)> {
-    let len =
-        u64::from(u32::from_le_bytes(trailer.try_into().map_err(|_| {
-            Error::corrupt(format!("pack {pack}: short trailer"))
-        })?));
+    let len = u64::from(u32::from_le_bytes(
+        trailer.try_into().map_err(|_| Error::corrupt(format!("pack {pack}: short trailer")))?,
+    ));
     if len + 4 > pack_size {
-        return Err(Error::corrupt(format!(
-            "pack {pack}: header length {len} exceeds pack size {pack_size}"
-        )));
+        return Err(Error::corrupt(format!("pack {pack}: header length {len} exceeds pack size {pack_size}")));
     }
     Ok((pack_size - 4 - len, len))
 }

@@ -21,6 +21,10 @@ use crate::repo::Repository;
 
 /// Packs per intermediate index file.
 pub const INDEX_EVERY: usize = 32;
+/// Blobs travel between threads in batches of about this many bytes (or [`BATCH_COUNT`]
+/// blobs): one channel hand-off per small file costs more than sealing it.
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
+const BATCH_COUNT: usize = 256;
 
 struct RawBlob {
     kind: BlobKind,
@@ -60,10 +64,7 @@ pub struct PipelineOptions {
 impl Default for PipelineOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        Self {
-            sealers: cores,
-            uploads: 2,
-        }
+        Self { sealers: cores, uploads: 2 }
     }
 }
 
@@ -72,7 +73,9 @@ pub struct BlobWriter<'scope, 'env> {
     repo: &'env Repository,
     known: &'env MasterIndex,
     new_ids: HashSet<Id>,
-    tx: Option<Sender<RawBlob>>,
+    tx: Option<Sender<Vec<RawBlob>>>,
+    batch: Vec<RawBlob>,
+    batch_bytes: usize,
     sealers: Vec<ScopedJoinHandle<'scope, Result<()>>>,
     packer: Option<ScopedJoinHandle<'scope, Result<WriteStats>>>,
     /// Blobs handed to the pipeline (not deduplicated away), by kind: (data, tree).
@@ -90,23 +93,28 @@ impl<'scope, 'env> BlobWriter<'scope, 'env> {
         opts: PipelineOptions,
     ) -> Self {
         let sealers_n = opts.sealers.max(1);
-        let (tx, rx) = bounded::<RawBlob>(sealers_n * 2);
-        let (ptx, prx) = bounded::<SealedBlob>(sealers_n * 2);
+        let (tx, rx) = bounded::<Vec<RawBlob>>(sealers_n * 2);
+        let (ptx, prx) = bounded::<Vec<SealedBlob>>(sealers_n * 2);
         let sealers = (0..sealers_n)
             .map(|_| {
                 let rx = rx.clone();
                 let ptx = ptx.clone();
-                scope.spawn(move || seal_loop(repo, &rx, &ptx))
+                std::thread::Builder::new().name("bams-seal".into()).spawn_scoped(scope, move || seal_loop(repo, &rx, &ptx)).expect("spawn sealer")
             })
             .collect();
         drop(ptx);
         let uploads = opts.uploads.max(1);
-        let packer = scope.spawn(move || pack_loop(repo, &prx, uploads));
+        let packer = std::thread::Builder::new()
+            .name("bams-pack".into())
+            .spawn_scoped(scope, move || pack_loop(repo, &prx, uploads))
+            .expect("spawn packer");
         Self {
             repo,
             known,
             new_ids: HashSet::new(),
             tx: Some(tx),
+            batch: Vec::new(),
+            batch_bytes: 0,
             sealers,
             packer: Some(packer),
             added: (0, 0),
@@ -136,29 +144,38 @@ impl<'scope, 'env> BlobWriter<'scope, 'env> {
             BlobKind::Tree => self.added.1 += 1,
         }
         self.added_bytes += data.len() as u64;
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| Error::new(ErrorKind::Other, "pipeline closed"))?;
-        if tx.send(RawBlob { kind, id, data }).is_err() {
-            // A stage died; its error is reported by finish().
-            return Err(Error::new(ErrorKind::Other, "write pipeline stopped"));
+        self.batch_bytes += data.len();
+        self.batch.push(RawBlob { kind, id, data });
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_COUNT {
+            self.flush()?;
         }
         Ok(true)
     }
 
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let tx = self.tx.as_ref().ok_or_else(|| Error::new(ErrorKind::Other, "pipeline closed"))?;
+        if tx.send(batch).is_err() {
+            // A stage died; its error is reported by finish().
+            return Err(Error::new(ErrorKind::Other, "write pipeline stopped"));
+        }
+        Ok(())
+    }
+
     /// Flush everything, wait for uploads and the last index file.
     pub fn finish(mut self) -> Result<WriteStats> {
+        let flushed = self.flush();
         self.tx.take();
         let mut first_err = None;
         for s in self.sealers.drain(..) {
             match s.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
-                Err(_) => {
-                    first_err =
-                        first_err.or(Some(Error::new(ErrorKind::Other, "sealer thread panicked")))
-                }
+                Err(_) => first_err = first_err.or(Some(Error::new(ErrorKind::Other, "sealer thread panicked"))),
             }
         }
         let packer = self.packer.take().map(|p| p.join());
@@ -167,6 +184,9 @@ impl<'scope, 'env> BlobWriter<'scope, 'env> {
             Some(Ok(Err(e))) => return Err(e),
             _ => return Err(Error::new(ErrorKind::Other, "packer thread panicked")),
         };
+        if let Err(e) = flushed {
+            first_err = first_err.or(Some(e));
+        }
         match (first_err, stats) {
             (Some(e), _) => Err(e),
             (None, Some(s)) => Ok(s),
@@ -175,18 +195,16 @@ impl<'scope, 'env> BlobWriter<'scope, 'env> {
     }
 }
 
-fn seal_loop(repo: &Repository, rx: &Receiver<RawBlob>, ptx: &Sender<SealedBlob>) -> Result<()> {
+fn seal_loop(repo: &Repository, rx: &Receiver<Vec<RawBlob>>, ptx: &Sender<Vec<SealedBlob>>) -> Result<()> {
     let level = repo.compression();
-    for raw in rx {
-        // Trees are JSON and compress well; data too unless incompressible (seal decides).
-        let sealed = repo.key().seal(&raw.data, level)?;
-        let msg = SealedBlob {
-            kind: raw.kind,
-            id: raw.id,
-            sealed,
-            raw_len: raw.data.len(),
-        };
-        if ptx.send(msg).is_err() {
+    for batch in rx {
+        let mut out = Vec::with_capacity(batch.len());
+        for raw in batch {
+            // Trees are JSON and compress well; data too unless incompressible (seal decides).
+            let sealed = repo.key().seal(&raw.data, level)?;
+            out.push(SealedBlob { kind: raw.kind, id: raw.id, sealed, raw_len: raw.data.len() });
+        }
+        if ptx.send(out).is_err() {
             return Ok(()); // packer failed; it reports why
         }
     }
@@ -195,31 +213,35 @@ fn seal_loop(repo: &Repository, rx: &Receiver<RawBlob>, ptx: &Sender<SealedBlob>
 
 type Upload = tokio::task::JoinHandle<Result<(Id, Vec<crate::pack::PackEntry>)>>;
 
-fn pack_loop(repo: &Repository, rx: &Receiver<SealedBlob>, uploads: usize) -> Result<WriteStats> {
+fn pack_loop(repo: &Repository, rx: &Receiver<Vec<SealedBlob>>, uploads: usize) -> Result<WriteStats> {
     let pack_size = repo.config().pack_size as usize;
     let sem = Arc::new(tokio::sync::Semaphore::new(uploads));
     let mut stats = WriteStats::default();
     let mut pending: Vec<Upload> = Vec::new();
     let mut unindexed = IndexFile::default();
-    let mut pack = PackBuilder::with_capacity(pack_size + pack_size / 4);
+    // Trees and data go to separate packs: tree packs are small and read whole (and cached)
+    // when walking snapshots, without touching the data.
+    let fresh_data_pack = || PackBuilder::with_capacity(pack_size + (pack_size / 4));
+    let mut packs = [fresh_data_pack(), PackBuilder::default()];
 
     let result = (|| -> Result<()> {
-        for blob in rx {
+        for blob in rx.iter().flatten() {
             stats.packed_bytes += blob.sealed.len() as u64;
+            let pack = &mut packs[blob.kind as usize];
             pack.add(blob.kind, blob.id, &blob.sealed, blob.raw_len);
             if pack.size() >= pack_size {
-                let full = std::mem::replace(
-                    &mut pack,
-                    PackBuilder::with_capacity(pack_size + pack_size / 4),
-                );
+                let next = if blob.kind == BlobKind::Data { fresh_data_pack() } else { PackBuilder::default() };
+                let full = std::mem::replace(pack, next);
                 pending.push(upload(repo, full, &sem)?);
                 stats.packs += 1;
                 reap(repo, &mut pending, &mut unindexed, &mut stats, false)?;
             }
         }
-        if !pack.is_empty() {
-            pending.push(upload(repo, std::mem::take(&mut pack), &sem)?);
-            stats.packs += 1;
+        for pack in &mut packs {
+            if !pack.is_empty() {
+                pending.push(upload(repo, std::mem::take(pack), &sem)?);
+                stats.packs += 1;
+            }
         }
         reap(repo, &mut pending, &mut unindexed, &mut stats, true)
     })();
@@ -233,11 +255,7 @@ fn pack_loop(repo: &Repository, rx: &Receiver<SealedBlob>, uploads: usize) -> Re
     Ok(stats)
 }
 
-fn upload(
-    repo: &Repository,
-    pack: PackBuilder,
-    sem: &Arc<tokio::sync::Semaphore>,
-) -> Result<Upload> {
+fn upload(repo: &Repository, pack: PackBuilder, sem: &Arc<tokio::sync::Semaphore>) -> Result<Upload> {
     let (id, bytes, entries) = pack.finish(repo.key())?;
     let permit = repo
         .runtime()

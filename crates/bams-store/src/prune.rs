@@ -68,10 +68,7 @@ pub struct PruneReport {
 pub fn used_blobs(repo: &Repository, index: &MasterIndex) -> Result<HashSet<Id>> {
     let (snapshots, errors) = repo.snapshots()?;
     if let Some(e) = errors.into_iter().next() {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            format!("refusing to prune: {e}"),
-        ));
+        return Err(Error::new(ErrorKind::Corrupt, format!("refusing to prune: {e}")));
     }
     let mut used = HashSet::new();
     let mut trees = HashSet::new();
@@ -81,12 +78,7 @@ pub fn used_blobs(repo: &Repository, index: &MasterIndex) -> Result<HashSet<Id>>
                 used.extend(n.content.iter().copied());
             }
         })
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Corrupt,
-                format!("refusing to prune: snapshot {}: {e}", s.id),
-            )
-        })?;
+        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("refusing to prune: snapshot {}: {e}", s.id)))?;
     }
     used.extend(trees);
     Ok(used)
@@ -116,25 +108,14 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let mut keep = IndexFile::default();
     let mut repack: Vec<(Id, Vec<PackEntry>)> = Vec::new();
     let mut delete: Vec<Id> = Vec::new();
-    let mut report = PruneReport {
-        dry_run: opts.dry_run,
-        packs_before: pack_ids.len(),
-        ..Default::default()
-    };
+    let mut report = PruneReport { dry_run: opts.dry_run, packs_before: pack_ids.len(), ..Default::default() };
     for pid in pack_ids {
         let entries = &packs[&pid];
-        let live: Vec<PackEntry> = entries
-            .iter()
-            .filter(|e| used.contains(&e.id) && claimed.insert(e.id))
-            .copied()
-            .collect();
+        let live: Vec<PackEntry> =
+            entries.iter().filter(|e| used.contains(&e.id) && claimed.insert(e.id)).copied().collect();
         let total: u64 = entries.iter().map(|e| u64::from(e.length)).sum();
         let live_bytes: u64 = live.iter().map(|e| u64::from(e.length)).sum();
-        let unused_pct = if total == 0 {
-            100.0
-        } else {
-            (total - live_bytes) as f64 * 100.0 / total as f64
-        };
+        let unused_pct = if total == 0 { 100.0 } else { (total - live_bytes) as f64 * 100.0 / total as f64 };
         if live.is_empty() {
             delete.push(pid);
             report.packs_deleted += 1;
@@ -156,10 +137,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         if packs.contains_key(&pid) {
             continue;
         }
-        let old = info
-            .modified
-            .and_then(|m| now.duration_since(m).ok())
-            .is_some_and(|age| age > opts.grace);
+        let old = info.modified.and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age > opts.grace);
         if old {
             unindexed.push(pid);
             report.bytes_freed += info.size;
@@ -181,15 +159,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                     for e in live {
                         let sealed = data
                             .get(e.offset as usize..(e.offset + e.length) as usize)
-                            .ok_or_else(|| {
-                                Error::corrupt(format!("pack {pid}: blob {} beyond end", e.id))
-                            })?;
+                            .ok_or_else(|| Error::corrupt(format!("pack {pid}: blob {} beyond end", e.id)))?;
                         let plain = repo.open_blob(sealed, &e.id, pid)?;
-                        let kind = if e.kind == BlobKind::Tree {
-                            BlobKind::Tree
-                        } else {
-                            BlobKind::Data
-                        };
+                        let kind = if e.kind == BlobKind::Tree { BlobKind::Tree } else { BlobKind::Data };
                         writer.add_with_id(kind, e.id, plain)?;
                     }
                 }
@@ -207,11 +179,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     for (id, _) in &files {
         repo.delete_index(id)?;
     }
-    for pid in delete
-        .iter()
-        .chain(repack.iter().map(|(p, _)| p))
-        .chain(unindexed.iter())
-    {
+    for pid in delete.iter().chain(repack.iter().map(|(p, _)| p)).chain(unindexed.iter()) {
         repo.delete(&pack_key(pid))?;
     }
     crate::lock::remove_stale(repo)?;

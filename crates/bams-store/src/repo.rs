@@ -35,11 +35,7 @@ pub struct ChunkerParams {
 
 impl Default for ChunkerParams {
     fn default() -> Self {
-        Self {
-            min_size: 256 * 1024,
-            avg_size: 1024 * 1024,
-            max_size: 4 * 1024 * 1024,
-        }
+        Self { min_size: 256 * 1024, avg_size: 1024 * 1024, max_size: 4 * 1024 * 1024 }
     }
 }
 
@@ -84,6 +80,7 @@ impl Default for InitOptions {
 
 /// An open repository.
 pub struct Repository {
+    tree_packs: std::sync::Mutex<TreePackCache>,
     backend: DynBackend,
     rt: Handle,
     key: MasterKey,
@@ -101,19 +98,10 @@ fn index_key(id: &Id) -> String {
 
 impl Repository {
     /// Create a new repository with one key slot for `secret`.
-    pub fn init(
-        backend: DynBackend,
-        rt: Handle,
-        secret: &[u8],
-        kind: SlotKind,
-        opts: &InitOptions,
-    ) -> Result<Self> {
+    pub fn init(backend: DynBackend, rt: Handle, secret: &[u8], kind: SlotKind, opts: &InitOptions) -> Result<Self> {
         let location = backend.location();
         if rt.block_on(backend.head("config"))?.is_some() {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!("{location}: a repository already exists here"),
-            ));
+            return Err(Error::new(ErrorKind::Conflict, format!("{location}: a repository already exists here")));
         }
         if !rt.block_on(backend.list("keys/"))?.is_empty() {
             return Err(Error::new(
@@ -137,13 +125,7 @@ impl Repository {
         data.extend(key.seal(&serde_json::to_vec(&config)?, None)?);
         // The config is written last: its presence marks a complete repository.
         rt.block_on(backend.put("config", Bytes::from(data)))?;
-        Ok(Self {
-            backend,
-            rt,
-            key,
-            config,
-            key_slot: slot_id,
-        })
+        Ok(Self { tree_packs: Default::default(), backend, rt, key, config, key_slot: slot_id })
     }
 
     /// Open with a password or key-file contents, trying every key slot.
@@ -152,7 +134,10 @@ impl Repository {
         let raw = match rt.block_on(backend.get("config")) {
             Ok(raw) => raw,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(Error::new(ErrorKind::InvalidInput, format!("{location} is not a BAMS repository (no config); create one with `bams repo init`")))
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{location} is not a BAMS repository (no config); create one with `bams repo init`"),
+                ))
             }
             Err(e) => return Err(e),
         };
@@ -168,21 +153,15 @@ impl Repository {
                 let plain = key.open(&raw[CONFIG_MAGIC.len()..], &"config")?;
                 let config: RepoConfig = serde_json::from_slice(&plain)?;
                 if config.version > FORMAT_VERSION {
-                    return Err(Error::invalid(format!("repository format {} is newer than this program supports ({FORMAT_VERSION})", config.version)));
+                    return Err(Error::invalid(format!(
+                        "repository format {} is newer than this program supports ({FORMAT_VERSION})",
+                        config.version
+                    )));
                 }
-                return Ok(Self {
-                    backend,
-                    rt,
-                    key,
-                    config,
-                    key_slot: slot_id,
-                });
+                return Ok(Self { tree_packs: Default::default(), backend, rt, key, config, key_slot: slot_id });
             }
         }
-        Err(Error::new(
-            ErrorKind::WrongPassword,
-            "wrong password or no key slot matches",
-        ))
+        Err(Error::new(ErrorKind::WrongPassword, "wrong password or no key slot matches"))
     }
 
     fn read_slots(backend: &DynBackend, rt: &Handle) -> Result<Vec<(Id, KeySlot)>> {
@@ -191,8 +170,8 @@ impl Repository {
             let name = obj.key.trim_start_matches("keys/");
             let Ok(id) = Id::from_hex(name) else { continue };
             let bytes = rt.block_on(backend.get(&obj.key))?;
-            let slot: KeySlot = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::corrupt(format!("key slot {id}: {e}")))?;
+            let slot: KeySlot =
+                serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(format!("key slot {id}: {e}")))?;
             out.push((id, slot));
         }
         Ok(out)
@@ -209,13 +188,7 @@ impl Repository {
     }
 
     /// Add a key slot for another password or key file.
-    pub fn add_key(
-        &self,
-        secret: &[u8],
-        kind: SlotKind,
-        label: &str,
-        params: KdfParams,
-    ) -> Result<Id> {
+    pub fn add_key(&self, secret: &[u8], kind: SlotKind, label: &str, params: KdfParams) -> Result<Id> {
         let slot = KeySlot::wrap(&self.key, secret, kind, label, params)?;
         let bytes = serde_json::to_vec_pretty(&slot)?;
         let id = Id::hash_of(&bytes);
@@ -236,10 +209,7 @@ impl Repository {
             ));
         }
         if slots.len() <= 1 {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                "refusing to remove the last key slot",
-            ));
+            return Err(Error::new(ErrorKind::Conflict, "refusing to remove the last key slot"));
         }
         self.delete(&key_slot_key(id))
     }
@@ -319,9 +289,7 @@ impl Repository {
                 .collect();
             let mut out = Vec::with_capacity(handles.len());
             for h in handles {
-                out.push(h.await.unwrap_or_else(|e| {
-                    Err(Error::new(ErrorKind::Other, format!("task failed: {e}")))
-                }));
+                out.push(h.await.unwrap_or_else(|e| Err(Error::new(ErrorKind::Other, format!("task failed: {e}")))));
             }
             out
         })
@@ -344,9 +312,7 @@ impl Repository {
 
     fn open_named(&self, key: &str, id: &Id, raw: &[u8]) -> Result<Vec<u8>> {
         if Id::hash_of(raw) != *id {
-            return Err(Error::corrupt(format!(
-                "{key}: content does not match its name"
-            )));
+            return Err(Error::corrupt(format!("{key}: content does not match its name")));
         }
         self.key.open(raw, &key)
     }
@@ -396,11 +362,7 @@ impl Repository {
 
     /// Ids of all index files.
     pub fn index_ids(&self) -> Result<Vec<Id>> {
-        Ok(self
-            .list("index/")?
-            .iter()
-            .filter_map(|o| Id::from_hex(o.key.trim_start_matches("index/")).ok())
-            .collect())
+        Ok(self.list("index/")?.iter().filter_map(|o| Id::from_hex(o.key.trim_start_matches("index/")).ok()).collect())
     }
 
     /// Load every index file. A damaged index file is an error naming it.
@@ -445,15 +407,11 @@ impl Repository {
         let trailer = self.get_range(&key, size - 4, 4)?;
         let (off, len) = header_range(size, &trailer, pack)?;
         let sealed = self.get_range(&key, off, len)?;
-        let plain = self
-            .key
-            .open(&sealed, &format_args!("pack {pack} header"))?;
+        let plain = self.key.open(&sealed, &format_args!("pack {pack} header"))?;
         let entries = parse_header(&plain, pack)?;
         if let Some(last) = entries.last() {
             if u64::from(last.offset) + u64::from(last.length) > off {
-                return Err(Error::corrupt(format!(
-                    "pack {pack}: header points past the data"
-                )));
+                return Err(Error::corrupt(format!("pack {pack}: header points past the data")));
             }
         }
         Ok(entries)
@@ -495,16 +453,27 @@ impl Repository {
 
     // ---- blobs ----
 
-    /// Read, authenticate and verify one blob.
+    /// Read, authenticate and verify one blob. Blobs of tree-only packs come from a cache of
+    /// whole packs (one read per pack instead of one per directory).
     pub fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
-        let loc = index
-            .get(id)
-            .ok_or_else(|| Error::not_found(format!("blob {id} is not in the index")))?;
-        let sealed = self.get_range(
-            &pack_key(&loc.pack),
-            u64::from(loc.offset),
-            u64::from(loc.length),
-        )?;
+        let loc = index.get(id).ok_or_else(|| Error::not_found(format!("blob {id} is not in the index")))?;
+        let (start, end) = (loc.offset as usize, loc.offset as usize + loc.length as usize);
+        if index.is_tree_pack(&loc.pack) {
+            let cached = self.tree_packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&loc.pack);
+            let pack = match cached {
+                Some(p) => p,
+                None => {
+                    let p = self.get(&pack_key(&loc.pack))?;
+                    self.tree_packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(loc.pack, p.clone());
+                    p
+                }
+            };
+            let sealed = pack
+                .get(start..end)
+                .ok_or_else(|| Error::corrupt(format!("blob {id} in pack {}: beyond the end of the pack", loc.pack)))?;
+            return self.open_blob(sealed, id, &loc.pack);
+        }
+        let sealed = self.get_range(&pack_key(&loc.pack), u64::from(loc.offset), u64::from(loc.length))?;
         self.open_blob(&sealed, id, &loc.pack)
     }
 
@@ -513,18 +482,14 @@ impl Repository {
         let what = format_args!("blob {id} in pack {pack}");
         let plain = self.key.open(sealed, &what)?;
         if self.key.blob_id(&plain) != *id {
-            return Err(Error::corrupt(format!(
-                "blob {id} in pack {pack}: content hash mismatch"
-            )));
+            return Err(Error::corrupt(format!("blob {id} in pack {pack}: content hash mismatch")));
         }
         Ok(plain)
     }
 
     /// Load a tree blob.
     pub fn load_tree(&self, index: &MasterIndex, id: &Id) -> Result<Tree> {
-        let loc = index
-            .get(id)
-            .ok_or_else(|| Error::not_found(format!("tree {id} is not in the index")))?;
+        let loc = index.get(id).ok_or_else(|| Error::not_found(format!("tree {id} is not in the index")))?;
         if loc.kind != BlobKind::Tree {
             return Err(Error::corrupt(format!("blob {id} is not a tree")));
         }
@@ -556,25 +521,44 @@ impl Repository {
     }
 }
 
+/// Whole tree packs kept in memory, oldest dropped first past [`TreePackCache::LIMIT`] bytes.
+#[derive(Default)]
+struct TreePackCache {
+    packs: std::collections::VecDeque<(Id, Bytes)>,
+    bytes: usize,
+}
+
+impl TreePackCache {
+    const LIMIT: usize = 64 * 1024 * 1024;
+
+    fn get(&self, id: &Id) -> Option<Bytes> {
+        self.packs.iter().find(|(p, _)| p == id).map(|(_, b)| b.clone())
+    }
+
+    fn insert(&mut self, id: Id, data: Bytes) {
+        self.bytes += data.len();
+        self.packs.push_back((id, data));
+        while self.bytes > Self::LIMIT && self.packs.len() > 1 {
+            if let Some((_, old)) = self.packs.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
+}
+
 /// Resolve `latest`, a full id or a unique prefix within `all`.
 pub fn resolve_snapshot<'a>(all: &'a [SnapshotEntry], spec: &str) -> Result<&'a SnapshotEntry> {
     if spec == "latest" {
-        return all
-            .last()
-            .ok_or_else(|| Error::not_found("the repository has no snapshots"));
+        return all.last().ok_or_else(|| Error::not_found("the repository has no snapshots"));
     }
     if spec.len() < 4 || !spec.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(Error::invalid(format!(
-            "{spec:?} is not a snapshot id (use at least 4 hex digits or `latest`)"
-        )));
+        return Err(Error::invalid(format!("{spec:?} is not a snapshot id (use at least 4 hex digits or `latest`)")));
     }
     let spec = spec.to_ascii_lowercase();
     let mut matches = all.iter().filter(|s| s.id.to_hex().starts_with(&spec));
     match (matches.next(), matches.next()) {
         (Some(s), None) => Ok(s),
         (None, _) => Err(Error::not_found(format!("no snapshot {spec}"))),
-        (Some(_), Some(_)) => Err(Error::invalid(format!(
-            "snapshot prefix {spec} is ambiguous"
-        ))),
+        (Some(_), Some(_)) => Err(Error::invalid(format!("snapshot prefix {spec} is ambiguous"))),
     }
 }

@@ -49,9 +49,7 @@ impl RestoreOptions {
             verify: false,
             owners: nix::unistd::geteuid().is_root(),
             numeric_owner: false,
-            readers: std::thread::available_parallelism()
-                .map_or(2, std::num::NonZeroUsize::get)
-                .max(2),
+            readers: std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).max(2),
         }
     }
 }
@@ -90,11 +88,7 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreResult> {
-    let include = if opts.include.is_empty() {
-        None
-    } else {
-        Some(PathMatcher::new(&opts.include)?)
-    };
+    let include = if opts.include.is_empty() { None } else { Some(PathMatcher::new(&opts.include)?) };
     fs::create_dir_all(&opts.target).map_err(|e| Error::io(opts.target.display(), e))?;
     let mut result = RestoreResult::default();
     let mut files: Vec<PlannedFile> = Vec::new();
@@ -116,14 +110,9 @@ pub fn restore(
 
     write_content(repo, index, &mut files, opts, progress, &mut result);
 
-    let apply = ApplyOptions {
-        owners: opts.owners,
-        numeric_owner: opts.numeric_owner,
-    };
+    let apply = ApplyOptions { owners: opts.owners, numeric_owner: opts.numeric_owner };
     for f in &files {
-        result
-            .warnings
-            .extend(apply_metadata(&f.path, &f.node, apply));
+        result.warnings.extend(apply_metadata(&f.path, &f.node, apply));
     }
     for (path, node) in &others {
         result.warnings.extend(apply_metadata(path, node, apply));
@@ -137,9 +126,7 @@ pub fn restore(
         for f in files.iter().filter(|f| !f.damaged) {
             match verify_file(repo, index, &f.path, &f.node) {
                 Ok(()) => result.verified += 1,
-                Err(e) => result
-                    .errors
-                    .push(format!("verify {}: {e}", f.path.display())),
+                Err(e) => result.errors.push(format!("verify {}: {e}", f.path.display())),
             }
         }
     }
@@ -152,10 +139,7 @@ pub fn restore(
 fn safe_name(node: &Node) -> Result<&std::ffi::OsStr> {
     let n = &node.name.0;
     if n.is_empty() || n == b"." || n == b".." || n.contains(&b'/') || n.contains(&0) {
-        return Err(Error::corrupt(format!(
-            "refusing unsafe file name {:?} in snapshot",
-            node.name.display()
-        )));
+        return Err(Error::corrupt(format!("refusing unsafe file name {:?} in snapshot", node.name.display())));
     }
     Ok(node.name.as_os_str())
 }
@@ -173,20 +157,11 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     /// Plan one tree; returns whether anything in it was selected.
-    fn tree(
-        &mut self,
-        id: &Id,
-        snap_path: &Path,
-        dest: &Path,
-        depth: usize,
-        selected: bool,
-    ) -> Result<bool> {
+    fn tree(&mut self, id: &Id, snap_path: &Path, dest: &Path, depth: usize, selected: bool) -> Result<bool> {
         let tree: Tree = match self.repo.load_tree(self.index, id) {
             Ok(t) => t,
             Err(e) => {
-                self.result
-                    .errors
-                    .push(format!("{}: {e}", snap_path.display()));
+                self.result.errors.push(format!("{}: {e}", snap_path.display()));
                 return Ok(false);
             }
         };
@@ -195,10 +170,7 @@ impl Planner<'_> {
             let name = safe_name(&node)?;
             let sp = snap_path.join(name);
             let dp = dest.join(name);
-            let sel = selected
-                || self
-                    .include
-                    .is_none_or(|inc| inc.matches(&sp, node.kind == NodeKind::Dir));
+            let sel = selected || self.include.is_none_or(|inc| inc.matches(&sp, node.kind == NodeKind::Dir));
             if node.kind == NodeKind::Dir {
                 let pre = self.dirs.len();
                 fs::create_dir_all(&dp).map_err(|e| Error::io(dp.display(), e))?;
@@ -242,18 +214,12 @@ impl Planner<'_> {
                     self.hardlinks.insert(key, dp.to_path_buf());
                 }
                 let f = File::create(dp).map_err(|e| Error::io(dp.display(), e))?;
-                f.set_len(node.size)
-                    .map_err(|e| Error::io(dp.display(), e))?;
-                self.files.push(PlannedFile {
-                    path: dp.to_path_buf(),
-                    node,
-                    damaged: false,
-                });
+                f.set_len(node.size).map_err(|e| Error::io(dp.display(), e))?;
+                self.files.push(PlannedFile { path: dp.to_path_buf(), node, damaged: false });
             }
             NodeKind::Symlink => {
                 let target = node.link_target.clone().unwrap_or_default();
-                std::os::unix::fs::symlink(target.as_os_str(), dp)
-                    .map_err(|e| Error::io(dp.display(), e))?;
+                std::os::unix::fs::symlink(target.as_os_str(), dp).map_err(|e| Error::io(dp.display(), e))?;
                 self.others.push((dp.to_path_buf(), node));
                 self.result.others += 1;
             }
@@ -292,10 +258,7 @@ fn write_content(
         let mut offset = 0u64;
         for id in &f.node.content {
             let Some(loc) = index.get(id) else {
-                result.errors.push(format!(
-                    "{}: blob {id} is missing from the index",
-                    f.path.display()
-                ));
+                result.errors.push(format!("{}: blob {id} is missing from the index", f.path.display()));
                 f.damaged = true;
                 break;
             };
@@ -316,19 +279,13 @@ fn write_content(
     std::thread::scope(|s| {
         for _ in 0..opts.readers.max(1) {
             s.spawn(|| loop {
-                let next = packs
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .pop();
+                let next = packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
                 let Some((pack, blobs)) = next else { break };
                 restore_pack(repo, &pack, &blobs, files_ro, progress, &bytes, &errors);
             });
         }
     });
-    for (file, msg) in errors
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-    {
+    for (file, msg) in errors.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
         if let Some(fi) = file {
             files[fi].damaged = true;
         }
@@ -347,16 +304,11 @@ fn restore_pack(
     errors: &Mutex<Vec<(Option<usize>, String)>>,
 ) {
     let fail = |placements: &[Placement], msg: String| {
-        let mut errs = errors
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut errs = errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut seen = std::collections::HashSet::new();
         for p in placements {
             if seen.insert(p.file) {
-                errs.push((
-                    Some(p.file),
-                    format!("{}: {msg}", files[p.file].path.display()),
-                ));
+                errs.push((Some(p.file), format!("{}: {msg}", files[p.file].path.display())));
             }
         }
     };
@@ -392,8 +344,7 @@ fn restore_pack(
                         if let Err(e) = write_at(&f.path, &data, p.offset, f.node.sparse) {
                             fail(std::slice::from_ref(p), e.to_string());
                         } else {
-                            bytes
-                                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                            bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                             progress.bytes(data.len() as u64);
                         }
                     }
@@ -408,10 +359,7 @@ fn restore_pack(
 const SPARSE_BLOCK: usize = 4096;
 
 fn write_at(path: &Path, data: &[u8], offset: u64, sparse: bool) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path.display(), e))?;
+    let f = OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path.display(), e))?;
     let io = |e| Error::io(path.display(), e);
     if !sparse {
         return f.write_all_at(data, offset).map_err(io);
@@ -430,8 +378,7 @@ fn write_at(path: &Path, data: &[u8], offset: u64, sparse: bool) -> Result<()> {
                 }
                 run_end = next;
             }
-            f.write_all_at(&data[pos..run_end], offset + pos as u64)
-                .map_err(io)?;
+            f.write_all_at(&data[pos..run_end], offset + pos as u64).map_err(io)?;
             pos = run_end;
         } else {
             pos = end;
@@ -445,21 +392,15 @@ fn verify_file(repo: &Repository, index: &MasterIndex, path: &Path, node: &Node)
     let mut f = File::open(path).map_err(|e| Error::io(path.display(), e))?;
     let mut buf = Vec::new();
     for id in &node.content {
-        let loc = index
-            .get(id)
-            .ok_or_else(|| Error::not_found(format!("blob {id}")))?;
+        let loc = index.get(id).ok_or_else(|| Error::not_found(format!("blob {id}")))?;
         buf.resize(loc.raw_len as usize, 0);
-        f.read_exact(&mut buf)
-            .map_err(|e| Error::io(path.display(), e))?;
+        f.read_exact(&mut buf).map_err(|e| Error::io(path.display(), e))?;
         if repo.key().blob_id(&buf) != *id {
             return Err(Error::corrupt("content differs from the snapshot"));
         }
     }
     let mut rest = [0u8; 1];
-    if f.read(&mut rest)
-        .map_err(|e| Error::io(path.display(), e))?
-        != 0
-    {
+    if f.read(&mut rest).map_err(|e| Error::io(path.display(), e))? != 0 {
         return Err(Error::corrupt("file is longer than in the snapshot"));
     }
     Ok(())

@@ -63,10 +63,7 @@ impl Serialize for RawName {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {
             Ok(t) => NameRepr::Utf8(t.to_string()).serialize(s),
-            Err(_) => NameRepr::Raw {
-                hex: hex::encode(&self.0),
-            }
-            .serialize(s),
+            Err(_) => NameRepr::Raw { hex: hex::encode(&self.0) }.serialize(s),
         }
     }
 }
@@ -171,10 +168,7 @@ impl Tree {
 
     /// Entry by exact name (nodes are sorted, so binary search).
     pub fn find(&self, name: &[u8]) -> Option<&Node> {
-        self.nodes
-            .binary_search_by(|n| n.name.0.as_slice().cmp(name))
-            .ok()
-            .map(|i| &self.nodes[i])
+        self.nodes.binary_search_by(|n| n.name.0.as_slice().cmp(name)).ok().map(|i| &self.nodes[i])
     }
 
     /// Sort nodes by name; must hold before encoding.

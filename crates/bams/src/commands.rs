@@ -23,10 +23,7 @@ use crate::session::{self, Session};
 
 /// Dispatch a parsed command line.
 pub fn run(cli: Cli) -> Result<u8> {
-    let out = Out {
-        json: cli.global.json,
-        quiet: cli.global.quiet,
-    };
+    let out = Out { json: cli.global.json, quiet: cli.global.quiet };
     let g = &cli.global;
     match cli.command {
         Command::Repo(RepoCmd::Init(a)) => {
@@ -34,25 +31,15 @@ pub fn run(cli: Cli) -> Result<u8> {
             let opts = InitOptions {
                 compression: a.compression,
                 pack_size: a.pack_size_mib * 1024 * 1024,
-                chunker: ChunkerParams {
-                    min_size: avg / 4,
-                    avg_size: avg,
-                    max_size: avg * 4,
-                },
+                chunker: ChunkerParams { min_size: avg / 4, avg_size: avg, max_size: avg * 4 },
                 kdf: KdfParams::default(),
             };
             let s = session::init(g, &opts)?;
             let c = s.repo.config();
             if out.json {
-                out.json(
-                    &json!({"id": c.id, "location": s.repo.location(), "version": c.version}),
-                )?;
+                out.json(&json!({"id": c.id, "location": s.repo.location(), "version": c.version}))?;
             } else {
-                out.info(format!(
-                    "created repository {} at {}",
-                    c.id.short(),
-                    s.repo.location()
-                ));
+                out.info(format!("created repository {} at {}", c.id.short(), s.repo.location()));
             }
             Ok(exit::OK)
         }
@@ -72,10 +59,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             if out.json {
                 out.json(&list.iter().map(|e| snapshot_json(e)).collect::<Vec<_>>())?;
             } else {
-                println!(
-                    "{:<10} {:<25} {:<16} {:<20} {:>10}  paths",
-                    "id", "time", "host", "tags", "size"
-                );
+                println!("{:<10} {:<25} {:<16} {:<20} {:>10}  paths", "id", "time", "host", "tags", "size");
                 for e in &list {
                     let s = &e.snapshot;
                     println!(
@@ -91,11 +75,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 }
                 println!("{} snapshots", list.len());
             }
-            Ok(if errors.is_empty() {
-                exit::OK
-            } else {
-                exit::PARTIAL
-            })
+            Ok(if errors.is_empty() { exit::OK } else { exit::PARTIAL })
         }
         Command::Ls(a) => {
             let s = session::open(g)?;
@@ -113,9 +93,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 }
             };
             match browse::lookup(&s.repo, &index, &snap.snapshot.tree, path)? {
-                Lookup::Root(root) => {
-                    browse::list(&s.repo, &index, &root, "", !a.no_recursive, &mut print)?
-                }
+                Lookup::Root(root) => browse::list(&s.repo, &index, &root, "", !a.no_recursive, &mut print)?,
                 Lookup::Node(n) => {
                     let base = format!("/{}", browse::path_components(path)?.join("/"));
                     print(&base, &n);
@@ -157,11 +135,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Forget(a) => forget(g, out, a),
         Command::Prune(a) => {
             let s = session::open(g)?;
-            let opts = PruneOptions {
-                dry_run: a.dry_run,
-                max_unused_percent: a.max_unused,
-                ..Default::default()
-            };
+            let opts = PruneOptions { dry_run: a.dry_run, max_unused_percent: a.max_unused, ..Default::default() };
             run_prune(&s, out, &opts)?;
             Ok(exit::OK)
         }
@@ -172,16 +146,9 @@ pub fn run(cli: Cli) -> Result<u8> {
                 (false, Some(p)) => ReadData::Subset(parse_percent(p)?),
                 _ => ReadData::None,
             };
-            let _lock = bams_store::lock::acquire(
-                &s.repo,
-                false,
-                "check",
-                std::time::Duration::from_secs(60),
-            )?;
+            let _lock = bams_store::lock::acquire(&s.repo, false, "check", std::time::Duration::from_secs(60))?;
             let bar = Bar::new(out, "check");
-            let report = check::check(&s.repo, read, &|| {
-                bams_store::archiver::Progress::bytes(&*bar, 1)
-            })?;
+            let report = check::check(&s.repo, read, &|| bams_store::archiver::Progress::bytes(&*bar, 1))?;
             bar.finish();
             if out.json {
                 out.json(&json!({"ok": report.ok(), "report": report}))?;
@@ -196,11 +163,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                     report.packs,
                     report.packs_read,
                     report.blobs,
-                    if report.ok() {
-                        "no errors"
-                    } else {
-                        "ERRORS FOUND"
-                    }
+                    if report.ok() { "no errors" } else { "ERRORS FOUND" }
                 );
             }
             if report.ok() {
@@ -208,11 +171,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             } else {
                 bail!(
                     "repository check found {} error(s)",
-                    report
-                        .problems
-                        .iter()
-                        .filter(|p| p.severity == "error")
-                        .count()
+                    report.problems.iter().filter(|p| p.severity == "error").count()
                 )
             }
         }
@@ -226,16 +185,8 @@ pub fn run(cli: Cli) -> Result<u8> {
                 println!("snapshots:          {}", st.snapshots);
                 println!("files (all snaps):  {}", st.files);
                 println!("restore size:       {}", human_bytes(st.restore_size));
-                println!(
-                    "unique data:        {} in {} blobs",
-                    human_bytes(st.raw_bytes),
-                    st.blobs
-                );
-                println!(
-                    "stored:             {} in {} packs",
-                    human_bytes(st.stored_bytes),
-                    st.packs
-                );
+                println!("unique data:        {} in {} blobs", human_bytes(st.raw_bytes), st.blobs);
+                println!("stored:             {} in {} packs", human_bytes(st.stored_bytes), st.packs);
                 println!("space saving:       {:.2}x", st.dedup_compression_ratio);
             }
             Ok(exit::OK)
@@ -261,10 +212,7 @@ pub fn run(cli: Cli) -> Result<u8> {
 }
 
 fn parse_percent(p: &str) -> Result<f64> {
-    let v: f64 = p
-        .trim_end_matches('%')
-        .parse()
-        .with_context(|| format!("{p:?} is not a percentage"))?;
+    let v: f64 = p.trim_end_matches('%').parse().with_context(|| format!("{p:?} is not a percentage"))?;
     if !(0.0..=100.0).contains(&v) {
         bail!("percentage {v} is outside 0-100");
     }
@@ -337,36 +285,24 @@ fn long_line(path: &str, n: &Node) -> String {
     }
     let user = n.user.clone().unwrap_or_else(|| n.uid.to_string());
     let group = n.group.clone().unwrap_or_else(|| n.gid.to_string());
-    let time = chrono::DateTime::from_timestamp_nanos(n.mtime_ns)
-        .with_timezone(&chrono::Local)
-        .format("%Y-%m-%d %H:%M:%S");
-    let link = n
-        .link_target
-        .as_ref()
-        .map(|t| format!(" -> {}", t.display()))
-        .unwrap_or_default();
-    format!(
-        "{t}{perms} {user:>8} {group:>8} {:>12} {time} {path}{link}",
-        n.size
-    )
+    let time =
+        chrono::DateTime::from_timestamp_nanos(n.mtime_ns).with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S");
+    let link = n.link_target.as_ref().map(|t| format!(" -> {}", t.display())).unwrap_or_default();
+    format!("{t}{perms} {user:>8} {group:>8} {:>12} {time} {path}{link}", n.size)
 }
 
 fn backup(g: &crate::cli::Global, out: Out, a: crate::cli::BackupArgs) -> Result<u8> {
     let s = session::open(g)?;
     let mut excludes = a.excludes.clone();
     for f in &a.exclude_files {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading exclude file {}", f.display()))?;
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading exclude file {}", f.display()))?;
         excludes.extend(text.lines().map(str::to_string));
     }
     let source = if a.stdin {
         if !a.paths.is_empty() {
             bail!("--stdin takes no paths");
         }
-        Source::Stdin {
-            reader: Box::new(std::io::stdin()),
-            name: a.stdin_name.clone(),
-        }
+        Source::Stdin { reader: Box::new(std::io::stdin()), name: a.stdin_name.clone() }
     } else {
         if a.paths.is_empty() {
             bail!("nothing to back up: give at least one path or --stdin");
@@ -408,10 +344,7 @@ fn backup(g: &crate::cli::Global, out: Out, a: crate::cli::BackupArgs) -> Result
         }))?;
     } else {
         if result.recovered_packs > 0 {
-            out.info(format!(
-                "reused {} pack(s) left by an interrupted backup",
-                result.recovered_packs
-            ));
+            out.info(format!("reused {} pack(s) left by an interrupted backup", result.recovered_packs));
         }
         out.info(format!(
             "files: {} new, {} changed, {} unmodified; dirs: {}\nread {} of {}, added {} ({} stored) in {:.1}s",
@@ -435,11 +368,7 @@ fn backup(g: &crate::cli::Global, out: Out, a: crate::cli::BackupArgs) -> Result
             out.info(format!("snapshot {} saved", result.id.short()));
         }
     }
-    Ok(if result.snapshot.partial {
-        exit::PARTIAL
-    } else {
-        exit::OK
-    })
+    Ok(if result.snapshot.partial { exit::PARTIAL } else { exit::OK })
 }
 
 fn restore(g: &crate::cli::Global, out: Out, a: crate::cli::RestoreArgs) -> Result<u8> {
@@ -449,21 +378,15 @@ fn restore(g: &crate::cli::Global, out: Out, a: crate::cli::RestoreArgs) -> Resu
         None => (a.snapshot.as_str(), None),
     };
     let snap = find(&s, spec)?;
-    let _lock = bams_store::lock::acquire(
-        &s.repo,
-        false,
-        "restore",
-        std::time::Duration::from_secs(60),
-    )?;
+    let _lock = bams_store::lock::acquire(&s.repo, false, "restore", std::time::Duration::from_secs(60))?;
     let index = s.repo.load_index()?;
     let (root, root_path) = match sub {
         None | Some("" | "/") => (snap.snapshot.tree, "/".to_string()),
         Some(p) => match browse::lookup(&s.repo, &index, &snap.snapshot.tree, p)? {
             Lookup::Root(r) => (r, "/".into()),
             Lookup::Node(n) => {
-                let id = n.subtree.with_context(|| {
-                    format!("{p} is not a directory; restore its parent with --include")
-                })?;
+                let id =
+                    n.subtree.with_context(|| format!("{p} is not a directory; restore its parent with --include"))?;
                 (id, format!("/{}", browse::path_components(p)?.join("/")))
             }
         },
@@ -493,18 +416,10 @@ fn restore(g: &crate::cli::Global, out: Out, a: crate::cli::RestoreArgs) -> Resu
             r.dirs,
             r.others,
             human_bytes(r.bytes),
-            if a.verify {
-                format!("; verified {} files", r.verified)
-            } else {
-                String::new()
-            }
+            if a.verify { format!("; verified {} files", r.verified) } else { String::new() }
         ));
     }
-    Ok(if r.errors.is_empty() {
-        exit::OK
-    } else {
-        exit::PARTIAL
-    })
+    Ok(if r.errors.is_empty() { exit::OK } else { exit::PARTIAL })
 }
 
 fn parse_within(s: &str) -> Result<chrono::Duration> {
@@ -548,8 +463,7 @@ fn forget(g: &crate::cli::Global, out: Out, a: crate::cli::ForgetArgs) -> Result
     if policy.is_empty() && a.snapshots.is_empty() {
         bail!("nothing to forget: give snapshot ids or at least one --keep-* rule");
     }
-    let lock =
-        bams_store::lock::acquire(&s.repo, true, "forget", std::time::Duration::from_secs(300))?;
+    let lock = bams_store::lock::acquire(&s.repo, true, "forget", std::time::Duration::from_secs(300))?;
     let (all, _) = s.repo.snapshots()?;
     let mut remove: Vec<Id> = Vec::new();
     let mut decisions = Vec::new();
@@ -581,18 +495,9 @@ fn forget(g: &crate::cli::Global, out: Out, a: crate::cli::ForgetArgs) -> Result
         out.json(&json!({"dry_run": a.dry_run, "removed": remove, "decisions": decisions}))?;
     } else {
         for d in &decisions {
-            println!(
-                "{} {} {}",
-                if d.keep { "keep  " } else { "remove" },
-                &d.id[..8],
-                d.reasons.join(",")
-            );
+            println!("{} {} {}", if d.keep { "keep  " } else { "remove" }, &d.id[..8], d.reasons.join(","));
         }
-        out.info(format!(
-            "{} {} snapshot(s)",
-            if a.dry_run { "would remove" } else { "removed" },
-            remove.len()
-        ));
+        out.info(format!("{} {} snapshot(s)", if a.dry_run { "would remove" } else { "removed" }, remove.len()));
     }
     drop(lock);
     if a.prune && !a.dry_run {
@@ -654,18 +559,13 @@ fn key(g: &crate::cli::Global, out: Out, k: KeyCmd) -> Result<u8> {
                     write_private(kf, &Id::random().0)?;
                     out.info(format!("created key file {}", kf.display()));
                 }
-                let data =
-                    std::fs::read(kf).with_context(|| format!("reading {}", kf.display()))?;
+                let data = std::fs::read(kf).with_context(|| format!("reading {}", kf.display()))?;
                 if data.is_empty() {
                     bail!("key file {} is empty", kf.display());
                 }
                 (data, SlotKind::Keyfile)
             } else if let Some(pf) = &a.new_password_file {
-                let g2 = crate::cli::Global {
-                    password_file: Some(pf.clone()),
-                    key_file: None,
-                    ..g.clone()
-                };
+                let g2 = crate::cli::Global { password_file: Some(pf.clone()), key_file: None, ..g.clone() };
                 std::env::remove_var("BAMS_PASSWORD");
                 session::secret(&g2, false)?
             } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -677,9 +577,7 @@ fn key(g: &crate::cli::Global, out: Out, k: KeyCmd) -> Result<u8> {
             } else {
                 bail!("give --new-password-file or --new-key-file");
             };
-            let id = s
-                .repo
-                .add_key(&secret, kind, &a.label, KdfParams::default())?;
+            let id = s.repo.add_key(&secret, kind, &a.label, KdfParams::default())?;
             if out.json {
                 out.json(&json!({"id": id}))?;
             } else {
@@ -688,10 +586,8 @@ fn key(g: &crate::cli::Global, out: Out, k: KeyCmd) -> Result<u8> {
         }
         KeyCmd::Remove { id } => {
             let slots = s.repo.key_slots()?;
-            let matches: Vec<_> = slots
-                .iter()
-                .filter(|(sid, _)| sid.to_hex().starts_with(&id.to_ascii_lowercase()))
-                .collect();
+            let matches: Vec<_> =
+                slots.iter().filter(|(sid, _)| sid.to_hex().starts_with(&id.to_ascii_lowercase())).collect();
             let target = match matches.as_slice() {
                 [one] => one.0,
                 [] => bail!("no key slot {id}"),

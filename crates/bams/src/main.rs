@@ -28,10 +28,7 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BAMS_LOG")
-                .unwrap_or_else(|_| level.into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BAMS_LOG").unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .without_time()
         .with_target(false)

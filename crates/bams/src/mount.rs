@@ -13,10 +13,7 @@ use bams_store::index::MasterIndex;
 use bams_store::snapshot::SnapshotEntry;
 use bams_store::tree::{Node, NodeKind};
 use bams_store::Id;
-use fuser::{
-    FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
-    Request,
-};
+use fuser::{FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, Request};
 
 use crate::output::Out;
 use crate::session::Session;
@@ -28,14 +25,8 @@ const LATEST: u64 = 2;
 enum Entry {
     Root,
     Latest(String),
-    Snapshot {
-        tree: Id,
-        time: SystemTime,
-    },
-    Node {
-        node: Box<Node>,
-        offsets: Option<Vec<u64>>,
-    },
+    Snapshot { tree: Id, time: SystemTime },
+    Node { node: Box<Node>, offsets: Option<Vec<u64>> },
 }
 
 struct Inode {
@@ -77,31 +68,13 @@ impl SnapshotFs {
     fn new(session: Session, index: MasterIndex, snaps: Vec<SnapshotEntry>) -> Self {
         let snapshots: Vec<(String, SnapshotEntry)> = snaps
             .into_iter()
-            .map(|s| {
-                (
-                    format!(
-                        "{}_{}",
-                        s.snapshot.time.format("%Y-%m-%dT%H:%M:%S"),
-                        s.id.short()
-                    ),
-                    s,
-                )
-            })
+            .map(|s| (format!("{}_{}", s.snapshot.time.format("%Y-%m-%dT%H:%M:%S"), s.id.short()), s))
             .collect();
         let latest = snapshots.last().map(|(n, _)| n.clone()).unwrap_or_default();
         let inodes = vec![
-            Inode {
-                entry: Entry::Root,
-                children: None,
-            }, // ino 0 unused
-            Inode {
-                entry: Entry::Root,
-                children: None,
-            },
-            Inode {
-                entry: Entry::Latest(latest),
-                children: Some(Vec::new()),
-            },
+            Inode { entry: Entry::Root, children: None }, // ino 0 unused
+            Inode { entry: Entry::Root, children: None },
+            Inode { entry: Entry::Latest(latest), children: Some(Vec::new()) },
         ];
         Self {
             session,
@@ -115,10 +88,7 @@ impl SnapshotFs {
     }
 
     fn alloc(&mut self, entry: Entry) -> u64 {
-        self.inodes.push(Inode {
-            entry,
-            children: None,
-        });
+        self.inodes.push(Inode { entry, children: None });
         (self.inodes.len() - 1) as u64
     }
 
@@ -143,13 +113,7 @@ impl SnapshotFs {
                 let snaps: Vec<(String, Id, SystemTime)> = self
                     .snapshots
                     .iter()
-                    .map(|(n, s)| {
-                        (
-                            n.clone(),
-                            s.snapshot.tree,
-                            SystemTime::from(s.snapshot.time),
-                        )
-                    })
+                    .map(|(n, s)| (n.clone(), s.snapshot.tree, SystemTime::from(s.snapshot.time)))
                     .collect();
                 for (name, tree, time) in snaps {
                     let i = self.alloc(Entry::Snapshot { tree, time });
@@ -160,10 +124,7 @@ impl SnapshotFs {
                 let tree = self.session.repo.load_tree(&self.index, &t).ok()?;
                 for n in tree.nodes {
                     let name = n.name.0.clone();
-                    let i = self.alloc(Entry::Node {
-                        node: Box::new(n),
-                        offsets: None,
-                    });
+                    let i = self.alloc(Entry::Node { node: Box::new(n), offsets: None });
                     out.push((name, i));
                 }
             }
@@ -194,19 +155,10 @@ impl SnapshotFs {
         };
         Some(match &inode.entry {
             Entry::Root => base,
-            Entry::Latest(target) => FileAttr {
-                kind: FileType::Symlink,
-                perm: 0o777,
-                size: target.len() as u64,
-                nlink: 1,
-                ..base
-            },
-            Entry::Snapshot { time, .. } => FileAttr {
-                atime: *time,
-                mtime: *time,
-                ctime: *time,
-                ..base
-            },
+            Entry::Latest(target) => {
+                FileAttr { kind: FileType::Symlink, perm: 0o777, size: target.len() as u64, nlink: 1, ..base }
+            }
+            Entry::Snapshot { time, .. } => FileAttr { atime: *time, mtime: *time, ctime: *time, ..base },
             Entry::Node { node, .. } => FileAttr {
                 size: node.size,
                 blocks: node.size.div_ceil(512),
@@ -275,11 +227,7 @@ impl Filesystem for SnapshotFs {
             return reply.error(libc::ENOENT);
         };
         let name = name.as_encoded_bytes();
-        match children
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, i)| self.attr(*i))
-        {
+        match children.iter().find(|(n, _)| n == name).and_then(|(_, i)| self.attr(*i)) {
             Some(attr) => reply.entry(&TTL, &attr, 0),
             None => reply.error(libc::ENOENT),
         }
@@ -319,21 +267,11 @@ impl Filesystem for SnapshotFs {
         }
     }
 
-    fn readdir(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        offset: i64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
         let Some(children) = self.children(ino) else {
             return reply.error(libc::ENOTDIR);
         };
-        let mut entries = vec![
-            (ino, FileType::Directory, b".".to_vec()),
-            (ROOT, FileType::Directory, b"..".to_vec()),
-        ];
+        let mut entries = vec![(ino, FileType::Directory, b".".to_vec()), (ROOT, FileType::Directory, b"..".to_vec())];
         for (name, i) in children {
             let kind = self.attr(i).map_or(FileType::RegularFile, |a| a.kind);
             entries.push((i, kind, name));
@@ -367,12 +305,7 @@ pub fn block_signals() -> Result<nix::sys::signal::SigSet> {
 }
 
 /// Mount until unmounted (`fusermount3 -u`) or interrupted (SIGINT/SIGTERM unmounts cleanly).
-pub fn mount(
-    session: Session,
-    mountpoint: &Path,
-    out: Out,
-    signals: nix::sys::signal::SigSet,
-) -> Result<()> {
+pub fn mount(session: Session, mountpoint: &Path, out: Out, signals: nix::sys::signal::SigSet) -> Result<()> {
     if !mountpoint.is_dir() {
         anyhow::bail!("{}: not a directory", mountpoint.display());
     }
@@ -380,18 +313,12 @@ pub fn mount(
     let index = session.repo.load_index()?;
     let location = session.repo.location();
     let fs = SnapshotFs::new(session, index, snaps);
-    let options = [
-        MountOption::RO,
-        MountOption::FSName(format!("bams:{location}")),
-        MountOption::Subtype("bams".into()),
-    ];
+    let options =
+        [MountOption::RO, MountOption::FSName(format!("bams:{location}")), MountOption::Subtype("bams".into())];
     let mp = mountpoint.to_path_buf();
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
-            let _ = std::process::Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(&mp)
-                .status();
+            let _ = std::process::Command::new("fusermount3").args(["-u", "-z"]).arg(&mp).status();
         }
     });
     out.info(format!(
@@ -399,6 +326,5 @@ pub fn mount(
         mountpoint.display(),
         mountpoint.display()
     ));
-    fuser::mount2(fs, mountpoint, &options)
-        .with_context(|| format!("mounting {}", mountpoint.display()))
+    fuser::mount2(fs, mountpoint, &options).with_context(|| format!("mounting {}", mountpoint.display()))
 }

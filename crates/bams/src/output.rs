@@ -75,12 +75,7 @@ impl Bar {
             b.enable_steady_tick(Duration::from_millis(200));
             b
         });
-        Arc::new(Self {
-            bar,
-            files: AtomicU64::new(0),
-            warnings: AtomicU64::new(0),
-            quiet: out.quiet || out.json,
-        })
+        Arc::new(Self { bar, files: AtomicU64::new(0), warnings: AtomicU64::new(0), quiet: out.quiet || out.json })
     }
 
     /// Set the expected total bytes.

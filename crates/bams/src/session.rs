@@ -44,8 +44,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn read_first_line(path: &Path) -> Result<Vec<u8>> {
-    let data =
-        std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
+    let data = std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
     let line = data.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
@@ -57,8 +56,7 @@ fn read_first_line(path: &Path) -> Result<Vec<u8>> {
 /// The secret that opens (or will protect) the repository.
 pub fn secret(global: &Global, confirm: bool) -> Result<(Vec<u8>, SlotKind)> {
     if let Some(kf) = &global.key_file {
-        let data =
-            std::fs::read(kf).with_context(|| format!("reading key file {}", kf.display()))?;
+        let data = std::fs::read(kf).with_context(|| format!("reading key file {}", kf.display()))?;
         if data.is_empty() {
             bail!("key file {} is empty", kf.display());
         }
@@ -76,8 +74,7 @@ pub fn secret(global: &Global, confirm: bool) -> Result<(Vec<u8>, SlotKind)> {
     if std::io::stderr().is_terminal() {
         let p = rpassword::prompt_password("repository password: ").context("reading password")?;
         if confirm {
-            let again =
-                rpassword::prompt_password("repeat password: ").context("reading password")?;
+            let again = rpassword::prompt_password("repeat password: ").context("reading password")?;
             if again != p {
                 bail!("passwords do not match");
             }
@@ -92,10 +89,7 @@ pub fn secret(global: &Global, confirm: bool) -> Result<(Vec<u8>, SlotKind)> {
 
 /// The repository location from `-r` / `BAMS_REPOSITORY`.
 pub fn location(global: &Global) -> Result<&str> {
-    global
-        .repo
-        .as_deref()
-        .context("no repository given: use -r/--repo or BAMS_REPOSITORY")
+    global.repo.as_deref().context("no repository given: use -r/--repo or BAMS_REPOSITORY")
 }
 
 /// Open the repository named on the command line.
@@ -104,8 +98,7 @@ pub fn open(global: &Global) -> Result<Session> {
     let backend = backend_for(location)?;
     let (secret, _) = secret(global, false)?;
     let rt = runtime()?;
-    let repo =
-        Repository::open(backend, rt.handle().clone(), &secret).map_err(anyhow::Error::new)?;
+    let repo = Repository::open(backend, rt.handle().clone(), &secret).map_err(anyhow::Error::new)?;
     Ok(Session { repo, _rt: rt })
 }
 
@@ -115,7 +108,6 @@ pub fn init(global: &Global, opts: &bams_store::repo::InitOptions) -> Result<Ses
     let backend = backend_for(location)?;
     let (secret, kind) = secret(global, true)?;
     let rt = runtime()?;
-    let repo = Repository::init(backend, rt.handle().clone(), &secret, kind, opts)
-        .map_err(anyhow::Error::new)?;
+    let repo = Repository::init(backend, rt.handle().clone(), &secret, kind, opts).map_err(anyhow::Error::new)?;
     Ok(Session { repo, _rt: rt })
 }

@@ -30,11 +30,7 @@ impl Env {
 
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_bams"));
-        c.arg("-r")
-            .arg(&self.repo)
-            .args(args)
-            .env("BAMS_PASSWORD", PASSWORD)
-            .env_remove("BAMS_REPOSITORY");
+        c.arg("-r").arg(&self.repo).args(args).env("BAMS_PASSWORD", PASSWORD).env_remove("BAMS_REPOSITORY");
         c
     }
 
@@ -76,30 +72,17 @@ impl Env {
     }
 
     fn restore(&self, snap: &str, target: &Path) -> Output {
-        self.run(&[
-            "restore",
-            snap,
-            "--target",
-            target.to_str().unwrap_or_default(),
-        ])
+        self.run(&["restore", snap, "--target", target.to_str().unwrap_or_default()])
     }
 
     fn check_read_data(&self) {
         let out = self.run(&["check", "--read-data"]);
-        assert!(
-            out.status.success(),
-            "check failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert!(out.status.success(), "check failed: {}", String::from_utf8_lossy(&out.stdout));
     }
 
     fn packs(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        for d in fs::read_dir(self.repo.join("data"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        for d in fs::read_dir(self.repo.join("data")).into_iter().flatten().flatten() {
             for f in fs::read_dir(d.path()).into_iter().flatten().flatten() {
                 if !f.file_name().to_string_lossy().starts_with(".tmp-") {
                     out.push(f.path());
@@ -130,29 +113,16 @@ fn assert_same_tree(a: &Path, b: &Path) {
     let mb = fs::symlink_metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
     assert_eq!(ma.file_type(), mb.file_type(), "{}", b.display());
     if !ma.file_type().is_symlink() {
-        assert_eq!(
-            ma.permissions().mode() & 0o7777,
-            mb.permissions().mode() & 0o7777,
-            "mode of {}",
-            b.display()
-        );
+        assert_eq!(ma.permissions().mode() & 0o7777, mb.permissions().mode() & 0o7777, "mode of {}", b.display());
     }
     assert_eq!(ma.mtime(), mb.mtime(), "mtime of {}", b.display());
     assert_eq!(ma.uid(), mb.uid(), "uid of {}", b.display());
     let xa: Vec<_> = xattr_list(a);
     assert_eq!(xa, xattr_list(b), "xattrs of {}", b.display());
     if ma.is_dir() {
-        let mut names: Vec<_> = fs::read_dir(a)
-            .expect("read_dir")
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let mut names: Vec<_> = fs::read_dir(a).expect("read_dir").flatten().map(|e| e.file_name()).collect();
         names.sort();
-        let mut names_b: Vec<_> = fs::read_dir(b)
-            .expect("read_dir")
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let mut names_b: Vec<_> = fs::read_dir(b).expect("read_dir").flatten().map(|e| e.file_name()).collect();
         names_b.sort();
         assert_eq!(names, names_b, "entries of {}", b.display());
         for n in names {
@@ -161,26 +131,16 @@ fn assert_same_tree(a: &Path, b: &Path) {
     } else if ma.file_type().is_symlink() {
         assert_eq!(fs::read_link(a).ok(), fs::read_link(b).ok());
     } else if ma.is_file() {
-        assert!(
-            fs::read(a).ok() == fs::read(b).ok(),
-            "content of {}",
-            b.display()
-        );
+        assert!(fs::read(a).ok() == fs::read(b).ok(), "content of {}", b.display());
     }
 }
 
 fn xattr_list(p: &Path) -> Vec<(String, Vec<u8>)> {
-    let out = Command::new("getfattr")
-        .args(["-h", "-d", "-m", "-", "--absolute-names", "-e", "hex"])
-        .arg(p)
-        .output();
+    let out = Command::new("getfattr").args(["-h", "-d", "-m", "-", "--absolute-names", "-e", "hex"]).arg(p).output();
     let Ok(out) = out else { return Vec::new() };
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut v: Vec<(String, Vec<u8>)> = text
-        .lines()
-        .filter(|l| l.contains('='))
-        .map(|l| (l.to_string(), Vec::new()))
-        .collect();
+    let mut v: Vec<(String, Vec<u8>)> =
+        text.lines().filter(|l| l.contains('=')).map(|l| (l.to_string(), Vec::new())).collect();
     v.sort();
     v
 }
@@ -197,24 +157,13 @@ fn sample_tree(root: &Path) {
     fs::write(root.join("empty"), b"").expect("write");
     std::os::unix::fs::symlink("small.txt", root.join("link")).expect("symlink");
     fs::hard_link(root.join("small.txt"), root.join("hardlink")).expect("hardlink");
-    fs::set_permissions(
-        root.join("dir/sub/text.txt"),
-        fs::Permissions::from_mode(0o640),
-    )
-    .expect("chmod");
+    fs::set_permissions(root.join("dir/sub/text.txt"), fs::Permissions::from_mode(0o640)).expect("chmod");
     fs::set_permissions(root.join("dir/sub"), fs::Permissions::from_mode(0o750)).expect("chmod");
-    nix::unistd::mkfifo(
-        &root.join("fifo"),
-        nix::sys::stat::Mode::from_bits_truncate(0o644),
-    )
-    .expect("mkfifo");
+    nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
     let bad_name = std::ffi::OsStr::new(unsafe_name());
     fs::write(root.join(bad_name), b"non-utf8 name").expect("write");
     let _ = xattr::set(root.join("dir/big.bin"), "user.origin", b"test");
-    let _ = Command::new("setfacl")
-        .args(["-m", "u:nobody:r"])
-        .arg(root.join("small.txt"))
-        .status();
+    let _ = Command::new("setfacl").args(["-m", "u:nobody:r"]).arg(root.join("small.txt")).status();
     // Sparse: 64 MiB file with data in the middle.
     let f = fs::File::create(root.join("sparse.img")).expect("sparse");
     f.set_len(64 << 20).expect("set_len");
@@ -235,18 +184,8 @@ fn backup_restore_roundtrip_preserves_metadata() {
     let id = v["snapshot_id"].as_str().expect("id").to_string();
     assert_eq!(v["snapshot"]["partial"], false);
     let target = env.path("restore");
-    let out = env.run(&[
-        "restore",
-        &id,
-        "--target",
-        target.to_str().expect("utf8"),
-        "--verify",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = env.run(&["restore", &id, "--target", target.to_str().expect("utf8"), "--verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let restored = target.join(src.strip_prefix("/").expect("abs"));
     assert_same_tree(&src, &restored);
     // Hard links stay linked, sparse files stay sparse.
@@ -256,11 +195,7 @@ fn backup_restore_roundtrip_preserves_metadata() {
     );
     let sparse = fs::metadata(restored.join("sparse.img")).expect("m");
     assert_eq!(sparse.len(), 64 << 20);
-    assert!(
-        sparse.blocks() * 512 < 1 << 20,
-        "sparse file restored with {} blocks",
-        sparse.blocks()
-    );
+    assert!(sparse.blocks() * 512 < 1 << 20, "sparse file restored with {} blocks", sparse.blocks());
     env.check_read_data();
 }
 
@@ -290,11 +225,7 @@ fn wrong_password_is_refused_and_writes_nothing() {
     fs::create_dir_all(&src).expect("mkdir");
     fs::write(src.join("f"), b"x").expect("write");
     let before = list_all(&env.repo);
-    let out = env
-        .cmd(&["backup", src.to_str().expect("utf8")])
-        .env("BAMS_PASSWORD", "wrong")
-        .output()
-        .expect("run");
+    let out = env.cmd(&["backup", src.to_str().expect("utf8")]).env("BAMS_PASSWORD", "wrong").output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("wrong password or no key slot matches"),
@@ -373,32 +304,18 @@ fn unreadable_file_gives_partial_snapshot_and_exit_3() {
         for p in [env.dir.path(), &src, &env.repo] {
             fs::set_permissions(p, fs::Permissions::from_mode(0o777)).expect("chmod");
         }
-        let _ = Command::new("chmod")
-            .args(["-R", "a+rwX"])
-            .arg(&env.repo)
-            .status();
+        let _ = Command::new("chmod").args(["-R", "a+rwX"]).arg(&env.repo).status();
         fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o000)).expect("chmod");
         let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_bams"),
-            "-r",
-        ])
-        .arg(&env.repo)
-        .args(["backup", "--json"])
-        .arg(&src)
-        .env("BAMS_PASSWORD", PASSWORD);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_bams"), "-r"])
+            .arg(&env.repo)
+            .args(["backup", "--json"])
+            .arg(&src)
+            .env("BAMS_PASSWORD", PASSWORD);
         cmd = c;
     }
     let out = cmd.output().expect("run");
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("secret"));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["snapshot"]["partial"], true);
@@ -406,15 +323,7 @@ fn unreadable_file_gives_partial_snapshot_and_exit_3() {
     assert_eq!(snaps.as_array().map(Vec::len), Some(1));
     let target = env.path("r");
     assert!(env.restore("latest", &target).status.success());
-    assert_eq!(
-        fs::read(
-            target
-                .join(src.strip_prefix("/").expect("abs"))
-                .join("readable")
-        )
-        .expect("read"),
-        b"fine"
-    );
+    assert_eq!(fs::read(target.join(src.strip_prefix("/").expect("abs")).join("readable")).expect("read"), b"fine");
 }
 
 #[test]
@@ -428,37 +337,21 @@ fn corrupted_pack_is_named_by_check_and_restore_keeps_the_rest() {
     env.backup(&[&src]);
     let packs = env.packs();
     // Find the pack holding file data (the biggest), flip a byte in its first blob.
-    let pack = packs
-        .iter()
-        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("a pack")
-        .clone();
+    let pack = packs.iter().max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).expect("a pack").clone();
     let mut bytes = fs::read(&pack).expect("read");
     bytes[100] ^= 0x40;
     fs::write(&pack, &bytes).expect("write");
-    let pack_name = pack
-        .file_name()
-        .expect("name")
-        .to_string_lossy()
-        .into_owned();
+    let pack_name = pack.file_name().expect("name").to_string_lossy().into_owned();
 
     let out = env.run(&["check", "--read-data"]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&pack_name),
-        "check must name the pack: {text}"
-    );
+    assert!(text.contains(&pack_name), "check must name the pack: {text}");
     assert!(text.contains("blob "), "check must name the blob: {text}");
 
     let target = env.path("r");
     let out = env.restore("latest", &target);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     let base = target.join(src.strip_prefix("/").expect("abs"));
     let intact = ["a", "b", "c"]
         .iter()
@@ -483,23 +376,11 @@ fn concurrent_backups_both_land() {
     for (i, d) in [&a, &b].iter().enumerate() {
         fs::create_dir_all(d).expect("mkdir");
         for j in 0..20 {
-            fs::write(
-                d.join(format!("f{j}")),
-                random_bytes(200_000, (i * 100 + j) as u64),
-            )
-            .expect("write");
+            fs::write(d.join(format!("f{j}")), random_bytes(200_000, (i * 100 + j) as u64)).expect("write");
         }
     }
-    let ca = env
-        .cmd(&["backup", "--json", a.to_str().expect("utf8")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let cb = env
-        .cmd(&["backup", "--json", b.to_str().expect("utf8")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let ca = env.cmd(&["backup", "--json", a.to_str().expect("utf8")]).stdout(Stdio::piped()).spawn().expect("spawn");
+    let cb = env.cmd(&["backup", "--json", b.to_str().expect("utf8")]).stdout(Stdio::piped()).spawn().expect("spawn");
     assert!(ca.wait_with_output().expect("wait").status.success());
     assert!(cb.wait_with_output().expect("wait").status.success());
     assert_eq!(env.json(&["snapshots"]).as_array().map(Vec::len), Some(2));
@@ -527,43 +408,27 @@ fn wait_for_packs(env: &Env, min: usize, deadline: Duration) -> bool {
 #[test]
 fn kill_during_backup_leaves_a_valid_repository_and_resume_reuses_packs() {
     let dir = tempfile::tempdir().expect("tmp");
-    let env = Env {
-        repo: dir.path().join("repo"),
-        dir,
-    };
+    let env = Env { repo: dir.path().join("repo"), dir };
     // Small packs so a backup writes many of them.
     env.ok(&["repo", "init", "--pack-size-mib", "1"]);
     let first = env.path("first");
     fs::create_dir_all(&first).expect("mkdir");
     fs::write(first.join("keep"), random_bytes(500_000, 99)).expect("write");
-    let first_id = env.backup(&[&first])["snapshot_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let first_id = env.backup(&[&first])["snapshot_id"].as_str().expect("id").to_string();
     let src = env.path("src");
     fs::create_dir_all(&src).expect("mkdir");
     for j in 0..40 {
-        fs::write(
-            src.join(format!("f{j:02}")),
-            random_bytes(1_000_000, 1000 + j),
-        )
-        .expect("write");
+        fs::write(src.join(format!("f{j:02}")), random_bytes(1_000_000, 1000 + j)).expect("write");
     }
     // Kill at several points: after 1, 5, 10, 20 new packs appeared (bounded waits).
     let mut killed = 0;
     for (round, want) in [1usize, 5, 10, 20].into_iter().enumerate() {
         let base = env.packs().len();
-        let mut child = env
-            .cmd(&["backup", "--quiet", src.to_str().expect("utf8")])
-            .spawn()
-            .expect("spawn");
+        let mut child = env.cmd(&["backup", "--quiet", src.to_str().expect("utf8")]).spawn().expect("spawn");
         let reached = wait_for_packs(&env, base + want, Duration::from_secs(20));
         let _ = child.kill();
         let status = child.wait().expect("wait");
-        assert!(
-            reached || status.success(),
-            "round {round}: backup neither progressed nor finished"
-        );
+        assert!(reached || status.success(), "round {round}: backup neither progressed nor finished");
         // Structure and data stay valid; the earlier snapshot restores byte-identical.
         env.check_read_data();
         let target = env.path(&format!("restore{round}"));
@@ -574,10 +439,7 @@ fn kill_during_backup_leaves_a_valid_repository_and_resume_reuses_packs() {
         }
         killed += 1;
     }
-    assert!(
-        killed >= 1,
-        "at least one backup must have been killed mid-write"
-    );
+    assert!(killed >= 1, "at least one backup must have been killed mid-write");
     let packs_before = env.packs().len();
     let v = env.backup(&[&src]);
     let added = v["snapshot"]["summary"]["data_added"].as_u64().expect("n");
@@ -586,10 +448,7 @@ fn kill_during_backup_leaves_a_valid_repository_and_resume_reuses_packs() {
             v["recovered_packs"].as_u64().unwrap_or(0) > 0 || added < 40_000_000,
             "resume must reuse complete packs: {v}"
         );
-        assert!(
-            added < 40_000_000,
-            "chunks already in complete packs are not stored again: added {added}"
-        );
+        assert!(added < 40_000_000, "chunks already in complete packs are not stored again: added {added}");
     }
     env.check_read_data();
     let target = env.path("final");
@@ -604,26 +463,14 @@ fn forget_and_prune_keep_what_snapshots_need_even_beside_a_backup() {
     let src = env.path("src");
     fs::create_dir_all(&src).expect("mkdir");
     for round in 0..3u64 {
-        fs::write(
-            src.join(format!("r{round}")),
-            random_bytes(2_000_000, round + 7),
-        )
-        .expect("write");
+        fs::write(src.join(format!("r{round}")), random_bytes(2_000_000, round + 7)).expect("write");
         fs::write(src.join("moving"), random_bytes(1_000_000, round + 70)).expect("write");
         env.backup(&[&src]);
     }
-    let size_before: u64 = env
-        .packs()
-        .iter()
-        .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let size_before: u64 = env.packs().iter().map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
     let v = env.json(&["forget", "--keep-last", "1", "--dry-run"]);
     assert_eq!(v["removed"].as_array().map(Vec::len), Some(2));
-    assert_eq!(
-        env.json(&["snapshots"]).as_array().map(Vec::len),
-        Some(3),
-        "dry run removes nothing"
-    );
+    assert_eq!(env.json(&["snapshots"]).as_array().map(Vec::len), Some(3), "dry run removes nothing");
 
     // A backup of another tree runs while forget+prune runs.
     let other = env.path("other");
@@ -631,62 +478,30 @@ fn forget_and_prune_keep_what_snapshots_need_even_beside_a_backup() {
     for j in 0..30 {
         fs::write(other.join(format!("o{j}")), random_bytes(300_000, 500 + j)).expect("write");
     }
-    let bk = env
-        .cmd(&["backup", "--json", other.to_str().expect("utf8")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pr = env.run(&[
-        "forget",
-        "--keep-last",
-        "1",
-        "--host",
-        &hostname(),
-        "--prune",
-    ]);
+    let bk =
+        env.cmd(&["backup", "--json", other.to_str().expect("utf8")]).stdout(Stdio::piped()).spawn().expect("spawn");
+    let pr = env.run(&["forget", "--keep-last", "1", "--host", &hostname(), "--prune"]);
     let bk = bk.wait_with_output().expect("wait");
-    assert!(
-        pr.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pr.stderr)
-    );
-    assert!(
-        bk.status.success(),
-        "{}",
-        String::from_utf8_lossy(&bk.stderr)
-    );
+    assert!(pr.status.success(), "{}", String::from_utf8_lossy(&pr.stderr));
+    assert!(bk.status.success(), "{}", String::from_utf8_lossy(&bk.stderr));
     env.check_read_data();
-    let size_after: u64 = env
-        .packs()
-        .iter()
-        .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let size_after: u64 = env.packs().iter().map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
     let snaps = env.json(&["snapshots"]);
     // keep-last 1 groups by host+paths: the newest src snapshot and the other tree remain.
     assert_eq!(snaps.as_array().map(Vec::len), Some(2), "{snaps}");
-    assert!(
-        size_after < size_before + 9_000_000,
-        "prune freed the moving file's old versions"
-    );
+    assert!(size_after < size_before + 9_000_000, "prune freed the moving file's old versions");
     for s in snaps.as_array().expect("array") {
         let id = s["id"].as_str().expect("id");
         let target = env.path(&format!("r-{}", &id[..8]));
         let out = env.restore(id, &target);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let p = PathBuf::from(s["paths"][0].as_str().expect("path"));
         assert_same_tree(&p, &target.join(p.strip_prefix("/").expect("abs")));
     }
 }
 
 fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default()
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
 }
 
 #[test]
@@ -695,19 +510,9 @@ fn key_slots_add_list_remove() {
     let pw2 = env.path("pw2");
     fs::write(&pw2, "second password\n").expect("write");
     let kf = env.path("key.bin");
-    env.ok(&[
-        "key",
-        "add",
-        "--new-password-file",
-        pw2.to_str().expect("utf8"),
-        "--label",
-        "ops",
-    ]);
+    env.ok(&["key", "add", "--new-password-file", pw2.to_str().expect("utf8"), "--label", "ops"]);
     env.ok(&["key", "add", "--new-key-file", kf.to_str().expect("utf8")]);
-    assert_eq!(
-        fs::metadata(&kf).expect("keyfile").permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(fs::metadata(&kf).expect("keyfile").permissions().mode() & 0o777, 0o600);
     let keys = env.json(&["key", "list"]);
     assert_eq!(keys.as_array().map(Vec::len), Some(3));
     // Open with the key file and the second password.
@@ -716,39 +521,18 @@ fn key_slots_add_list_remove() {
         .env_remove("BAMS_PASSWORD")
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = env
-        .cmd(&["key", "list", "--json"])
-        .env("BAMS_PASSWORD", "second password")
-        .output()
-        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env.cmd(&["key", "list", "--json"]).env("BAMS_PASSWORD", "second password").output().expect("run");
     assert!(out.status.success());
     // Remove the original slot using the second password; the old password stops working.
-    let first = keys
-        .as_array()
-        .expect("a")
-        .iter()
-        .find(|k| k["current"] == true)
-        .expect("current")["id"]
+    let first = keys.as_array().expect("a").iter().find(|k| k["current"] == true).expect("current")["id"]
         .as_str()
         .expect("id")
         .to_string();
     let out = env.run(&["key", "remove", &first]);
     assert_eq!(out.status.code(), Some(1), "cannot remove the slot in use");
-    let out = env
-        .cmd(&["key", "remove", &first])
-        .env("BAMS_PASSWORD", "second password")
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = env.cmd(&["key", "remove", &first]).env("BAMS_PASSWORD", "second password").output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = env.run(&["snapshots"]);
     assert_eq!(out.status.code(), Some(1));
 }
@@ -758,15 +542,7 @@ fn stdin_backup_and_json_shapes() {
     let env = Env::new();
     let data = random_bytes(2_500_000, 5);
     let mut child = env
-        .cmd(&[
-            "backup",
-            "--stdin",
-            "--stdin-name",
-            "db.dump",
-            "--tag",
-            "db",
-            "--json",
-        ])
+        .cmd(&["backup", "--stdin", "--stdin-name", "db.dump", "--tag", "db", "--json"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -774,11 +550,7 @@ fn stdin_backup_and_json_shapes() {
     std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), &data).expect("write");
     drop(child.stdin.take());
     let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let snaps = env.json(&["snapshots", "--tag", "db"]);
     let s = &snaps[0];
     for key in ["id", "time", "host", "paths", "tags"] {
@@ -792,12 +564,7 @@ fn stdin_backup_and_json_shapes() {
     let target = env.path("r");
     assert!(env.restore("latest", &target).status.success());
     assert!(fs::read(target.join("db.dump")).expect("read") == data);
-    assert!(
-        env.run(&["backup", "--stdin", "--stdin-name", "../evil"])
-            .status
-            .code()
-            == Some(1)
-    );
+    assert!(env.run(&["backup", "--stdin", "--stdin-name", "../evil"]).status.code() == Some(1));
 }
 
 #[test]
@@ -820,34 +587,15 @@ fn excludes_include_and_diff() {
         exf.to_str().expect("utf8"),
     ]);
     let ls = env.json(&["ls", "latest"]);
-    let paths: Vec<String> = ls
-        .as_array()
-        .expect("a")
-        .iter()
-        .map(|e| e["path"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let paths: Vec<String> =
+        ls.as_array().expect("a").iter().map(|e| e["path"].as_str().unwrap_or_default().to_string()).collect();
     assert!(paths.iter().any(|p| p.ends_with("keep/a.txt")));
-    assert!(
-        !paths
-            .iter()
-            .any(|p| p.contains("cache") || p.ends_with(".log")),
-        "{paths:?}"
-    );
+    assert!(!paths.iter().any(|p| p.contains("cache") || p.ends_with(".log")), "{paths:?}");
     fs::write(src.join("keep/new.txt"), b"new").expect("write");
     fs::remove_file(src.join("keep/a.txt")).expect("rm");
-    env.ok(&[
-        "backup",
-        src.to_str().expect("utf8"),
-        "--exclude",
-        "cache",
-        "--exclude",
-        "*.log",
-    ]);
+    env.ok(&["backup", src.to_str().expect("utf8"), "--exclude", "cache", "--exclude", "*.log"]);
     let snaps = env.json(&["snapshots"]);
-    let (a, b) = (
-        snaps[0]["id"].as_str().expect("id"),
-        snaps[1]["id"].as_str().expect("id"),
-    );
+    let (a, b) = (snaps[0]["id"].as_str().expect("id"), snaps[1]["id"].as_str().expect("id"));
     let diff = env.json(&["diff", a, b]);
     let has = |c: &str, suffix: &str| {
         diff.as_array()
@@ -858,14 +606,7 @@ fn excludes_include_and_diff() {
     assert!(has("+", "keep/new.txt") && has("-", "keep/a.txt"), "{diff}");
     // --include restores only the matching subset.
     let target = env.path("r");
-    env.ok(&[
-        "restore",
-        b,
-        "--target",
-        target.to_str().expect("utf8"),
-        "--include",
-        "new.txt",
-    ]);
+    env.ok(&["restore", b, "--target", target.to_str().expect("utf8"), "--include", "new.txt"]);
     let base = target.join(src.strip_prefix("/").expect("abs"));
     assert!(base.join("keep/new.txt").exists());
     assert_eq!(list_all(&target).len(), 1);
@@ -881,16 +622,9 @@ fn block_device_image_backup_and_changed_version_adds_little() {
     let img = env.path("disk.img");
     let data = random_bytes(24 << 20, 42);
     fs::write(&img, &data).expect("write");
-    let out = Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&img)
-        .output()
-        .expect("losetup");
+    let out = Command::new("losetup").args(["-f", "--show"]).arg(&img).output().expect("losetup");
     if !out.status.success() {
-        eprintln!(
-            "skipping: losetup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        eprintln!("skipping: losetup failed: {}", String::from_utf8_lossy(&out.stderr));
         return;
     }
     let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -898,20 +632,13 @@ fn block_device_image_backup_and_changed_version_adds_little() {
     let v1 = env.json(&["backup", &dev]);
     assert_eq!(v1["snapshot"]["summary"]["bytes_read"], 24 << 20, "{v1}");
     // Change 3% in one region (as when a few files of a filesystem change).
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(&dev)
-        .expect("open dev");
-    std::os::unix::fs::FileExt::write_all_at(&f, &random_bytes(750_000, 43), 10 << 20)
-        .expect("write");
+    let f = fs::OpenOptions::new().write(true).open(&dev).expect("open dev");
+    std::os::unix::fs::FileExt::write_all_at(&f, &random_bytes(750_000, 43), 10 << 20).expect("write");
     f.sync_all().expect("sync");
     drop(f);
     let v2 = env.json(&["backup", &dev]);
     let added = v2["snapshot"]["summary"]["data_added"].as_u64().expect("n");
-    assert!(
-        added < 6 << 20,
-        "a 750 kB change in a 24 MiB image added {added} bytes"
-    );
+    assert!(added < 6 << 20, "a 750 kB change in a 24 MiB image added {added} bytes");
     let target = env.path("r");
     assert!(env.restore("latest", &target).status.success());
     let restored = fs::read(target.join(dev.trim_start_matches('/'))).expect("restored image");
@@ -942,26 +669,18 @@ fn mount_shows_snapshots_as_directories() {
     env.backup(&[&src]);
     let mnt = env.path("mnt");
     fs::create_dir_all(&mnt).expect("mkdir");
-    let mut child = env
-        .cmd(&["mount", mnt.to_str().expect("utf8")])
-        .spawn()
-        .expect("spawn");
+    let mut child = env.cmd(&["mount", mnt.to_str().expect("utf8")]).spawn().expect("spawn");
     let latest = mnt.join("latest");
     let start = Instant::now();
     while !latest.exists() && start.elapsed() < Duration::from_secs(15) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let file = latest
-        .join(src.strip_prefix("/").expect("abs"))
-        .join("dir/big.bin");
+    let file = latest.join(src.strip_prefix("/").expect("abs")).join("dir/big.bin");
     let read = fs::read(&file);
     let listing = fs::read_dir(&mnt).map(|d| d.count()).unwrap_or(0);
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(
-        read.ok() == Some(random_bytes(3_000_000, 1)),
-        "file read through the mount matches"
-    );
+    assert!(read.ok() == Some(random_bytes(3_000_000, 1)), "file read through the mount matches");
     assert_eq!(listing, 2, "one snapshot directory plus `latest`");
 }

@@ -39,9 +39,7 @@ impl LocalBackend {
         Ok(self.root.join(key))
     }
 
-    async fn blocking<T: Send + 'static>(
-        f: impl FnOnce() -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| Error::new(ErrorKind::Other, format!("I/O task failed: {e}")))?
@@ -49,11 +47,7 @@ impl LocalBackend {
 }
 
 fn info(key: String, meta: &fs::Metadata) -> ObjectInfo {
-    ObjectInfo {
-        key,
-        size: meta.len(),
-        modified: meta.modified().ok(),
-    }
+    ObjectInfo { key, size: meta.len(), modified: meta.modified().ok() }
 }
 
 fn list_dir(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<()> {
@@ -87,12 +81,7 @@ impl ReadBackend for LocalBackend {
 
     async fn get(&self, key: &str) -> Result<Bytes> {
         let path = self.path(key)?;
-        Self::blocking(move || {
-            fs::read(&path)
-                .map(Bytes::from)
-                .map_err(|e| Error::io(path.display(), e))
-        })
-        .await
+        Self::blocking(move || fs::read(&path).map(Bytes::from).map_err(|e| Error::io(path.display(), e))).await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
@@ -103,9 +92,8 @@ impl ReadBackend for LocalBackend {
             let mut buf = vec![0u8; len];
             let mut done = 0;
             while done < len {
-                let n = file
-                    .read_at(&mut buf[done..], offset + done as u64)
-                    .map_err(|e| Error::io(path.display(), e))?;
+                let n =
+                    file.read_at(&mut buf[done..], offset + done as u64).map_err(|e| Error::io(path.display(), e))?;
                 if n == 0 {
                     return Err(Error::corrupt(format!(
                         "{}: truncated (wanted {len} bytes at offset {offset}, got {done})",
@@ -121,11 +109,7 @@ impl ReadBackend for LocalBackend {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let root = self.root.clone();
-        let dir = if prefix.is_empty() {
-            root.clone()
-        } else {
-            self.path(prefix.trim_end_matches('/'))?
-        };
+        let dir = if prefix.is_empty() { root.clone() } else { self.path(prefix.trim_end_matches('/'))? };
         let prefix = prefix.to_string();
         Self::blocking(move || {
             let mut out = Vec::new();
@@ -154,9 +138,7 @@ impl WriteBackend for LocalBackend {
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let path = self.path(key)?;
         Self::blocking(move || {
-            let dir = path
-                .parent()
-                .ok_or_else(|| Error::invalid("object without directory"))?;
+            let dir = path.parent().ok_or_else(|| Error::invalid("object without directory"))?;
             fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
             let tmp = dir.join(format!("{TMP_PREFIX}{}", crate::id::Id::random().short()));
             let write = || -> std::io::Result<()> {
@@ -197,11 +179,7 @@ pub fn remove_stale_temp_files(root: &Path, max_age: std::time::Duration) -> usi
             if meta.is_dir() {
                 walk(&path, max_age, n);
             } else if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                let old = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| m.elapsed().ok())
-                    .is_some_and(|a| a > max_age);
+                let old = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|a| a > max_age);
                 if old && fs::remove_file(&path).is_ok() {
                     *n += 1;
                 }
