@@ -109,7 +109,7 @@ run_tool() { # tool
   umount "$DATA"
   local before; before=$(size_of "$repo")
   case $tool in
-    bams) measure bams img1 "$BAMS" -q -r "$repo" backup "$IMG1" --host img ;;
+    bams) measure bams img1 "$BAMS" -q -r "$repo" backup --image "$IMG1" --host img ;;
     restic) measure restic img1 restic -q -r "$repo" backup "$IMG1" --host img ;;
     borg) measure borg img1 borg create "$repo::i1" "$IMG1" ;;
   esac
@@ -118,7 +118,7 @@ run_tool() { # tool
   # Same path for both versions so each tool sees "the same file, changed".
   mount --bind "$IMG2" "$IMG1"
   case $tool in
-    bams) measure bams img2 "$BAMS" -q -r "$repo" backup "$IMG1" --host img ;;
+    bams) measure bams img2 "$BAMS" -q -r "$repo" backup --image "$IMG1" --host img ;;
     restic) measure restic img2 restic -q -r "$repo" backup "$IMG1" --host img ;;
     borg) measure borg img2 borg create "$repo::i2" "$IMG1" ;;
   esac

@@ -74,6 +74,9 @@ pub struct BackupOptions {
     pub excludes: Vec<String>,
     /// Do not cross filesystem boundaries.
     pub one_file_system: bool,
+    /// Treat regular files named as sources as disk images (finer chunks, sparse restore).
+    /// Block devices named as sources are always imaged.
+    pub image: bool,
     /// Tags to attach.
     pub tags: Vec<String>,
     /// Host name to record (default: this host).
@@ -95,6 +98,7 @@ impl BackupOptions {
             source: Source::Paths(paths),
             excludes: Vec::new(),
             one_file_system: false,
+            image: false,
             tags: Vec::new(),
             host: None,
             parent: ParentChoice::Auto,
@@ -160,6 +164,7 @@ pub fn backup(repo: &Repository, opts: BackupOptions, progress: &dyn Progress) -
             writer,
             excluder,
             one_file_system: opts.one_file_system,
+            image: opts.image,
             progress,
             summary: Summary::default(),
             warnings: &mut warnings,
@@ -272,6 +277,7 @@ struct Walker<'a, 'scope, 'env> {
     writer: BlobWriter<'scope, 'env>,
     excluder: PathMatcher,
     one_file_system: bool,
+    image: bool,
     progress: &'a dyn Progress,
     summary: Summary,
     warnings: &'a mut Vec<String>,
@@ -403,8 +409,18 @@ impl Walker<'_, '_, '_> {
                 };
                 node.subtree = Some(sub);
             }
+            NodeKind::File if top && self.image => {
+                node.sparse = true;
+                self.summary.total_bytes += node.size;
+                let ok = self.with_chunker(self.repo.config().image_chunker, |w| w.read_content(path, &mut node))?;
+                if !ok {
+                    return Ok(None);
+                }
+                self.summary.files_new += 1;
+            }
             NodeKind::File => {
-                if !self.file_content(path, &mut node, meta, parent)? {
+                let readable = self.file_content(path, &mut node, meta, parent)?;
+                if !readable {
                     return Ok(None);
                 }
             }
@@ -413,7 +429,8 @@ impl Walker<'_, '_, '_> {
                 node.kind = NodeKind::File;
                 node.rdev = None;
                 node.sparse = true;
-                if !self.read_content(path, &mut node)? {
+                let ok = self.with_chunker(self.repo.config().image_chunker, |w| w.read_content(path, &mut node))?;
+                if !ok {
                     return Ok(None);
                 }
                 self.summary.files_new += 1;
@@ -421,6 +438,13 @@ impl Walker<'_, '_, '_> {
             _ => {}
         }
         Ok(Some(node))
+    }
+
+    fn with_chunker<T>(&mut self, params: ChunkerParams, f: impl FnOnce(&mut Self) -> T) -> T {
+        let saved = std::mem::replace(&mut self.chunker, params);
+        let out = f(self);
+        self.chunker = saved;
+        out
     }
 
     /// Fill a regular file's content; `false` when it could not be read.

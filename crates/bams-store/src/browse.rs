@@ -37,7 +37,7 @@ pub fn lookup(repo: &Repository, index: &MasterIndex, root: &Id, path: &str) -> 
     }
     Ok(match node {
         None => Lookup::Root(tree_id),
-        Some(n) => Lookup::Node(n),
+        Some(n) => Lookup::Node(Box::new(n)),
     })
 }
 
@@ -46,7 +46,7 @@ pub enum Lookup {
     /// The snapshot root tree.
     Root(Id),
     /// A node inside it.
-    Node(Node),
+    Node(Box<Node>),
 }
 
 /// Every entry below `root`, depth first, with its path (`/a/b`); `recursive=false` lists one level.

@@ -105,7 +105,7 @@ impl PackBuilder {
 
 /// Decode a pack header's plaintext into entries with offsets.
 pub fn parse_header(plain: &[u8], pack: &Id) -> Result<Vec<PackEntry>> {
-    if plain.len() % ENTRY_LEN != 0 {
+    if !plain.len().is_multiple_of(ENTRY_LEN) {
         return Err(Error::corrupt(format!(
             "pack {pack}: header length {} is not a multiple of {ENTRY_LEN}",
             plain.len()

@@ -99,7 +99,10 @@ impl<'scope, 'env> BlobWriter<'scope, 'env> {
             .map(|_| {
                 let rx = rx.clone();
                 let ptx = ptx.clone();
-                std::thread::Builder::new().name("bams-seal".into()).spawn_scoped(scope, move || seal_loop(repo, &rx, &ptx)).expect("spawn sealer")
+                std::thread::Builder::new()
+                    .name("bams-seal".into())
+                    .spawn_scoped(scope, move || seal_loop(repo, &rx, &ptx))
+                    .expect("spawn sealer")
             })
             .collect();
         drop(ptx);

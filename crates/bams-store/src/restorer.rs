@@ -117,7 +117,7 @@ pub fn restore(
     for (path, node) in &others {
         result.warnings.extend(apply_metadata(path, node, apply));
     }
-    dirs.sort_by(|a, b| b.2.cmp(&a.2));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
     for (path, node, _) in &dirs {
         result.warnings.extend(apply_metadata(path, node, apply));
     }
@@ -241,7 +241,10 @@ struct Placement {
     offset: u64,
 }
 
-const MAX_RANGE: u64 = 32 * 1024 * 1024;
+/// Blobs of one pack to restore, by offset: (id, location, where to write it).
+type PackPlan = BTreeMap<u32, (Id, BlobLocation, Vec<Placement>)>;
+
+const MAX_RANGE: u64 = 8 * 1024 * 1024;
 const MAX_GAP: u64 = 1024 * 1024;
 
 fn write_content(
@@ -253,7 +256,7 @@ fn write_content(
     result: &mut RestoreResult,
 ) {
     // pack -> blob -> (location, placements)
-    let mut plan: HashMap<Id, BTreeMap<u32, (Id, BlobLocation, Vec<Placement>)>> = HashMap::new();
+    let mut plan: HashMap<Id, PackPlan> = HashMap::new();
     for (fi, f) in files.iter_mut().enumerate() {
         let mut offset = 0u64;
         for id in &f.node.content {
@@ -271,8 +274,7 @@ fn write_content(
             offset += u64::from(loc.raw_len);
         }
     }
-    let packs: Mutex<Vec<(Id, BTreeMap<u32, (Id, BlobLocation, Vec<Placement>)>)>> =
-        Mutex::new(plan.into_iter().collect());
+    let packs: Mutex<Vec<(Id, PackPlan)>> = Mutex::new(plan.into_iter().collect());
     let errors: Mutex<Vec<(Option<usize>, String)>> = Mutex::new(Vec::new());
     let bytes = std::sync::atomic::AtomicU64::new(0);
     let files_ro: &[PlannedFile] = files;
@@ -297,7 +299,7 @@ fn write_content(
 fn restore_pack(
     repo: &Repository,
     pack: &Id,
-    blobs: &BTreeMap<u32, (Id, BlobLocation, Vec<Placement>)>,
+    blobs: &PackPlan,
     files: &[PlannedFile],
     progress: &dyn Progress,
     bytes: &std::sync::atomic::AtomicU64,

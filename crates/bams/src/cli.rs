@@ -107,6 +107,10 @@ pub struct BackupArgs {
     /// Stay on the filesystem of each path
     #[arg(long, short = 'x')]
     pub one_file_system: bool,
+    /// The named files are disk images: finer chunks so a new version stores about what
+    /// changed, holes restored as holes (block devices are always treated this way)
+    #[arg(long)]
+    pub image: bool,
     /// Back up standard input as one file
     #[arg(long)]
     pub stdin: bool,

@@ -325,6 +325,7 @@ fn backup(g: &crate::cli::Global, out: Out, a: crate::cli::BackupArgs) -> Result
     opts.source = source;
     opts.excludes = excludes;
     opts.one_file_system = a.one_file_system;
+    opts.image = a.image;
     opts.tags = a.tags.clone();
     opts.host = a.host.clone();
     opts.parent = parent;

@@ -102,7 +102,7 @@ impl bams_store::archiver::Progress for Bar {
     fn file_done(&self) {
         let n = self.files.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(b) = &self.bar {
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 b.set_message(format!("{n} files"));
             }
         }
