@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -170,7 +170,6 @@ pub fn backup(repo: &Repository, opts: BackupOptions, progress: &dyn Progress) -
             warnings: &mut warnings,
             hardlinks: HashMap::new(),
             names: NameCache::default(),
-            chunker: repo.config().chunker,
             buf: Vec::new(),
         };
         let root = match opts.source {
@@ -283,7 +282,6 @@ struct Walker<'a, 'scope, 'env> {
     warnings: &'a mut Vec<String>,
     hardlinks: HashMap<(u64, u64), Vec<Id>>,
     names: NameCache,
-    chunker: ChunkerParams,
     buf: Vec<u8>,
 }
 
@@ -410,13 +408,10 @@ impl Walker<'_, '_, '_> {
                 node.subtree = Some(sub);
             }
             NodeKind::File if top && self.image => {
-                node.sparse = true;
-                self.summary.total_bytes += node.size;
-                let ok = self.with_chunker(self.repo.config().image_chunker, |w| w.read_content(path, &mut node))?;
-                if !ok {
+                let readable = self.image_content(path, &mut node)?;
+                if !readable {
                     return Ok(None);
                 }
-                self.summary.files_new += 1;
             }
             NodeKind::File => {
                 let readable = self.file_content(path, &mut node, meta, parent)?;
@@ -428,23 +423,26 @@ impl Walker<'_, '_, '_> {
                 // A device named on the command line is imaged: its bytes become a file.
                 node.kind = NodeKind::File;
                 node.rdev = None;
-                node.sparse = true;
-                let ok = self.with_chunker(self.repo.config().image_chunker, |w| w.read_content(path, &mut node))?;
-                if !ok {
+                let readable = self.image_content(path, &mut node)?;
+                if !readable {
                     return Ok(None);
                 }
-                self.summary.files_new += 1;
             }
             _ => {}
         }
         Ok(Some(node))
     }
 
-    fn with_chunker<T>(&mut self, params: ChunkerParams, f: impl FnOnce(&mut Self) -> T) -> T {
-        let saved = std::mem::replace(&mut self.chunker, params);
-        let out = f(self);
-        self.chunker = saved;
-        out
+    /// Read a disk image (block device or `--image` file) with the image chunker; its holes
+    /// and zero runs are restored as holes.
+    fn image_content(&mut self, path: &Path, node: &mut Node) -> Result<bool> {
+        node.sparse = true;
+        if !self.read_content(path, node, self.repo.config().image_chunker)? {
+            return Ok(false);
+        }
+        self.summary.total_bytes += node.size;
+        self.summary.files_new += 1;
+        Ok(true)
     }
 
     /// Fill a regular file's content; `false` when it could not be read.
@@ -479,7 +477,7 @@ impl Walker<'_, '_, '_> {
             self.progress.file_done();
             return Ok(true);
         }
-        if !self.read_content(path, node)? {
+        if !self.read_content(path, node, self.repo.config().chunker)? {
             return Ok(false);
         }
         if parent.is_some() {
@@ -494,7 +492,7 @@ impl Walker<'_, '_, '_> {
     }
 
     /// Chunk a file or device into blobs. Read errors skip the file with a warning.
-    fn read_content(&mut self, path: &Path, node: &mut Node) -> Result<bool> {
+    fn read_content(&mut self, path: &Path, node: &mut Node, chunker: ChunkerParams) -> Result<bool> {
         self.progress.file(path);
         let mut file = match File::open(path) {
             Ok(f) => f,
@@ -503,11 +501,7 @@ impl Walker<'_, '_, '_> {
                 return Ok(false);
             }
         };
-        if file.metadata().is_ok_and(|m| m.file_type().is_block_device()) {
-            node.size = file.seek(SeekFrom::End(0)).and_then(|n| file.seek(SeekFrom::Start(0)).map(|_| n)).unwrap_or(0);
-            self.summary.total_bytes += node.size;
-        }
-        match self.chunk_stream(&mut file) {
+        match self.chunk_stream(&mut file, chunker) {
             Ok((content, size)) => {
                 node.content = content;
                 node.size = size;
@@ -524,8 +518,11 @@ impl Walker<'_, '_, '_> {
 
     /// Cut a stream into content-defined chunks and queue them. The buffer is reused across
     /// files (a fresh multi-MiB buffer per small file would dominate the cost of a tree backup).
-    fn chunk_stream(&mut self, reader: &mut dyn Read) -> std::result::Result<(Vec<Id>, u64), ChunkError> {
-        let c = self.chunker;
+    fn chunk_stream(
+        &mut self,
+        reader: &mut dyn Read,
+        c: ChunkerParams,
+    ) -> std::result::Result<(Vec<Id>, u64), ChunkError> {
         let cap = 2 * c.max_size as usize;
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(cap, 0);
@@ -574,7 +571,7 @@ impl Walker<'_, '_, '_> {
 
     fn stdin_tree(&mut self, reader: &mut dyn Read, name: &str) -> Result<Id> {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-        let (content, size) = match self.chunk_stream(reader) {
+        let (content, size) = match self.chunk_stream(reader, self.repo.config().chunker) {
             Ok(r) => r,
             Err(ChunkError::Read(e)) => {
                 return Err(Error::new(crate::error::ErrorKind::Io, format!("reading stdin: {e}")))

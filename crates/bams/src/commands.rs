@@ -566,9 +566,7 @@ fn key(g: &crate::cli::Global, out: Out, k: KeyCmd) -> Result<u8> {
                 }
                 (data, SlotKind::Keyfile)
             } else if let Some(pf) = &a.new_password_file {
-                let g2 = crate::cli::Global { password_file: Some(pf.clone()), key_file: None, ..g.clone() };
-                std::env::remove_var("BAMS_PASSWORD");
-                session::secret(&g2, false)?
+                (session::read_password_file(pf)?, SlotKind::Password)
             } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 let p = rpassword::prompt_password("new password: ")?;
                 if rpassword::prompt_password("repeat new password: ")? != p || p.is_empty() {

@@ -5,6 +5,7 @@
 //! cover the requested range (with a small cache of recently read blobs).
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -277,20 +278,11 @@ impl Filesystem for SnapshotFs {
             entries.push((i, kind, name));
         }
         for (k, (i, kind, name)) in entries.into_iter().enumerate().skip(offset.max(0) as usize) {
-            if reply.add(i, (k + 1) as i64, kind, OsStr::from_bytes_compat(&name)) {
+            if reply.add(i, (k + 1) as i64, kind, OsStr::from_bytes(&name)) {
                 break;
             }
         }
         reply.ok();
-    }
-}
-
-trait FromBytesCompat {
-    fn from_bytes_compat(b: &[u8]) -> &OsStr;
-}
-impl FromBytesCompat for OsStr {
-    fn from_bytes_compat(b: &[u8]) -> &OsStr {
-        std::os::unix::ffi::OsStrExt::from_bytes(b)
     }
 }
 

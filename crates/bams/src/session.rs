@@ -43,7 +43,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the I/O runtime")
 }
 
-fn read_first_line(path: &Path) -> Result<Vec<u8>> {
+/// The first line of a password file (without the line ending); empty is an error.
+pub fn read_password_file(path: &Path) -> Result<Vec<u8>> {
     let data = std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
     let line = data.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -69,7 +70,7 @@ pub fn secret(global: &Global, confirm: bool) -> Result<(Vec<u8>, SlotKind)> {
         return Ok((p.into_bytes(), SlotKind::Password));
     }
     if let Some(pf) = &global.password_file {
-        return Ok((read_first_line(pf)?, SlotKind::Password));
+        return Ok((read_password_file(pf)?, SlotKind::Password));
     }
     if std::io::stderr().is_terminal() {
         let p = rpassword::prompt_password("repository password: ").context("reading password")?;
