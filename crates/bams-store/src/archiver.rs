@@ -523,7 +523,8 @@ impl Walker<'_, '_, '_> {
         reader: &mut dyn Read,
         c: ChunkerParams,
     ) -> std::result::Result<(Vec<Id>, u64), ChunkError> {
-        let cap = 2 * c.max_size as usize;
+        // Read in large slices even when chunks are small (image mode): fewer syscalls.
+        let cap = (2 * c.max_size as usize).max(4 << 20);
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(cap, 0);
         let result = (|| {

@@ -44,7 +44,10 @@ impl ChunkerParams {
     /// blocks (inodes, bitmaps, small files); with 1 MiB chunks each touched block re-stores a
     /// megabyte, so images are cut finer to keep a new version close to the bytes that changed.
     pub fn image() -> Self {
-        Self { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 }
+        // Measured on the bench's 3 GiB ext4 image (70 MiB of 4 KiB blocks changed): 16/32/64/128
+        // KiB averages add 55/77/105/135 MiB for v2 and 414/408/400/390 MiB for v1. 32 KiB
+        // keeps v2 near the changed bytes without quadrupling the index of a large disk.
+        Self { min_size: 8 * 1024, avg_size: 32 * 1024, max_size: 128 * 1024 }
     }
 }
 

@@ -20,7 +20,20 @@ pub mod exit {
     pub const PARTIAL: u8 = 3;
 }
 
+/// glibc gives every thread that allocates its own arena, and freed multi-MiB buffers linger in
+/// them; the pipeline's and the restorer's threads would each keep tens of MiB resident. Two
+/// arenas cost nothing measurable in speed and cut peak RSS by ~20% (bench/README.md).
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = cli::Cli::parse();
     let level = match cli.global.verbose {
         0 => "warn",

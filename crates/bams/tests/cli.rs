@@ -684,3 +684,84 @@ fn mount_shows_snapshots_as_directories() {
     assert!(read.ok() == Some(random_bytes(3_000_000, 1)), "file read through the mount matches");
     assert_eq!(listing, 2, "one snapshot directory plus `latest`");
 }
+
+/// Quote one argument for `sh -c` (the only way `script` takes a command).
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn progress_bar_shows_on_a_tty_and_stays_off_when_piped() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping: no script(1) to give bams a terminal");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    for i in 0..200u64 {
+        fs::write(src.join(format!("f{i}")), random_bytes(100_000, i)).expect("write");
+    }
+    let bin = env!("CARGO_BIN_EXE_bams");
+    let line = [bin, "-r", env.repo.to_str().expect("utf8"), "backup", src.to_str().expect("utf8")]
+        .iter()
+        .map(|a| sh_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .env("BAMS_PASSWORD", PASSWORD)
+        .env("COLUMNS", "120")
+        .env("LINES", "40")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "backup on a tty failed: {tty}");
+    assert!(tty.contains("backup") && tty.contains("ETA"), "no progress bar on the terminal: {tty:?}");
+    // Piped: the same command prints its summary but no bar.
+    fs::write(src.join("new"), b"x").expect("write");
+    let piped = env.ok(&["backup", src.to_str().expect("utf8")]);
+    let text = String::from_utf8_lossy(&piped.stderr).to_string() + &String::from_utf8_lossy(&piped.stdout);
+    assert!(!text.contains("ETA"), "progress bar drawn into a pipe: {text:?}");
+}
+
+#[test]
+fn one_file_system_stops_at_mount_points() {
+    if !is_root() {
+        eprintln!("skipping: needs root to mount a tmpfs");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    let mnt = src.join("other-fs");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    fs::write(src.join("here.txt"), b"on the source filesystem").expect("write");
+    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "bams-test"]).arg(&mnt).status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: cannot mount tmpfs here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    fs::write(mnt.join("there.txt"), b"on another filesystem").expect("write");
+    let listed = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["backup", src.to_str().expect("utf8")];
+        args.extend_from_slice(extra);
+        let v = env.json(&args);
+        assert!(v["snapshot_id"].is_string(), "backup failed: {v}");
+        let ls = env.json(&["ls", "latest"]);
+        ls.as_array().expect("ls array").iter().filter_map(|n| n["path"].as_str().map(str::to_string)).collect()
+    };
+    let all = listed(&[]);
+    assert!(all.iter().any(|p| p.ends_with("other-fs/there.txt")), "{all:?}");
+    let one = listed(&["--one-file-system"]);
+    assert!(one.iter().any(|p| p.ends_with("/here.txt")), "{one:?}");
+    assert!(one.iter().any(|p| p.ends_with("/other-fs")), "the mount point itself is kept: {one:?}");
+    assert!(!one.iter().any(|p| p.ends_with("there.txt")), "crossed into the tmpfs: {one:?}");
+}
