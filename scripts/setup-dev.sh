@@ -10,6 +10,7 @@ packages=(
   e2fsprogs xfsprogs              # mkfs for block-image tests and benchmarks
   restic borgbackup               # peers for the benchmark in bench/
   time                            # /usr/bin/time -v for peak RSS in bench/
+  postgresql                      # catalog tests run on a throwaway cluster (initdb/pg_ctl)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -1,0 +1,450 @@
+//! Job definitions and their schedules. The catalog stores and validates shapes; cron
+//! parsing and next-run computation belong to the director, which passes `next_run_at` in.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+
+use crate::error::{named_conflict, CatalogError, Result};
+use crate::repos::validate_name;
+use crate::row::{to_json, RowExt};
+use crate::{now_ms, Catalog};
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// Back up paths into a repository.
+    Backup,
+    /// Restore a snapshot to a path.
+    Restore,
+    /// Verify stored data.
+    Verify,
+    /// Copy snapshots to another repository.
+    Copy,
+    /// Apply retention and remove unreferenced data.
+    Prune,
+    /// Check repository structure (and optionally data).
+    Check,
+    /// Apply retention only.
+    Forget,
+    /// Write snapshots to tape.
+    Tape,
+}
+
+impl JobKind {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backup => "backup",
+            Self::Restore => "restore",
+            Self::Verify => "verify",
+            Self::Copy => "copy",
+            Self::Prune => "prune",
+            Self::Check => "check",
+            Self::Forget => "forget",
+            Self::Tape => "tape",
+        }
+    }
+    pub(crate) fn parse(s: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(s.into()))
+            .map_err(|_| CatalogError::Invalid(format!("unknown job type {s:?}")))
+    }
+}
+
+/// Backup level, mapped onto parent snapshots by the director.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Re-read everything.
+    Full,
+    /// Parent = the job's last snapshot.
+    #[default]
+    Incremental,
+    /// Parent = the job's last Full.
+    Differential,
+}
+
+impl Level {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Incremental => "incremental",
+            Self::Differential => "differential",
+        }
+    }
+    pub(crate) fn parse(s: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(s.into()))
+            .map_err(|_| CatalogError::Invalid(format!("unknown level {s:?}")))
+    }
+}
+
+/// A job as created or updated through the API.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Unique name.
+    pub name: String,
+    /// What it does.
+    #[serde(rename = "type")]
+    pub kind: JobKind,
+    /// Agent that runs it; `null` = the server host itself.
+    #[serde(default)]
+    pub agent: Option<i64>,
+    /// Paths to back up (backup jobs).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Exclude patterns.
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    /// Repository id.
+    pub repository: i64,
+    /// Cron expression (5 or 6 fields) for a first schedule, optional.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// IANA time zone of that schedule (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Default level.
+    #[serde(default)]
+    pub level: Level,
+    /// Retention applied after each backup (`keep_last`, `keep_daily`, …).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub retention: Option<serde_json::Value>,
+    /// Type-specific options (e.g. `one_file_system`, `tags`, `read_data_subset`).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+    /// Disabled jobs are not scheduled.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A stored job.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Job {
+    /// Numeric id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// What it does.
+    #[serde(rename = "type")]
+    pub kind: JobKind,
+    /// Agent, or `null` for the server host.
+    pub agent: Option<i64>,
+    /// Paths.
+    pub paths: Vec<String>,
+    /// Exclude patterns.
+    pub excludes: Vec<String>,
+    /// Repository id.
+    pub repository: i64,
+    /// Default level.
+    pub level: Level,
+    /// Retention policy.
+    #[schema(value_type = Option<Object>)]
+    pub retention: Option<serde_json::Value>,
+    /// Type-specific options.
+    #[schema(value_type = Object)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+    /// Scheduled when true.
+    pub enabled: bool,
+    /// Creation time.
+    #[serde(with = "crate::time_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+    /// Last change.
+    #[serde(with = "crate::time_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: i64,
+}
+
+impl Job {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(Self {
+            id: r.i64("id")?,
+            name: r.str("name")?,
+            kind: JobKind::parse(&r.str("kind")?)?,
+            agent: r.opt_i64("agent_id")?,
+            paths: r.json("paths")?,
+            excludes: r.json("excludes")?,
+            repository: r.i64("repository_id")?,
+            level: Level::parse(&r.str("level")?)?,
+            retention: r.opt_json("retention")?,
+            options: r.json("options")?,
+            enabled: r.flag("enabled")?,
+            created_at: r.i64("created_at")?,
+            updated_at: r.i64("updated_at")?,
+        })
+    }
+}
+
+/// A schedule as created through the API.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Job it triggers.
+    pub job: i64,
+    /// Cron expression: `min hour dom month dow` (or with leading seconds).
+    pub cron: String,
+    /// IANA time zone (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Level override for runs it starts (e.g. Full monthly, Incremental daily).
+    #[serde(default)]
+    pub level: Option<Level>,
+    /// Disabled schedules do not fire.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// A stored schedule.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Schedule {
+    /// Numeric id.
+    pub id: i64,
+    /// Job it triggers.
+    pub job: i64,
+    /// Cron expression.
+    pub cron: String,
+    /// IANA time zone.
+    pub timezone: String,
+    /// Level override.
+    pub level: Option<Level>,
+    /// Fires when true.
+    pub enabled: bool,
+    /// Next due time.
+    #[serde(with = "crate::time_ms::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub next_run_at: Option<i64>,
+    /// Last time it fired.
+    #[serde(with = "crate::time_ms::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_run_at: Option<i64>,
+}
+
+impl Schedule {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(Self {
+            id: r.i64("id")?,
+            job: r.i64("job_id")?,
+            cron: r.str("cron")?,
+            timezone: r.str("timezone")?,
+            level: r.opt_str("level")?.map(|l| Level::parse(&l)).transpose()?,
+            enabled: r.flag("enabled")?,
+            next_run_at: r.opt_i64("next_run_at")?,
+            last_run_at: r.opt_i64("last_run_at")?,
+        })
+    }
+}
+
+const JOB_COLS: &str = "id, name, kind, agent_id, repository_id, paths, excludes, level, retention, options, enabled, \
+                        created_at, updated_at";
+const SCHEDULE_COLS: &str = "id, job_id, cron, timezone, level, enabled, next_run_at, last_run_at";
+
+fn validate_job(spec: &JobSpec) -> Result<()> {
+    validate_name("job", &spec.name)?;
+    if spec.kind == JobKind::Backup && spec.paths.is_empty() {
+        return Err(CatalogError::Invalid("a backup job needs at least one path".into()));
+    }
+    for p in &spec.paths {
+        if !p.starts_with('/') || p.split('/').any(|c| c == "..") || p.contains('\0') {
+            return Err(CatalogError::Invalid(format!("path {p:?} must be absolute without '..'")));
+        }
+    }
+    if let Some(r) = &spec.retention {
+        if !r.is_object() {
+            return Err(CatalogError::Invalid("retention must be an object of keep_* rules".into()));
+        }
+    }
+    Ok(())
+}
+
+impl Catalog {
+    /// Create a job (the caller adds its schedule, if any, with [`Catalog::create_schedule`]).
+    pub async fn create_job(&self, spec: &JobSpec) -> Result<Job> {
+        validate_job(spec)?;
+        self.get_repository(spec.repository).await?;
+        let now = now_ms();
+        let r = sqlx::query(&format!(
+            "INSERT INTO jobs (name, kind, agent_id, repository_id, paths, excludes, level, retention, options, \
+             enabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+             RETURNING {JOB_COLS}"
+        ))
+        .bind(&spec.name)
+        .bind(spec.kind.as_str())
+        .bind(spec.agent)
+        .bind(spec.repository)
+        .bind(to_json(&spec.paths))
+        .bind(to_json(&spec.excludes))
+        .bind(spec.level.as_str())
+        .bind(spec.retention.as_ref().map(to_json))
+        .bind(to_json(&spec.options))
+        .bind(i64::from(spec.enabled))
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await;
+        let row = named_conflict(r.map_err(Into::into), || format!("job {:?} already exists", spec.name))?;
+        Job::from_row(&row)
+    }
+
+    /// Replace a job's definition.
+    pub async fn update_job(&self, id: i64, spec: &JobSpec) -> Result<Job> {
+        validate_job(spec)?;
+        self.get_job(id).await?;
+        self.get_repository(spec.repository).await?;
+        let r = sqlx::query(
+            "UPDATE jobs SET name = $1, kind = $2, agent_id = $3, repository_id = $4, paths = $5, excludes = $6, \
+             level = $7, retention = $8, options = $9, enabled = $10, updated_at = $11 WHERE id = $12",
+        )
+        .bind(&spec.name)
+        .bind(spec.kind.as_str())
+        .bind(spec.agent)
+        .bind(spec.repository)
+        .bind(to_json(&spec.paths))
+        .bind(to_json(&spec.excludes))
+        .bind(spec.level.as_str())
+        .bind(spec.retention.as_ref().map(to_json))
+        .bind(to_json(&spec.options))
+        .bind(i64::from(spec.enabled))
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await;
+        named_conflict(r.map_err(Into::into), || format!("job {:?} already exists", spec.name))?;
+        self.get_job(id).await
+    }
+
+    /// All jobs by name.
+    pub async fn list_jobs(&self) -> Result<Vec<Job>> {
+        let rows = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs ORDER BY name")).fetch_all(&self.pool).await?;
+        rows.iter().map(Job::from_row).collect()
+    }
+
+    /// One job.
+    pub async fn get_job(&self, id: i64) -> Result<Job> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("job {id}")))?;
+        Job::from_row(&row)
+    }
+
+    /// Delete a job and its schedules; its runs stay in the history.
+    pub async fn delete_job(&self, id: i64) -> Result<()> {
+        self.get_job(id).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM schedules WHERE job_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE runs SET job_id = NULL WHERE job_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM jobs WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Add a schedule; `next_run_at` comes from the director's cron evaluation.
+    pub async fn create_schedule(&self, spec: &ScheduleSpec, next_run_at: Option<i64>) -> Result<Schedule> {
+        self.get_job(spec.job).await?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO schedules (job_id, cron, timezone, level, enabled, next_run_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {SCHEDULE_COLS}"
+        ))
+        .bind(spec.job)
+        .bind(&spec.cron)
+        .bind(spec.timezone.clone().unwrap_or_else(|| "UTC".into()))
+        .bind(spec.level.map(|l| l.as_str()))
+        .bind(i64::from(spec.enabled))
+        .bind(next_run_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Schedule::from_row(&row)
+    }
+
+    /// Schedules, all or of one job.
+    pub async fn list_schedules(&self, job: Option<i64>) -> Result<Vec<Schedule>> {
+        let rows = match job {
+            Some(j) => {
+                sqlx::query(&format!("SELECT {SCHEDULE_COLS} FROM schedules WHERE job_id = $1 ORDER BY id"))
+                    .bind(j)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {SCHEDULE_COLS} FROM schedules ORDER BY id")).fetch_all(&self.pool).await?
+            }
+        };
+        rows.iter().map(Schedule::from_row).collect()
+    }
+
+    /// One schedule.
+    pub async fn get_schedule(&self, id: i64) -> Result<Schedule> {
+        let row = sqlx::query(&format!("SELECT {SCHEDULE_COLS} FROM schedules WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("schedule {id}")))?;
+        Schedule::from_row(&row)
+    }
+
+    /// Delete a schedule.
+    pub async fn delete_schedule(&self, id: i64) -> Result<()> {
+        let n = sqlx::query("DELETE FROM schedules WHERE id = $1").bind(id).execute(&self.pool).await?.rows_affected();
+        if n == 0 {
+            return Err(CatalogError::NotFound(format!("schedule {id}")));
+        }
+        Ok(())
+    }
+
+    /// Enabled schedules of enabled jobs that are due at `now`.
+    pub async fn due_schedules(&self, now: i64) -> Result<Vec<Schedule>> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.job_id, s.cron, s.timezone, s.level, s.enabled, s.next_run_at, s.last_run_at \
+             FROM schedules s JOIN jobs j ON j.id = s.job_id \
+             WHERE s.enabled = 1 AND j.enabled = 1 AND s.next_run_at IS NOT NULL AND s.next_run_at <= $1 \
+             ORDER BY s.next_run_at",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Schedule::from_row).collect()
+    }
+
+    /// Fire a due schedule exactly once across all servers: advance `next_run_at` only if it
+    /// still holds the value this server read (compare-and-set) and queue the run in the same
+    /// transaction. Returns the queued run's id, or `None` when another server won.
+    pub async fn fire_schedule(&self, s: &Schedule, next_run_at: Option<i64>, now: i64) -> Result<Option<i64>> {
+        let job = self.get_job(s.job).await?;
+        let mut tx = self.pool.begin().await?;
+        let won =
+            sqlx::query("UPDATE schedules SET next_run_at = $1, last_run_at = $2 WHERE id = $3 AND next_run_at = $4")
+                .bind(next_run_at)
+                .bind(now)
+                .bind(s.id)
+                .bind(s.next_run_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        if !won {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let level = s.level.unwrap_or(job.level);
+        let (run_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO runs (job_id, kind, level, status, triggered_by, queued_at) \
+             VALUES ($1, $2, $3, 'queued', 'schedule', $4) RETURNING id",
+        )
+        .bind(job.id)
+        .bind(job.kind.as_str())
+        .bind(level.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(run_id))
+    }
+}

@@ -1,0 +1,114 @@
+//! Registered repositories. The catalog keeps where a repository is and which key file opens
+//! it; the key itself lives in a 0600 file under the server's data dir, never in the database.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+
+use crate::error::{named_conflict, CatalogError, Result};
+use crate::row::RowExt;
+use crate::{now_ms, Catalog};
+
+/// A repository the server knows.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Repository {
+    /// Numeric id.
+    pub id: i64,
+    /// Unique name (used in `bams://host:4848/<name>` URLs).
+    pub name: String,
+    /// Local path or `s3://bucket/prefix`.
+    pub url: String,
+    /// File holding the repository password (mode 0600).
+    #[serde(skip)]
+    pub key_file: String,
+    /// Registration time.
+    #[serde(with = "crate::time_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+}
+
+impl Repository {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(Self {
+            id: r.i64("id")?,
+            name: r.str("name")?,
+            url: r.str("url")?,
+            key_file: r.str("key_file")?,
+            created_at: r.i64("created_at")?,
+        })
+    }
+}
+
+/// Repository names appear in URLs and file names.
+pub(crate) fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(CatalogError::Invalid(format!(
+            "invalid {kind} name {name:?}: 1-64 letters, digits, '.', '_', '-', not starting with '.'"
+        )))
+    }
+}
+
+const REPO_COLS: &str = "id, name, url, key_file, created_at";
+
+impl Catalog {
+    /// Register a repository.
+    pub async fn add_repository(&self, name: &str, url: &str, key_file: &str) -> Result<Repository> {
+        validate_name("repository", name)?;
+        let r = sqlx::query(&format!(
+            "INSERT INTO repositories (name, url, key_file, created_at) VALUES ($1, $2, $3, $4) RETURNING {REPO_COLS}"
+        ))
+        .bind(name)
+        .bind(url)
+        .bind(key_file)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await;
+        let row = named_conflict(r.map_err(Into::into), || format!("repository {name:?} already exists"))?;
+        Repository::from_row(&row)
+    }
+
+    /// All repositories by name.
+    pub async fn list_repositories(&self) -> Result<Vec<Repository>> {
+        let rows =
+            sqlx::query(&format!("SELECT {REPO_COLS} FROM repositories ORDER BY name")).fetch_all(&self.pool).await?;
+        rows.iter().map(Repository::from_row).collect()
+    }
+
+    /// One repository by id.
+    pub async fn get_repository(&self, id: i64) -> Result<Repository> {
+        let row = sqlx::query(&format!("SELECT {REPO_COLS} FROM repositories WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("repository {id}")))?;
+        Repository::from_row(&row)
+    }
+
+    /// One repository by name.
+    pub async fn get_repository_by_name(&self, name: &str) -> Result<Repository> {
+        let row = sqlx::query(&format!("SELECT {REPO_COLS} FROM repositories WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("repository {name:?}")))?;
+        Repository::from_row(&row)
+    }
+
+    /// Unregister a repository (its data is untouched). Refused while jobs use it.
+    pub async fn delete_repository(&self, id: i64) -> Result<()> {
+        self.get_repository(id).await?;
+        let (jobs,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE repository_id = $1").bind(id).fetch_one(&self.pool).await?;
+        if jobs > 0 {
+            return Err(CatalogError::Conflict(format!("repository {id} is used by {jobs} job(s)")));
+        }
+        sqlx::query("DELETE FROM snapshots WHERE repository_id = $1").bind(id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM repositories WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,381 @@
+//! Job runs: the queue every server claims work from, and the history with logs.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+
+use crate::error::{CatalogError, Result};
+use crate::jobs::{JobKind, Level};
+use crate::row::{Arg, Filter, RowExt};
+use crate::{now_ms, Backend, Catalog, Page};
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Waiting for a free slot on some server.
+    Queued,
+    /// Being executed.
+    Running,
+    /// Finished without errors.
+    Succeeded,
+    /// Finished with an error (or partially: see `errors`).
+    Failed,
+    /// The server stopped (crash or shutdown) while it ran.
+    Interrupted,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+            Self::Cancelled => "cancelled",
+        }
+    }
+    /// Parse a stored or query-string name.
+    pub fn parse(s: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(s.into()))
+            .map_err(|_| CatalogError::Invalid(format!("unknown run status {s:?}")))
+    }
+    /// Finished one way or another.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+}
+
+/// A run of a job (or an ad-hoc operation).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Run {
+    /// Numeric id.
+    pub id: i64,
+    /// Job, if the run belongs to one that still exists.
+    pub job_id: Option<i64>,
+    /// Operation.
+    #[serde(rename = "type")]
+    pub kind: JobKind,
+    /// Level of a backup.
+    pub level: Option<Level>,
+    /// Status.
+    pub status: RunStatus,
+    /// `schedule`, `manual`, `missed`.
+    pub triggered_by: String,
+    /// Server that claimed it.
+    pub server_id: Option<String>,
+    /// When it was queued.
+    #[serde(with = "crate::time_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub queued_at: i64,
+    /// When it started.
+    #[serde(with = "crate::time_ms::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<i64>,
+    /// When it ended.
+    #[serde(with = "crate::time_ms::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub finished_at: Option<i64>,
+    /// Files processed.
+    pub files: i64,
+    /// Bytes processed.
+    pub bytes: i64,
+    /// Bytes newly stored.
+    pub new_bytes: i64,
+    /// Errors (unreadable files, failed objects).
+    pub errors: i64,
+    /// Snapshot written by a backup.
+    pub snapshot_id: Option<String>,
+    /// Outcome in one line.
+    pub message: Option<String>,
+    /// A cancel was requested.
+    pub cancel_requested: bool,
+}
+
+impl Run {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(Self {
+            id: r.i64("id")?,
+            job_id: r.opt_i64("job_id")?,
+            kind: JobKind::parse(&r.str("kind")?)?,
+            level: r.opt_str("level")?.map(|l| Level::parse(&l)).transpose()?,
+            status: RunStatus::parse(&r.str("status")?)?,
+            triggered_by: r.str("triggered_by")?,
+            server_id: r.opt_str("server_id")?,
+            queued_at: r.i64("queued_at")?,
+            started_at: r.opt_i64("started_at")?,
+            finished_at: r.opt_i64("finished_at")?,
+            files: r.i64("files")?,
+            bytes: r.i64("bytes")?,
+            new_bytes: r.i64("new_bytes")?,
+            errors: r.i64("errors")?,
+            snapshot_id: r.opt_str("snapshot_id")?,
+            message: r.opt_str("message")?,
+            cancel_requested: r.flag("cancel_requested")?,
+        })
+    }
+}
+
+/// A run to queue.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// Job.
+    pub job_id: i64,
+    /// Level override (backup jobs).
+    pub level: Option<Level>,
+    /// Why: `manual`, `missed`, …
+    pub triggered_by: String,
+}
+
+/// Counters a finished run records.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    /// Files processed.
+    pub files: i64,
+    /// Bytes processed.
+    pub bytes: i64,
+    /// Bytes newly stored.
+    pub new_bytes: i64,
+    /// Errors.
+    pub errors: i64,
+    /// Snapshot written.
+    pub snapshot_id: Option<String>,
+}
+
+/// Filters for the run history.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+pub struct RunFilter {
+    /// Only runs of this job.
+    pub job: Option<i64>,
+    /// Only runs with this status.
+    pub status: Option<String>,
+    /// Page size (default 50, max 500).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Counts and recent activity for the dashboard.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Dashboard {
+    /// Jobs defined.
+    pub jobs: i64,
+    /// Repositories registered.
+    pub repositories: i64,
+    /// Snapshots in the listing cache.
+    pub snapshots: i64,
+    /// Runs queued or running now.
+    pub active_runs: i64,
+    /// Runs that failed in the last 24 hours.
+    pub failures_24h: i64,
+    /// Runs that succeeded in the last 24 hours.
+    pub successes_24h: i64,
+    /// Bytes newly stored in the last 24 hours.
+    pub new_bytes_24h: i64,
+    /// The ten most recent runs.
+    pub last_runs: Vec<Run>,
+    /// The five most recent failures.
+    pub last_failures: Vec<Run>,
+}
+
+const RUN_COLS: &str = "id, job_id, kind, level, status, triggered_by, server_id, queued_at, started_at, finished_at, \
+                        files, bytes, new_bytes, errors, snapshot_id, message, cancel_requested";
+
+/// Logs are kept whole up to this size; beyond it the middle is dropped.
+const MAX_LOG: usize = 4 << 20;
+
+impl Catalog {
+    /// Queue a run of a job now.
+    pub async fn queue_run(&self, new: &NewRun) -> Result<Run> {
+        let job = self.get_job(new.job_id).await?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO runs (job_id, kind, level, status, triggered_by, queued_at) \
+             VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING {RUN_COLS}"
+        ))
+        .bind(job.id)
+        .bind(job.kind.as_str())
+        .bind((job.kind == JobKind::Backup).then(|| new.level.unwrap_or(job.level).as_str()))
+        .bind(&new.triggered_by)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Run::from_row(&row)
+    }
+
+    /// Claim the oldest queued run that this server may execute (jobs without an agent).
+    /// PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent servers each get a different run;
+    /// SQLite serializes writers, and the `status = 'queued'` guard makes the claim exact.
+    pub async fn claim_run(&self, server_id: &str) -> Result<Option<Run>> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE runs SET status = 'running', server_id = $1, started_at = $2 \
+             WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' \
+             AND (r.job_id IS NULL OR r.job_id IN (SELECT j.id FROM jobs j WHERE j.agent_id IS NULL)) \
+             ORDER BY r.id LIMIT 1{lock}) RETURNING {RUN_COLS}"
+        );
+        let row = sqlx::query(&sql).bind(server_id).bind(now_ms()).fetch_optional(&self.pool).await?;
+        row.as_ref().map(Run::from_row).transpose()
+    }
+
+    /// Record the end of a run (only a running or queued run can end).
+    pub async fn finish_run(&self, id: i64, status: RunStatus, stats: &RunStats, message: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET status = $1, finished_at = $2, files = $3, bytes = $4, new_bytes = $5, errors = $6, \
+             snapshot_id = $7, message = $8 WHERE id = $9 AND status IN ('queued', 'running')",
+        )
+        .bind(status.as_str())
+        .bind(now_ms())
+        .bind(stats.files)
+        .bind(stats.bytes)
+        .bind(stats.new_bytes)
+        .bind(stats.errors)
+        .bind(stats.snapshot_id.clone())
+        .bind(message)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Append lines to a run's log.
+    pub async fn append_log(&self, id: i64, text: &str) -> Result<()> {
+        let (len,): (i64,) = sqlx::query_as("SELECT CAST(LENGTH(log) AS BIGINT) FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        if len as usize + text.len() > MAX_LOG {
+            return Ok(());
+        }
+        sqlx::query("UPDATE runs SET log = log || $1 WHERE id = $2").bind(text).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// One run.
+    pub async fn get_run(&self, id: i64) -> Result<Run> {
+        let row = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("run {id}")))?;
+        Run::from_row(&row)
+    }
+
+    /// A run's full log.
+    pub async fn run_log(&self, id: i64) -> Result<String> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT log FROM runs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        row.map(|r| r.0).ok_or_else(|| CatalogError::NotFound(format!("run {id}")))
+    }
+
+    /// Run history, newest first, paged by id.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Page<Run>> {
+        let limit = filter.limit.unwrap_or(50).clamp(1, 500);
+        let mut f = Filter::default();
+        if let Some(j) = filter.job {
+            f.push("job_id = {}", Arg::I64(j));
+        }
+        if let Some(s) = &filter.status {
+            f.push("status = {}", Arg::Str(RunStatus::parse(s)?.as_str().into()));
+        }
+        if let Some(c) = &filter.cursor {
+            let c: i64 = c.parse().map_err(|_| CatalogError::Invalid(format!("bad cursor {c:?}")))?;
+            f.push("id < {}", Arg::I64(c));
+        }
+        let lim = f.next_arg(Arg::I64(limit + 1));
+        let sql = format!("SELECT {RUN_COLS} FROM runs{} ORDER BY id DESC LIMIT {lim}", f.where_sql());
+        let rows = f.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
+        let runs = rows.iter().map(Run::from_row).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_rows(runs, limit, |r| r.id.to_string()))
+    }
+
+    /// Ask a run to stop: a queued run is cancelled at once; a running one is flagged and
+    /// its runner stops at the next checkpoint.
+    pub async fn request_cancel(&self, id: i64) -> Result<Run> {
+        let run = self.get_run(id).await?;
+        if run.status.is_final() {
+            return Err(CatalogError::Conflict(format!("run {id} already {}", run.status.as_str())));
+        }
+        sqlx::query(
+            "UPDATE runs SET status = 'cancelled', finished_at = $1, message = 'cancelled before it started' \
+             WHERE id = $2 AND status = 'queued'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND status = 'running'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.get_run(id).await
+    }
+
+    /// Runs a (re)starting server left running: mark them interrupted. Returns how many.
+    pub async fn mark_interrupted(&self, server_id: &str, message: &str) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE runs SET status = 'interrupted', finished_at = $1, message = $2 \
+             WHERE status = 'running' AND server_id = $3",
+        )
+        .bind(now_ms())
+        .bind(message)
+        .bind(server_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// The job's most recent successful backup run (optionally only Full ones), for levels.
+    pub async fn last_successful_backup(&self, job_id: i64, full_only: bool) -> Result<Option<Run>> {
+        let level = if full_only { " AND level = 'full'" } else { "" };
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs WHERE job_id = $1 AND status = 'succeeded' AND snapshot_id IS NOT NULL{level} \
+             ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Run::from_row).transpose()
+    }
+
+    /// Dashboard numbers.
+    pub async fn dashboard(&self) -> Result<Dashboard> {
+        let since = now_ms() - 24 * 3600 * 1000;
+        let count = |sql: &'static str| async move {
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&self.pool).await?;
+            Ok::<i64, CatalogError>(n)
+        };
+        let (failures, successes, new_bytes): (i64, i64, i64) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN status IN ('failed', 'interrupted') THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(new_bytes), 0) AS BIGINT) FROM runs WHERE queued_at >= $1",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        let last = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs ORDER BY id DESC LIMIT 10"))
+            .fetch_all(&self.pool)
+            .await?;
+        let fails = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs WHERE status IN ('failed', 'interrupted') ORDER BY id DESC LIMIT 5"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Dashboard {
+            jobs: count("SELECT COUNT(*) FROM jobs").await?,
+            repositories: count("SELECT COUNT(*) FROM repositories").await?,
+            snapshots: count("SELECT COUNT(*) FROM snapshots").await?,
+            active_runs: count("SELECT COUNT(*) FROM runs WHERE status IN ('queued', 'running')").await?,
+            failures_24h: failures,
+            successes_24h: successes,
+            new_bytes_24h: new_bytes,
+            last_runs: last.iter().map(Run::from_row).collect::<Result<_>>()?,
+            last_failures: fails.iter().map(Run::from_row).collect::<Result<_>>()?,
+        })
+    }
+}

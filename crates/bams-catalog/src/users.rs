@@ -1,0 +1,250 @@
+//! Users, roles and password hashes (Argon2id; the hash string carries its own salt/params).
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+
+use crate::error::{named_conflict, CatalogError, Result};
+use crate::row::RowExt;
+use crate::{now_ms, Catalog};
+
+/// What a user may do. Ordered: each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read only.
+    Viewer,
+    /// Run jobs, restore, load tapes.
+    Operator,
+    /// Everything, including users and configuration.
+    Admin,
+}
+
+impl Role {
+    /// The lowercase name stored in the catalog.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = CatalogError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "viewer" => Ok(Self::Viewer),
+            "operator" => Ok(Self::Operator),
+            "admin" => Ok(Self::Admin),
+            _ => Err(CatalogError::Invalid(format!("unknown role {s:?} (admin, operator, viewer)"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A user account (never carries the password hash).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct User {
+    /// Numeric id.
+    pub id: i64,
+    /// Login name.
+    pub username: String,
+    /// Role.
+    pub role: Role,
+    /// Disabled users cannot log in and their tokens stop working.
+    pub disabled: bool,
+    /// Creation time.
+    #[serde(with = "crate::time_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+}
+
+impl User {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(Self {
+            id: r.i64("id")?,
+            username: r.str("username")?,
+            role: r.str("role")?.parse()?,
+            disabled: r.flag("disabled")?,
+            created_at: r.i64("created_at")?,
+        })
+    }
+}
+
+/// Argon2id hash of a password, in PHC string form.
+pub fn hash_password(password: &str) -> Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| CatalogError::Invalid(format!("cannot hash password: {e}")))
+}
+
+/// Check a password against a PHC hash; false on any mismatch or malformed hash.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// Usernames are short, printable, and safe in paths and logs.
+fn validate_username(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CatalogError::Invalid(format!(
+            "invalid username {name:?}: 1-64 characters of letters, digits, '.', '_', '-', '@'"
+        )))
+    }
+}
+
+/// The shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+fn validate_password(p: &str) -> Result<()> {
+    if p.chars().count() < MIN_PASSWORD_LEN {
+        return Err(CatalogError::Invalid(format!("password must be at least {MIN_PASSWORD_LEN} characters")));
+    }
+    Ok(())
+}
+
+const USER_COLS: &str = "id, username, role, disabled, created_at";
+
+impl Catalog {
+    /// Create a user with a password.
+    pub async fn create_user(&self, username: &str, password: &str, role: Role) -> Result<User> {
+        validate_username(username)?;
+        validate_password(password)?;
+        let hash = hash_password(password)?;
+        let r = sqlx::query(&format!(
+            "INSERT INTO users (username, password_hash, role, disabled, created_at) VALUES ($1, $2, $3, 0, $4) \
+             RETURNING {USER_COLS}"
+        ))
+        .bind(username)
+        .bind(hash)
+        .bind(role.as_str())
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await;
+        let row = named_conflict(r.map_err(Into::into), || format!("user {username:?} already exists"))?;
+        User::from_row(&row)
+    }
+
+    /// How many users exist (first start creates `admin` when there are none).
+    pub async fn count_users(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
+        Ok(n)
+    }
+
+    /// All users by name.
+    pub async fn list_users(&self) -> Result<Vec<User>> {
+        let rows =
+            sqlx::query(&format!("SELECT {USER_COLS} FROM users ORDER BY username")).fetch_all(&self.pool).await?;
+        rows.iter().map(User::from_row).collect()
+    }
+
+    /// One user by id.
+    pub async fn get_user(&self, id: i64) -> Result<User> {
+        let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("user {id}")))?;
+        User::from_row(&row)
+    }
+
+    /// One user by name.
+    pub async fn get_user_by_name(&self, username: &str) -> Result<User> {
+        let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE username = $1"))
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("user {username:?}")))?;
+        User::from_row(&row)
+    }
+
+    /// Check a login. `None` for an unknown user, a wrong password or a disabled account —
+    /// the caller cannot tell which, and neither can a guesser. Unknown users still cost one
+    /// hash so timing does not reveal which names exist.
+    pub async fn check_login(&self, username: &str, password: &str) -> Result<Option<User>> {
+        let row = sqlx::query(&format!("SELECT {USER_COLS}, password_hash FROM users WHERE username = $1"))
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            let _ = verify_password(password, DUMMY_HASH);
+            return Ok(None);
+        };
+        let hash = row.str("password_hash")?;
+        let user = User::from_row(&row)?;
+        Ok((verify_password(password, &hash) && !user.disabled).then_some(user))
+    }
+
+    /// Change a user's password.
+    pub async fn set_password(&self, username: &str, password: &str) -> Result<()> {
+        validate_password(password)?;
+        let hash = hash_password(password)?;
+        let n = sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2")
+            .bind(hash)
+            .bind(username)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(CatalogError::NotFound(format!("user {username:?}")));
+        }
+        Ok(())
+    }
+
+    /// Change role and/or disabled flag. Refuses to leave no enabled admin.
+    pub async fn update_user(&self, id: i64, role: Option<Role>, disabled: Option<bool>) -> Result<User> {
+        let user = self.get_user(id).await?;
+        let new_role = role.unwrap_or(user.role);
+        let new_disabled = disabled.unwrap_or(user.disabled);
+        if user.role == Role::Admin && !user.disabled && (new_role != Role::Admin || new_disabled) {
+            self.ensure_other_admin(id).await?;
+        }
+        sqlx::query("UPDATE users SET role = $1, disabled = $2 WHERE id = $3")
+            .bind(new_role.as_str())
+            .bind(i64::from(new_disabled))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.get_user(id).await
+    }
+
+    /// Delete a user (and, by cascade, their tokens). Refuses to delete the last admin.
+    pub async fn delete_user(&self, id: i64) -> Result<()> {
+        let user = self.get_user(id).await?;
+        if user.role == Role::Admin && !user.disabled {
+            self.ensure_other_admin(id).await?;
+        }
+        sqlx::query("DELETE FROM tokens WHERE user_id = $1").bind(id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ensure_other_admin(&self, except: i64) -> Result<()> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0 AND id <> $1")
+                .bind(except)
+                .fetch_one(&self.pool)
+                .await?;
+        if n == 0 {
+            return Err(CatalogError::Conflict("refusing to remove or demote the last enabled admin".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A valid hash of a random password, verified against for unknown users.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Tt0e8bUVjB1TDRzEJxjBEBV1F8T0P4w2r2JdRCGZbBo";

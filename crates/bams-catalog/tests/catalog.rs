@@ -1,0 +1,281 @@
+//! The same catalog scenario on SQLite and on a real PostgreSQL cluster, plus the scale-out
+//! claim: two catalogs (as two servers) over one PostgreSQL never fire or run a job twice.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bams_catalog::*;
+
+async fn scenario(cat: &Catalog) {
+    // Users and roles.
+    let admin = cat.create_user("admin", "long enough pw", Role::Admin).await.unwrap();
+    assert!(matches!(cat.create_user("admin", "long enough pw", Role::Viewer).await, Err(CatalogError::Conflict(_))));
+    assert!(matches!(cat.create_user("bad name", "long enough pw", Role::Viewer).await, Err(CatalogError::Invalid(_))));
+    assert!(matches!(cat.create_user("shorty", "short", Role::Viewer).await, Err(CatalogError::Invalid(_))));
+    let op = cat.create_user("op", "operator pass", Role::Operator).await.unwrap();
+    assert_eq!(cat.count_users().await.unwrap(), 2);
+    assert!(cat.check_login("admin", "long enough pw").await.unwrap().is_some());
+    assert!(cat.check_login("admin", "wrong password").await.unwrap().is_none());
+    assert!(cat.check_login("nobody", "long enough pw").await.unwrap().is_none());
+    cat.set_password("op", "a new password").await.unwrap();
+    assert!(cat.check_login("op", "a new password").await.unwrap().is_some());
+    assert!(matches!(cat.update_user(admin.id, Some(Role::Viewer), None).await, Err(CatalogError::Conflict(_))));
+    assert!(matches!(cat.delete_user(admin.id).await, Err(CatalogError::Conflict(_))));
+    let op = cat.update_user(op.id, None, Some(true)).await.unwrap();
+    assert!(op.disabled);
+    assert!(cat.check_login("op", "a new password").await.unwrap().is_none(), "disabled users cannot log in");
+    cat.update_user(op.id, None, Some(false)).await.unwrap();
+
+    // Tokens: shown once, stored hashed, revocable, expiring; sessions carry CSRF.
+    let (tok, secret, csrf) =
+        cat.create_token(op.id, TokenKind::Api, "ci", TokenScope::AppendOnly, None).await.unwrap();
+    assert!(csrf.is_none());
+    let auth = cat.authenticate(&secret).await.unwrap().expect("valid token");
+    assert_eq!(auth.user.username, "op");
+    assert_eq!(auth.token.scope, TokenScope::AppendOnly);
+    assert!(cat.authenticate("bams_t_0000").await.unwrap().is_none());
+    let (_, ssecret, scsrf) = cat
+        .create_token(admin.id, TokenKind::Session, "login", TokenScope::Full, Some(now_ms() + 60_000))
+        .await
+        .unwrap();
+    assert_eq!(cat.authenticate(&ssecret).await.unwrap().expect("session").csrf, scsrf);
+    assert_eq!(cat.list_tokens(Some(op.id)).await.unwrap().len(), 1);
+    assert_eq!(cat.list_tokens(None).await.unwrap().len(), 1, "sessions are not listed");
+    cat.revoke_token(tok.id).await.unwrap();
+    assert!(cat.authenticate(&secret).await.unwrap().is_none(), "revoked token refused");
+    assert!(matches!(cat.revoke_token(9999).await, Err(CatalogError::NotFound(_))));
+    assert!(cat.create_token(op.id, TokenKind::Api, "old", TokenScope::Full, Some(now_ms() - 1)).await.is_err());
+
+    // Repositories.
+    let repo = cat.add_repository("default", "/var/lib/bams/repo", "/var/lib/bams/keys/default").await.unwrap();
+    assert!(matches!(cat.add_repository("default", "/x", "/k").await, Err(CatalogError::Conflict(_))));
+    assert!(matches!(cat.add_repository("../etc", "/x", "/k").await, Err(CatalogError::Invalid(_))));
+    assert_eq!(cat.get_repository_by_name("default").await.unwrap().id, repo.id);
+
+    // Jobs and schedules.
+    let spec: JobSpec = serde_json::from_value(serde_json::json!({
+        "name": "etc", "type": "backup", "paths": ["/etc"], "repository": repo.id,
+        "retention": {"keep_last": 3}, "options": {"one_file_system": true}
+    }))
+    .unwrap();
+    let job = cat.create_job(&spec).await.unwrap();
+    assert_eq!(job.paths, vec!["/etc".to_string()]);
+    assert_eq!(job.level, Level::Incremental);
+    let mut bad = spec.clone();
+    bad.name = "bad".into();
+    bad.paths = vec!["/etc/../root".into()];
+    assert!(matches!(cat.create_job(&bad).await, Err(CatalogError::Invalid(_))));
+    let mut no_repo = spec.clone();
+    no_repo.name = "norepo".into();
+    no_repo.repository = 999;
+    assert!(matches!(cat.create_job(&no_repo).await, Err(CatalogError::NotFound(_))));
+    assert!(matches!(cat.delete_repository(repo.id).await, Err(CatalogError::Conflict(_))), "repository in use");
+    let mut renamed = spec.clone();
+    renamed.name = "etc-daily".into();
+    assert_eq!(cat.update_job(job.id, &renamed).await.unwrap().name, "etc-daily");
+
+    let past = now_ms() - 1000;
+    let sched = cat
+        .create_schedule(
+            &ScheduleSpec {
+                job: job.id,
+                cron: "0 3 * * *".into(),
+                timezone: None,
+                level: Some(Level::Full),
+                enabled: true,
+            },
+            Some(past),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sched.timezone, "UTC");
+    let due = cat.due_schedules(now_ms()).await.unwrap();
+    assert_eq!(due.len(), 1);
+    let fired = cat.fire_schedule(&due[0], Some(now_ms() + 86_400_000), now_ms()).await.unwrap();
+    assert!(fired.is_some());
+    assert!(cat.fire_schedule(&due[0], Some(now_ms() + 86_400_000), now_ms()).await.unwrap().is_none(), "fires once");
+    assert!(cat.due_schedules(now_ms()).await.unwrap().is_empty());
+
+    // Runs: queue, claim, log, finish, page, cancel, interrupt.
+    let run = cat.claim_run("server-a").await.unwrap().expect("the scheduled run");
+    assert_eq!(Some(run.id), fired);
+    assert_eq!(run.level, Some(Level::Full));
+    assert_eq!(run.status, RunStatus::Running);
+    assert!(cat.claim_run("server-a").await.unwrap().is_none());
+    cat.append_log(run.id, "line 1\n").await.unwrap();
+    cat.append_log(run.id, "line 2\n").await.unwrap();
+    assert_eq!(cat.run_log(run.id).await.unwrap(), "line 1\nline 2\n");
+    let stats = RunStats { files: 3, bytes: 100, new_bytes: 40, errors: 0, snapshot_id: Some("ab".repeat(32)) };
+    cat.finish_run(run.id, RunStatus::Succeeded, &stats, "ok").await.unwrap();
+    assert_eq!(cat.get_run(run.id).await.unwrap().new_bytes, 40);
+    assert!(cat.last_successful_backup(job.id, true).await.unwrap().is_some());
+    for _ in 0..5 {
+        cat.queue_run(&NewRun { job_id: job.id, level: None, triggered_by: "manual".into() }).await.unwrap();
+    }
+    let page = cat.list_runs(&RunFilter { limit: Some(4), ..Default::default() }).await.unwrap();
+    assert_eq!(page.items.len(), 4);
+    let next = cat
+        .list_runs(&RunFilter { limit: Some(4), cursor: page.next_cursor.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(next.items.len(), 2);
+    assert!(next.next_cursor.is_none());
+    let queued = cat.list_runs(&RunFilter { status: Some("queued".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(queued.items.len(), 5);
+    assert!(cat.list_runs(&RunFilter { status: Some("bogus".into()), ..Default::default() }).await.is_err());
+    let cancelled = cat.request_cancel(queued.items[0].id).await.unwrap();
+    assert_eq!(cancelled.status, RunStatus::Cancelled);
+    assert!(matches!(cat.request_cancel(cancelled.id).await, Err(CatalogError::Conflict(_))));
+    let running = cat.claim_run("server-a").await.unwrap().unwrap();
+    assert_eq!(running.level, Some(Level::Incremental));
+    let flagged = cat.request_cancel(running.id).await.unwrap();
+    assert!(flagged.cancel_requested && flagged.status == RunStatus::Running);
+    assert_eq!(cat.mark_interrupted("server-a", "server restarted").await.unwrap(), 1);
+    assert_eq!(cat.get_run(running.id).await.unwrap().status, RunStatus::Interrupted);
+    let d = cat.dashboard().await.unwrap();
+    assert_eq!((d.jobs, d.repositories, d.active_runs, d.successes_24h, d.failures_24h), (1, 1, 3, 1, 1));
+    assert_eq!(d.new_bytes_24h, 40);
+
+    // Snapshot cache.
+    let snaps: Vec<SnapshotSummary> = (0..5)
+        .map(|i| SnapshotSummary {
+            repository: repo.id,
+            id: format!("{i:064x}"),
+            time: 1_700_000_000_000 + i * 1000,
+            host: if i % 2 == 0 { "alpha".into() } else { "beta".into() },
+            paths: vec!["/etc".into()],
+            tags: if i == 4 { vec!["db_dump".into(), "x".into()] } else { vec![] },
+            parent: None,
+            files: i,
+            bytes: i * 10,
+            new_bytes: i,
+            partial: i == 3,
+            job: None,
+        })
+        .collect();
+    cat.sync_snapshots(repo.id, &snaps).await.unwrap();
+    let all = cat.list_snapshots(&SnapshotFilter { limit: Some(2), ..Default::default() }).await.unwrap();
+    assert_eq!(all.items[0].id, format!("{:064x}", 4));
+    let rest = cat
+        .list_snapshots(&SnapshotFilter { limit: Some(10), cursor: all.next_cursor, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 3);
+    let alpha = cat.list_snapshots(&SnapshotFilter { host: Some("alpha".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(alpha.items.len(), 3);
+    let tagged =
+        cat.list_snapshots(&SnapshotFilter { tag: Some("db_dump".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(tagged.items.len(), 1);
+    let none = cat.list_snapshots(&SnapshotFilter { tag: Some("db".into()), ..Default::default() }).await.unwrap();
+    assert!(none.items.is_empty(), "tag filter matches whole tags only");
+    assert!(cat
+        .list_snapshots(&SnapshotFilter { cursor: Some("garbage".into()), ..Default::default() })
+        .await
+        .is_err());
+
+    // Audit.
+    for (i, user) in ["admin", "op", "admin"].iter().enumerate() {
+        cat.audit(&NewAudit {
+            time: now_ms() + i as i64,
+            username: Some((*user).into()),
+            method: "POST".into(),
+            route: "/api/v1/jobs".into(),
+            target: Some("/api/v1/jobs".into()),
+            status: 201,
+            result: "ok".into(),
+            remote_addr: Some("127.0.0.1".into()),
+        })
+        .await
+        .unwrap();
+    }
+    let a = cat.list_audit(&AuditFilter { user: Some("admin".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(a.items.len(), 2);
+    let r = cat
+        .list_audit(&AuditFilter {
+            route: Some("/api/v1/jo".into()),
+            since: Some("2000-01-01T00:00:00Z".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.items.len(), 3);
+    assert!(cat.list_audit(&AuditFilter { since: Some("yesterday".into()), ..Default::default() }).await.is_err());
+
+    cat.delete_job(job.id).await.unwrap();
+    assert!(cat.list_schedules(None).await.unwrap().is_empty());
+    assert!(cat.get_run(run.id).await.unwrap().job_id.is_none(), "history survives the job");
+    cat.delete_repository(repo.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn catalog_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/catalog.db", dir.path().display());
+    let cat = Catalog::open(&url).await.unwrap();
+    assert_eq!(cat.backend(), Backend::Sqlite);
+    scenario(&cat).await;
+    // Reopening runs no migration twice and keeps the data.
+    drop(cat);
+    let cat = Catalog::open(&url).await.unwrap();
+    assert_eq!(cat.count_users().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn catalog_on_postgres() {
+    let pg = bams_testkit::PgCluster::start();
+    let cat = Catalog::open(&pg.url()).await.unwrap();
+    assert_eq!(cat.backend(), Backend::Postgres);
+    scenario(&cat).await;
+}
+
+/// Two servers over one catalog: every due schedule fires once and every run is claimed once.
+async fn no_double_runs(a: Catalog, b: Catalog) {
+    let repo = a.add_repository("r", "/r", "/k").await.unwrap();
+    let mut schedules = Vec::new();
+    for i in 0..20 {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": format!("job{i}"), "type": "backup", "paths": ["/data"], "repository": repo.id
+        }))
+        .unwrap();
+        let job = a.create_job(&spec).await.unwrap();
+        let s = ScheduleSpec { job: job.id, cron: "* * * * *".into(), timezone: None, level: None, enabled: true };
+        schedules.push(a.create_schedule(&s, Some(now_ms() - 10)).await.unwrap());
+    }
+    let worker = |cat: Catalog, name: &'static str| async move {
+        let mut fired = Vec::new();
+        for s in cat.due_schedules(now_ms()).await.unwrap() {
+            if let Some(run) = cat.fire_schedule(&s, Some(now_ms() + 60_000), now_ms()).await.unwrap() {
+                fired.push(run);
+            }
+        }
+        let mut claimed = Vec::new();
+        while let Some(run) = cat.claim_run(name).await.unwrap() {
+            claimed.push(run.id);
+        }
+        (fired, claimed)
+    };
+    let (ra, rb) = tokio::join!(tokio::spawn(worker(a.clone(), "a")), tokio::spawn(worker(b.clone(), "b")));
+    let ((fa, ca), (fb, cb)) = (ra.unwrap(), rb.unwrap());
+    let mut fired: Vec<i64> = fa.into_iter().chain(fb).collect();
+    fired.sort_unstable();
+    let mut claimed: Vec<i64> = ca.iter().chain(cb.iter()).copied().collect();
+    claimed.sort_unstable();
+    assert_eq!(fired.len(), 20, "each schedule fired exactly once");
+    assert_eq!(claimed, fired, "each run claimed exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_on_postgres_never_run_a_job_twice() {
+    let pg = bams_testkit::PgCluster::start();
+    let url = pg.new_database("scaleout");
+    let a = Catalog::open(&url).await.unwrap();
+    let b = Catalog::open(&url).await.unwrap();
+    no_double_runs(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_on_sqlite_never_run_a_job_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/catalog.db", dir.path().display());
+    let a = Catalog::open(&url).await.unwrap();
+    let b = Catalog::open(&url).await.unwrap();
+    no_double_runs(a, b).await;
+}

@@ -1,0 +1,114 @@
+//! Real components for tests: a throwaway PostgreSQL cluster on a temp dir and a random
+//! 127.0.0.1 port (initdb + pg_ctl, as ENVIRONMENT.md measured), and free-port helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("addr").port()
+}
+
+fn pg_bin(tool: &str) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("bin").join(tool))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// A running PostgreSQL cluster, stopped and deleted on drop.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    pg_ctl: PathBuf,
+}
+
+fn as_postgres(tool: &Path) -> Command {
+    // initdb refuses to run as root; the Debian package provides the `postgres` user.
+    let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(tool);
+        c
+    } else {
+        Command::new(tool)
+    }
+}
+
+impl PgCluster {
+    /// Start a cluster. Panics with a clear message when PostgreSQL is not installed
+    /// (`scripts/setup-dev.sh` installs it), so a missing database never passes silently.
+    pub fn start() -> Self {
+        let initdb = pg_bin("initdb").expect("PostgreSQL not installed: run scripts/setup-dev.sh");
+        let pg_ctl = pg_bin("pg_ctl").expect("pg_ctl");
+        let dir = tempfile::Builder::new().prefix("bams-pg-").tempdir().expect("tempdir");
+        let _ = Command::new("chown").arg("postgres:postgres").arg(dir.path()).status();
+        let data = dir.path().join("data");
+        let out = as_postgres(&initdb)
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "bams", "--no-sync", "-E", "UTF8"])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        for _ in 0..5 {
+            let port = free_port();
+            let opts = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                dir.path().display()
+            );
+            let out = as_postgres(&pg_ctl)
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &opts, "-l"])
+                .arg(dir.path().join("log"))
+                .args(["-w", "-t", "30", "start"])
+                .output()
+                .expect("run pg_ctl");
+            if out.status.success() {
+                let c = Self { dir, port, pg_ctl };
+                let created = c.psql("postgres", "CREATE DATABASE bams");
+                assert!(created, "CREATE DATABASE failed");
+                return c;
+            }
+        }
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+        panic!("PostgreSQL did not start: {log}");
+    }
+
+    /// Run one SQL statement with psql; true on success.
+    pub fn psql(&self, db: &str, sql: &str) -> bool {
+        let psql = pg_bin("psql").unwrap_or_else(|| PathBuf::from("psql"));
+        Command::new(psql)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "bams", "-d", db, "-qc", sql])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// `postgres://` URL of the `bams` database.
+    pub fn url(&self) -> String {
+        format!("postgres://bams@127.0.0.1:{}/bams", self.port)
+    }
+
+    /// A fresh database in this cluster (for tests that must not share state).
+    pub fn new_database(&self, name: &str) -> String {
+        assert!(self.psql("postgres", &format!("CREATE DATABASE {name}")), "CREATE DATABASE {name}");
+        format!("postgres://bams@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
