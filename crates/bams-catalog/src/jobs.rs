@@ -413,6 +413,19 @@ impl Catalog {
         rows.iter().map(Schedule::from_row).collect()
     }
 
+    /// Move a schedule's next run (compare-and-set, like [`Catalog::fire_schedule`]) without
+    /// queueing a run: used to skip runs missed while the server was down.
+    pub async fn reschedule(&self, id: i64, expected: Option<i64>, next_run_at: Option<i64>) -> Result<bool> {
+        Ok(sqlx::query("UPDATE schedules SET next_run_at = $1 WHERE id = $2 AND next_run_at = $3")
+            .bind(next_run_at)
+            .bind(id)
+            .bind(expected)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
+    }
+
     /// Fire a due schedule exactly once across all servers: advance `next_run_at` only if it
     /// still holds the value this server read (compare-and-set) and queue the run in the same
     /// transaction. Returns the queued run's id, or `None` when another server won.

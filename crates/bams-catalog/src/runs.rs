@@ -243,6 +243,16 @@ impl Catalog {
         Ok(())
     }
 
+    /// Record the level a backup really ran at (an Incremental without a Full becomes a Full).
+    pub async fn set_run_level(&self, id: i64, level: Level) -> Result<()> {
+        sqlx::query("UPDATE runs SET level = $1 WHERE id = $2")
+            .bind(level.as_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Append lines to a run's log.
     pub async fn append_log(&self, id: i64, text: &str) -> Result<()> {
         let (len,): (i64,) = sqlx::query_as("SELECT CAST(LENGTH(log) AS BIGINT) FROM runs WHERE id = $1")

@@ -35,6 +35,11 @@ pub trait Progress: Send + Sync {
     fn file_done(&self) {}
     /// A non-fatal problem (unreadable file…).
     fn warn(&self, _msg: &str) {}
+    /// Polled before each file: `true` stops the backup at that point. Packs already written
+    /// are indexed (a checkpoint the next run reuses); no snapshot is written.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// No progress output.
@@ -493,6 +498,9 @@ impl Walker<'_, '_, '_> {
 
     /// Chunk a file or device into blobs. Read errors skip the file with a warning.
     fn read_content(&mut self, path: &Path, node: &mut Node, chunker: ChunkerParams) -> Result<bool> {
+        if self.progress.cancelled() {
+            return Err(Error::new(crate::ErrorKind::Cancelled, "backup cancelled"));
+        }
         self.progress.file(path);
         let mut file = match File::open(path) {
             Ok(f) => f,

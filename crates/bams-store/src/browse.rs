@@ -71,6 +71,50 @@ pub fn list(
     Ok(())
 }
 
+/// A snapshot entry as listings show it (`bams ls --json`, the REST browse route).
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// Path inside the snapshot.
+    pub path: String,
+    /// `file`, `dir`, `symlink`, `blockdev`, `chardev`, `fifo`, `socket`.
+    #[serde(rename = "type")]
+    pub kind: NodeKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Owner name.
+    pub user: Option<String>,
+    /// Group name.
+    pub group: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time (RFC 3339).
+    pub mtime: String,
+    /// Symlink target.
+    pub link_target: Option<String>,
+}
+
+impl Entry {
+    /// The entry for `node` at `path`.
+    pub fn new(path: &str, n: &Node) -> Self {
+        Self {
+            path: path.to_string(),
+            kind: n.kind,
+            mode: n.mode,
+            uid: n.uid,
+            gid: n.gid,
+            user: n.user.clone(),
+            group: n.group.clone(),
+            size: n.size,
+            mtime: chrono::DateTime::from_timestamp_nanos(n.mtime_ns).to_rfc3339(),
+            link_target: n.link_target.as_ref().map(crate::tree::RawName::display),
+        }
+    }
+}
+
 /// One difference between two snapshots.
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {

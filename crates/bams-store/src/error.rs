@@ -24,6 +24,8 @@ pub enum ErrorKind {
     InvalidInput,
     /// Local I/O failed (source files, restore targets).
     Io,
+    /// The operation was cancelled (by a user or a shutdown) at a safe point.
+    Cancelled,
     /// Anything else: a bug or an unexpected state.
     Other,
 }

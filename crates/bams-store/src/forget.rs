@@ -8,8 +8,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, Local, Timelike};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::repo::Repository;
 use crate::snapshot::SnapshotEntry;
 
 /// Keep rules; `None` = rule off.
@@ -45,6 +48,143 @@ impl KeepPolicy {
             && self.within.is_none()
             && self.keep_tags.is_empty()
     }
+}
+
+/// A retention policy as operators write it (CLI flags, job definitions in the API):
+/// `{"keep_last": 7, "keep_daily": 14, "keep_within": "30d"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Newest N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<usize>,
+    /// Per hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_hourly: Option<usize>,
+    /// Per day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<usize>,
+    /// Per ISO week.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<usize>,
+    /// Per month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<usize>,
+    /// Per year.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_yearly: Option<usize>,
+    /// Everything within this duration of the newest snapshot (`7d`, `12h`, `2w`, `1y6m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_within: Option<String>,
+    /// Snapshots with these tags are always kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_tags: Vec<String>,
+}
+
+impl Retention {
+    /// The policy these rules describe (zero counts switch a rule off).
+    pub fn to_policy(&self) -> Result<KeepPolicy> {
+        let nz = |v: Option<usize>| v.filter(|n| *n > 0);
+        Ok(KeepPolicy {
+            last: nz(self.keep_last),
+            hourly: nz(self.keep_hourly),
+            daily: nz(self.keep_daily),
+            weekly: nz(self.keep_weekly),
+            monthly: nz(self.keep_monthly),
+            yearly: nz(self.keep_yearly),
+            within: self.keep_within.as_deref().map(parse_duration).transpose()?,
+            keep_tags: self.keep_tags.clone(),
+        })
+    }
+}
+
+/// Parse `7d`, `12h`, `2w`, `1y6m` (m = 30 days, y = 365 days).
+pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
+    let mut total = chrono::Duration::zero();
+    let mut num = String::new();
+    let bad = || Error::invalid(format!("bad duration {s:?}: use e.g. 7d, 12h, 2w, 1y6m"));
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: i64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        total += match c {
+            'h' => chrono::Duration::hours(n),
+            'd' => chrono::Duration::days(n),
+            'w' => chrono::Duration::weeks(n),
+            'm' => chrono::Duration::days(30 * n),
+            'y' => chrono::Duration::days(365 * n),
+            _ => return Err(Error::invalid(format!("bad duration unit {c:?} in {s:?} (use h, d, w, m, y)"))),
+        };
+    }
+    if !num.is_empty() || total.is_zero() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// Which snapshots a forget considers and removes.
+#[derive(Debug, Clone, Default)]
+pub struct ForgetRequest {
+    /// Rules applied to the considered snapshots.
+    pub policy: KeepPolicy,
+    /// Only snapshots of this host.
+    pub host: Option<String>,
+    /// Only snapshots with this tag.
+    pub tag: Option<String>,
+    /// Only snapshots made by this job.
+    pub job: Option<String>,
+    /// Snapshots removed explicitly (ids or prefixes).
+    pub snapshots: Vec<String>,
+    /// Decide but delete nothing.
+    pub dry_run: bool,
+}
+
+/// What a forget decided and removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ForgetReport {
+    /// Snapshots removed (or that would be, on a dry run).
+    pub removed: Vec<Id>,
+    /// Per considered snapshot: keep or remove, and why.
+    pub decisions: Vec<Decision>,
+}
+
+/// Remove snapshots by policy and/or id under the exclusive lock (data stays until prune).
+pub fn forget(repo: &Repository, req: &ForgetRequest) -> Result<ForgetReport> {
+    if req.policy.is_empty() && req.snapshots.is_empty() {
+        return Err(Error::invalid("nothing to forget: give snapshot ids or at least one keep rule"));
+    }
+    let _lock = crate::lock::acquire(repo, true, "forget", std::time::Duration::from_secs(300))?;
+    let (all, _) = repo.snapshots()?;
+    let mut report = ForgetReport::default();
+    for spec in &req.snapshots {
+        report.removed.push(crate::repo::resolve_snapshot(&all, spec)?.id);
+    }
+    if !req.policy.is_empty() {
+        let considered: Vec<SnapshotEntry> = all
+            .iter()
+            .filter(|e| req.host.as_ref().is_none_or(|h| &e.snapshot.host == h))
+            .filter(|e| req.tag.as_ref().is_none_or(|t| e.snapshot.tags.contains(t)))
+            .filter(|e| req.job.is_none() || e.snapshot.job == req.job)
+            .cloned()
+            .collect();
+        report.decisions = apply_policy(&considered, &req.policy);
+        for (d, e) in report.decisions.iter().zip(&considered) {
+            if !d.keep {
+                report.removed.push(e.id);
+            }
+        }
+    }
+    report.removed.sort();
+    report.removed.dedup();
+    if !req.dry_run {
+        for id in &report.removed {
+            repo.delete_snapshot(id)?;
+        }
+    }
+    Ok(report)
 }
 
 /// Decision for one snapshot.

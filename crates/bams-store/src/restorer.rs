@@ -79,6 +79,23 @@ struct PlannedFile {
     damaged: bool,
 }
 
+/// The tree to restore and its path for `sub` (a directory inside the snapshot, or the whole
+/// snapshot for `None`, `""` or `"/"`).
+pub fn resolve_subtree(repo: &Repository, index: &MasterIndex, tree: &Id, sub: Option<&str>) -> Result<(Id, String)> {
+    match sub {
+        None | Some("" | "/") => Ok((*tree, "/".to_string())),
+        Some(p) => match crate::browse::lookup(repo, index, tree, p)? {
+            crate::browse::Lookup::Root(r) => Ok((r, "/".into())),
+            crate::browse::Lookup::Node(n) => {
+                let id = n.subtree.ok_or_else(|| {
+                    Error::invalid(format!("{p} is not a directory; restore its parent with an include pattern"))
+                })?;
+                Ok((id, format!("/{}", crate::browse::path_components(p)?.join("/"))))
+            }
+        },
+    }
+}
+
 /// Restore `root` (a snapshot's tree, or a subtree) into `opts.target`.
 pub fn restore(
     repo: &Repository,

@@ -67,6 +67,69 @@ pub enum Command {
     Mount(MountArgs),
     /// Remove stale locks left by crashed processes
     Unlock,
+    /// Run the server: REST API, scheduler and job runner (DESIGN.md §5, §6)
+    Server(ServerArgs),
+    /// Manage server users in the catalog (works with the server stopped too)
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Catalog maintenance
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Configuration file (default /etc/bams/config.yaml when it exists)
+    #[arg(long, env = "BAMS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a user (password from BAMS_USER_PASSWORD, --password-file or a prompt)
+    Add {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Login name
+        username: String,
+        /// admin, operator or viewer
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// File holding the new password (first line)
+        #[arg(long = "user-password-file")]
+        password_file: Option<PathBuf>,
+    },
+    /// List users
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Set a user's password
+    Passwd {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Login name
+        username: String,
+        /// File holding the new password (first line)
+        #[arg(long = "user-password-file")]
+        password_file: Option<PathBuf>,
+    },
+    /// Remove a user and their tokens
+    Remove {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Login name
+        username: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CatalogCmd {
+    /// Rebuild the snapshot cache of every registered repository from the repositories
+    Rebuild {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]

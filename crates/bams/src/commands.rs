@@ -7,7 +7,7 @@ use bams_store::archiver::{self, BackupOptions, ParentChoice, Source};
 use bams_store::browse::{self, Lookup};
 use bams_store::check::{self, ReadData};
 use bams_store::crypto::{KdfParams, SlotKind};
-use bams_store::forget::{apply_policy, KeepPolicy};
+use bams_store::forget::{ForgetRequest, Retention};
 use bams_store::prune::{self, PruneOptions};
 use bams_store::repo::{resolve_snapshot, ChunkerParams, InitOptions};
 use bams_store::restorer::{self, RestoreOptions};
@@ -198,6 +198,9 @@ pub fn run(cli: Cli) -> Result<u8> {
             crate::mount::mount(s, &a.mountpoint, out, signals)?;
             Ok(exit::OK)
         }
+        Command::Server(a) => crate::server_cmds::server(&a),
+        Command::User(c) => crate::server_cmds::user(&c, out),
+        Command::Catalog(c) => crate::server_cmds::catalog(&c, out),
         Command::Unlock => {
             let s = session::open(g)?;
             let n = bams_store::lock::remove_stale(&s.repo)?;
@@ -242,28 +245,8 @@ pub fn snapshot_json(e: &SnapshotEntry) -> serde_json::Value {
     })
 }
 
-fn kind_str(k: NodeKind) -> &'static str {
-    match k {
-        NodeKind::File => "file",
-        NodeKind::Dir => "dir",
-        NodeKind::Symlink => "symlink",
-        NodeKind::Blockdev => "blockdev",
-        NodeKind::Chardev => "chardev",
-        NodeKind::Fifo => "fifo",
-        NodeKind::Socket => "socket",
-    }
-}
-
 fn node_json(path: &str, n: &Node) -> serde_json::Value {
-    json!({
-        "path": path,
-        "type": kind_str(n.kind),
-        "mode": n.mode,
-        "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group,
-        "size": n.size,
-        "mtime": chrono::DateTime::from_timestamp_nanos(n.mtime_ns).to_rfc3339(),
-        "link_target": n.link_target.as_ref().map(bams_store::tree::RawName::display),
-    })
+    serde_json::to_value(bams_store::browse::Entry::new(path, n)).unwrap_or_default()
 }
 
 fn long_line(path: &str, n: &Node) -> String {
@@ -381,17 +364,7 @@ fn restore(g: &crate::cli::Global, out: Out, a: crate::cli::RestoreArgs) -> Resu
     let snap = find(&s, spec)?;
     let _lock = bams_store::lock::acquire(&s.repo, false, "restore", std::time::Duration::from_secs(60))?;
     let index = s.repo.load_index()?;
-    let (root, root_path) = match sub {
-        None | Some("" | "/") => (snap.snapshot.tree, "/".to_string()),
-        Some(p) => match browse::lookup(&s.repo, &index, &snap.snapshot.tree, p)? {
-            Lookup::Root(r) => (r, "/".into()),
-            Lookup::Node(n) => {
-                let id =
-                    n.subtree.with_context(|| format!("{p} is not a directory; restore its parent with --include"))?;
-                (id, format!("/{}", browse::path_components(p)?.join("/")))
-            }
-        },
-    };
+    let (root, root_path) = restorer::resolve_subtree(&s.repo, &index, &snap.snapshot.tree, sub)?;
     let mut opts = RestoreOptions::new(&a.target);
     opts.include = a.include.clone();
     opts.verify = a.verify;
@@ -423,84 +396,39 @@ fn restore(g: &crate::cli::Global, out: Out, a: crate::cli::RestoreArgs) -> Resu
     Ok(if r.errors.is_empty() { exit::OK } else { exit::PARTIAL })
 }
 
-fn parse_within(s: &str) -> Result<chrono::Duration> {
-    let mut total = chrono::Duration::zero();
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: i64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
-        num.clear();
-        total += match c {
-            'h' => chrono::Duration::hours(n),
-            'd' => chrono::Duration::days(n),
-            'w' => chrono::Duration::weeks(n),
-            'm' => chrono::Duration::days(30 * n),
-            'y' => chrono::Duration::days(365 * n),
-            _ => bail!("bad duration unit {c:?} in {s:?} (use h, d, w, m, y)"),
-        };
-    }
-    if !num.is_empty() || total.is_zero() {
-        bail!("bad duration {s:?}: use e.g. 7d, 12h, 2w, 1y6m");
-    }
-    Ok(total)
-}
-
 fn forget(g: &crate::cli::Global, out: Out, a: crate::cli::ForgetArgs) -> Result<u8> {
     let s = session::open(g)?;
-    let nz = |v: Option<usize>| v.filter(|n| *n > 0);
-    let policy = KeepPolicy {
-        last: nz(a.keep_last),
-        hourly: nz(a.keep_hourly),
-        daily: nz(a.keep_daily),
-        weekly: nz(a.keep_weekly),
-        monthly: nz(a.keep_monthly),
-        yearly: nz(a.keep_yearly),
-        within: a.keep_within.as_deref().map(parse_within).transpose()?,
+    let retention = Retention {
+        keep_last: a.keep_last,
+        keep_hourly: a.keep_hourly,
+        keep_daily: a.keep_daily,
+        keep_weekly: a.keep_weekly,
+        keep_monthly: a.keep_monthly,
+        keep_yearly: a.keep_yearly,
+        keep_within: a.keep_within.clone(),
         keep_tags: a.keep_tag.clone(),
     };
-    if policy.is_empty() && a.snapshots.is_empty() {
-        bail!("nothing to forget: give snapshot ids or at least one --keep-* rule");
-    }
-    let lock = bams_store::lock::acquire(&s.repo, true, "forget", std::time::Duration::from_secs(300))?;
-    let (all, _) = s.repo.snapshots()?;
-    let mut remove: Vec<Id> = Vec::new();
-    let mut decisions = Vec::new();
-    for spec in &a.snapshots {
-        remove.push(resolve_snapshot(&all, spec)?.id);
-    }
-    if !policy.is_empty() {
-        let considered: Vec<SnapshotEntry> = all
-            .iter()
-            .filter(|e| a.host.as_ref().is_none_or(|h| &e.snapshot.host == h))
-            .filter(|e| a.tag.as_ref().is_none_or(|t| e.snapshot.tags.contains(t)))
-            .cloned()
-            .collect();
-        decisions = apply_policy(&considered, &policy);
-        for (d, e) in decisions.iter().zip(&considered) {
-            if !d.keep {
-                remove.push(e.id);
-            }
-        }
-    }
-    remove.sort();
-    remove.dedup();
-    if !a.dry_run {
-        for id in &remove {
-            s.repo.delete_snapshot(id)?;
-        }
-    }
+    let req = ForgetRequest {
+        policy: retention.to_policy()?,
+        host: a.host.clone(),
+        tag: a.tag.clone(),
+        job: None,
+        snapshots: a.snapshots.clone(),
+        dry_run: a.dry_run,
+    };
+    let report = bams_store::forget::forget(&s.repo, &req)?;
     if out.json {
-        out.json(&json!({"dry_run": a.dry_run, "removed": remove, "decisions": decisions}))?;
+        out.json(&json!({"dry_run": a.dry_run, "removed": report.removed, "decisions": report.decisions}))?;
     } else {
-        for d in &decisions {
+        for d in &report.decisions {
             println!("{} {} {}", if d.keep { "keep  " } else { "remove" }, &d.id[..8], d.reasons.join(","));
         }
-        out.info(format!("{} {} snapshot(s)", if a.dry_run { "would remove" } else { "removed" }, remove.len()));
+        out.info(format!(
+            "{} {} snapshot(s)",
+            if a.dry_run { "would remove" } else { "removed" },
+            report.removed.len()
+        ));
     }
-    drop(lock);
     if a.prune && !a.dry_run {
         run_prune(&s, out, &PruneOptions::default())?;
     }

@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod mount;
 mod output;
+mod server_cmds;
 mod session;
 
 use std::process::ExitCode;
@@ -40,12 +41,15 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BAMS_LOG").unwrap_or_else(|_| level.into()))
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
+    // The server sets up its own logging (text or JSON, with timestamps) from its config.
+    if !matches!(cli.command, cli::Command::Server(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BAMS_LOG").unwrap_or_else(|_| level.into()))
+            .with_writer(std::io::stderr)
+            .without_time()
+            .with_target(false)
+            .init();
+    }
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

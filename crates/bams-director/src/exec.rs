@@ -1,0 +1,256 @@
+//! Executing one claimed run on the server host. The engine is synchronous, so each
+//! operation runs on a blocking thread; warnings and progress lines stream into the run log.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bams_catalog::{Job, JobKind, Level, Run, RunStats, SnapshotSummary};
+use bams_store::archiver::{BackupOptions, ParentChoice, Progress};
+use bams_store::check::ReadData;
+use bams_store::forget::{ForgetRequest, Retention};
+use bams_store::prune::PruneOptions;
+use bams_store::Repository;
+use tokio::sync::mpsc;
+
+use crate::runner::{stamp, Director, RunControl};
+
+/// What a successful run reports.
+pub(crate) struct Outcome {
+    pub(crate) stats: RunStats,
+    pub(crate) message: String,
+}
+
+type ExecResult<T> = Result<T, String>;
+
+/// Streams log lines into the catalog and tells the engine when to stop.
+struct RunProgress {
+    ctl: Arc<RunControl>,
+    log: mpsc::UnboundedSender<String>,
+}
+
+impl Progress for RunProgress {
+    fn warn(&self, msg: &str) {
+        let _ = self.log.send(format!("{} warning: {msg}\n", stamp()));
+    }
+    fn cancelled(&self) -> bool {
+        self.ctl.cancel.load(Ordering::SeqCst) || self.ctl.shutdown.load(Ordering::SeqCst)
+    }
+}
+
+pub(crate) async fn execute(d: &Arc<Director>, run: &Run, ctl: &Arc<RunControl>) -> ExecResult<Outcome> {
+    let cat = d.catalog().clone();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let run_id = run.id;
+    let log_cat = cat.clone();
+    let logger = tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            let _ = log_cat.append_log(run_id, &line).await;
+        }
+    });
+    let log = |s: String| {
+        let _ = tx.send(format!("{} {s}\n", stamp()));
+    };
+    let result = async {
+        let job_id = run.job_id.ok_or("the run's job was deleted")?;
+        let job = cat.get_job(job_id).await.map_err(|e| e.to_string())?;
+        log(format!("{} job {:?} on server {}", job.kind.as_str(), job.name, d.server_id()));
+        let repo = d.repos.get(job.repository).await.map_err(|e| e.to_string())?;
+        let progress = RunProgress { ctl: ctl.clone(), log: tx.clone() };
+        match job.kind {
+            JobKind::Backup => backup(d, run, &job, repo, progress, &log).await,
+            JobKind::Forget => forget(d, &job, repo, &log).await,
+            JobKind::Prune => prune(repo, &log).await,
+            JobKind::Check => check(&job, repo, &log).await,
+            other => Err(format!("job type {} is not executed by this server version", other.as_str())),
+        }
+    }
+    .await;
+    drop(tx);
+    let _ = logger.await;
+    result
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> bams_store::Result<T> + Send + 'static) -> ExecResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| format!("task failed: {e}"))?.map_err(|e| e.to_string())
+}
+
+/// Map the level onto a parent: Full = none, Incremental = the job's last snapshot,
+/// Differential = the job's last Full. Without the needed predecessor the run is a Full.
+async fn choose_parent(
+    d: &Director,
+    run: &Run,
+    job: &Job,
+    repo: &Arc<Repository>,
+    log: &impl Fn(String),
+) -> (ParentChoice, Level) {
+    let level = run.level.unwrap_or(job.level);
+    let base = match level {
+        Level::Full => return (ParentChoice::None, Level::Full),
+        Level::Incremental => d.catalog().last_successful_backup(job.id, false).await,
+        Level::Differential => d.catalog().last_successful_backup(job.id, true).await,
+    };
+    let snapshot = base.ok().flatten().and_then(|r| r.snapshot_id);
+    let Some(snap) = snapshot else {
+        log(format!(
+            "no earlier {} of this job: running a Full",
+            if level == Level::Differential { "Full" } else { "backup" }
+        ));
+        return (ParentChoice::None, Level::Full);
+    };
+    let exists = {
+        let (repo, snap) = (repo.clone(), snap.clone());
+        blocking(move || repo.find_snapshot(&snap).map(|_| ())).await.is_ok()
+    };
+    match bams_store::Id::from_hex(&snap).ok().filter(|_| exists) {
+        Some(id) => {
+            log(format!("{} based on snapshot {}", level.as_str(), &snap[..12.min(snap.len())]));
+            (ParentChoice::Id(id), level)
+        }
+        None => {
+            log(format!("parent snapshot {snap} is gone (forgotten?): running a Full"));
+            (ParentChoice::None, Level::Full)
+        }
+    }
+}
+
+async fn backup(
+    d: &Arc<Director>,
+    run: &Run,
+    job: &Job,
+    repo: Arc<Repository>,
+    progress: RunProgress,
+    log: &impl Fn(String),
+) -> ExecResult<Outcome> {
+    let (parent, level) = choose_parent(d, run, job, &repo, log).await;
+    if Some(level) != run.level {
+        let _ = d.catalog().set_run_level(run.id, level).await;
+    }
+    let mut opts = BackupOptions::paths(job.paths.iter().map(PathBuf::from).collect());
+    opts.excludes = job.excludes.clone();
+    opts.one_file_system = job.options.get("one_file_system").and_then(serde_json::Value::as_bool).unwrap_or(false);
+    opts.tags =
+        job.options.get("tags").and_then(|t| serde_json::from_value::<Vec<String>>(t.clone()).ok()).unwrap_or_default();
+    opts.job = Some(job.name.clone());
+    opts.parent = parent;
+    let r = {
+        let repo = repo.clone();
+        blocking(move || bams_store::archiver::backup(&repo, opts, &progress)).await?
+    };
+    let s = &r.snapshot;
+    let summary = SnapshotSummary::from_snapshot(job.repository, &r.id, s);
+    let _ = d.catalog().add_snapshot(&summary).await;
+    let mut message = format!(
+        "snapshot {} ({}): {} files, {} bytes, {} new",
+        r.id.short(),
+        level.as_str(),
+        summary.files,
+        summary.bytes,
+        s.summary.data_added
+    );
+    if !r.warnings.is_empty() {
+        message = format!("partial: {} file(s) unreadable; {message}", r.warnings.len());
+    }
+    log(message.clone());
+    if let Some(ret) = &job.retention {
+        let removed = apply_retention(d, job, &repo, ret, Some(job.name.clone())).await?;
+        log(format!("retention removed {removed} snapshot(s)"));
+    }
+    Ok(Outcome {
+        stats: RunStats {
+            files: summary.files,
+            bytes: summary.bytes,
+            new_bytes: i64::try_from(s.summary.data_added).unwrap_or(i64::MAX),
+            errors: r.warnings.len() as i64,
+            snapshot_id: Some(r.id.to_hex()),
+        },
+        message,
+    })
+}
+
+async fn apply_retention(
+    d: &Director,
+    job: &Job,
+    repo: &Arc<Repository>,
+    retention: &serde_json::Value,
+    only_job: Option<String>,
+) -> ExecResult<usize> {
+    let ret: Retention = serde_json::from_value(retention.clone()).map_err(|e| format!("retention: {e}"))?;
+    let policy = ret.to_policy().map_err(|e| e.to_string())?;
+    if policy.is_empty() {
+        return Ok(0);
+    }
+    let req = ForgetRequest {
+        policy,
+        host: job.options.get("host").and_then(|v| v.as_str()).map(str::to_string),
+        tag: job.options.get("tag").and_then(|v| v.as_str()).map(str::to_string),
+        job: only_job,
+        snapshots: Vec::new(),
+        dry_run: false,
+    };
+    let report = {
+        let repo = repo.clone();
+        blocking(move || bams_store::forget::forget(&repo, &req)).await?
+    };
+    sync_catalog(d, job.repository, repo).await?;
+    Ok(report.removed.len())
+}
+
+/// Refresh the catalog's snapshot cache of one repository from the repository itself.
+pub(crate) async fn sync_catalog(d: &Director, repository: i64, repo: &Arc<Repository>) -> ExecResult<usize> {
+    let repo = repo.clone();
+    let (all, _) = blocking(move || repo.snapshots()).await?;
+    let rows: Vec<SnapshotSummary> =
+        all.iter().map(|e| SnapshotSummary::from_snapshot(repository, &e.id, &e.snapshot)).collect();
+    d.catalog().sync_snapshots(repository, &rows).await.map_err(|e| e.to_string())?;
+    Ok(rows.len())
+}
+
+async fn forget(d: &Arc<Director>, job: &Job, repo: Arc<Repository>, log: &impl Fn(String)) -> ExecResult<Outcome> {
+    let ret = job.retention.as_ref().ok_or("a forget job needs a retention policy")?;
+    let removed =
+        apply_retention(d, job, &repo, ret, job.options.get("job").and_then(|v| v.as_str()).map(str::to_string))
+            .await?;
+    let message = format!("removed {removed} snapshot(s)");
+    log(message.clone());
+    Ok(Outcome { stats: RunStats::default(), message })
+}
+
+async fn prune(repo: Arc<Repository>, log: &impl Fn(String)) -> ExecResult<Outcome> {
+    let r = blocking(move || bams_store::prune::prune(&repo, &PruneOptions::default())).await?;
+    let message = format!(
+        "deleted {} pack(s), repacked {}, freed {} bytes, {} bytes in use",
+        r.packs_deleted, r.packs_repacked, r.bytes_freed, r.bytes_used
+    );
+    log(message.clone());
+    Ok(Outcome {
+        stats: RunStats { bytes: i64::try_from(r.bytes_freed).unwrap_or(i64::MAX), ..Default::default() },
+        message,
+    })
+}
+
+async fn check(job: &Job, repo: Arc<Repository>, log: &impl Fn(String)) -> ExecResult<Outcome> {
+    let read = if job.options.get("read_data").and_then(serde_json::Value::as_bool) == Some(true) {
+        ReadData::All
+    } else if let Some(p) = job.options.get("read_data_subset").and_then(serde_json::Value::as_f64) {
+        ReadData::Subset(p.clamp(0.0, 100.0))
+    } else {
+        ReadData::None
+    };
+    let r = blocking(move || bams_store::check::check(&repo, read, &|| {})).await?;
+    for p in &r.problems {
+        log(format!("{}: {}: {}", p.severity, p.object, p.message));
+    }
+    let errors = r.problems.iter().filter(|p| p.severity == "error").count();
+    let message = format!(
+        "{} snapshot(s), {} pack(s) ({} read), {} problem(s)",
+        r.snapshots,
+        r.packs,
+        r.packs_read,
+        r.problems.len()
+    );
+    if errors > 0 {
+        return Err(format!("check found {errors} error(s): {message}"));
+    }
+    Ok(Outcome { stats: RunStats { errors: r.problems.len() as i64, ..Default::default() }, message })
+}

@@ -1,0 +1,200 @@
+//! Opening the repositories the catalog lists. Each repository's secret is a random key in a
+//! 0600 file under `<data_dir>/keys/` (or a password given at registration), never in the
+//! database. Opened repositories are cached: opening costs an Argon2id derivation.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bams_catalog::Catalog;
+use bams_store::backend::local::LocalBackend;
+use bams_store::crypto::SlotKind;
+use bams_store::repo::InitOptions;
+use bams_store::Repository;
+
+/// Why a repository could not be registered or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoPoolError {
+    /// Catalog problem (not found, conflict…).
+    #[error(transparent)]
+    Catalog(#[from] bams_catalog::CatalogError),
+    /// Engine problem (wrong password, not a repository…).
+    #[error(transparent)]
+    Store(#[from] bams_store::Error),
+    /// Bad registration request.
+    #[error("{0}")]
+    Invalid(String),
+    /// Local file problem (key files).
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Opened repositories by catalog id.
+pub struct RepoPool {
+    catalog: Catalog,
+    keys_dir: PathBuf,
+    open: Mutex<HashMap<i64, Arc<Repository>>>,
+}
+
+impl RepoPool {
+    /// A pool keeping key files in `<data_dir>/keys`.
+    pub fn new(catalog: Catalog, data_dir: &Path) -> Self {
+        Self { catalog, keys_dir: data_dir.join("keys"), open: Mutex::new(HashMap::new()) }
+    }
+
+    /// The catalog this pool reads.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Register a repository: with `password`, open an existing one (or create it when
+    /// `create`); without, create a new one protected by a generated key file.
+    pub async fn register(
+        &self,
+        name: &str,
+        url: &str,
+        password: Option<&str>,
+        create: bool,
+    ) -> Result<bams_catalog::Repository, RepoPoolError> {
+        let location = local_location(url)?;
+        if self.catalog.get_repository_by_name(name).await.is_ok() {
+            return Err(bams_catalog::CatalogError::Conflict(format!("repository {name:?} already exists")).into());
+        }
+        let (secret, kind) = match password {
+            Some(p) if !p.is_empty() => (p.as_bytes().to_vec(), SlotKind::Password),
+            Some(_) => return Err(RepoPoolError::Invalid("empty repository password".into())),
+            None if create => (random_key(), SlotKind::Keyfile),
+            None => return Err(RepoPoolError::Invalid("an existing repository needs its password".into())),
+        };
+        let key_file = self.write_key(name, &secret)?;
+        let exists = location.join("config").exists();
+        let opened = {
+            let secret = secret.clone();
+            let location = location.clone();
+            let rt = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let backend = Arc::new(LocalBackend::new(&location));
+                if exists {
+                    Repository::open(backend, rt, &secret)
+                } else if create {
+                    Repository::init(backend, rt, &secret, kind, &InitOptions::default())
+                } else {
+                    Err(bams_store::Error::invalid(format!("{} is not a BAMS repository", location.display())))
+                }
+            })
+            .await
+            .map_err(|e| RepoPoolError::Io(format!("repository task: {e}")))?
+        };
+        let repo = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&key_file);
+                return Err(e.into());
+            }
+        };
+        let rec = self.catalog.add_repository(name, url, &key_file.display().to_string()).await;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&key_file);
+                return Err(e.into());
+            }
+        };
+        self.lock().insert(rec.id, Arc::new(repo));
+        Ok(rec)
+    }
+
+    /// Make sure the default repository exists (first start): registered as `default`.
+    pub async fn ensure_default(&self, url: &str) -> Result<bams_catalog::Repository, RepoPoolError> {
+        if let Ok(r) = self.catalog.get_repository_by_name("default").await {
+            return Ok(r);
+        }
+        let key = self.keys_dir.join("default.key");
+        if key.exists() {
+            // A catalog rebuilt next to an existing repository: reuse its key.
+            let secret = std::fs::read(&key).map_err(|e| RepoPoolError::Io(format!("{}: {e}", key.display())))?;
+            let secret = String::from_utf8(secret).map_err(|_| RepoPoolError::Io("default key is not text".into()))?;
+            return self.register("default", url, Some(secret.trim()), true).await;
+        }
+        self.register("default", url, None, true).await
+    }
+
+    /// The opened repository with catalog id `id`.
+    pub async fn get(&self, id: i64) -> Result<Arc<Repository>, RepoPoolError> {
+        if let Some(r) = self.lock().get(&id) {
+            return Ok(r.clone());
+        }
+        let rec = self.catalog.get_repository(id).await?;
+        let location = local_location(&rec.url)?;
+        let secret =
+            std::fs::read(&rec.key_file).map_err(|e| RepoPoolError::Io(format!("key file of {}: {e}", rec.name)))?;
+        let secret = trim_newline(secret);
+        let rt = tokio::runtime::Handle::current();
+        let repo =
+            tokio::task::spawn_blocking(move || Repository::open(Arc::new(LocalBackend::new(&location)), rt, &secret))
+                .await
+                .map_err(|e| RepoPoolError::Io(format!("repository task: {e}")))??;
+        let repo = Arc::new(repo);
+        self.lock().insert(id, repo.clone());
+        Ok(repo)
+    }
+
+    /// Forget a cached handle (after unregistering).
+    pub fn evict(&self, id: i64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<Repository>>> {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_key(&self, name: &str, secret: &[u8]) -> Result<PathBuf, RepoPoolError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.keys_dir)
+            .map_err(|e| RepoPoolError::Io(format!("{}: {e}", self.keys_dir.display())))?;
+        let path = self.keys_dir.join(format!("{name}.key"));
+        let tmp = self.keys_dir.join(format!(".{name}.key.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| RepoPoolError::Io(format!("{}: {e}", tmp.display())))?;
+        f.write_all(secret)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| RepoPoolError::Io(format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(|e| RepoPoolError::Io(format!("{}: {e}", path.display())))?;
+        Ok(path)
+    }
+}
+
+fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
+    while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        v.pop();
+    }
+    v
+}
+
+fn random_key() -> Vec<u8> {
+    let id = bams_store::Id::random();
+    id.to_hex().into_bytes()
+}
+
+/// Only local repositories for now: S3 and `bams://` come with their own backends.
+fn local_location(url: &str) -> Result<PathBuf, RepoPoolError> {
+    if url.contains("://") {
+        return Err(RepoPoolError::Invalid(format!(
+            "repository URL {url:?}: this server supports local paths; S3 arrives with the object-storage backend"
+        )));
+    }
+    let p = PathBuf::from(url);
+    if !p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(RepoPoolError::Invalid(format!("repository path {url:?} must be absolute without '..'")));
+    }
+    Ok(p)
+}

@@ -1,0 +1,236 @@
+//! The director loop: fire due schedules, claim queued runs up to the concurrency limit,
+//! execute them, and on shutdown let them finish or checkpoint within a deadline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bams_catalog::{Catalog, Run, RunStats, RunStatus};
+use tokio::sync::{Notify, Semaphore};
+use tracing::{info, warn};
+
+use crate::exec::{self, Outcome};
+use crate::repos::RepoPool;
+use crate::schedule;
+
+/// Tunables of the director.
+#[derive(Debug, Clone)]
+pub struct DirectorOptions {
+    /// This server's name in the run queue (must differ between servers sharing a catalog).
+    pub server_id: String,
+    /// Runs executed at once by this server.
+    pub max_concurrent: usize,
+    /// How often schedules and the queue are polled.
+    pub tick: Duration,
+    /// Fire schedules missed while the server was down (once) instead of skipping them.
+    pub run_missed: bool,
+}
+
+/// Cancellation state of one executing run.
+#[derive(Default)]
+pub(crate) struct RunControl {
+    pub(crate) cancel: AtomicBool,
+    pub(crate) shutdown: AtomicBool,
+}
+
+/// The director of one server process.
+pub struct Director {
+    pub(crate) repos: Arc<RepoPool>,
+    opts: DirectorOptions,
+    slots: Arc<Semaphore>,
+    running: Mutex<HashMap<i64, Arc<RunControl>>>,
+    stopping: AtomicBool,
+    wake: Notify,
+    idle: Notify,
+}
+
+impl Director {
+    /// A director over `repos` (and its catalog).
+    pub fn new(repos: Arc<RepoPool>, opts: DirectorOptions) -> Arc<Self> {
+        Arc::new(Self {
+            repos,
+            slots: Arc::new(Semaphore::new(opts.max_concurrent.max(1))),
+            opts,
+            running: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            wake: Notify::new(),
+            idle: Notify::new(),
+        })
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        self.repos.catalog()
+    }
+
+    /// The repositories.
+    pub fn repos(&self) -> &Arc<RepoPool> {
+        &self.repos
+    }
+
+    /// This server's id.
+    pub fn server_id(&self) -> &str {
+        &self.opts.server_id
+    }
+
+    /// Recover from a previous life and start the loop.
+    pub async fn start(self: &Arc<Self>) -> Result<tokio::task::JoinHandle<()>, bams_catalog::CatalogError> {
+        let n = self
+            .catalog()
+            .mark_interrupted(&self.opts.server_id, "the server stopped while this run was active")
+            .await?;
+        if n > 0 {
+            warn!(runs = n, "marked runs of a previous server process as interrupted");
+        }
+        if !self.opts.run_missed {
+            self.skip_missed().await?;
+        }
+        let me = self.clone();
+        Ok(tokio::spawn(async move { me.run_loop().await }))
+    }
+
+    /// Claim queued work now instead of at the next tick (after `POST /jobs/{id}/run`).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stop claiming; wait up to `deadline` for running jobs, then ask them to checkpoint
+    /// and stop, and mark what is still running as interrupted.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        if !self.wait_idle(deadline).await {
+            let ids: Vec<i64> = self.controls().keys().copied().collect();
+            warn!(runs = ?ids, "shutdown deadline passed: stopping running jobs at a checkpoint");
+            for c in self.controls().values() {
+                c.shutdown.store(true, Ordering::SeqCst);
+            }
+            if !self.wait_idle(Duration::from_secs(10)).await {
+                for id in ids {
+                    let _ = self
+                        .catalog()
+                        .finish_run(id, RunStatus::Interrupted, &RunStats::default(), "server shut down")
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn wait_idle(&self, deadline: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.controls().is_empty() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(deadline, wait).await.is_ok()
+    }
+
+    fn controls(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<RunControl>>> {
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn skip_missed(&self) -> Result<(), bams_catalog::CatalogError> {
+        let now = bams_catalog::now_ms();
+        for s in self.catalog().due_schedules(now).await? {
+            let next = schedule::next_after(&s.cron, &s.timezone, now).ok();
+            self.catalog().reschedule(s.id, s.next_run_at, next).await?;
+        }
+        Ok(())
+    }
+
+    async fn run_loop(self: Arc<Self>) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            if let Err(e) = self.tick().await {
+                warn!(error = %e, "director tick failed");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.opts.tick) => {}
+                () = self.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn tick(self: &Arc<Self>) -> Result<(), bams_catalog::CatalogError> {
+        let now = bams_catalog::now_ms();
+        for s in self.catalog().due_schedules(now).await? {
+            let next = match schedule::next_after(&s.cron, &s.timezone, now) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warn!(schedule = s.id, error = %e, "schedule cannot fire; disabling its next run");
+                    None
+                }
+            };
+            if let Some(run) = self.catalog().fire_schedule(&s, next, now).await? {
+                info!(schedule = s.id, job = s.job, run, "schedule fired");
+            }
+        }
+        // Pass cancel requests to what we run.
+        let ids: Vec<i64> = self.controls().keys().copied().collect();
+        for id in ids {
+            if self.catalog().get_run(id).await.is_ok_and(|r| r.cancel_requested) {
+                if let Some(c) = self.controls().get(&id) {
+                    c.cancel.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        while !self.stopping.load(Ordering::SeqCst) {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else { break };
+            let Some(run) = self.catalog().claim_run(&self.opts.server_id).await? else { break };
+            let ctl = Arc::new(RunControl::default());
+            self.controls().insert(run.id, ctl.clone());
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.execute(run, ctl).await;
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+
+    async fn execute(self: Arc<Self>, run: Run, ctl: Arc<RunControl>) {
+        let started = std::time::Instant::now();
+        info!(run = run.id, kind = run.kind.as_str(), "run started");
+        // A panic inside the job must still end the run (as failed), never leave it running.
+        let outcome = {
+            let (me, r, c) = (self.clone(), run.clone(), ctl.clone());
+            match tokio::spawn(async move { exec::execute(&me, &r, &c).await }).await {
+                Ok(o) => o,
+                Err(e) => Err(format!("the job crashed: {e}")),
+            }
+        };
+        let (status, stats, message) = match outcome {
+            Ok(Outcome { stats, message }) => (RunStatus::Succeeded, stats, message),
+            Err(e) if ctl.shutdown.load(Ordering::SeqCst) => {
+                (RunStatus::Interrupted, RunStats::default(), format!("stopped by server shutdown: {e}"))
+            }
+            Err(e) if ctl.cancel.load(Ordering::SeqCst) => {
+                (RunStatus::Cancelled, RunStats::default(), format!("cancelled: {e}"))
+            }
+            Err(e) => (RunStatus::Failed, RunStats::default(), e.to_string()),
+        };
+        let cat = self.catalog();
+        let _ = cat.append_log(run.id, &format!("{} {}: {message}\n", stamp(), status.as_str())).await;
+        if let Err(e) = cat.finish_run(run.id, status, &stats, &message).await {
+            warn!(run = run.id, error = %e, "could not record the end of a run");
+        }
+        metrics::counter!("bams_runs_total", "kind" => run.kind.as_str(), "status" => status.as_str()).increment(1);
+        metrics::histogram!("bams_run_duration_seconds", "kind" => run.kind.as_str())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("bams_run_bytes_total", "kind" => run.kind.as_str()).increment(stats.bytes.max(0) as u64);
+        metrics::counter!("bams_run_new_bytes_total", "kind" => run.kind.as_str())
+            .increment(stats.new_bytes.max(0) as u64);
+        info!(run = run.id, status = status.as_str(), "run ended");
+        self.controls().remove(&run.id);
+        self.idle.notify_waiters();
+    }
+}
+
+/// A log line timestamp.
+pub(crate) fn stamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

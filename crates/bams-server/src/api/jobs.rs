@@ -1,0 +1,237 @@
+//! Jobs, schedules, runs and the dashboard.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use bams_catalog::{Dashboard, Job, JobSpec, Level, NewRun, Page, Role, Run, RunFilter, Schedule, ScheduleSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, Json, Path, Query};
+use crate::state::AppState;
+
+fn validate_spec(spec: &JobSpec) -> ApiResult<()> {
+    if !bams_director::SUPPORTED_JOB_KINDS.contains(&spec.kind) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported",
+            format!("job type {} is not supported by this server version", spec.kind.as_str()),
+        ));
+    }
+    if spec.agent.is_some() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported",
+            "agents are not supported by this server version: use \"agent\": null (the server host)",
+        ));
+    }
+    if let Some(r) = &spec.retention {
+        let ret: bams_store::forget::Retention =
+            serde_json::from_value(r.clone()).map_err(|e| ApiError::bad_request(format!("retention: {e}")))?;
+        ret.to_policy()?;
+    }
+    if let Some(cron) = &spec.schedule {
+        bams_director::schedule::validate(cron, spec.timezone.as_deref().unwrap_or("UTC"))
+            .map_err(ApiError::bad_request)?;
+    }
+    Ok(())
+}
+
+async fn add_schedule(st: &AppState, spec: &ScheduleSpec) -> ApiResult<Schedule> {
+    let tz = spec.timezone.clone().unwrap_or_else(|| "UTC".into());
+    let next =
+        bams_director::schedule::next_after(&spec.cron, &tz, bams_catalog::now_ms()).map_err(ApiError::bad_request)?;
+    let s = st.catalog.create_schedule(spec, Some(next)).await?;
+    st.director.wake();
+    Ok(s)
+}
+
+/// List jobs.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", responses((status = 200, body = [Job])))]
+pub async fn list_jobs(State(st): State<AppState>, _caller: Caller) -> ApiResult<Json<Vec<Job>>> {
+    Ok(Json(st.catalog.list_jobs().await?))
+}
+
+/// Create a job (and its schedule when `schedule` is given).
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobSpec, responses((status = 201, body = Job)))]
+pub async fn create_job(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(spec): Json<JobSpec>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    caller.require(Role::Admin)?;
+    validate_spec(&spec)?;
+    let job = st.catalog.create_job(&spec).await?;
+    if let Some(cron) = &spec.schedule {
+        let s = ScheduleSpec {
+            job: job.id,
+            cron: cron.clone(),
+            timezone: spec.timezone.clone(),
+            level: None,
+            enabled: true,
+        };
+        if let Err(e) = add_schedule(&st, &s).await {
+            let _ = st.catalog.delete_job(job.id).await;
+            return Err(e);
+        }
+    }
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// One job.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), responses((status = 200, body = Job)))]
+pub async fn get_job(State(st): State<AppState>, _caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<Job>> {
+    Ok(Json(st.catalog.get_job(id).await?))
+}
+
+/// Replace a job's definition (schedules are managed under `/schedules`).
+#[utoipa::path(put, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), request_body = JobSpec, responses((status = 200, body = Job)))]
+pub async fn update_job(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Json(spec): Json<JobSpec>,
+) -> ApiResult<Json<Job>> {
+    caller.require(Role::Admin)?;
+    validate_spec(&spec)?;
+    if spec.schedule.is_some() {
+        return Err(ApiError::bad_request("change schedules through /api/v1/schedules"));
+    }
+    Ok(Json(st.catalog.update_job(id, &spec).await?))
+}
+
+/// Delete a job and its schedules (run history stays).
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), responses((status = 204)))]
+pub async fn delete_job(State(st): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    st.catalog.delete_job(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Options of a manual run.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Level override for a backup.
+    pub level: Option<Level>,
+}
+
+/// A queued run.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunQueued {
+    /// Run id; poll `GET /api/v1/runs/{id}`.
+    pub run_id: i64,
+}
+
+/// Run a job now.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/run", tag = "jobs", params(("id" = i64, Path)), request_body(content = Option<RunRequest>), responses((status = 202, body = RunQueued)))]
+pub async fn run_job(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<RunQueued>)> {
+    caller.require(Role::Operator)?;
+    let req: RunRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RunRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let run = st
+        .catalog
+        .queue_run(&NewRun { job_id: id, level: req.level, triggered_by: format!("manual:{}", caller.user.username) })
+        .await?;
+    st.director.wake();
+    Ok((StatusCode::ACCEPTED, Json(RunQueued { run_id: run.id })))
+}
+
+/// Filter for schedules.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ScheduleFilter {
+    /// Only schedules of this job.
+    pub job: Option<i64>,
+}
+
+/// List schedules.
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules", params(ScheduleFilter), responses((status = 200, body = [Schedule])))]
+pub async fn list_schedules(
+    State(st): State<AppState>,
+    _caller: Caller,
+    Query(f): Query<ScheduleFilter>,
+) -> ApiResult<Json<Vec<Schedule>>> {
+    Ok(Json(st.catalog.list_schedules(f.job).await?))
+}
+
+/// Add a schedule to a job (e.g. Full monthly, Incremental daily).
+#[utoipa::path(post, path = "/api/v1/schedules", tag = "schedules", request_body = ScheduleSpec, responses((status = 201, body = Schedule)))]
+pub async fn create_schedule(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(spec): Json<ScheduleSpec>,
+) -> ApiResult<(StatusCode, Json<Schedule>)> {
+    caller.require(Role::Admin)?;
+    Ok((StatusCode::CREATED, Json(add_schedule(&st, &spec).await?)))
+}
+
+/// One schedule.
+#[utoipa::path(get, path = "/api/v1/schedules/{id}", tag = "schedules", params(("id" = i64, Path)), responses((status = 200, body = Schedule)))]
+pub async fn get_schedule(
+    State(st): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Schedule>> {
+    Ok(Json(st.catalog.get_schedule(id).await?))
+}
+
+/// Delete a schedule.
+#[utoipa::path(delete, path = "/api/v1/schedules/{id}", tag = "schedules", params(("id" = i64, Path)), responses((status = 204)))]
+pub async fn delete_schedule(State(st): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    st.catalog.delete_schedule(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Run history, newest first.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "runs", params(RunFilter), responses((status = 200, body = Page<Run>)))]
+pub async fn list_runs(
+    State(st): State<AppState>,
+    _caller: Caller,
+    Query(f): Query<RunFilter>,
+) -> ApiResult<Json<Page<Run>>> {
+    Ok(Json(st.catalog.list_runs(&f).await?))
+}
+
+/// One run.
+#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "runs", params(("id" = i64, Path)), responses((status = 200, body = Run)))]
+pub async fn get_run(State(st): State<AppState>, _caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<Run>> {
+    Ok(Json(st.catalog.get_run(id).await?))
+}
+
+/// A run's log.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunLog {
+    /// Run id.
+    pub id: i64,
+    /// Log text, one event per line.
+    pub log: String,
+}
+
+/// A run's full log.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/log", tag = "runs", params(("id" = i64, Path)), responses((status = 200, body = RunLog)))]
+pub async fn run_log(State(st): State<AppState>, _caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<RunLog>> {
+    Ok(Json(RunLog { id, log: st.catalog.run_log(id).await? }))
+}
+
+/// Cancel a queued or running run.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", tag = "runs", params(("id" = i64, Path)), responses((status = 200, body = Run), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn cancel_run(State(st): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<Run>> {
+    caller.require(Role::Operator)?;
+    let run = st.catalog.request_cancel(id).await?;
+    st.director.wake();
+    Ok(Json(run))
+}
+
+/// Counts, recent runs and failures.
+#[utoipa::path(get, path = "/api/v1/dashboard", tag = "dashboard", responses((status = 200, body = Dashboard)))]
+pub async fn dashboard(State(st): State<AppState>, _caller: Caller) -> ApiResult<Json<Dashboard>> {
+    Ok(Json(st.catalog.dashboard().await?))
+}

@@ -1,0 +1,71 @@
+//! The REST API: every `/api/v1` route is registered through utoipa-axum's `routes!`, so the
+//! OpenAPI document is generated from the same handlers the router serves.
+
+pub mod jobs;
+pub mod repos;
+pub mod snapshots;
+pub mod users;
+
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "BAMS API", description = "Backup Appliance Management System: REST API (DESIGN.md §5)."),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []), ("cookie" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = doc.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        c.add_security_scheme(
+            "cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(crate::auth::SESSION_COOKIE))),
+        );
+    }
+}
+
+/// All documented routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(crate::auth::login))
+        .routes(routes!(crate::auth::logout))
+        .routes(routes!(crate::auth::me))
+        .routes(routes!(users::list_users, users::create_user))
+        .routes(routes!(users::get_user, users::update_user, users::delete_user))
+        .routes(routes!(users::list_tokens, users::create_token))
+        .routes(routes!(users::revoke_token))
+        .routes(routes!(users::list_audit))
+        .routes(routes!(repos::list_repositories, repos::create_repository))
+        .routes(routes!(repos::get_repository, repos::delete_repository))
+        .routes(routes!(repos::repository_stats))
+        .routes(routes!(snapshots::list_snapshots))
+        .routes(routes!(snapshots::sync_snapshots))
+        .routes(routes!(snapshots::diff_snapshots))
+        .routes(routes!(snapshots::browse_tree))
+        .routes(routes!(snapshots::download_file))
+        .routes(routes!(snapshots::restore_snapshot))
+        .routes(routes!(jobs::list_jobs, jobs::create_job))
+        .routes(routes!(jobs::get_job, jobs::update_job, jobs::delete_job))
+        .routes(routes!(jobs::run_job))
+        .routes(routes!(jobs::list_schedules, jobs::create_schedule))
+        .routes(routes!(jobs::get_schedule, jobs::delete_schedule))
+        .routes(routes!(jobs::list_runs))
+        .routes(routes!(jobs::get_run))
+        .routes(routes!(jobs::run_log))
+        .routes(routes!(jobs::cancel_run))
+        .routes(routes!(jobs::dashboard))
+}

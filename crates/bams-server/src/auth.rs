@@ -1,0 +1,328 @@
+//! Authentication (session cookie or bearer token), CSRF for cookie-authenticated mutations,
+//! role checks, login rate limiting, and the audit trail of every mutating request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bams_catalog::{Authenticated, NewAudit, Role, TokenKind, TokenScope, User};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ApiResult, Json};
+use crate::state::AppState;
+
+/// Cookie carrying the session token.
+pub const SESSION_COOKIE: &str = "bams_session";
+/// Header echoing the session's CSRF token on cookie-authenticated mutations.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who.
+    pub user: User,
+    /// Token id (session or API token).
+    pub token_id: i64,
+    /// Token scope.
+    pub scope: TokenScope,
+    /// Came with the session cookie (not a bearer header).
+    pub via_cookie: bool,
+}
+
+impl Caller {
+    /// Refuse unless the caller's role is at least `role`.
+    pub fn require(&self, role: Role) -> ApiResult<()> {
+        if self.user.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this needs the {role} role; {} is {}",
+                self.user.username, self.user.role
+            )))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| ApiError::unauthorized("authentication required"))
+    }
+}
+
+/// Routes reachable without credentials.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/api/v1/auth/login")
+}
+
+fn is_mutation(m: &Method) -> bool {
+    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Routes an append-only token may use: the repository endpoint, where its handler refuses
+/// deletes and overwrites.
+fn append_only_allowed(path: &str) -> bool {
+    path.starts_with("/api/v1/repo/")
+}
+
+/// The least role a route needs, in one table so the policy can be read (and tested) at
+/// once. Handlers add finer checks (e.g. a user may change their own password).
+pub fn required_role(method: &Method, route: &str) -> Role {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    match (read, route) {
+        (true, "/api/v1/users" | "/api/v1/audit") => Role::Admin,
+        (true, _) => Role::Viewer,
+        (false, "/api/v1/auth/logout" | "/api/v1/tokens" | "/api/v1/tokens/{id}") => Role::Viewer,
+        (false, "/api/v1/users/{id}") if *method == Method::PATCH => Role::Viewer,
+        (
+            false,
+            "/api/v1/jobs/{id}/run"
+            | "/api/v1/runs/{id}/cancel"
+            | "/api/v1/snapshots/{id}/restore"
+            | "/api/v1/snapshots/sync",
+        ) => Role::Operator,
+        (false, _) => Role::Admin,
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+/// Middleware: authenticate, enforce CSRF and token scope, audit mutations.
+pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| path.clone(), |m| m.as_str().to_string());
+    let remote = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+    let mutation = is_mutation(&method);
+
+    let mut username: Option<String> = None;
+    let outcome: Result<(), ApiError> = async {
+        if is_public(&path) {
+            return Ok(());
+        }
+        let (secret, via_cookie) = match (bearer(req.headers()), cookie(req.headers(), SESSION_COOKIE)) {
+            (Some(b), _) => (b.to_string(), false),
+            (None, Some(c)) => (c.to_string(), true),
+            (None, None) => {
+                return Err(ApiError::unauthorized("authentication required: log in or send a bearer token"))
+            }
+        };
+        let Authenticated { user, token, csrf } = st
+            .catalog
+            .authenticate(&secret)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("invalid, expired or revoked credentials"))?;
+        username = Some(user.username.clone());
+        if via_cookie && mutation {
+            let sent = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+            if csrf.is_none() || sent != csrf.as_deref() {
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "csrf", "missing or wrong X-CSRF-Token header"));
+            }
+        }
+        if token.scope == TokenScope::AppendOnly && !append_only_allowed(&path) {
+            return Err(ApiError::forbidden("an append-only token may only use the repository endpoint"));
+        }
+        let caller = Caller { user, token_id: token.id, scope: token.scope, via_cookie };
+        caller.require(required_role(&method, &route))?;
+        req.extensions_mut().insert(caller);
+        Ok(())
+    }
+    .await;
+
+    let response = match outcome {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    };
+    if mutation {
+        let status = response.status();
+        let result = if status.is_success() {
+            "ok"
+        } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS) {
+            "denied"
+        } else {
+            "error"
+        };
+        // The login route records the name that tried, so failed guesses are visible.
+        let username = username.or_else(|| response.extensions().get::<LoginName>().map(|n| n.0.clone()));
+        let entry = NewAudit {
+            time: bams_catalog::now_ms(),
+            username,
+            method: method.to_string(),
+            route,
+            target: Some(path),
+            status: status.as_u16(),
+            result: result.into(),
+            remote_addr: remote,
+        };
+        if let Err(e) = st.catalog.audit(&entry).await {
+            tracing::error!(error = %e, "could not write the audit log");
+        }
+    }
+    response
+}
+
+/// The user name a login attempt used (for the audit log).
+#[derive(Clone)]
+struct LoginName(String);
+
+/// Brake on password guessing: per user name and per client address, a few failures in a
+/// window lock further attempts until the window ends.
+pub struct LoginLimiter {
+    entries: Mutex<HashMap<String, (u32, Instant)>>,
+    window: Duration,
+    max_per_user: u32,
+    max_per_addr: u32,
+}
+
+impl Default for LoginLimiter {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            window: Duration::from_secs(900),
+            max_per_user: 5,
+            max_per_addr: 20,
+        }
+    }
+}
+
+impl LoginLimiter {
+    fn keys(user: &str, addr: &str) -> [(String, u32); 2] {
+        [(format!("u:{user}"), 0), (format!("a:{addr}"), 1)]
+    }
+
+    /// Seconds until the caller may try again, if locked.
+    fn locked(&self, user: &str, addr: &str) -> Option<u64> {
+        let map = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::keys(user, addr).iter().find_map(|(k, kind)| {
+            let (n, since) = map.get(k)?;
+            let max = if *kind == 0 { self.max_per_user } else { self.max_per_addr };
+            let left = self.window.checked_sub(since.elapsed())?;
+            (*n >= max).then_some(left.as_secs().max(1))
+        })
+    }
+
+    fn failed(&self, user: &str, addr: &str) {
+        let mut map = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() > 100_000 {
+            let window = self.window;
+            map.retain(|_, (_, since)| since.elapsed() < window);
+        }
+        for (k, _) in Self::keys(user, addr) {
+            let e = map.entry(k).or_insert((0, Instant::now()));
+            if e.1.elapsed() >= self.window {
+                *e = (0, Instant::now());
+            }
+            e.0 += 1;
+        }
+    }
+
+    fn succeeded(&self, user: &str) {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&format!("u:{user}"));
+    }
+}
+
+/// Login request.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+/// Login answer; the token also works as `Authorization: Bearer`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LoginResponse {
+    /// Session token.
+    pub token: String,
+    /// Expiry (RFC 3339).
+    pub expires_at: String,
+    /// The user's role.
+    pub role: Role,
+    /// Send as `X-CSRF-Token` on mutations authenticated by the cookie.
+    pub csrf_token: String,
+}
+
+/// Log in: session cookie + token.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+pub async fn login(
+    State(st): State<AppState>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    Json(req): Json<LoginRequest>,
+) -> Response {
+    let addr = connect.map_or_else(|| "unknown".to_string(), |c| c.0 .0.ip().to_string());
+    let name = LoginName(req.username.clone());
+    let mut resp = login_inner(&st, &addr, req).await.unwrap_or_else(IntoResponse::into_response);
+    resp.extensions_mut().insert(name);
+    resp
+}
+
+async fn login_inner(st: &AppState, addr: &str, req: LoginRequest) -> ApiResult<Response> {
+    if let Some(secs) = st.limiter.locked(&req.username, addr) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!("too many failed logins; try again in {secs} s"),
+        );
+        e.details = Some(serde_json::json!({ "retry_after_secs": secs }));
+        return Err(e);
+    }
+    let Some(user) = st.catalog.check_login(&req.username, &req.password).await? else {
+        st.limiter.failed(&req.username, addr);
+        return Err(ApiError::unauthorized("wrong user name or password"));
+    };
+    st.limiter.succeeded(&req.username);
+    let ttl = Duration::from_secs(st.config.session_hours.max(1) * 3600);
+    let expires = bams_catalog::now_ms() + ttl.as_millis() as i64;
+    let (_, secret, csrf) =
+        st.catalog.create_token(user.id, TokenKind::Session, "login", TokenScope::Full, Some(expires)).await?;
+    let secure = if st.config.tls.cert.is_some() { "; Secure" } else { "" };
+    let cookie =
+        format!("{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", ttl.as_secs());
+    let body = LoginResponse {
+        token: secret,
+        expires_at: bams_catalog::time_ms::rfc3339(expires),
+        role: user.role,
+        csrf_token: csrf.unwrap_or_default(),
+    };
+    let mut resp = Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+/// Log out: revoke the session (or token) used for this request.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", responses((status = 204)))]
+pub async fn logout(State(st): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    st.catalog.revoke_token(caller.token_id).await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("bams_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    Ok(resp)
+}
+
+/// Who am I.
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", responses((status = 200, body = User)))]
+pub async fn me(caller: Caller) -> Json<User> {
+    Json(caller.user)
+}

@@ -1,0 +1,210 @@
+//! `bams server`: the REST API (OpenAPI at `/api/v1/openapi.json`), authentication and roles,
+//! audit, metrics, and the director that runs scheduled jobs — over an SQLite or PostgreSQL
+//! catalog (DESIGN.md §1, §5, §6, §8).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bams_catalog::{Catalog, Role};
+use bams_director::{Director, DirectorOptions, RepoPool};
+use tracing::{info, warn};
+
+pub use config::Config;
+use error::ApiError;
+use state::AppState;
+
+/// Build the HTTP application for `state`, and the OpenAPI document it serves.
+pub fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let (api, doc) = api::routes().split_for_parts();
+    let doc_json = Arc::new(serde_json::to_value(&doc).unwrap_or_default());
+    let router = api
+        .route("/api/v1/openapi.json", get(move |_c: auth::Caller| async move { axum::Json((*doc_json).clone()) }))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))
+        .route_layer(axum::middleware::from_fn(metrics::track))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            ApiError::internal("the server hit a bug handling this request; it has been logged").into_response()
+        }))
+        .with_state(state);
+    (router, doc)
+}
+
+async fn healthz(State(st): State<AppState>) -> Response {
+    match st.catalog.count_users().await {
+        Ok(_) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()).into_response(),
+    }
+}
+
+async fn metrics_text(State(st): State<AppState>, caller: auth::Caller) -> Result<String, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(st.metrics.as_ref().map(|h| h.render()).unwrap_or_default())
+}
+
+/// Refresh the snapshot cache of a repository from the repository (the source of truth).
+pub async fn sync_repository(st: &AppState, id: i64, repo: Arc<bams_store::Repository>) -> Result<usize, ApiError> {
+    let (all, _) = tokio::task::spawn_blocking(move || repo.snapshots()).await??;
+    let rows: Vec<_> =
+        all.iter().map(|e| bams_catalog::SnapshotSummary::from_snapshot(id, &e.id, &e.snapshot)).collect();
+    st.catalog.sync_snapshots(id, &rows).await?;
+    Ok(rows.len())
+}
+
+/// Set up tracing for the server: `text` or `json`, level from `BAMS_LOG` (default info).
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BAMS_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Create `admin` with a random password on first start; the password goes to a 0600 file
+/// whose path (never the password) is logged.
+async fn first_admin(catalog: &Catalog, data_dir: &std::path::Path) -> Result<()> {
+    if catalog.count_users().await? > 0 {
+        return Ok(());
+    }
+    use rand::Rng;
+    let password: String =
+        rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(24).map(char::from).collect();
+    let path = data_dir.join("initial-admin-password");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{password}\n").as_bytes())?;
+    f.sync_all()?;
+    catalog.create_user("admin", &password, Role::Admin).await?;
+    info!(file = %path.display(), "created user admin; its initial password is in this file (mode 0600)");
+    Ok(())
+}
+
+/// Everything a running server consists of, for tests and the binary.
+pub struct Server {
+    /// Shared state.
+    pub state: AppState,
+    /// The HTTP application.
+    pub router: Router,
+}
+
+/// Open the catalog, prepare the data dir, the default repository and the director.
+pub async fn prepare(config: Config) -> Result<Server> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let catalog = Catalog::open(&config.catalog).await.context("opening the catalog")?;
+    first_admin(&catalog, &config.data_dir).await?;
+    let repos = Arc::new(RepoPool::new(catalog.clone(), &config.data_dir));
+    let default = repos.ensure_default(&config.repository).await.context("preparing the default repository")?;
+    for root in &config.restore_roots {
+        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root);
+    }
+    let director = Director::new(
+        repos.clone(),
+        DirectorOptions {
+            server_id: config.server_id.clone(),
+            max_concurrent: config.max_concurrent_jobs,
+            tick: Duration::from_secs_f64(config.scheduler_interval_secs),
+            run_missed: config.run_missed,
+        },
+    );
+    let state = AppState {
+        config: Arc::new(config),
+        catalog,
+        repos,
+        director,
+        limiter: Arc::new(auth::LoginLimiter::default()),
+        metrics: metrics::install(),
+    };
+    if let Ok(repo) = state.repos.get(default.id).await {
+        if let Err(e) = sync_repository(&state, default.id, repo).await {
+            warn!(error = %e.message, "could not refresh the snapshot cache of the default repository");
+        }
+    }
+    let (router, _) = app(state.clone());
+    Ok(Server { state, router })
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// Run the server until SIGTERM/SIGINT, then shut down gracefully: stop accepting, let
+/// requests and running jobs finish (or checkpoint) within `shutdown_timeout_secs`.
+pub async fn serve(config: Config) -> Result<()> {
+    let addr = config.listen_addr()?;
+    let tls = config.tls.clone();
+    let server = prepare(config).await?;
+    let director = server.state.director.clone();
+    let timeout = Duration::from_secs(server.state.config.shutdown_timeout_secs);
+    let loop_handle = director.start().await?;
+    let app = server.router.into_make_service_with_connect_info::<SocketAddr>();
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                h.graceful_shutdown(Some(timeout));
+            });
+            println!("bams server listening on https://{addr}");
+            axum_server::bind_rustls(addr, rustls).handle(handle).serve(app).await.context("serving HTTPS")?;
+        }
+        _ => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            let shown = if addr.ip().is_unspecified() {
+                format!("http://127.0.0.1:{}", addr.port())
+            } else {
+                format!("http://{addr}")
+            };
+            println!("bams server listening on {shown}");
+            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+        }
+    }
+    info!("no longer accepting requests; waiting for running jobs");
+    director.shutdown(timeout).await;
+    loop_handle.abort();
+    server.state.catalog.close().await;
+    info!("server stopped");
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! Shared server state handed to every handler.
+
+use std::sync::Arc;
+
+use bams_catalog::Catalog;
+use bams_director::{Director, RepoPool};
+
+use crate::auth::LoginLimiter;
+use crate::config::Config;
+
+/// What handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Loaded configuration.
+    pub config: Arc<Config>,
+    /// The catalog.
+    pub catalog: Catalog,
+    /// Opened repositories.
+    pub repos: Arc<RepoPool>,
+    /// Job execution.
+    pub director: Arc<Director>,
+    /// Password-guessing brake.
+    pub limiter: Arc<LoginLimiter>,
+    /// Prometheus exposition.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}

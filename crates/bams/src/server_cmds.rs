@@ -1,0 +1,125 @@
+//! `bams server`, `bams user …` and `bams catalog rebuild`: thin wrappers over bams-server and
+//! bams-catalog, each on its own tokio runtime.
+
+use std::io::IsTerminal;
+
+use anyhow::{bail, Context, Result};
+use bams_catalog::{Catalog, Role};
+use bams_server::Config;
+use serde_json::json;
+
+use crate::cli::{CatalogCmd, ServerArgs, UserCmd};
+use crate::exit;
+use crate::output::Out;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bams-server")
+        .build()
+        .context("starting tokio")
+}
+
+fn config(a: &ServerArgs) -> Result<Config> {
+    Config::load(a.config.as_deref(), |k| std::env::var(k).ok())
+}
+
+/// Run the server until SIGTERM.
+pub fn server(a: &ServerArgs) -> Result<u8> {
+    let cfg = config(a)?;
+    bams_server::init_tracing(&cfg.log_format);
+    runtime()?.block_on(bams_server::serve(cfg))?;
+    Ok(exit::OK)
+}
+
+fn new_password(file: Option<&std::path::Path>) -> Result<String> {
+    if let Some(f) = file {
+        let line = crate::session::read_password_file(f)?;
+        return String::from_utf8(line).context("password is not UTF-8");
+    }
+    if let Ok(p) = std::env::var("BAMS_USER_PASSWORD") {
+        return Ok(p);
+    }
+    if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password("new password: ")?;
+        if rpassword::prompt_password("repeat password: ")? != p {
+            bail!("passwords do not match");
+        }
+        return Ok(p);
+    }
+    bail!("no password given: set BAMS_USER_PASSWORD or use --user-password-file")
+}
+
+async fn open(a: &ServerArgs) -> Result<Catalog> {
+    let cfg = config(a)?;
+    Catalog::open(&cfg.catalog).await.context("opening the catalog")
+}
+
+/// `bams user …`
+pub fn user(cmd: &UserCmd, out: Out) -> Result<u8> {
+    runtime()?.block_on(async {
+        match cmd {
+            UserCmd::Add { server, username, role, password_file } => {
+                let role: Role = role.parse()?;
+                let pw = new_password(password_file.as_deref())?;
+                let u = open(server).await?.create_user(username, &pw, role).await?;
+                if out.json {
+                    out.json(&u)?;
+                } else {
+                    out.info(format!("added user {} ({})", u.username, u.role));
+                }
+            }
+            UserCmd::List { server } => {
+                let users = open(server).await?.list_users().await?;
+                if out.json {
+                    out.json(&users)?;
+                } else {
+                    for u in users {
+                        println!("{:<24} {:<9}{}", u.username, u.role, if u.disabled { " disabled" } else { "" });
+                    }
+                }
+            }
+            UserCmd::Passwd { server, username, password_file } => {
+                let pw = new_password(password_file.as_deref())?;
+                open(server).await?.set_password(username, &pw).await?;
+                out.info(format!("password of {username} changed"));
+            }
+            UserCmd::Remove { server, username } => {
+                let cat = open(server).await?;
+                let u = cat.get_user_by_name(username).await?;
+                cat.delete_user(u.id).await?;
+                out.info(format!("removed user {username}"));
+            }
+        }
+        Ok(exit::OK)
+    })
+}
+
+/// `bams catalog rebuild`: the repositories are the source of truth for snapshots.
+pub fn catalog(cmd: &CatalogCmd, out: Out) -> Result<u8> {
+    let CatalogCmd::Rebuild { server } = cmd;
+    runtime()?.block_on(async {
+        let cfg = config(server)?;
+        let cat = Catalog::open(&cfg.catalog).await.context("opening the catalog")?;
+        let pool = bams_director::RepoPool::new(cat.clone(), &cfg.data_dir);
+        let mut report = Vec::new();
+        for r in cat.list_repositories().await? {
+            let repo = pool.get(r.id).await.with_context(|| format!("opening repository {}", r.name))?;
+            let (all, errors) = tokio::task::spawn_blocking(move || repo.snapshots()).await??;
+            let rows: Vec<_> =
+                all.iter().map(|e| bams_catalog::SnapshotSummary::from_snapshot(r.id, &e.id, &e.snapshot)).collect();
+            cat.sync_snapshots(r.id, &rows).await?;
+            for e in &errors {
+                eprintln!("warning: {}: {e}", r.name);
+            }
+            report.push(json!({"repository": r.name, "snapshots": rows.len(), "unreadable": errors.len()}));
+            if !out.json {
+                out.info(format!("{}: {} snapshot(s)", r.name, rows.len()));
+            }
+        }
+        if out.json {
+            out.json(&report)?;
+        }
+        Ok(exit::OK)
+    })
+}
