@@ -30,7 +30,7 @@ use state::AppState;
 
 /// Build the HTTP application for `state`, and the OpenAPI document it serves.
 pub fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
-    let (api, doc) = api::routes().split_for_parts();
+    let (api, doc) = api::routes(state.config.max_object_bytes).split_for_parts();
     let doc_json = Arc::new(serde_json::to_value(&doc).unwrap_or_default());
     let router = api
         .route("/api/v1/openapi.json", get(move |_c: auth::Caller| async move { axum::Json((*doc_json).clone()) }))

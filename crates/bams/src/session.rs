@@ -24,8 +24,18 @@ pub fn backend_for(location: &str) -> Result<DynBackend> {
     if location.starts_with("s3://") {
         bail!("S3 repositories are not available in this build yet (see the S3 backend issue): {location}");
     }
-    if location.starts_with("bams://") {
-        bail!("server repositories (bams://) are not available in this build yet: {location}");
+    if location.starts_with("bams://") || location.starts_with("bams+http://") {
+        let token = match (std::env::var("BAMS_TOKEN"), std::env::var("BAMS_TOKEN_FILE")) {
+            (Ok(t), _) => t,
+            (Err(_), Ok(f)) => String::from_utf8(read_password_file(Path::new(&f))?).context("token is not UTF-8")?,
+            _ => bail!("a bams:// repository needs a server token: set BAMS_TOKEN or BAMS_TOKEN_FILE"),
+        };
+        let ca = match std::env::var("BAMS_SERVER_CA") {
+            Ok(f) => Some(std::fs::read(&f).with_context(|| format!("reading BAMS_SERVER_CA {f}"))?),
+            Err(_) => None,
+        };
+        let backend = bams_store::backend::rest::RestBackend::new(location, &token, ca.as_deref())?;
+        return Ok(Arc::new(backend));
     }
     if location.contains("://") {
         bail!("unsupported repository location {location:?}: use a local path");

@@ -437,7 +437,10 @@ fn expected_role(method: &str, path: &str) -> Option<&'static str> {
     if path == "/api/v1/auth/login" {
         return None;
     }
-    let read = method == "get";
+    if path.starts_with("/api/v1/repo/") {
+        return Some("operator");
+    }
+    let read = method == "get" || method == "head";
     Some(match (read, path) {
         // Placeholder ids are other users': reading or changing them needs admin (self is allowed).
         (_, "/api/v1/users/{id}") => "admin",
@@ -491,7 +494,7 @@ async fn authorization_matrix_and_openapi_cover_every_route() {
         for method in ops.as_object().unwrap().keys() {
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             // Placeholder ids that exist nowhere: allowed callers get 404/400, never 401/403.
-            let concrete = path.replace("{id}", "987654");
+            let concrete = path.replace("{id}", "987654").replace("{name}", "no-such-repo");
             let body = if m == Method::GET || m == Method::DELETE { None } else { Some(json!({})) };
             let (st, b) = anon.call(m.clone(), &concrete, body.clone()).await;
             assert!(
@@ -552,8 +555,9 @@ fn random_file(path: &Path, len: usize, seed: u64) {
 async fn start_long_backup(s: &Server) -> (Api, i64, PathBuf) {
     let src = s.dir.path().join("big");
     std::fs::create_dir_all(&src).unwrap();
-    for i in 0..12 {
-        random_file(&src.join(format!("f{i}")), 40 << 20, i + 1);
+    // Many medium files: the engine checks for cancellation before each file.
+    for i in 0..48 {
+        random_file(&src.join(format!("f{i}")), 10 << 20, i + 1);
     }
     let admin = Api::login(s, "admin", &s.admin_password()).await;
     let job = admin
@@ -618,7 +622,7 @@ async fn kill9_during_a_backup_marks_the_run_interrupted_and_the_repository_chec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_checkpoints_a_running_backup_within_the_timeout() {
-    let mut s = Server::start_with(None, &[("BAMS_SHUTDOWN_TIMEOUT_SECS", "1")]);
+    let mut s = Server::start_with(None, &[("BAMS_SHUTDOWN_TIMEOUT_SECS", "0")]);
     let (_, run, _) = start_long_backup(&s).await;
     let child = s.child.take().unwrap();
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
@@ -630,4 +634,121 @@ async fn sigterm_checkpoints_a_running_backup_within_the_timeout() {
     let r = admin.ok(Method::GET, &format!("/api/v1/runs/{run}"), None).await;
     assert_eq!(r["status"], "interrupted", "{r}");
     assert!(r["message"].as_str().unwrap().contains("shutdown"), "{r}");
+}
+
+fn bams_remote(s: &Server, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bams"))
+        .arg("-r")
+        .arg(format!("bams+http://127.0.0.1:{}/remote", s.port))
+        .args(args)
+        .env("BAMS_TOKEN", token)
+        .env("BAMS_PASSWORD", "remote-pass")
+        .env_remove("BAMS_TOKEN_FILE")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_clients_back_up_through_the_endpoint_and_append_only_tokens_cannot_destroy() {
+    let s = Server::start(None);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let repo_dir = s.data().join("remote-repo");
+    let repo = admin
+        .ok(
+            Method::POST,
+            "/api/v1/repositories",
+            Some(json!({"name": "remote", "url": repo_dir, "password": "remote-pass"})),
+        )
+        .await;
+    admin
+        .ok(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"username": "client", "password": "client-password", "role": "operator"})),
+        )
+        .await;
+    admin
+        .ok(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"username": "looker", "password": "looker-password", "role": "viewer"})),
+        )
+        .await;
+    let client = Api::login(&s, "client", "client-password").await;
+    let append =
+        client.ok(Method::POST, "/api/v1/tokens", Some(json!({"name": "host1", "scope": "append-only"}))).await;
+    let append = append["secret"].as_str().unwrap().to_string();
+    let full = client.ok(Method::POST, "/api/v1/tokens", Some(json!({"name": "admin-ops"}))).await["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let looker = Api::login(&s, "looker", "looker-password").await;
+
+    let src = s.dir.path().join("client-src");
+    write_tree(&src);
+    let src_s = src.to_str().unwrap();
+    for round in 0..2 {
+        std::fs::write(src.join("round.txt"), format!("round {round}")).unwrap();
+        let out = bams_remote(&s, &append, &["backup", src_s]);
+        assert!(out.status.success(), "remote backup: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = bams_remote(&s, &append, &["--json", "snapshots"]);
+    let snaps: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 2, "{snaps}");
+    let target = s.dir.path().join("client-restore");
+    let out = bams_remote(&s, &append, &["restore", "latest", "--target", target.to_str().unwrap(), "--verify"]);
+    assert!(out.status.success(), "remote restore: {}", String::from_utf8_lossy(&out.stderr));
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(restored.join("sub/b.bin")).unwrap(), std::fs::read(src.join("sub/b.bin")).unwrap());
+    assert_eq!(std::fs::read_to_string(restored.join("round.txt")).unwrap(), "round 1");
+
+    // The append-only token can neither forget nor prune nor overwrite.
+    let out = bams_remote(&s, &append, &["forget", "--keep-last", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("append-only"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bams_remote(&s, &append, &["prune"]);
+    assert_eq!(out.status.code(), Some(1), "prune with an append-only token");
+    let raw = Api { token: Some(append.clone()), ..Api::anon(&s) };
+    let (st, b) = raw.call(Method::DELETE, "/api/v1/repo/remote/object?key=config", None).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "append-only delete");
+    let put = raw
+        .http
+        .put(s.url("/api/v1/repo/remote/object?key=config"))
+        .bearer_auth(&append)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CONFLICT, "append-only overwrite");
+    let (st, b) = raw.call(Method::GET, "/api/v1/jobs", None).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "append-only token outside the endpoint");
+    let (st, b) = raw.call(Method::GET, "/api/v1/repo/remote/object?key=../../etc/passwd", None).await;
+    assert_error(st, &b, StatusCode::BAD_REQUEST, "key traversal");
+    let (st, b) = looker.call(Method::GET, "/api/v1/repo/remote/list", None).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "viewer on the endpoint");
+    let out = bams_remote(&s, &append, &["--json", "snapshots"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().len(),
+        2,
+        "nothing was removed"
+    );
+
+    // The server's catalog learned about the client's snapshots.
+    let start = Instant::now();
+    loop {
+        let page = admin.ok(Method::GET, &format!("/api/v1/snapshots?repository={}", repo["id"]), None).await;
+        if page["items"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "catalog never saw the remote snapshots: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A full token may forget and prune; the repository still checks.
+    let out = bams_remote(&s, &full, &["forget", "--keep-last", "1", "--prune"]);
+    assert!(out.status.success(), "forget with a full token: {}", String::from_utf8_lossy(&out.stderr));
+    let out = bams_remote(&s, &full, &["check", "--read-data"]);
+    assert!(out.status.success(), "remote check: {}", String::from_utf8_lossy(&out.stdout));
+    let out = bams_remote(&s, "bams_t_nonsense", &["snapshots"]);
+    assert_eq!(out.status.code(), Some(1), "bad token refused");
 }

@@ -1,6 +1,7 @@
 //! The REST API: every `/api/v1` route is registered through utoipa-axum's `routes!`, so the
 //! OpenAPI document is generated from the same handlers the router serves.
 
+pub mod endpoint;
 pub mod jobs;
 pub mod repos;
 pub mod snapshots;
@@ -38,9 +39,14 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// All documented routes.
-pub fn routes() -> OpenApiRouter<AppState> {
+/// All documented routes; the repository endpoint accepts objects up to `max_object_bytes`.
+pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
+    let endpoint = OpenApiRouter::new()
+        .routes(routes!(endpoint::list_objects))
+        .routes(routes!(endpoint::get_object, endpoint::head_object, endpoint::put_object, endpoint::delete_object))
+        .layer(axum::extract::DefaultBodyLimit::max(max_object_bytes));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(endpoint)
         .routes(routes!(crate::auth::login))
         .routes(routes!(crate::auth::logout))
         .routes(routes!(crate::auth::me))

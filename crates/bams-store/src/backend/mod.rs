@@ -6,6 +6,7 @@
 //! Retries, request counting and caching are wrappers around these traits, never inside them.
 
 pub mod local;
+pub mod rest;
 
 use std::sync::Arc;
 use std::time::SystemTime;
