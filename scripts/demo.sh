@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "run it" command until `bams server` lands: build bams, create a repository
+# A server-less demo of the repository commands: build bams, create a repository
 # under ./bams-data with the embedded defaults, back up a sample tree, list, check, restore and
 # compare. Re-runnable: each run adds a snapshot to the same repository.
 set -euo pipefail

@@ -11,6 +11,9 @@ packages=(
   restic borgbackup               # peers for the benchmark in bench/
   time                            # /usr/bin/time -v for peak RSS in bench/
   postgresql                      # catalog tests run on a throwaway cluster (initdb/pg_ctl)
+  openssl                         # self-signed certificates for the TLS tests
+  apache2-utils                   # ab: concurrent load for the API benchmark in bench/
+  sqlite3 jq curl                 # seeding the API benchmark; README examples
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -238,3 +238,20 @@ mod tests {
         assert!(Config::load(None, |k| (k == "BAMS_LISTEN").then(|| "nope".to_string())).is_err());
     }
 }
+
+#[cfg(test)]
+mod packaged_example {
+    /// The documented example in `packaging/config.yaml` parses and equals the defaults.
+    #[test]
+    fn example_config_is_valid_and_complete() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/config.yaml");
+        let text = std::fs::read_to_string(&path).expect("packaging/config.yaml");
+        let example: super::Config = serde_yaml::from_str(&text).expect("example parses");
+        let default = super::Config { data_dir: "/var/lib/bams".into(), ..Default::default() };
+        assert_eq!(serde_yaml::to_string(&example).ok(), serde_yaml::to_string(&default).ok());
+        for key in super::KEYS {
+            let top = key.split('.').next().unwrap_or_default();
+            assert!(text.contains(&format!("{top}:")), "packaging/config.yaml does not document {key}");
+        }
+    }
+}

@@ -423,6 +423,131 @@ async fn api_end_to_end_on_sqlite() {
     let out = s.cmd(&["--json", "user", "list"]).output().unwrap();
     let users: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(users.as_array().unwrap().iter().any(|u| u["username"] == "cli-user"));
+    let out = s.cmd(&["--json", "catalog", "rebuild"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let before = report[0]["snapshots"].as_u64().unwrap();
+    assert!(before >= 2, "{report}");
+
+    // The repository is the source of truth: a lost catalog comes back from it.
+    let mut s = s;
+    s.kill9();
+    for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm", "initial-admin-password"] {
+        let _ = std::fs::remove_file(s.data().join(f));
+    }
+    s.spawn();
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let page = admin.ok(Method::GET, "/api/v1/snapshots?limit=1000", None).await;
+    assert_eq!(page["items"].as_array().unwrap().len() as u64, before, "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_the_api_and_remote_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
+    let d = dir.path();
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+        .unwrap();
+    let steps: [Vec<&str>; 3] = [
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=bams test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        vec![
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "req.csr",
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "req.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(&args)
+            .current_dir(d)
+            .output()
+            .expect("openssl (scripts/setup-dev.sh installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let s =
+        Server::start_with(None, &[("BAMS_TLS_CERT", cert.to_str().unwrap()), ("BAMS_TLS_KEY", key.to_str().unwrap())]);
+    let pem = std::fs::read(&ca).unwrap();
+    let http =
+        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap()).build().unwrap();
+    let base = format!("https://127.0.0.1:{}", s.port);
+    let health = http.get(format!("{base}/healthz")).send().await.expect("https request");
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{}/healthz", s.port)).await.map_or(true, |r| !r.status().is_success()),
+        "plain HTTP must not be served"
+    );
+    let api = Api { http: http.clone(), base: base.clone(), token: None };
+    let (st, body) = api
+        .call(Method::POST, "/api/v1/auth/login", Some(json!({"username": "admin", "password": s.admin_password()})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let admin = Api { token: Some(body["token"].as_str().unwrap().to_string()), ..api };
+    admin
+        .ok(
+            Method::POST,
+            "/api/v1/repositories",
+            Some(json!({"name": "remote", "url": s.data().join("r"), "password": "remote-pass"})),
+        )
+        .await;
+    let token = admin.ok(Method::POST, "/api/v1/tokens", Some(json!({"name": "tls", "scope": "append-only"}))).await
+        ["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let src = s.dir.path().join("src");
+    write_tree(&src);
+    let out = Command::new(env!("CARGO_BIN_EXE_bams"))
+        .arg("-r")
+        .arg(format!("bams://127.0.0.1:{}/remote", s.port))
+        .args(["backup", src.to_str().unwrap()])
+        .env("BAMS_TOKEN", &token)
+        .env("BAMS_PASSWORD", "remote-pass")
+        .env("BAMS_SERVER_CA", &ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "backup over HTTPS: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
