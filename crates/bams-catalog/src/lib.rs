@@ -101,7 +101,9 @@ impl Catalog {
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Sqlite => 8,
-                Backend::Postgres => 16,
+                // Measured (bench/api.sh): on a small appliance more connections only add
+                // contention in PostgreSQL; requests queue briefly for one of 8 instead.
+                Backend::Postgres => 8,
             })
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _| {

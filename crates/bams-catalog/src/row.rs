@@ -10,6 +10,7 @@ pub(crate) trait RowExt {
     fn i64(&self, col: &str) -> Result<i64>;
     fn opt_i64(&self, col: &str) -> Result<Option<i64>>;
     fn str(&self, col: &str) -> Result<String>;
+    fn str_at(&self, idx: usize) -> Result<String>;
     fn opt_str(&self, col: &str) -> Result<Option<String>>;
     fn flag(&self, col: &str) -> Result<bool> {
         Ok(self.i64(col)? != 0)
@@ -40,6 +41,9 @@ impl RowExt for AnyRow {
     }
     fn opt_str(&self, col: &str) -> Result<Option<String>> {
         Ok(self.try_get::<Option<String>, _>(col)?)
+    }
+    fn str_at(&self, idx: usize) -> Result<String> {
+        Ok(self.try_get::<String, _>(idx)?)
     }
 }
 
@@ -152,4 +156,28 @@ impl Filter {
         self.clauses.push(clause.to_string());
         self
     }
+}
+
+/// SQL returning the rows of `inner` (a SELECT of `cols`) as one JSON array in a single row and
+/// column. Fetching one value instead of N rows matters: each row costs a thread hand-off in
+/// sqlx's SQLite driver and conversion work in its `Any` layer. Order is not guaranteed; callers
+/// sort.
+pub(crate) fn json_rows(backend: crate::Backend, cols: &[&str], inner: &str) -> String {
+    let pairs: Vec<String> = cols.iter().map(|c| format!("'{c}', t.{c}")).collect();
+    match backend {
+        crate::Backend::Sqlite => {
+            format!("SELECT COALESCE(json_group_array(json_object({})), '[]') FROM ({inner}) AS t", pairs.join(", "))
+        }
+        crate::Backend::Postgres => {
+            format!(
+                "SELECT COALESCE(json_agg(json_build_object({})), '[]')::text FROM ({inner}) AS t",
+                pairs.join(", ")
+            )
+        }
+    }
+}
+
+/// Parse the JSON array produced by [`json_rows`].
+pub(crate) fn parse_json_rows<T: DeserializeOwned>(text: &str) -> Result<Vec<T>> {
+    serde_json::from_str(text).map_err(|e| CatalogError::Invalid(format!("catalog JSON rows: {e}")))
 }

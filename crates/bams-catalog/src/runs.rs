@@ -5,7 +5,7 @@ use sqlx::any::AnyRow;
 
 use crate::error::{CatalogError, Result};
 use crate::jobs::{JobKind, Level};
-use crate::row::{Arg, Filter, RowExt};
+use crate::row::{json_rows, parse_json_rows, Arg, Filter, RowExt};
 use crate::{now_ms, Backend, Catalog, Page};
 
 /// Where a run is in its life.
@@ -95,6 +95,80 @@ pub struct Run {
     pub cancel_requested: bool,
 }
 
+/// A run as the JSON aggregation returns it (raw column values).
+#[derive(Deserialize)]
+struct RunRecord {
+    id: i64,
+    job_id: Option<i64>,
+    kind: String,
+    level: Option<String>,
+    status: String,
+    triggered_by: String,
+    server_id: Option<String>,
+    queued_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    files: i64,
+    bytes: i64,
+    new_bytes: i64,
+    errors: i64,
+    snapshot_id: Option<String>,
+    message: Option<String>,
+    cancel_requested: i64,
+}
+
+impl TryFrom<RunRecord> for Run {
+    type Error = CatalogError;
+    fn try_from(r: RunRecord) -> Result<Self> {
+        Ok(Self {
+            id: r.id,
+            job_id: r.job_id,
+            kind: JobKind::parse(&r.kind)?,
+            level: r.level.map(|l| Level::parse(&l)).transpose()?,
+            status: RunStatus::parse(&r.status)?,
+            triggered_by: r.triggered_by,
+            server_id: r.server_id,
+            queued_at: r.queued_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            files: r.files,
+            bytes: r.bytes,
+            new_bytes: r.new_bytes,
+            errors: r.errors,
+            snapshot_id: r.snapshot_id,
+            message: r.message,
+            cancel_requested: r.cancel_requested != 0,
+        })
+    }
+}
+
+const RUN_COL_LIST: &[&str] = &[
+    "id",
+    "job_id",
+    "kind",
+    "level",
+    "status",
+    "triggered_by",
+    "server_id",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "files",
+    "bytes",
+    "new_bytes",
+    "errors",
+    "snapshot_id",
+    "message",
+    "cancel_requested",
+];
+
+/// Runs from a [`json_rows`] value, newest first.
+fn runs_from_json(text: &str) -> Result<Vec<Run>> {
+    let mut runs = parse_json_rows::<RunRecord>(text)?.into_iter().map(Run::try_from).collect::<Result<Vec<_>>>()?;
+    runs.sort_unstable_by_key(|r| std::cmp::Reverse(r.id));
+    Ok(runs)
+}
+
 impl Run {
     fn from_row(r: &AnyRow) -> Result<Self> {
         Ok(Self {
@@ -169,11 +243,11 @@ pub struct Dashboard {
     pub snapshots: i64,
     /// Runs queued or running now.
     pub active_runs: i64,
-    /// Runs that failed in the last 24 hours.
+    /// Runs that ended failed or interrupted in the last 24 hours (hourly totals).
     pub failures_24h: i64,
-    /// Runs that succeeded in the last 24 hours.
+    /// Runs that ended successfully in the last 24 hours (hourly totals).
     pub successes_24h: i64,
-    /// Bytes newly stored in the last 24 hours.
+    /// Bytes newly stored by runs that ended in the last 24 hours.
     pub new_bytes_24h: i64,
     /// The ten most recent runs.
     pub last_runs: Vec<Run>,
@@ -183,6 +257,8 @@ pub struct Dashboard {
 
 const RUN_COLS: &str = "id, job_id, kind, level, status, triggered_by, server_id, queued_at, started_at, finished_at, \
                         files, bytes, new_bytes, errors, snapshot_id, message, cancel_requested";
+
+const HOUR_MS: i64 = 3_600_000;
 
 /// Logs are kept whole up to this size; beyond it the middle is dropped.
 const MAX_LOG: usize = 4 << 20;
@@ -223,14 +299,17 @@ impl Catalog {
         row.as_ref().map(Run::from_row).transpose()
     }
 
-    /// Record the end of a run (only a running or queued run can end).
+    /// Record the end of a run (only a running or queued run can end), and count it in the
+    /// hourly totals the dashboard reads.
     pub async fn finish_run(&self, id: i64, status: RunStatus, stats: &RunStats, message: &str) -> Result<()> {
-        sqlx::query(
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let ended = sqlx::query(
             "UPDATE runs SET status = $1, finished_at = $2, files = $3, bytes = $4, new_bytes = $5, errors = $6, \
              snapshot_id = $7, message = $8 WHERE id = $9 AND status IN ('queued', 'running')",
         )
         .bind(status.as_str())
-        .bind(now_ms())
+        .bind(now)
         .bind(stats.files)
         .bind(stats.bytes)
         .bind(stats.new_bytes)
@@ -238,8 +317,29 @@ impl Catalog {
         .bind(stats.snapshot_id.clone())
         .bind(message)
         .bind(id)
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let (ok, failed) = match status {
+            RunStatus::Succeeded => (1i64, 0i64),
+            RunStatus::Failed | RunStatus::Interrupted => (0, 1),
+            _ => (0, 0),
+        };
+        if ended && ok + failed > 0 {
+            sqlx::query(
+                "INSERT INTO run_hourly (hour, succeeded, failed, new_bytes) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (hour) DO UPDATE SET succeeded = run_hourly.succeeded + excluded.succeeded, \
+                 failed = run_hourly.failed + excluded.failed, new_bytes = run_hourly.new_bytes + excluded.new_bytes",
+            )
+            .bind(now - now.rem_euclid(HOUR_MS))
+            .bind(ok)
+            .bind(failed)
+            .bind(stats.new_bytes)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -298,9 +398,20 @@ impl Catalog {
             f.push("id < {}", Arg::I64(c));
         }
         let lim = f.next_arg(Arg::I64(limit + 1));
-        let sql = format!("SELECT {RUN_COLS} FROM runs{} ORDER BY id DESC LIMIT {lim}", f.where_sql());
-        let rows = f.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
-        let runs = rows.iter().map(Run::from_row).collect::<Result<Vec<_>>>()?;
+        let inner = format!("SELECT {RUN_COLS} FROM runs{} ORDER BY id DESC LIMIT {lim}", f.where_sql());
+        let runs = match self.backend {
+            // SQLite: one JSON value instead of N rows (each row is a thread hand-off in sqlx).
+            Backend::Sqlite => {
+                let sql = json_rows(self.backend, RUN_COL_LIST, &inner);
+                let row = f.bind(sqlx::query(&sql)).fetch_one(&self.pool).await?;
+                runs_from_json(&row.str_at(0)?)?
+            }
+            // PostgreSQL: plain rows are cheaper than building JSON in the server.
+            Backend::Postgres => {
+                let rows = f.bind(sqlx::query(&inner)).fetch_all(&self.pool).await?;
+                rows.iter().map(Run::from_row).collect::<Result<Vec<_>>>()?
+            }
+        };
         Ok(Page::from_rows(runs, limit, |r| r.id.to_string()))
     }
 
@@ -328,16 +439,14 @@ impl Catalog {
 
     /// Runs a (re)starting server left running: mark them interrupted. Returns how many.
     pub async fn mark_interrupted(&self, server_id: &str, message: &str) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE runs SET status = 'interrupted', finished_at = $1, message = $2 \
-             WHERE status = 'running' AND server_id = $3",
-        )
-        .bind(now_ms())
-        .bind(message)
-        .bind(server_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        let ids: Vec<(i64,)> = sqlx::query_as("SELECT id FROM runs WHERE status = 'running' AND server_id = $1")
+            .bind(server_id)
+            .fetch_all(&self.pool)
+            .await?;
+        for (id,) in &ids {
+            self.finish_run(*id, RunStatus::Interrupted, &RunStats::default(), message).await?;
+        }
+        Ok(ids.len() as u64)
     }
 
     /// The job's most recent successful backup run (optionally only Full ones), for levels.
@@ -353,39 +462,39 @@ impl Catalog {
         row.as_ref().map(Run::from_row).transpose()
     }
 
-    /// Dashboard numbers.
+    /// Dashboard numbers, in one round trip.
     pub async fn dashboard(&self) -> Result<Dashboard> {
-        let since = now_ms() - 24 * 3600 * 1000;
-        let count = |sql: &'static str| async move {
-            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&self.pool).await?;
-            Ok::<i64, CatalogError>(n)
-        };
-        let (failures, successes, new_bytes): (i64, i64, i64) = sqlx::query_as(
-            "SELECT CAST(COALESCE(SUM(CASE WHEN status IN ('failed', 'interrupted') THEN 1 ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(new_bytes), 0) AS BIGINT) FROM runs WHERE queued_at >= $1",
-        )
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
-        let last = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs ORDER BY id DESC LIMIT 10"))
-            .fetch_all(&self.pool)
-            .await?;
-        let fails = sqlx::query(&format!(
-            "SELECT {RUN_COLS} FROM runs WHERE status IN ('failed', 'interrupted') ORDER BY id DESC LIMIT 5"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let now = now_ms();
+        let since = now - now.rem_euclid(HOUR_MS) - 23 * HOUR_MS;
+        let last =
+            json_rows(self.backend, RUN_COL_LIST, &format!("SELECT {RUN_COLS} FROM runs ORDER BY id DESC LIMIT 10"));
+        let fails = json_rows(
+            self.backend,
+            RUN_COL_LIST,
+            &format!("SELECT {RUN_COLS} FROM runs WHERE status IN ('failed', 'interrupted') ORDER BY id DESC LIMIT 5"),
+        );
+        // The last 24 hours come from the hourly totals (at most 25 rows), not from the runs.
+        let sql = format!(
+            "SELECT (SELECT COUNT(*) FROM jobs) AS jobs, (SELECT COUNT(*) FROM repositories) AS repositories, \
+             (SELECT COUNT(*) FROM snapshots) AS snapshots, \
+             (SELECT COUNT(*) FROM runs WHERE status IN ('queued', 'running')) AS active, \
+             CAST(COALESCE(day.failures, 0) AS BIGINT) AS failures, CAST(COALESCE(day.successes, 0) AS BIGINT) AS successes, \
+             CAST(COALESCE(day.new_bytes, 0) AS BIGINT) AS new_bytes, \
+             ({last}) AS last_runs, ({fails}) AS last_failures \
+             FROM (SELECT SUM(failed) AS failures, SUM(succeeded) AS successes, SUM(new_bytes) AS new_bytes \
+                   FROM run_hourly WHERE hour >= $1) AS day"
+        );
+        let r = sqlx::query(&sql).bind(since).fetch_one(&self.pool).await?;
         Ok(Dashboard {
-            jobs: count("SELECT COUNT(*) FROM jobs").await?,
-            repositories: count("SELECT COUNT(*) FROM repositories").await?,
-            snapshots: count("SELECT COUNT(*) FROM snapshots").await?,
-            active_runs: count("SELECT COUNT(*) FROM runs WHERE status IN ('queued', 'running')").await?,
-            failures_24h: failures,
-            successes_24h: successes,
-            new_bytes_24h: new_bytes,
-            last_runs: last.iter().map(Run::from_row).collect::<Result<_>>()?,
-            last_failures: fails.iter().map(Run::from_row).collect::<Result<_>>()?,
+            jobs: r.i64("jobs")?,
+            repositories: r.i64("repositories")?,
+            snapshots: r.i64("snapshots")?,
+            active_runs: r.i64("active")?,
+            failures_24h: r.i64("failures")?,
+            successes_24h: r.i64("successes")?,
+            new_bytes_24h: r.i64("new_bytes")?,
+            last_runs: runs_from_json(&r.str("last_runs")?)?,
+            last_failures: runs_from_json(&r.str("last_failures")?)?,
         })
     }
 }

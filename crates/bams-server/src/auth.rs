@@ -105,6 +105,58 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Successful authentications remembered for one second, so a busy API client costs one
+/// catalog lookup per second instead of one per request. Any local change to users or tokens
+/// clears it at once; a revocation made on another server of a scale-out group takes effect
+/// here within the TTL.
+pub struct AuthCache {
+    entries: Mutex<HashMap<[u8; 32], (Authenticated, Instant)>>,
+}
+
+const AUTH_TTL: Duration = Duration::from_secs(1);
+
+impl Default for AuthCache {
+    fn default() -> Self {
+        Self { entries: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl AuthCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Authenticated, Instant)>> {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Authenticated> {
+        let map = self.lock();
+        map.get(key).filter(|(_, at)| at.elapsed() < AUTH_TTL).map(|(a, _)| a.clone())
+    }
+
+    fn put(&self, key: [u8; 32], a: Authenticated) {
+        let mut map = self.lock();
+        if map.len() >= 10_000 {
+            map.retain(|_, (_, at)| at.elapsed() < AUTH_TTL);
+        }
+        map.insert(key, (a, Instant::now()));
+    }
+
+    /// Forget everything (after a user or token changed).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+async fn authenticate(st: &AppState, secret: &str) -> ApiResult<Option<Authenticated>> {
+    let key = *blake3::hash(secret.as_bytes()).as_bytes();
+    if let Some(a) = st.auth_cache.get(&key) {
+        return Ok(Some(a));
+    }
+    let found = st.catalog.authenticate(secret).await?;
+    if let Some(a) = &found {
+        st.auth_cache.put(key, a.clone());
+    }
+    Ok(found)
+}
+
 /// Middleware: authenticate, enforce CSRF and token scope, audit mutations.
 pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
@@ -125,9 +177,7 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
                 return Err(ApiError::unauthorized("authentication required: log in or send a bearer token"))
             }
         };
-        let Authenticated { user, token, csrf } = st
-            .catalog
-            .authenticate(&secret)
+        let Authenticated { user, token, csrf } = authenticate(&st, &secret)
             .await?
             .ok_or_else(|| ApiError::unauthorized("invalid, expired or revoked credentials"))?;
         username = Some(user.username.clone());
@@ -151,6 +201,11 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     };
+    if mutation
+        && (route.starts_with("/api/v1/users") || route.starts_with("/api/v1/tokens") || route == "/api/v1/auth/logout")
+    {
+        st.auth_cache.clear();
+    }
     if mutation {
         let status = response.status();
         let result = if status.is_success() {

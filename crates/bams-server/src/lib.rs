@@ -139,6 +139,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
         repos,
         director,
         limiter: Arc::new(auth::LoginLimiter::default()),
+        auth_cache: Arc::new(auth::AuthCache::default()),
         metrics: metrics::install(),
     };
     if let Ok(repo) = state.repos.get(default.id).await {

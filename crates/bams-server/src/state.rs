@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bams_catalog::Catalog;
 use bams_director::{Director, RepoPool};
 
-use crate::auth::LoginLimiter;
+use crate::auth::{AuthCache, LoginLimiter};
 use crate::config::Config;
 
 /// What handlers share. Cheap to clone.
@@ -19,6 +19,8 @@ pub struct AppState {
     pub repos: Arc<RepoPool>,
     /// Job execution.
     pub director: Arc<Director>,
+    /// Recently verified credentials.
+    pub auth_cache: Arc<AuthCache>,
     /// Password-guessing brake.
     pub limiter: Arc<LoginLimiter>,
     /// Prometheus exposition.
