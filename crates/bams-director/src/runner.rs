@@ -117,6 +117,18 @@ impl Director {
         }
     }
 
+    /// Export the stored size of the job's repository (sum of its packs) as a gauge.
+    async fn record_repository_size(&self, job_id: i64) {
+        let Ok(job) = self.catalog().get_job(job_id).await else { return };
+        let Ok(rec) = self.catalog().get_repository(job.repository).await else { return };
+        let Ok(repo) = self.repos.get(job.repository).await else { return };
+        let size =
+            tokio::task::spawn_blocking(move || repo.list_packs().map(|p| p.iter().map(|(_, o)| o.size).sum::<u64>()));
+        if let Ok(Ok(bytes)) = size.await {
+            metrics::gauge!("bams_repository_stored_bytes", "repository" => rec.name).set(bytes as f64);
+        }
+    }
+
     async fn wait_idle(&self, deadline: Duration) -> bool {
         let wait = async {
             loop {
@@ -225,6 +237,9 @@ impl Director {
         metrics::counter!("bams_run_new_bytes_total", "kind" => run.kind.as_str())
             .increment(stats.new_bytes.max(0) as u64);
         info!(run = run.id, status = status.as_str(), "run ended");
+        if let Some(job) = run.job_id {
+            self.record_repository_size(job).await;
+        }
         self.controls().remove(&run.id);
         self.idle.notify_waiters();
     }

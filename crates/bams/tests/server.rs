@@ -390,7 +390,12 @@ async fn scenario(s: &Server) {
         .text()
         .await
         .unwrap();
-    for m in ["bams_http_request_duration_seconds_bucket", "bams_runs_total", "bams_run_duration_seconds"] {
+    for m in [
+        "bams_http_request_duration_seconds_bucket",
+        "bams_runs_total",
+        "bams_run_duration_seconds",
+        "bams_repository_stored_bytes",
+    ] {
         assert!(metrics.contains(m), "metrics lack {m}");
     }
 
@@ -876,4 +881,58 @@ async fn remote_clients_back_up_through_the_endpoint_and_append_only_tokens_cann
     assert!(out.status.success(), "remote check: {}", String::from_utf8_lossy(&out.stdout));
     let out = bams_remote(&s, "bams_t_nonsense", &["snapshots"]);
     assert_eq!(out.status.code(), Some(1), "bad token refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_backup_stops_it_at_a_checkpoint() {
+    let s = Server::start(None);
+    let (admin, run, _) = start_long_backup(&s).await;
+    let r = admin.ok(Method::POST, &format!("/api/v1/runs/{run}/cancel"), None).await;
+    assert!(r["cancel_requested"] == true || r["status"] != "running", "{r}");
+    let done = admin.wait_run(run).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(done["snapshot_id"].is_null(), "a cancelled backup writes no snapshot: {done}");
+    check_repo(&s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_over_one_postgres_fire_each_schedule_once() {
+    let pg = bams_testkit::PgCluster::start();
+    let a = Server::start_with(Some(pg.url()), &[("BAMS_SERVER_ID", "server-a")]);
+    let admin = Api::login(&a, "admin", &a.admin_password()).await;
+    // The second server shares the catalog (and so the admin user) but has its own data dir.
+    let b = Server::start_with(Some(pg.url()), &[("BAMS_SERVER_ID", "server-b")]);
+    let src = a.dir.path().join("src");
+    write_tree(&src);
+    // Both servers must reach the job's repository: a shared directory, as a shared disk would be.
+    let shared = a.dir.path().join("shared-repo");
+    let repo = admin
+        .ok(
+            Method::POST,
+            "/api/v1/repositories",
+            Some(json!({"name": "shared", "url": shared, "password": "shared-pass"})),
+        )
+        .await;
+    std::fs::create_dir_all(b.data().join("keys")).unwrap();
+    std::fs::copy(a.data().join("keys/shared.key"), b.data().join("keys/shared.key")).unwrap();
+    let job = admin
+        .ok(Method::POST, "/api/v1/jobs", Some(json!({"name": "every-second", "type": "backup", "paths": [src], "repository": repo["id"], "schedule": "* * * * * *"})))
+        .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    admin.ok(Method::PUT, &format!("/api/v1/jobs/{}", job["id"]), Some(json!({"name": "every-second", "type": "backup", "paths": [src], "repository": repo["id"], "enabled": false}))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let runs = admin.ok(Method::GET, &format!("/api/v1/runs?job={}&limit=500", job["id"]), None).await;
+    let items = runs["items"].as_array().unwrap();
+    assert!(items.len() >= 3, "the schedule fired too rarely: {runs}");
+    // One run per firing: never two runs queued for the same second.
+    let mut seconds: Vec<String> = items.iter().map(|r| r["queued_at"].as_str().unwrap()[..19].to_string()).collect();
+    let n = seconds.len();
+    seconds.sort();
+    seconds.dedup();
+    assert_eq!(seconds.len(), n, "a schedule fired twice in one second: {runs}");
+    assert!(items.len() <= 9, "more runs than seconds elapsed: {}", items.len());
+    for r in items {
+        assert!(matches!(r["server_id"].as_str(), Some("server-a" | "server-b")), "{r}");
+    }
+    drop(b);
 }
