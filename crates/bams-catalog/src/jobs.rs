@@ -327,12 +327,7 @@ impl Catalog {
 
     /// One job.
     pub async fn get_job(&self, id: i64) -> Result<Job> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| CatalogError::NotFound(format!("job {id}")))?;
-        Job::from_row(&row)
+        self.one_by_id(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"), id, "job", Job::from_row).await
     }
 
     /// Delete a job and its schedules; its runs stay in the history.
@@ -382,12 +377,13 @@ impl Catalog {
 
     /// One schedule.
     pub async fn get_schedule(&self, id: i64) -> Result<Schedule> {
-        let row = sqlx::query(&format!("SELECT {SCHEDULE_COLS} FROM schedules WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| CatalogError::NotFound(format!("schedule {id}")))?;
-        Schedule::from_row(&row)
+        self.one_by_id(
+            &format!("SELECT {SCHEDULE_COLS} FROM schedules WHERE id = $1"),
+            id,
+            "schedule",
+            Schedule::from_row,
+        )
+        .await
     }
 
     /// Delete a schedule.

@@ -129,6 +129,23 @@ impl Catalog {
         Ok(Self { pool, backend })
     }
 
+    /// The one row `sql` (with `$1` = `id`) selects, mapped by `map`; `NotFound("{what} {id}")`
+    /// when there is none.
+    pub(crate) async fn one_by_id<T>(
+        &self,
+        sql: &str,
+        id: i64,
+        what: &str,
+        map: fn(&sqlx::any::AnyRow) -> Result<T>,
+    ) -> Result<T> {
+        let row = sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("{what} {id}")))?;
+        map(&row)
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend

@@ -81,12 +81,13 @@ impl Catalog {
 
     /// One repository by id.
     pub async fn get_repository(&self, id: i64) -> Result<Repository> {
-        let row = sqlx::query(&format!("SELECT {REPO_COLS} FROM repositories WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| CatalogError::NotFound(format!("repository {id}")))?;
-        Repository::from_row(&row)
+        self.one_by_id(
+            &format!("SELECT {REPO_COLS} FROM repositories WHERE id = $1"),
+            id,
+            "repository",
+            Repository::from_row,
+        )
+        .await
     }
 
     /// One repository by name.

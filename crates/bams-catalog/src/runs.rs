@@ -368,12 +368,7 @@ impl Catalog {
 
     /// One run.
     pub async fn get_run(&self, id: i64) -> Result<Run> {
-        let row = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| CatalogError::NotFound(format!("run {id}")))?;
-        Run::from_row(&row)
+        self.one_by_id(&format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"), id, "run", Run::from_row).await
     }
 
     /// A run's full log.

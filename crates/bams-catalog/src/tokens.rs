@@ -207,12 +207,8 @@ impl Catalog {
 
     /// One token by id.
     pub async fn get_token(&self, id: i64) -> Result<AuthToken> {
-        let row = sqlx::query(&format!("SELECT {TOKEN_COLS} FROM tokens t WHERE t.id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| CatalogError::NotFound(format!("token {id}")))?;
-        AuthToken::from_row(&row)
+        self.one_by_id(&format!("SELECT {TOKEN_COLS} FROM tokens t WHERE t.id = $1"), id, "token", AuthToken::from_row)
+            .await
     }
 
     /// Revoke a token (it stops working at once; the record stays for the audit trail).

@@ -153,12 +153,7 @@ impl Catalog {
 
     /// One user by id.
     pub async fn get_user(&self, id: i64) -> Result<User> {
-        let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| CatalogError::NotFound(format!("user {id}")))?;
-        User::from_row(&row)
+        self.one_by_id(&format!("SELECT {USER_COLS} FROM users WHERE id = $1"), id, "user", User::from_row).await
     }
 
     /// One user by name.
