@@ -37,17 +37,53 @@ pub fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))
-        .route_layer(axum::middleware::from_fn(metrics::track))
+        .route_layer(axum::middleware::from_fn(metrics::track));
+    let router = harden(router, state.config.max_body_bytes).with_state(state);
+    (router, doc)
+}
+
+/// What every response path gets: JSON 404/405, a body size limit, and panics turned into a
+/// 500 JSON error (the process keeps serving).
+fn harden<S: Clone + Send + Sync + 'static>(router: Router<S>, max_body: usize) -> Router<S> {
+    router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            tracing::error!("a request handler panicked");
             ApiError::internal("the server hit a bug handling this request; it has been logged").into_response()
         }))
-        .with_state(state);
-    (router, doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn panics_become_json_500_and_unknown_routes_json_404() {
+        #[allow(clippy::panic)]
+        async fn boom() -> &'static str {
+            panic!("handler bug")
+        }
+        let app = harden(Router::new().route("/boom", get(boom)), 1024);
+        let resp =
+            app.clone().oneshot(Request::get("/boom").body(Body::empty()).expect("request")).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON error body");
+        assert_eq!(v["error"]["code"], "internal");
+        let resp =
+            app.clone().oneshot(Request::get("/nope").body(Body::empty()).expect("request")).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let resp = app.oneshot(Request::post("/boom").body(Body::empty()).expect("request")).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
 }
 
 async fn healthz(State(st): State<AppState>) -> Response {
