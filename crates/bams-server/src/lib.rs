@@ -57,35 +57,6 @@ fn harden<S: Clone + Send + Sync + 'static>(router: Router<S>, max_body: usize) 
         }))
 }
 
-#[cfg(test)]
-mod tests {
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn panics_become_json_500_and_unknown_routes_json_404() {
-        #[allow(clippy::panic)]
-        async fn boom() -> &'static str {
-            panic!("handler bug")
-        }
-        let app = harden(Router::new().route("/boom", get(boom)), 1024);
-        let resp =
-            app.clone().oneshot(Request::get("/boom").body(Body::empty()).expect("request")).await.expect("response");
-        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(resp.into_body(), 4096).await.expect("body");
-        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON error body");
-        assert_eq!(v["error"]["code"], "internal");
-        let resp =
-            app.clone().oneshot(Request::get("/nope").body(Body::empty()).expect("request")).await.expect("response");
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-        let resp = app.oneshot(Request::post("/boom").body(Body::empty()).expect("request")).await.expect("response");
-        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
-    }
-}
-
 async fn healthz(State(st): State<AppState>) -> Response {
     match st.catalog.count_users().await {
         Ok(_) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
@@ -244,4 +215,33 @@ pub async fn serve(config: Config) -> Result<()> {
     server.state.catalog.close().await;
     info!("server stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn panics_become_json_500_and_unknown_routes_json_404() {
+        #[allow(clippy::panic)]
+        async fn boom() -> &'static str {
+            panic!("handler bug")
+        }
+        let app = harden(Router::new().route("/boom", get(boom)), 1024);
+        let resp =
+            app.clone().oneshot(Request::get("/boom").body(Body::empty()).expect("request")).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON error body");
+        assert_eq!(v["error"]["code"], "internal");
+        let resp =
+            app.clone().oneshot(Request::get("/nope").body(Body::empty()).expect("request")).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let resp = app.oneshot(Request::post("/boom").body(Body::empty()).expect("request")).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
 }
