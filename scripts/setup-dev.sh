@@ -14,6 +14,7 @@ packages=(
   openssl                         # self-signed certificates for the TLS tests
   apache2-utils                   # ab: concurrent load for the API benchmark in bench/
   sqlite3 jq curl                 # seeding the API benchmark; README examples
+  python3-venv python3-pip        # moto, the S3-compatible server of the tests (below)
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -24,6 +25,11 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+# A real S3-compatible server for tests: moto's server mode, from PyPI, in its own venv.
+if [ ! -x /opt/bams-venv/bin/python3 ] || ! /opt/bams-venv/bin/python3 -c 'import moto.server' 2>/dev/null; then
+  python3 -m venv /opt/bams-venv
+  /opt/bams-venv/bin/pip install -q 'moto[server]'
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup-dev.sh: cargo not found; install the Rust toolchain (rustup) first" >&2
   exit 1

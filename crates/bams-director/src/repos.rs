@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bams_catalog::Catalog;
-use bams_store::backend::local::LocalBackend;
 use bams_store::crypto::SlotKind;
 use bams_store::repo::InitOptions;
 use bams_store::Repository;
@@ -58,7 +57,8 @@ impl RepoPool {
         password: Option<&str>,
         create: bool,
     ) -> Result<bams_catalog::Repository, RepoPoolError> {
-        let location = local_location(url)?;
+        check_location(url)?;
+        let backend = bams_store::backend::from_location(url)?;
         if self.catalog.get_repository_by_name(name).await.is_ok() {
             return Err(bams_catalog::CatalogError::Conflict(format!("repository {name:?} already exists")).into());
         }
@@ -69,19 +69,18 @@ impl RepoPool {
             None => return Err(RepoPoolError::Invalid("an existing repository needs its password".into())),
         };
         let key_file = self.write_key(name, &secret)?;
-        let exists = location.join("config").exists();
+        let exists = backend.head("config").await?.is_some();
         let opened = {
             let secret = secret.clone();
-            let location = location.clone();
             let rt = tokio::runtime::Handle::current();
+            let shown = url.to_string();
             tokio::task::spawn_blocking(move || {
-                let backend = Arc::new(LocalBackend::new(&location));
                 if exists {
                     Repository::open(backend, rt, &secret)
                 } else if create {
                     Repository::init(backend, rt, &secret, kind, &InitOptions::default())
                 } else {
-                    Err(bams_store::Error::invalid(format!("{} is not a BAMS repository", location.display())))
+                    Err(bams_store::Error::invalid(format!("{shown} is not a BAMS repository")))
                 }
             })
             .await
@@ -127,15 +126,15 @@ impl RepoPool {
             return Ok(r.clone());
         }
         let rec = self.catalog.get_repository(id).await?;
-        let location = local_location(&rec.url)?;
+        check_location(&rec.url)?;
+        let backend = bams_store::backend::from_location(&rec.url)?;
         let secret =
             std::fs::read(&rec.key_file).map_err(|e| RepoPoolError::Io(format!("key file of {}: {e}", rec.name)))?;
         let secret = trim_newline(secret);
         let rt = tokio::runtime::Handle::current();
-        let repo =
-            tokio::task::spawn_blocking(move || Repository::open(Arc::new(LocalBackend::new(&location)), rt, &secret))
-                .await
-                .map_err(|e| RepoPoolError::Io(format!("repository task: {e}")))??;
+        let repo = tokio::task::spawn_blocking(move || Repository::open(backend, rt, &secret))
+            .await
+            .map_err(|e| RepoPoolError::Io(format!("repository task: {e}")))??;
         let repo = Arc::new(repo);
         self.lock().insert(id, repo.clone());
         Ok(repo)
@@ -185,16 +184,20 @@ fn random_key() -> Vec<u8> {
     id.to_hex().into_bytes()
 }
 
-/// Only local repositories for now: S3 and `bams://` come with their own backends.
-fn local_location(url: &str) -> Result<PathBuf, RepoPoolError> {
+/// Local repositories must be absolute paths without `..`; `s3://bucket/prefix` takes its
+/// credentials from the server's environment (`AWS_*`).
+fn check_location(url: &str) -> Result<(), RepoPoolError> {
+    if url.starts_with("s3://") {
+        return Ok(());
+    }
     if url.contains("://") {
         return Err(RepoPoolError::Invalid(format!(
-            "repository URL {url:?}: this server supports local paths; S3 arrives with the object-storage backend"
+            "repository URL {url:?}: use an absolute local path or s3://bucket/prefix"
         )));
     }
     let p = PathBuf::from(url);
     if !p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
         return Err(RepoPoolError::Invalid(format!("repository path {url:?} must be absolute without '..'")));
     }
-    Ok(p)
+    Ok(())
 }

@@ -112,3 +112,67 @@ impl Drop for PgCluster {
             .output();
     }
 }
+
+/// A real S3-compatible server (moto's server mode) on 127.0.0.1 with one bucket, stopped on
+/// drop. `scripts/setup-dev.sh` installs moto into `/opt/bams-venv`.
+pub struct S3Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+fn moto_python() -> PathBuf {
+    let venv = PathBuf::from("/opt/bams-venv/bin/python3");
+    if venv.exists() {
+        return venv;
+    }
+    let ok = Command::new("python3").args(["-c", "import moto.server"]).output().is_ok_and(|o| o.status.success());
+    assert!(ok, "moto is not installed: run scripts/setup-dev.sh");
+    PathBuf::from("python3")
+}
+
+impl S3Server {
+    /// Start moto and create `bucket`.
+    pub fn start(bucket: &str) -> Self {
+        use std::io::{Read, Write};
+        let port = free_port();
+        let child = Command::new(moto_python())
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto");
+        let s = Self { child, port };
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let req = format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let mut resp = String::new();
+                if c.write_all(req.as_bytes()).is_ok()
+                    && c.read_to_string(&mut resp).is_ok()
+                    && resp.starts_with("HTTP/1.1 200")
+                {
+                    return s;
+                }
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(60), "moto did not start on port {port}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Environment for clients: endpoint, region and (moto's accepted) credentials.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use bams_store::backend::local::LocalBackend;
 use bams_store::backend::DynBackend;
 use bams_store::crypto::SlotKind;
 use bams_store::Repository;
@@ -21,9 +20,6 @@ pub struct Session {
 
 /// A backend for a repository location.
 pub fn backend_for(location: &str) -> Result<DynBackend> {
-    if location.starts_with("s3://") {
-        bail!("S3 repositories are not available in this build yet (see the S3 backend issue): {location}");
-    }
     if location.starts_with("bams://") || location.starts_with("bams+http://") {
         let token = match (std::env::var("BAMS_TOKEN"), std::env::var("BAMS_TOKEN_FILE")) {
             (Ok(t), _) => t,
@@ -37,10 +33,7 @@ pub fn backend_for(location: &str) -> Result<DynBackend> {
         let backend = bams_store::backend::rest::RestBackend::new(location, &token, ca.as_deref())?;
         return Ok(Arc::new(backend));
     }
-    if location.contains("://") {
-        bail!("unsupported repository location {location:?}: use a local path");
-    }
-    Ok(Arc::new(LocalBackend::new(location)))
+    Ok(bams_store::backend::from_location(location)?)
 }
 
 /// The runtime used for backend I/O.

@@ -9,8 +9,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bams_catalog::TokenScope;
-use bams_store::backend::local::LocalBackend;
-use bams_store::backend::{ReadBackend, WriteBackend};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
@@ -59,12 +57,9 @@ fn check_key(key: &str) -> ApiResult<()> {
     }
 }
 
-async fn backend(st: &AppState, name: &str) -> ApiResult<(i64, LocalBackend)> {
+async fn backend(st: &AppState, name: &str) -> ApiResult<(i64, bams_store::backend::DynBackend)> {
     let rec = st.catalog.get_repository_by_name(name).await?;
-    if rec.url.contains("://") {
-        return Err(ApiError::bad_request(format!("repository {name} is not local to this server")));
-    }
-    Ok((rec.id, LocalBackend::new(&rec.url)))
+    Ok((rec.id, bams_store::backend::from_location(&rec.url)?))
 }
 
 fn parse_range(headers: &HeaderMap) -> ApiResult<Option<(u64, u64)>> {

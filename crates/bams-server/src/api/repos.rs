@@ -15,7 +15,8 @@ use crate::state::AppState;
 pub struct NewRepository {
     /// Unique name.
     pub name: String,
-    /// Absolute local path (S3 URLs arrive with the object-storage backend).
+    /// Absolute local path, or `s3://bucket/prefix` (credentials from the server's `AWS_*`
+    /// environment).
     pub url: String,
     /// Password of an existing repository; omitted = create one with a generated key.
     pub password: Option<String>,

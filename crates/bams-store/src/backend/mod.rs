@@ -7,6 +7,7 @@
 
 pub mod local;
 pub mod rest;
+pub mod s3;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -53,3 +54,18 @@ pub trait WriteBackend: ReadBackend {
 
 /// How the engine holds a backend.
 pub type DynBackend = Arc<dyn WriteBackend>;
+
+/// A backend for a repository location: a local path or `s3://bucket/prefix` (settings from
+/// the environment). `bams://` needs a token and is opened by the caller with
+/// [`rest::RestBackend`].
+pub fn from_location(location: &str) -> Result<DynBackend> {
+    if location.starts_with("s3://") {
+        return Ok(Arc::new(s3::S3Backend::new(location, |k| std::env::var(k).ok())?));
+    }
+    if location.contains("://") {
+        return Err(crate::Error::invalid(format!(
+            "unsupported repository location {location:?}: use a local path, s3://bucket/prefix or bams://host/name"
+        )));
+    }
+    Ok(Arc::new(local::LocalBackend::new(location)))
+}
