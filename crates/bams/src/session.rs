@@ -30,8 +30,10 @@ pub fn backend_for(location: &str) -> Result<DynBackend> {
             Ok(f) => Some(std::fs::read(&f).with_context(|| format!("reading BAMS_SERVER_CA {f}"))?),
             Err(_) => None,
         };
-        let backend = bams_store::backend::rest::RestBackend::new(location, &token, ca.as_deref())?;
-        return Ok(Arc::new(backend));
+        let backend: DynBackend =
+            Arc::new(bams_store::backend::rest::RestBackend::new(location, &token, ca.as_deref())?);
+        let policy = bams_store::backend::retry::RetryPolicy::default();
+        return Ok(Arc::new(bams_store::backend::retry::RetryBackend::new(backend, policy)));
     }
     Ok(bams_store::backend::from_location(location)?)
 }

@@ -7,6 +7,7 @@
 
 pub mod local;
 pub mod rest;
+pub mod retry;
 pub mod s3;
 
 use std::sync::Arc;
@@ -60,7 +61,8 @@ pub type DynBackend = Arc<dyn WriteBackend>;
 /// [`rest::RestBackend`].
 pub fn from_location(location: &str) -> Result<DynBackend> {
     if location.starts_with("s3://") {
-        return Ok(Arc::new(s3::S3Backend::new(location, |k| std::env::var(k).ok())?));
+        let s3: DynBackend = Arc::new(s3::S3Backend::new(location, |k| std::env::var(k).ok())?);
+        return Ok(Arc::new(retry::RetryBackend::new(s3, retry::RetryPolicy::default())));
     }
     if location.contains("://") {
         return Err(crate::Error::invalid(format!(
