@@ -264,18 +264,11 @@ fn validate_job(spec: &JobSpec) -> Result<()> {
     Ok(())
 }
 
-impl Catalog {
-    /// Create a job (the caller adds its schedule, if any, with [`Catalog::create_schedule`]).
-    pub async fn create_job(&self, spec: &JobSpec) -> Result<Job> {
-        validate_job(spec)?;
-        self.get_repository(spec.repository).await?;
-        let now = now_ms();
-        let r = sqlx::query(&format!(
-            "INSERT INTO jobs (name, kind, agent_id, repository_id, paths, excludes, level, retention, options, \
-             enabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
-             RETURNING {JOB_COLS}"
-        ))
-        .bind(&spec.name)
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Bind a job definition as `$1`..`$10` (the order both INSERT and UPDATE use).
+fn bind_spec<'q>(q: AnyQuery<'q>, spec: &'q JobSpec) -> AnyQuery<'q> {
+    q.bind(&spec.name)
         .bind(spec.kind.as_str())
         .bind(spec.agent)
         .bind(spec.repository)
@@ -285,9 +278,20 @@ impl Catalog {
         .bind(spec.retention.as_ref().map(to_json))
         .bind(to_json(&spec.options))
         .bind(i64::from(spec.enabled))
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await;
+}
+
+impl Catalog {
+    /// Create a job (the caller adds its schedule, if any, with [`Catalog::create_schedule`]).
+    pub async fn create_job(&self, spec: &JobSpec) -> Result<Job> {
+        validate_job(spec)?;
+        self.get_repository(spec.repository).await?;
+        let now = now_ms();
+        let sql = format!(
+            "INSERT INTO jobs (name, kind, agent_id, repository_id, paths, excludes, level, retention, options, \
+             enabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+             RETURNING {JOB_COLS}"
+        );
+        let r = bind_spec(sqlx::query(&sql), spec).bind(now).fetch_one(&self.pool).await;
         let row = named_conflict(r.map_err(Into::into), || format!("job {:?} already exists", spec.name))?;
         Job::from_row(&row)
     }
@@ -297,24 +301,10 @@ impl Catalog {
         validate_job(spec)?;
         self.get_job(id).await?;
         self.get_repository(spec.repository).await?;
-        let r = sqlx::query(
+        let sql =
             "UPDATE jobs SET name = $1, kind = $2, agent_id = $3, repository_id = $4, paths = $5, excludes = $6, \
-             level = $7, retention = $8, options = $9, enabled = $10, updated_at = $11 WHERE id = $12",
-        )
-        .bind(&spec.name)
-        .bind(spec.kind.as_str())
-        .bind(spec.agent)
-        .bind(spec.repository)
-        .bind(to_json(&spec.paths))
-        .bind(to_json(&spec.excludes))
-        .bind(spec.level.as_str())
-        .bind(spec.retention.as_ref().map(to_json))
-        .bind(to_json(&spec.options))
-        .bind(i64::from(spec.enabled))
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await;
+                   level = $7, retention = $8, options = $9, enabled = $10, updated_at = $11 WHERE id = $12";
+        let r = bind_spec(sqlx::query(sql), spec).bind(now_ms()).bind(id).execute(&self.pool).await;
         named_conflict(r.map_err(Into::into), || format!("job {:?} already exists", spec.name))?;
         self.get_job(id).await
     }

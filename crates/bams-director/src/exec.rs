@@ -192,18 +192,8 @@ async fn apply_retention(
         let repo = repo.clone();
         blocking(move || bams_store::forget::forget(&repo, &req)).await?
     };
-    sync_catalog(d, job.repository, repo).await?;
+    d.repos.refresh_snapshots(job.repository).await.map_err(|e| e.to_string())?;
     Ok(report.removed.len())
-}
-
-/// Refresh the catalog's snapshot cache of one repository from the repository itself.
-pub(crate) async fn sync_catalog(d: &Director, repository: i64, repo: &Arc<Repository>) -> ExecResult<usize> {
-    let repo = repo.clone();
-    let (all, _) = blocking(move || repo.snapshots()).await?;
-    let rows: Vec<SnapshotSummary> =
-        all.iter().map(|e| SnapshotSummary::from_snapshot(repository, &e.id, &e.snapshot)).collect();
-    d.catalog().sync_snapshots(repository, &rows).await.map_err(|e| e.to_string())?;
-    Ok(rows.len())
 }
 
 async fn forget(d: &Arc<Director>, job: &Job, repo: Arc<Repository>, log: &impl Fn(String)) -> ExecResult<Outcome> {

@@ -140,6 +140,20 @@ impl RepoPool {
         Ok(repo)
     }
 
+    /// Replace the catalog's snapshot cache of repository `id` with what the repository itself
+    /// holds (it is the source of truth). Returns the snapshots cached and the snapshot files
+    /// that could not be read.
+    pub async fn refresh_snapshots(&self, id: i64) -> Result<(usize, Vec<bams_store::Error>), RepoPoolError> {
+        let repo = self.get(id).await?;
+        let (all, errors) = tokio::task::spawn_blocking(move || repo.snapshots())
+            .await
+            .map_err(|e| RepoPoolError::Io(format!("repository task: {e}")))??;
+        let rows: Vec<_> =
+            all.iter().map(|e| bams_catalog::SnapshotSummary::from_snapshot(id, &e.id, &e.snapshot)).collect();
+        self.catalog.sync_snapshots(id, &rows).await?;
+        Ok((rows.len(), errors))
+    }
+
     /// Forget a cached handle (after unregistering).
     pub fn evict(&self, id: i64) {
         self.lock().remove(&id);

@@ -69,15 +69,6 @@ async fn metrics_text(State(st): State<AppState>, caller: auth::Caller) -> Resul
     Ok(st.metrics.as_ref().map(|h| h.render()).unwrap_or_default())
 }
 
-/// Refresh the snapshot cache of a repository from the repository (the source of truth).
-pub async fn sync_repository(st: &AppState, id: i64, repo: Arc<bams_store::Repository>) -> Result<usize, ApiError> {
-    let (all, _) = tokio::task::spawn_blocking(move || repo.snapshots()).await??;
-    let rows: Vec<_> =
-        all.iter().map(|e| bams_catalog::SnapshotSummary::from_snapshot(id, &e.id, &e.snapshot)).collect();
-    st.catalog.sync_snapshots(id, &rows).await?;
-    Ok(rows.len())
-}
-
 /// Set up tracing for the server: `text` or `json`, level from `BAMS_LOG` (default info).
 pub fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BAMS_LOG").unwrap_or_else(|_| "info".into());
@@ -149,10 +140,8 @@ pub async fn prepare(config: Config) -> Result<Server> {
         auth_cache: Arc::new(auth::AuthCache::default()),
         metrics: metrics::install(),
     };
-    if let Ok(repo) = state.repos.get(default.id).await {
-        if let Err(e) = sync_repository(&state, default.id, repo).await {
-            warn!(error = %e.message, "could not refresh the snapshot cache of the default repository");
-        }
+    if let Err(e) = state.repos.refresh_snapshots(default.id).await {
+        warn!(error = %e, "could not refresh the snapshot cache of the default repository");
     }
     let (router, _) = app(state.clone());
     Ok(Server { state, router })

@@ -104,17 +104,14 @@ pub fn catalog(cmd: &CatalogCmd, out: Out) -> Result<u8> {
         let pool = bams_director::RepoPool::new(cat.clone(), &cfg.data_dir);
         let mut report = Vec::new();
         for r in cat.list_repositories().await? {
-            let repo = pool.get(r.id).await.with_context(|| format!("opening repository {}", r.name))?;
-            let (all, errors) = tokio::task::spawn_blocking(move || repo.snapshots()).await??;
-            let rows: Vec<_> =
-                all.iter().map(|e| bams_catalog::SnapshotSummary::from_snapshot(r.id, &e.id, &e.snapshot)).collect();
-            cat.sync_snapshots(r.id, &rows).await?;
+            let (n, errors) =
+                pool.refresh_snapshots(r.id).await.with_context(|| format!("rebuilding repository {}", r.name))?;
             for e in &errors {
                 eprintln!("warning: {}: {e}", r.name);
             }
-            report.push(json!({"repository": r.name, "snapshots": rows.len(), "unreadable": errors.len()}));
+            report.push(json!({"repository": r.name, "snapshots": n, "unreadable": errors.len()}));
             if !out.json {
-                out.info(format!("{}: {} snapshot(s)", r.name, rows.len()));
+                out.info(format!("{}: {n} snapshot(s)", r.name));
             }
         }
         if out.json {

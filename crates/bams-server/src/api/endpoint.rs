@@ -83,9 +83,7 @@ fn resync(st: &AppState, id: i64, key: &str) {
     }
     let st = st.clone();
     tokio::spawn(async move {
-        if let Ok(repo) = st.repos.get(id).await {
-            let _ = crate::sync_repository(&st, id, repo).await;
-        }
+        let _ = st.repos.refresh_snapshots(id).await;
     });
 }
 

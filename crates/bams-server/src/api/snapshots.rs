@@ -160,8 +160,8 @@ pub async fn sync_snapshots(
     Query(p): Query<RepoParam>,
 ) -> ApiResult<Json<serde_json::Value>> {
     caller.require(Role::Operator)?;
-    let (id, repo) = repo_for(&st, p.repository).await?;
-    let n = crate::sync_repository(&st, id, repo).await?;
+    let (id, _) = repo_for(&st, p.repository).await?;
+    let (n, _) = st.repos.refresh_snapshots(id).await?;
     Ok(Json(serde_json::json!({ "repository": id, "snapshots": n })))
 }
 
