@@ -184,8 +184,11 @@ pub async fn serve(config: Config) -> Result<()> {
                 shutdown_signal().await;
                 h.graceful_shutdown(Some(timeout));
             });
+            // Bind before announcing, so "listening" is only printed once the port is ours.
+            let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+            listener.set_nonblocking(true).context("configuring the listening socket")?;
             println!("bams server listening on https://{addr}");
-            axum_server::bind_rustls(addr, rustls).handle(handle).serve(app).await.context("serving HTTPS")?;
+            axum_server::from_tcp_rustls(listener, rustls).handle(handle).serve(app).await.context("serving HTTPS")?;
         }
         _ => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;

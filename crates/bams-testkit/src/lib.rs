@@ -131,19 +131,31 @@ fn moto_python() -> PathBuf {
 }
 
 impl S3Server {
-    /// Start moto and create `bucket`.
+    /// Start moto and create `bucket`. A port taken by a parallel test makes moto exit; it is
+    /// then started again on another port.
     pub fn start(bucket: &str) -> Self {
+        for _ in 0..5 {
+            if let Some(s) = Self::try_start(bucket, free_port()) {
+                return s;
+            }
+        }
+        panic!("moto did not start in 5 attempts");
+    }
+
+    fn try_start(bucket: &str, port: u16) -> Option<Self> {
         use std::io::{Read, Write};
-        let port = free_port();
         let child = Command::new(moto_python())
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start moto");
-        let s = Self { child, port };
+        let mut s = Self { child, port };
         let start = std::time::Instant::now();
         loop {
+            if let Ok(Some(_)) = s.child.try_wait() {
+                return None;
+            }
             if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
                 let req = format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                 let mut resp = String::new();
@@ -151,12 +163,17 @@ impl S3Server {
                     && c.read_to_string(&mut resp).is_ok()
                     && resp.starts_with("HTTP/1.1 200")
                 {
-                    return s;
+                    return Some(s);
                 }
             }
             assert!(start.elapsed() < std::time::Duration::from_secs(60), "moto did not start on port {port}");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+
+    /// Port moto listens on (tests put a proxy in front of it).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Environment for clients: endpoint, region and (moto's accepted) credentials.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -59,18 +59,32 @@ impl Server {
         c
     }
 
+    /// Starts the server and waits until it reports it is listening. If the port was taken
+    /// between `free_port` and the server's bind (other tests run in parallel), the server exits
+    /// and is started again on a fresh port, so a test never talks to another test's server.
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join(format!("server-{}.log", self.port))).unwrap();
-        let child = self.cmd(&["server"]).stdout(Stdio::null()).stderr(log).spawn().expect("spawn bams server");
-        self.child = Some(child);
-        let start = Instant::now();
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                break;
+        for _attempt in 0..5 {
+            let log = std::fs::File::create(self.dir.path().join(format!("server-{}.log", self.port))).unwrap();
+            let out_path = self.dir.path().join(format!("server-{}.out", self.port));
+            let out = std::fs::File::create(&out_path).unwrap();
+            let mut child = self.cmd(&["server"]).stdout(out).stderr(log).spawn().expect("spawn bams server");
+            let start = Instant::now();
+            loop {
+                if std::fs::read_to_string(&out_path).unwrap_or_default().contains("listening on") {
+                    self.child = Some(child);
+                    return;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(60), "server did not start: {}", self.log());
+                std::thread::sleep(Duration::from_millis(50));
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "server did not start: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
+            let log = self.log();
+            assert!(log.contains("in use"), "server exited at start: {log}");
+            self.port = bams_testkit::free_port();
         }
+        panic!("server could not bind a free port in 5 attempts");
     }
 
     fn log(&self) -> String {
