@@ -4,7 +4,8 @@
 //! Order of writes (the crash-safety argument): packs → index files → snapshot. A snapshot is
 //! only written after every blob it references is in a pack listed by an index file, so a
 //! crash at any point leaves at worst unreferenced packs, which the next backup re-indexes
-//! ([`Repository::recover_unindexed_packs`]) and reuses.
+//! ([`Repository::recover_unindexed_packs`]) and reuses. The crashed run's lock is what tells
+//! the next backup to look for them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -149,9 +150,18 @@ pub fn backup(repo: &Repository, opts: BackupOptions, progress: &dyn Progress) -
     };
     let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
 
-    let _lock = crate::lock::acquire(repo, false, "backup", opts.lock_wait)?;
+    let mut lock = crate::lock::acquire(repo, false, "backup", opts.lock_wait)?;
     let mut index = repo.load_index()?;
-    let recovered_packs = repo.recover_unindexed_packs(&mut index)?;
+    // Packs without an index are left only by a writer that died (its lock is still there) or
+    // one still running; listing every pack costs many requests on object storage, so only
+    // look when another lock was seen.
+    let recovered_packs = if lock.others_seen() {
+        let n = repo.recover_unindexed_packs(&mut index)?;
+        lock.clear_stale();
+        n
+    } else {
+        0
+    };
 
     let parent = match &opts.parent {
         ParentChoice::None => None,

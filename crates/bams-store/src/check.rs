@@ -167,8 +167,18 @@ pub fn check(repo: &Repository, read: ReadData, on_pack: &dyn Fn()) -> Result<Ch
     Ok(report)
 }
 
-/// Verify one pack completely; returns problems.
+/// Verify one pack completely; returns problems. A pack that fails is read a second time
+/// before it is reported, so damage on the wire is not mistaken for damage at rest.
 fn read_pack(repo: &Repository, pack: &Id, indexed: &[crate::pack::PackEntry]) -> Vec<String> {
+    let first = read_pack_once(repo, pack, indexed);
+    if first.is_empty() {
+        return first;
+    }
+    tracing::warn!("pack {pack}: {}; reading it again", first.join("; "));
+    read_pack_once(repo, pack, indexed)
+}
+
+fn read_pack_once(repo: &Repository, pack: &Id, indexed: &[crate::pack::PackEntry]) -> Vec<String> {
     let mut problems = Vec::new();
     let data = match repo.get(&pack_key(pack)) {
         Ok(d) => d,

@@ -28,6 +28,7 @@
 pub mod archiver;
 pub mod backend;
 pub mod browse;
+pub mod cache;
 pub mod check;
 pub mod crypto;
 pub mod error;

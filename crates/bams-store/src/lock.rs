@@ -58,6 +58,8 @@ impl LockInfo {
 /// A held lock; released on drop.
 pub struct LockGuard<'a> {
     repo: &'a Repository,
+    others_seen: bool,
+    stale_seen: Vec<Id>,
     current: Arc<Mutex<Id>>,
     stop: Arc<AtomicBool>,
     refresher: Option<std::thread::JoinHandle<()>>,
@@ -67,13 +69,21 @@ fn write_lock(repo: &Repository, info: &LockInfo) -> Result<Id> {
     repo.save_sealed("locks", &serde_json::to_vec(info)?)
 }
 
-/// All locks other than `own`, with their contents (unreadable ones as `None`).
+/// All locks, with their contents (unreadable ones as `None`).
 pub fn list_locks(repo: &Repository) -> Result<Vec<(Id, Option<LockInfo>)>> {
+    list_other_locks(repo, None)
+}
+
+/// All locks except `own` (which is not even read: one request less per lock taken).
+fn list_other_locks(repo: &Repository, own: Option<Id>) -> Result<Vec<(Id, Option<LockInfo>)>> {
     let mut out = Vec::new();
     for obj in repo.list("locks/")? {
         let Ok(id) = Id::from_hex(obj.key.trim_start_matches("locks/")) else {
             continue;
         };
+        if Some(id) == own {
+            continue;
+        }
         let info =
             repo.load_sealed("locks", &id).ok().and_then(|plain| serde_json::from_slice::<LockInfo>(&plain).ok());
         out.push((id, info));
@@ -96,14 +106,16 @@ pub fn acquire<'a>(repo: &'a Repository, exclusive: bool, purpose: &str, wait: D
     loop {
         let own = write_lock(repo, &info())?;
         let mut conflict = None;
-        for (id, other) in list_locks(repo)? {
-            if id == own {
-                continue;
-            }
+        let mut others_seen = false;
+        let mut stale_seen = Vec::new();
+        for (id, other) in list_other_locks(repo, Some(own))? {
+            others_seen = true;
             match other {
                 Some(o) if o.is_stale() => {
                     if exclusive {
                         let _ = repo.delete(&format!("locks/{id}"));
+                    } else {
+                        stale_seen.push(id);
                     }
                 }
                 Some(o) if exclusive || o.exclusive => {
@@ -117,7 +129,7 @@ pub fn acquire<'a>(repo: &'a Repository, exclusive: bool, purpose: &str, wait: D
             let current = Arc::new(Mutex::new(own));
             let stop = Arc::new(AtomicBool::new(false));
             let refresher = spawn_refresher(repo, current.clone(), stop.clone(), info.clone());
-            return Ok(LockGuard { repo, current, stop, refresher });
+            return Ok(LockGuard { repo, others_seen, stale_seen, current, stop, refresher });
         };
         let _ = repo.delete(&format!("locks/{own}"));
         if Instant::now() >= deadline {
@@ -166,6 +178,21 @@ fn spawn_refresher(
             }
         })
         .ok()
+}
+
+impl LockGuard<'_> {
+    /// Whether other locks existed when this one was taken: another client may be writing,
+    /// or one died mid-run and left packs no index lists (see `archiver`).
+    pub fn others_seen(&self) -> bool {
+        self.others_seen
+    }
+
+    /// Remove the stale locks seen when this one was taken, once their leftovers are handled.
+    pub fn clear_stale(&mut self) {
+        for id in std::mem::take(&mut self.stale_seen) {
+            let _ = self.repo.delete(&format!("locks/{id}"));
+        }
+    }
 }
 
 impl Drop for LockGuard<'_> {

@@ -155,12 +155,20 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             let mut writer = BlobWriter::start(scope, repo, &empty, PipelineOptions::default());
             let result = (|| -> Result<()> {
                 for (pid, live) in &repack {
-                    let data = repo.get(&pack_key(pid))?;
-                    for e in live {
-                        let sealed = data
-                            .get(e.offset as usize..(e.offset + e.length) as usize)
-                            .ok_or_else(|| Error::corrupt(format!("pack {pid}: blob {} beyond end", e.id)))?;
-                        let plain = repo.open_blob(sealed, &e.id, pid)?;
+                    // Open every live blob first (reading the pack again if it arrives
+                    // damaged), so a repack never stores half of a pack it could not read.
+                    let blobs = repo.verified(&format_args!("pack {pid}"), || {
+                        let data = repo.get(&pack_key(pid))?;
+                        live.iter()
+                            .map(|e| {
+                                let sealed = data.get(e.offset as usize..(e.offset + e.length) as usize).ok_or_else(
+                                    || Error::corrupt(format!("pack {pid}: blob {} beyond end", e.id)),
+                                )?;
+                                Ok((e, repo.open_blob(sealed, &e.id, pid)?))
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })?;
+                    for (e, plain) in blobs {
                         let kind = if e.kind == BlobKind::Tree { BlobKind::Tree } else { BlobKind::Data };
                         writer.add_with_id(kind, e.id, plain)?;
                     }

@@ -19,6 +19,10 @@ use crate::snapshot::{snapshot_key, Snapshot, SnapshotEntry};
 use crate::tree::Tree;
 
 const CONFIG_MAGIC: &[u8; 9] = b"BAMSREPO\x01";
+/// Reads that fail verification (a bit flipped or a body cut short on the way) are read again
+/// this many times in all before the damage is reported: damage in transit goes away on a
+/// second read, damage at rest does not.
+const READ_ATTEMPTS: u32 = 3;
 /// Repository format version written by this program.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -100,6 +104,7 @@ impl Default for InitOptions {
 /// An open repository.
 pub struct Repository {
     tree_packs: std::sync::Mutex<TreePackCache>,
+    cache: Option<crate::cache::ObjectCache>,
     backend: DynBackend,
     rt: Handle,
     key: MasterKey,
@@ -145,7 +150,7 @@ impl Repository {
         data.extend(key.seal(&serde_json::to_vec(&config)?, None)?);
         // The config is written last: its presence marks a complete repository.
         rt.block_on(backend.put("config", Bytes::from(data)))?;
-        Ok(Self { tree_packs: Default::default(), backend, rt, key, config, key_slot: slot_id })
+        Ok(Self { tree_packs: Default::default(), cache: None, backend, rt, key, config, key_slot: slot_id })
     }
 
     /// Open with a password or key-file contents, trying every key slot.
@@ -178,7 +183,7 @@ impl Repository {
                         config.version
                     )));
                 }
-                return Ok(Self { tree_packs: Default::default(), backend, rt, key, config, key_slot: slot_id });
+                return Ok(Self { tree_packs: Default::default(), cache: None, backend, rt, key, config, key_slot: slot_id });
             }
         }
         Err(Error::new(ErrorKind::WrongPassword, "wrong password or no key slot matches"))
@@ -259,6 +264,27 @@ impl Repository {
         self.backend.location()
     }
 
+    /// Keep index files and snapshots in a local cache under `base` (worth it for remote
+    /// repositories, where each one is a request).
+    pub fn enable_cache(&mut self, base: &std::path::Path) -> Result<()> {
+        self.cache = Some(crate::cache::ObjectCache::open(base, &self.config.id)?);
+        Ok(())
+    }
+
+    /// Run `read` again when what it read fails verification, up to [`READ_ATTEMPTS`].
+    pub fn verified<T>(&self, what: &dyn std::fmt::Display, mut read: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut attempt = 1;
+        loop {
+            match read() {
+                Err(e) if e.kind() == ErrorKind::Corrupt && attempt < READ_ATTEMPTS => {
+                    tracing::warn!("{what}: {e}; reading it again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Compression level as used by `seal`.
     pub fn compression(&self) -> Option<i32> {
         (self.config.compression > 0).then_some(self.config.compression)
@@ -319,15 +345,70 @@ impl Repository {
     pub fn save_sealed(&self, dir: &str, plain: &[u8]) -> Result<Id> {
         let sealed = self.key.seal(plain, self.compression())?;
         let id = Id::hash_of(&sealed);
-        self.put(&format!("{dir}/{id}"), sealed)?;
+        let key = format!("{dir}/{id}");
+        if let Some(c) = &self.cache {
+            c.put(&key, &sealed);
+        }
+        self.put(&key, sealed)?;
         Ok(id)
     }
 
     /// Load and open `<dir>/<id>`, checking the content hash against the name.
     pub fn load_sealed(&self, dir: &str, id: &Id) -> Result<Vec<u8>> {
         let key = format!("{dir}/{id}");
-        let raw = self.get(&key)?;
-        self.open_named(&key, id, &raw)
+        self.verified(&key, || self.open_named(&key, id, &self.get(&key)?))
+    }
+
+    /// Load and open many `<dir>/<id>` objects: from the cache when it holds them intact,
+    /// the rest downloaded concurrently (and cached), each verified and read again when
+    /// damaged on the way. Cache entries of objects no longer listed are dropped.
+    fn load_many_sealed(&self, dir: &str, ids: &[Id]) -> Vec<Result<Vec<u8>>> {
+        let key = |id: &Id| format!("{dir}/{id}");
+        let mut out: Vec<Option<Result<Vec<u8>>>> = ids
+            .iter()
+            .map(|id| {
+                let c = self.cache.as_ref()?;
+                let raw = c.get(&key(id))?;
+                match self.open_named(&key(id), id, &raw) {
+                    Ok(plain) => Some(Ok(plain)),
+                    Err(_) => {
+                        c.remove(&key(id));
+                        None
+                    }
+                }
+            })
+            .collect();
+        if let Some(c) = &self.cache {
+            c.retain(dir, &ids.iter().map(Id::to_hex).collect());
+        }
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
+        let raws = self.get_many(missing.iter().map(|&i| key(&ids[i])).collect());
+        for (i, raw) in missing.into_iter().zip(raws) {
+            let k = key(&ids[i]);
+            let first = raw.and_then(|raw| {
+                let plain = self.open_named(&k, &ids[i], &raw)?;
+                if let Some(c) = &self.cache {
+                    c.put(&k, &raw);
+                }
+                Ok(plain)
+            });
+            let result = match first {
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    tracing::warn!("{k}: {e}; reading it again");
+                    self.verified(&k, || {
+                        let raw = self.get(&k)?;
+                        let plain = self.open_named(&k, &ids[i], &raw)?;
+                        if let Some(c) = &self.cache {
+                            c.put(&k, &raw);
+                        }
+                        Ok(plain)
+                    })
+                }
+                other => other,
+            };
+            out[i] = Some(result);
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::new(ErrorKind::Other, "not loaded")))).collect()
     }
 
     fn open_named(&self, key: &str, id: &Id, raw: &[u8]) -> Result<Vec<u8>> {
@@ -346,13 +427,11 @@ impl Repository {
             .iter()
             .filter_map(|o| Id::from_hex(o.key.trim_start_matches("snapshots/")).ok())
             .collect();
-        let raws = self.get_many(ids.iter().map(snapshot_key).collect());
+        let plains = self.load_many_sealed("snapshots", &ids);
         let mut out = Vec::new();
         let mut errors = Vec::new();
-        for (id, raw) in ids.into_iter().zip(raws) {
-            let parsed = raw
-                .and_then(|raw| self.open_named(&snapshot_key(&id), &id, &raw))
-                .and_then(|plain| Ok(serde_json::from_slice::<Snapshot>(&plain)?));
+        for (id, plain) in ids.into_iter().zip(plains) {
+            let parsed = plain.and_then(|plain| Ok(serde_json::from_slice::<Snapshot>(&plain)?));
             match parsed {
                 Ok(snapshot) => out.push(SnapshotEntry { id, snapshot }),
                 Err(e) => errors.push(e.context(format!("snapshot {id}"))),
@@ -375,6 +454,9 @@ impl Repository {
 
     /// Remove a snapshot object.
     pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        if let Some(c) = &self.cache {
+            c.remove(&snapshot_key(id));
+        }
         self.delete(&snapshot_key(id))
     }
 
@@ -388,11 +470,10 @@ impl Repository {
     /// Load every index file. A damaged index file is an error naming it.
     pub fn load_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
         let ids = self.index_ids()?;
-        let raws = self.get_many(ids.iter().map(index_key).collect());
+        let plains = self.load_many_sealed("index", &ids);
         let mut out = Vec::with_capacity(ids.len());
-        for (id, raw) in ids.into_iter().zip(raws) {
-            let key = index_key(&id);
-            let plain = self.open_named(&key, &id, &raw?)?;
+        for (id, plain) in ids.into_iter().zip(plains) {
+            let plain = plain.map_err(|e| e.context(format!("index file {id}")))?;
             out.push((id, IndexFile::decode(&plain, &id.to_hex())?));
         }
         Ok(out)
@@ -415,11 +496,18 @@ impl Repository {
 
     /// Delete an index file.
     pub fn delete_index(&self, id: &Id) -> Result<()> {
+        if let Some(c) = &self.cache {
+            c.remove(&index_key(id));
+        }
         self.delete(&index_key(id))
     }
 
     /// Read the header of a pack (two range reads), for resume and index repair.
     pub fn read_pack_header(&self, pack: &Id, size: u64) -> Result<Vec<PackEntry>> {
+        self.verified(&format_args!("pack {pack} header"), || self.read_pack_header_once(pack, size))
+    }
+
+    fn read_pack_header_once(&self, pack: &Id, size: u64) -> Result<Vec<PackEntry>> {
         let key = pack_key(pack);
         if size < 4 {
             return Err(Error::corrupt(format!("pack {pack}: only {size} bytes")));
@@ -477,27 +565,39 @@ impl Repository {
     /// whole packs (one read per pack instead of one per directory).
     pub fn read_blob(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>> {
         let loc = index.get(id).ok_or_else(|| Error::not_found(format!("blob {id} is not in the index")))?;
+        if !index.is_tree_pack(&loc.pack) {
+            return self.read_blob_at(&loc.pack, loc.offset, loc.length, id);
+        }
         let (start, end) = (loc.offset as usize, loc.offset as usize + loc.length as usize);
-        if index.is_tree_pack(&loc.pack) {
-            let cached = self.tree_packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&loc.pack);
+        self.verified(&format_args!("blob {id}"), || {
+            let cache = || self.tree_packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let cached = cache().get(&loc.pack);
             let pack = match cached {
                 Some(p) => p,
                 None => {
                     let p = self.get(&pack_key(&loc.pack))?;
-                    self.tree_packs
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(loc.pack, p.clone());
+                    cache().insert(loc.pack, p.clone());
                     p
                 }
             };
-            let sealed = pack
+            let opened = pack
                 .get(start..end)
-                .ok_or_else(|| Error::corrupt(format!("blob {id} in pack {}: beyond the end of the pack", loc.pack)))?;
-            return self.open_blob(sealed, id, &loc.pack);
-        }
-        let sealed = self.get_range(&pack_key(&loc.pack), u64::from(loc.offset), u64::from(loc.length))?;
-        self.open_blob(&sealed, id, &loc.pack)
+                .ok_or_else(|| Error::corrupt(format!("blob {id} in pack {}: beyond the end of the pack", loc.pack)))
+                .and_then(|sealed| self.open_blob(sealed, id, &loc.pack));
+            if opened.is_err() {
+                // Read the pack afresh next time: the damage may be in this copy only.
+                cache().remove(&loc.pack);
+            }
+            opened
+        })
+    }
+
+    /// Read one blob by its place in a pack, verified (and read again when damaged in transit).
+    pub fn read_blob_at(&self, pack: &Id, offset: u32, length: u32, id: &Id) -> Result<Vec<u8>> {
+        self.verified(&format_args!("blob {id}"), || {
+            let sealed = self.get_range(&pack_key(pack), u64::from(offset), u64::from(length))?;
+            self.open_blob(&sealed, id, pack)
+        })
     }
 
     /// Decrypt a sealed blob and check its id.
@@ -556,6 +656,14 @@ impl TreePackCache {
 
     fn get(&self, id: &Id) -> Option<Bytes> {
         self.packs.iter().find(|(p, _)| p == id).map(|(_, b)| b.clone())
+    }
+
+    fn remove(&mut self, id: &Id) {
+        if let Some(i) = self.packs.iter().position(|(p, _)| p == id) {
+            if let Some((_, old)) = self.packs.remove(i) {
+                self.bytes -= old.len();
+            }
+        }
     }
 
     fn insert(&mut self, id: Id, data: Bytes) {

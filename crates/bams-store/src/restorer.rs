@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::archiver::Progress;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::exclude::PathMatcher;
 use crate::fsmeta::{apply_metadata, make_special, ApplyOptions};
 use crate::id::Id;
@@ -126,6 +126,20 @@ pub fn restore(
     planner.tree(root, Path::new(root_path), &opts.target, 0, false)?;
 
     write_content(repo, index, &mut files, opts, progress, &mut result);
+    // A file with content that could not be read must not pass for the original: it keeps
+    // what was restored (useful for salvage) under a name that says it is incomplete.
+    for f in files.iter().filter(|f| f.damaged) {
+        let mut marked = f.path.clone().into_os_string();
+        marked.push(INCOMPLETE_SUFFIX);
+        match std::fs::rename(&f.path, &marked) {
+            Ok(()) => result.errors.push(format!(
+                "{}: content incomplete, kept as {}",
+                f.path.display(),
+                std::path::Path::new(&marked).display()
+            )),
+            Err(e) => result.errors.push(format!("{}: content incomplete and not renamed: {e}", f.path.display())),
+        }
+    }
 
     let apply = ApplyOptions { owners: opts.owners, numeric_owner: opts.numeric_owner };
     for f in &files {
@@ -352,7 +366,14 @@ fn restore_pack(
             let data = match &range {
                 Ok(buf) => {
                     let o = (u64::from(loc.offset) - start) as usize;
-                    repo.open_blob(&buf[o..o + loc.length as usize], id, pack)
+                    match repo.open_blob(&buf[o..o + loc.length as usize], id, pack) {
+                        // Damage in transit: read this blob alone again (verified, bounded).
+                        Err(e) if e.kind() == ErrorKind::Corrupt => {
+                            tracing::warn!("{e}; reading it again");
+                            repo.read_blob_at(pack, loc.offset, loc.length, id)
+                        }
+                        other => other,
+                    }
                 }
                 Err(e) => Err(Error::new(e.kind(), e.to_string())),
             };
@@ -376,6 +397,9 @@ fn restore_pack(
 }
 
 const SPARSE_BLOCK: usize = 4096;
+
+/// Appended to the name of a restored file whose content could not be read completely.
+pub const INCOMPLETE_SUFFIX: &str = ".bams-incomplete";
 
 fn write_at(path: &Path, data: &[u8], offset: u64, sparse: bool) -> Result<()> {
     let f = OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path.display(), e))?;

@@ -2,6 +2,8 @@
 //! 127.0.0.1 port (initdb + pg_ctl, as ENVIRONMENT.md measured), and free-port helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod faultproxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;

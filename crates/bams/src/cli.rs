@@ -17,7 +17,7 @@ pub struct Cli {
 /// Options every repository command takes.
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Repository: /path (s3://bucket/prefix and bams://host:4848/name come with their backends)
+    /// Repository: /path, s3://bucket/prefix or bams://host:4848/name
     #[arg(short = 'r', long = "repo", env = "BAMS_REPOSITORY", global = true)]
     pub repo: Option<String>,
     /// Read the password from this file (first line)
@@ -35,6 +35,13 @@ pub struct Global {
     /// Verbose logging (-v info, -vv debug)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Concurrent uploads to the repository (more suits object storage with bandwidth to spare)
+    #[arg(long, env = "BAMS_CONNECTIONS", global = true, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub connections: Option<u16>,
+    /// Do not keep index files and snapshots of remote repositories in the local cache
+    /// ($BAMS_CACHE_DIR, else ~/.cache/bams)
+    #[arg(long, global = true)]
+    pub no_cache: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,9 +150,10 @@ pub struct InitArgs {
     /// zstd level 1-19, 0 = no compression
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compression: i32,
-    /// Target pack size in MiB (larger suits object stores)
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512))]
-    pub pack_size_mib: u32,
+    /// Target pack size in MiB [default: 64 on s3://, where each object is a billed request; 16
+    /// elsewhere]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub pack_size_mib: Option<u32>,
     /// Average chunk size in KiB (min = avg/4, max = avg*4)
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=16384))]
     pub chunk_avg_kib: u32,

@@ -30,7 +30,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             let avg = a.chunk_avg_kib * 1024;
             let opts = InitOptions {
                 compression: a.compression,
-                pack_size: a.pack_size_mib * 1024 * 1024,
+                pack_size: a.pack_size_mib.unwrap_or_else(|| session::default_pack_size_mib(g)) * 1024 * 1024,
                 chunker: ChunkerParams { min_size: avg / 4, avg_size: avg, max_size: avg * 4 },
                 kdf: KdfParams::default(),
             };
@@ -312,6 +312,7 @@ fn backup(g: &crate::cli::Global, out: Out, a: crate::cli::BackupArgs) -> Result
     opts.tags = a.tags.clone();
     opts.host = a.host.clone();
     opts.parent = parent;
+    opts.pipeline.uploads = session::connections(g);
     let bar = Bar::new(out, "backup");
     if !a.stdin {
         scan_total(a.paths.clone(), bar.clone());
@@ -325,6 +326,7 @@ fn backup(g: &crate::cli::Global, out: Out, a: crate::cli::BackupArgs) -> Result
             "snapshot": snapshot_json(&SnapshotEntry { id: result.id, snapshot: result.snapshot.clone() }),
             "warnings": result.warnings,
             "recovered_packs": result.recovered_packs,
+            "requests": s.requests(),
         }))?;
     } else {
         if result.recovered_packs > 0 {

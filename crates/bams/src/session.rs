@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use bams_store::backend::counting::{CountingBackend, RequestCounts, RequestTotals};
 use bams_store::backend::DynBackend;
 use bams_store::crypto::SlotKind;
 use bams_store::Repository;
@@ -15,7 +16,69 @@ use crate::cli::Global;
 pub struct Session {
     /// The open repository.
     pub repo: Repository,
+    /// Requests made to a remote repository, printed when the session ends.
+    requests: Option<Arc<RequestCounts>>,
+    quiet: bool,
     _rt: tokio::runtime::Runtime,
+}
+
+impl Session {
+    /// Requests made so far (remote repositories only).
+    pub fn requests(&self) -> Option<RequestTotals> {
+        self.requests.as_ref().map(|c| c.totals())
+    }
+}
+
+impl Drop for Session {
+    /// One summary line per run against a remote repository: requests are what object
+    /// storage bills and throttles, so the operator sees them without asking.
+    fn drop(&mut self) {
+        if let (Some(t), false) = (self.requests(), self.quiet) {
+            eprintln!("{}: {t}", self.repo.location());
+        }
+    }
+}
+
+fn is_remote(location: &str) -> bool {
+    location.contains("://")
+}
+
+/// Pack size for a new repository: object storage bills per request, so fewer larger objects.
+pub fn default_pack_size_mib(global: &Global) -> u32 {
+    match global.repo.as_deref() {
+        Some(l) if l.starts_with("s3://") => 64,
+        _ => 16,
+    }
+}
+
+/// Concurrent uploads: `--connections`, else 4 for object storage (64 MiB packs, bandwidth is
+/// per connection; measured 6.9 s with 2 and 3.1 s with 4 on bench data) and 2 elsewhere.
+pub fn connections(global: &Global) -> usize {
+    match (global.connections, global.repo.as_deref()) {
+        (Some(n), _) => usize::from(n),
+        (None, Some(l)) if l.starts_with("s3://") => 4,
+        _ => 2,
+    }
+}
+
+/// Wrap remote backends in request counting.
+fn counted(location: &str, backend: DynBackend) -> (DynBackend, Option<Arc<RequestCounts>>) {
+    if !is_remote(location) {
+        return (backend, None);
+    }
+    let (c, counts) = CountingBackend::new(backend);
+    (Arc::new(c), Some(counts))
+}
+
+/// Apply the session-wide options to an opened repository.
+fn configure(global: &Global, location: &str, repo: &mut Repository) {
+    if is_remote(location) && !global.no_cache {
+        if let Some(base) = bams_store::cache::default_base() {
+            if let Err(e) = repo.enable_cache(&base) {
+                tracing::warn!("running without the local cache: {e}");
+            }
+        }
+    }
 }
 
 /// A backend for a repository location.
@@ -32,7 +95,7 @@ pub fn backend_for(location: &str) -> Result<DynBackend> {
         };
         let backend: DynBackend =
             Arc::new(bams_store::backend::rest::RestBackend::new(location, &token, ca.as_deref())?);
-        let policy = bams_store::backend::retry::RetryPolicy::default();
+        let policy = bams_store::backend::retry::RetryPolicy::from_env()?;
         return Ok(Arc::new(bams_store::backend::retry::RetryBackend::new(backend, policy)));
     }
     Ok(bams_store::backend::from_location(location)?)
@@ -101,19 +164,22 @@ pub fn location(global: &Global) -> Result<&str> {
 /// Open the repository named on the command line.
 pub fn open(global: &Global) -> Result<Session> {
     let location = location(global)?;
-    let backend = backend_for(location)?;
+    let (backend, requests) = counted(location, backend_for(location)?);
     let (secret, _) = secret(global, false)?;
     let rt = runtime()?;
-    let repo = Repository::open(backend, rt.handle().clone(), &secret).map_err(anyhow::Error::new)?;
-    Ok(Session { repo, _rt: rt })
+    let mut repo = Repository::open(backend, rt.handle().clone(), &secret).map_err(anyhow::Error::new)?;
+    configure(global, location, &mut repo);
+    Ok(Session { repo, requests, quiet: global.quiet || global.json, _rt: rt })
 }
 
 /// Create a repository.
 pub fn init(global: &Global, opts: &bams_store::repo::InitOptions) -> Result<Session> {
     let location = location(global)?;
-    let backend = backend_for(location)?;
+    let (backend, requests) = counted(location, backend_for(location)?);
     let (secret, kind) = secret(global, true)?;
     let rt = runtime()?;
-    let repo = Repository::init(backend, rt.handle().clone(), &secret, kind, opts).map_err(anyhow::Error::new)?;
-    Ok(Session { repo, _rt: rt })
+    let mut repo =
+        Repository::init(backend, rt.handle().clone(), &secret, kind, opts).map_err(anyhow::Error::new)?;
+    configure(global, location, &mut repo);
+    Ok(Session { repo, requests, quiet: global.quiet || global.json, _rt: rt })
 }

@@ -5,6 +5,7 @@
 //! fit it unchanged. Keys are `/`-separated relative paths such as `data/ab/<id>`.
 //! Retries, request counting and caching are wrappers around these traits, never inside them.
 
+pub mod counting;
 pub mod local;
 pub mod rest;
 pub mod retry;
@@ -62,7 +63,7 @@ pub type DynBackend = Arc<dyn WriteBackend>;
 pub fn from_location(location: &str) -> Result<DynBackend> {
     if location.starts_with("s3://") {
         let s3: DynBackend = Arc::new(s3::S3Backend::new(location, |k| std::env::var(k).ok())?);
-        return Ok(Arc::new(retry::RetryBackend::new(s3, retry::RetryPolicy::default())));
+        return Ok(Arc::new(retry::RetryBackend::new(s3, retry::RetryPolicy::from_env()?)));
     }
     if location.contains("://") {
         return Err(crate::Error::invalid(format!(

@@ -127,7 +127,10 @@ impl ReadBackend for RestBackend {
         let resp = self.send(&format!("GET {key} range"), req).await?;
         let data = self.body(key, resp).await?;
         if data.len() as u64 != len {
-            return Err(Error::corrupt(format!("{key}: short read ({} of {len} bytes at {offset})", data.len())));
+            return Err(Error::new(
+                ErrorKind::Transient,
+                format!("{key}: short read ({} of {len} bytes at {offset})", data.len()),
+            ));
         }
         Ok(data)
     }

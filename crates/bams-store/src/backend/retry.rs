@@ -28,6 +28,33 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The default policy, adjusted by `BAMS_RETRY_ATTEMPTS`, `BAMS_RETRY_BASE_MS` and
+    /// `BAMS_RETRY_MAX_MS` (tests and impatient operators shorten it; flaky links lengthen it).
+    pub fn from_env() -> Result<Self> {
+        let mut p = Self::default();
+        let read = |k: &str| -> Result<Option<u64>> {
+            match std::env::var(k) {
+                Err(_) => Ok(None),
+                Ok(v) => v
+                    .parse::<u64>()
+                    .map(Some)
+                    .map_err(|_| Error::invalid(format!("{k}={v:?}: expected a whole number"))),
+            }
+        };
+        if let Some(n) = read("BAMS_RETRY_ATTEMPTS")? {
+            p.attempts = u32::try_from(n.clamp(1, 100)).unwrap_or(100);
+        }
+        if let Some(ms) = read("BAMS_RETRY_BASE_MS")? {
+            p.base = Duration::from_millis(ms);
+        }
+        if let Some(ms) = read("BAMS_RETRY_MAX_MS")? {
+            p.max_delay = Duration::from_millis(ms);
+        }
+        Ok(p)
+    }
+}
+
 /// A backend that retries its inner backend's transient failures.
 pub struct RetryBackend {
     inner: DynBackend,
@@ -41,8 +68,8 @@ impl RetryBackend {
     }
 
     fn retryable(e: &Error) -> bool {
-        // Short reads show up as Corrupt from range reads: a truncated body, worth another try.
-        e.kind() == ErrorKind::Transient || (e.kind() == ErrorKind::Corrupt && e.to_string().contains("short read"))
+        // Backends report 5xx, SlowDown, timeouts, resets and bodies cut short as Transient.
+        e.kind() == ErrorKind::Transient
     }
 
     async fn run<T, F, Fut>(&self, what: &str, key: &str, mut op: F) -> Result<T>
