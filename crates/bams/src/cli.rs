@@ -61,6 +61,9 @@ pub enum Command {
     Diff(DiffArgs),
     /// Remove snapshots by retention policy or id
     Forget(ForgetArgs),
+    /// Copy snapshots to another repository (offsite, or back for recovery); only missing data
+    /// is transferred, re-encrypted when the repositories have different keys
+    Copy(CopyArgs),
     /// Remove unreferenced data
     Prune(PruneArgs),
     /// Verify the repository's structure and optionally its data
@@ -289,6 +292,30 @@ pub struct ForgetArgs {
     /// Run prune afterwards
     #[arg(long)]
     pub prune: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Source repository
+    #[arg(long)]
+    pub from: String,
+    /// Destination repository (must exist: `bams -r DEST repo init`)
+    #[arg(long)]
+    pub to: String,
+    /// Source password file [default: the usual password: BAMS_PASSWORD, --password-file…]
+    #[arg(long, env = "BAMS_FROM_PASSWORD_FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Destination password file [default: the usual password]
+    #[arg(long, env = "BAMS_TO_PASSWORD_FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// Snapshots to copy (ids, prefixes or `latest`); default: all that match the filters
+    pub snapshots: Vec<String>,
+    /// Only snapshots of this host
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag
+    #[arg(long)]
+    pub tag: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -133,6 +133,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Forget(a) => forget(g, out, a),
+        Command::Copy(a) => copy(g, out, &a),
         Command::Prune(a) => {
             let s = session::open(g)?;
             let opts = PruneOptions { dry_run: a.dry_run, max_unused_percent: a.max_unused, ..Default::default() };
@@ -355,6 +356,56 @@ fn backup(g: &crate::cli::Global, out: Out, a: crate::cli::BackupArgs) -> Result
         }
     }
     Ok(if result.snapshot.partial { exit::PARTIAL } else { exit::OK })
+}
+
+fn copy(g: &crate::cli::Global, out: Out, a: &crate::cli::CopyArgs) -> Result<u8> {
+    let secret_for = |file: &Option<PathBuf>| -> Result<Vec<u8>> {
+        match file {
+            Some(f) => session::read_password_file(f),
+            None => Ok(session::secret(g, false)?.0),
+        }
+    };
+    let src = session::open_at(g, &a.from, &secret_for(&a.from_password_file)?)
+        .with_context(|| format!("opening the source {}", a.from))?;
+    let dst = session::open_at(g, &a.to, &secret_for(&a.to_password_file)?)
+        .with_context(|| format!("opening the destination {}", a.to))?;
+    let (all, errors) = src.repo.snapshots()?;
+    for e in &errors {
+        eprintln!("warning: {e}");
+    }
+    let mut selection: Vec<SnapshotEntry> = if a.snapshots.is_empty() {
+        all.clone()
+    } else {
+        a.snapshots.iter().map(|spec| resolve_snapshot(&all, spec).cloned()).collect::<Result<_, _>>()?
+    };
+    selection.retain(|e| a.host.as_ref().is_none_or(|h| &e.snapshot.host == h));
+    selection.retain(|e| a.tag.as_ref().is_none_or(|t| e.snapshot.tags.contains(t)));
+    selection.dedup_by_key(|e| e.id);
+    if selection.is_empty() {
+        bail!("no snapshot of {} matches", a.from);
+    }
+    let mut pipeline = bams_store::pipeline::PipelineOptions::default();
+    pipeline.uploads = session::connections_for(g, &a.to);
+    let bar = Bar::new(out, "copy");
+    let report = bams_store::copy::copy(&src.repo, &dst.repo, &selection, pipeline, &*bar)?;
+    bar.finish();
+    if out.json {
+        out.json(&report)?;
+    } else {
+        for (from, to) in &report.copied {
+            out.info(format!("copied snapshot {} as {}", from.short(), to.short()));
+        }
+        if !report.skipped.is_empty() {
+            out.info(format!("{} snapshot(s) already in the destination", report.skipped.len()));
+        }
+        out.info(format!(
+            "added {} blob(s), {}{}",
+            report.blobs_added,
+            human_bytes(report.bytes_added),
+            if report.reencrypted { " (re-encrypted for the destination's key)" } else { "" }
+        ));
+    }
+    Ok(exit::OK)
 }
 
 fn restore(g: &crate::cli::Global, out: Out, a: crate::cli::RestoreArgs) -> Result<u8> {

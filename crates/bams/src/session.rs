@@ -54,7 +54,12 @@ pub fn default_pack_size_mib(global: &Global) -> u32 {
 /// Concurrent uploads: `--connections`, else 4 for object storage (64 MiB packs, bandwidth is
 /// per connection; measured 6.9 s with 2 and 3.1 s with 4 on bench data) and 2 elsewhere.
 pub fn connections(global: &Global) -> usize {
-    match (global.connections, global.repo.as_deref()) {
+    connections_for(global, global.repo.as_deref().unwrap_or_default())
+}
+
+/// [`connections`] for a repository other than `-r`'s.
+pub fn connections_for(global: &Global, location: &str) -> usize {
+    match (global.connections, Some(location)) {
         (Some(n), _) => usize::from(n),
         (None, Some(l)) if l.starts_with("s3://") => 4,
         _ => 2,
@@ -164,10 +169,15 @@ pub fn location(global: &Global) -> Result<&str> {
 /// Open the repository named on the command line.
 pub fn open(global: &Global) -> Result<Session> {
     let location = location(global)?;
-    let (backend, requests) = counted(location, backend_for(location)?);
     let (secret, _) = secret(global, false)?;
+    open_at(global, location, &secret)
+}
+
+/// Open the repository at `location` with `secret` (for commands with two repositories).
+pub fn open_at(global: &Global, location: &str, secret: &[u8]) -> Result<Session> {
+    let (backend, requests) = counted(location, backend_for(location)?);
     let rt = runtime()?;
-    let mut repo = Repository::open(backend, rt.handle().clone(), &secret).map_err(anyhow::Error::new)?;
+    let mut repo = Repository::open(backend, rt.handle().clone(), secret).map_err(anyhow::Error::new)?;
     configure(global, location, &mut repo);
     Ok(Session { repo, requests, quiet: global.quiet || global.json, _rt: rt })
 }

@@ -260,15 +260,17 @@ fn two_clients_at_once_and_prune_beside_a_backup_lose_nothing() {
         vb.insert(format!("b{round}"), write_version(&b, round + 100));
         let ta = format!("a{round}");
         let tb = format!("b{round}");
-        let mut first = rig.cmd(&["backup", "--host", "alpha", "--tag", &ta, a.to_str().unwrap()]).spawn().unwrap();
-        let mut second = rig.cmd(&["backup", "--host", "beta", "--tag", &tb, b.to_str().unwrap()]).spawn().unwrap();
+        let quiet = |args: &[&str]| rig.cmd(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut first = quiet(&["backup", "--host", "alpha", "--tag", &ta, a.to_str().unwrap()]);
+        let mut second = quiet(&["backup", "--host", "beta", "--tag", &tb, b.to_str().unwrap()]);
         assert!(first.wait().unwrap().success() && second.wait().unwrap().success());
     }
     // Prune (exclusive) next to a backup (shared): one waits for the other; both succeed.
     rig.ok(&["forget", "--keep-last", "2", "--host", "alpha"]);
     va.insert("a4".into(), write_version(&a, 4));
-    let mut backup = rig.cmd(&["backup", "--host", "alpha", "--tag", "a4", a.to_str().unwrap()]).spawn().unwrap();
-    let mut prune = rig.cmd(&["prune", "--max-unused", "0"]).spawn().unwrap();
+    let quiet = |args: &[&str]| rig.cmd(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut backup = quiet(&["backup", "--host", "alpha", "--tag", "a4", a.to_str().unwrap()]);
+    let mut prune = quiet(&["prune", "--max-unused", "0"]);
     assert!(backup.wait().unwrap().success() && prune.wait().unwrap().success());
     rig.ok(&["check", "--read-data"]);
     for (id, tag) in rig.snapshots() {
@@ -312,4 +314,92 @@ fn requests_are_counted_and_listings_come_from_the_cache() {
     std::fs::remove_dir_all(rig.dir.path().join("cache")).unwrap();
     rig.ok(&["backup", src.to_str().unwrap()]);
     rig.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn copy_sends_only_missing_data_offsite_and_back_with_other_keys() {
+    let rig = Rig::new("bams-copy", 9);
+    rig.init();
+    let src = src_dir(&rig);
+    let local = rig.dir.path().join("local-repo");
+    let local_pw = rig.dir.path().join("local.pw");
+    std::fs::write(&local_pw, "local-password\n").unwrap();
+    let local_cmd = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bams"))
+            .arg("-r")
+            .arg(&local)
+            .arg("--password-file")
+            .arg(&local_pw)
+            .args(args)
+            .env_remove("BAMS_PASSWORD")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "local {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    local_cmd(&["repo", "init"]);
+    let v1 = write_version(&src, 1);
+    local_cmd(&["backup", "--tag", "v1", src.to_str().unwrap()]);
+    let copy = |from: &str, to: &str, from_pw: &Path, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["copy", "--json", "--from", from, "--to", to];
+        args.extend_from_slice(extra);
+        let out = rig.cmd(&args).env("BAMS_FROM_PASSWORD_FILE", from_pw).output().unwrap();
+        assert!(out.status.success(), "copy {from} -> {to}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let s3pw = rig.dir.path().join("s3.pw");
+    std::fs::write(&s3pw, "s3-fault-pass\n").unwrap();
+    let first = copy(local.to_str().unwrap(), &rig.url, &local_pw, &[]);
+    assert_eq!(first["reencrypted"], true, "{first}");
+    assert_eq!(first["copied"].as_array().unwrap().len(), 1);
+    // Copying again finds the copy by its origin and transfers nothing.
+    let again = copy(local.to_str().unwrap(), &rig.url, &local_pw, &[]);
+    assert_eq!(again["skipped"].as_array().unwrap().len(), 1, "{again}");
+    assert_eq!(again["blobs_added"], 0);
+    // A second version: only its new data goes up.
+    let v2 = write_version(&src, 2);
+    local_cmd(&["backup", "--tag", "v2", src.to_str().unwrap()]);
+    let second = copy(local.to_str().unwrap(), &rig.url, &local_pw, &["--tag", "v2"]);
+    let added = second["bytes_added"].as_u64().unwrap();
+    let new_file = std::fs::metadata(src.join("d/v2.bin")).unwrap().len();
+    assert!(added >= new_file && added < new_file + 200_000, "copied {added} bytes for a {new_file}-byte change");
+    // The offsite copies restore byte-identical and record where they came from.
+    let mut versions = BTreeMap::new();
+    versions.insert("v1".to_string(), v1);
+    versions.insert("v2".to_string(), v2);
+    rig.ok(&["check", "--read-data"]);
+    rig.verify_all(&src, &versions);
+    let snaps: serde_json::Value = serde_json::from_str(&rig.ok(&["snapshots", "--json"])).unwrap();
+    assert!(snaps.as_array().unwrap().iter().all(|s| s["origin"].is_string()), "{snaps}");
+    // Recovery: S3 back into a fresh local repository with yet another key.
+    let back = rig.dir.path().join("recovered");
+    let back_pw = rig.dir.path().join("back.pw");
+    std::fs::write(&back_pw, "recovered-password\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bams"))
+        .args(["-r", back.to_str().unwrap(), "repo", "init"])
+        .env("BAMS_PASSWORD", "recovered-password")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = rig
+        .cmd(&["copy", "--from", &rig.url, "--to", back.to_str().unwrap(), "latest"])
+        .env("BAMS_TO_PASSWORD_FILE", &back_pw)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "copy back: {}", text(&out.stderr));
+    let target = rig.dir.path().join("recovered-restore");
+    let out = Command::new(env!("CARGO_BIN_EXE_bams"))
+        .args(["-r", back.to_str().unwrap(), "restore", "latest", "--target", target.to_str().unwrap()])
+        .env("BAMS_PASSWORD", "recovered-password")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(read_tree(&target.join(src.strip_prefix("/").unwrap())) == versions["v2"]);
+    // Bad input: an unknown snapshot is a clear error.
+    let out = rig
+        .cmd(&["copy", "--from", &rig.url, "--to", back.to_str().unwrap(), "ffffffff"])
+        .env("BAMS_TO_PASSWORD_FILE", &back_pw)
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && text(&out.stderr).contains("no snapshot"), "{}", text(&out.stderr));
 }
