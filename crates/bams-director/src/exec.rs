@@ -62,6 +62,7 @@ pub(crate) async fn execute(d: &Arc<Director>, run: &Run, ctl: &Arc<RunControl>)
             JobKind::Forget => forget(d, &job, repo, &log).await,
             JobKind::Prune => prune(repo, &log).await,
             JobKind::Check => check(&job, repo, &log).await,
+            JobKind::Copy => copy(d, &job, repo, progress, &log).await,
             other => Err(format!("job type {} is not executed by this server version", other.as_str())),
         }
     }
@@ -215,6 +216,45 @@ async fn prune(repo: Arc<Repository>, log: &impl Fn(String)) -> ExecResult<Outco
     log(message.clone());
     Ok(Outcome {
         stats: RunStats { bytes: i64::try_from(r.bytes_freed).unwrap_or(i64::MAX), ..Default::default() },
+        message,
+    })
+}
+
+/// Copy the job's snapshots (all, or those of `options.host` / `options.tag`) from its
+/// repository to `options.target_repository`; already copied ones are skipped.
+async fn copy(
+    d: &Arc<Director>,
+    job: &Job,
+    src: Arc<Repository>,
+    progress: RunProgress,
+    log: &impl Fn(String),
+) -> ExecResult<Outcome> {
+    let target = crate::copy_target(job.repository, &job.options)?;
+    let dst = d.repos.get(target).await.map_err(|e| e.to_string())?;
+    let host = job.options.get("host").and_then(|v| v.as_str()).map(str::to_string);
+    let tag = job.options.get("tag").and_then(|v| v.as_str()).map(str::to_string);
+    let report = blocking(move || {
+        let (all, _) = src.snapshots()?;
+        let selection: Vec<_> = all
+            .into_iter()
+            .filter(|e| host.as_ref().is_none_or(|h| &e.snapshot.host == h))
+            .filter(|e| tag.as_ref().is_none_or(|t| e.snapshot.tags.contains(t)))
+            .collect();
+        bams_store::copy::copy(&src, &dst, &selection, Default::default(), &progress)
+    })
+    .await?;
+    d.repos.refresh_snapshots(target).await.map_err(|e| e.to_string())?;
+    let message = format!(
+        "copied {} snapshot(s), {} already there; {} blob(s), {} bytes added{}",
+        report.copied.len(),
+        report.skipped.len(),
+        report.blobs_added,
+        report.bytes_added,
+        if report.reencrypted { " (re-encrypted)" } else { "" }
+    );
+    log(message.clone());
+    Ok(Outcome {
+        stats: RunStats { bytes: i64::try_from(report.bytes_added).unwrap_or(i64::MAX), ..Default::default() },
         message,
     })
 }

@@ -1,6 +1,6 @@
 //! The director: turns schedules into queued runs, claims runs from the catalog's queue and
 //! executes those that belong to the server host (backup of local paths, forget, prune,
-//! check), recording status, counters and logs. Several servers can share one catalog: the
+//! check, copy), recording status, counters and logs. Several servers can share one catalog: the
 //! catalog's claim queries make sure each schedule fires once and each run runs once.
 
 mod exec;
@@ -17,4 +17,18 @@ pub const SUPPORTED_JOB_KINDS: &[bams_catalog::JobKind] = &[
     bams_catalog::JobKind::Forget,
     bams_catalog::JobKind::Prune,
     bams_catalog::JobKind::Check,
+    bams_catalog::JobKind::Copy,
 ];
+
+/// The destination of a copy job: `options.target_repository` (a registered repository id),
+/// refused when missing or equal to the source.
+pub fn copy_target(spec_repository: i64, options: &serde_json::Map<String, serde_json::Value>) -> Result<i64, String> {
+    let target = options
+        .get("target_repository")
+        .and_then(serde_json::Value::as_i64)
+        .ok_or("a copy job needs options.target_repository: the id of the destination repository")?;
+    if target == spec_repository {
+        return Err("a copy job's target_repository must differ from its repository".into());
+    }
+    Ok(target)
+}

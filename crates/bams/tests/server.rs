@@ -1042,6 +1042,29 @@ async fn s3_repositories_work_from_the_cli_and_the_server() {
     assert_eq!(done["status"], "succeeded", "{done}");
     let stats = admin.ok(Method::GET, &format!("/api/v1/repositories/{}/stats", repo["id"]), None).await;
     assert_eq!(stats["snapshots"], 1, "{stats}");
+
+    // A copy job brings the offsite snapshots back to a local repository (other key).
+    let back_path = dir.path().join("back-repo");
+    let back = admin
+        .ok(Method::POST, "/api/v1/repositories", Some(json!({"name": "back", "url": back_path.to_str().unwrap()})))
+        .await;
+    let spec = |target: Value| json!({"name": "fetch", "type": "copy", "repository": repo["id"], "options": target});
+    let (st, b) = admin.call(Method::POST, "/api/v1/jobs", Some(spec(json!({})))).await;
+    assert_error(st, &b, StatusCode::BAD_REQUEST, "copy without target");
+    let (st, b) = admin.call(Method::POST, "/api/v1/jobs", Some(spec(json!({"target_repository": 99999})))).await;
+    assert_error(st, &b, StatusCode::NOT_FOUND, "copy to an unknown repository");
+    let copy_job = admin.ok(Method::POST, "/api/v1/jobs", Some(spec(json!({"target_repository": back["id"]})))).await;
+    for expected_copied in ["copied 1 snapshot", "copied 0 snapshot(s), 1 already there"] {
+        let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{}/run", copy_job["id"]), None).await["run_id"]
+            .as_i64()
+            .unwrap();
+        let done = admin.wait_run(run).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert!(done["message"].as_str().unwrap_or("").contains(expected_copied), "{done}");
+    }
+    let stats = admin.ok(Method::GET, &format!("/api/v1/repositories/{}/stats", back["id"]), None).await;
+    assert_eq!(stats["snapshots"], 1, "{stats}");
+
     let (st, b) =
         admin.call(Method::POST, "/api/v1/repositories", Some(json!({"name": "bad", "url": "ftp://x/y"}))).await;
     assert_error(st, &b, StatusCode::BAD_REQUEST, "unsupported URL");

@@ -29,6 +29,9 @@ fn validate_spec(spec: &JobSpec) -> ApiResult<()> {
             serde_json::from_value(r.clone()).map_err(|e| ApiError::bad_request(format!("retention: {e}")))?;
         ret.to_policy()?;
     }
+    if spec.kind == bams_catalog::JobKind::Copy {
+        bams_director::copy_target(spec.repository, &spec.options).map_err(ApiError::bad_request)?;
+    }
     if let Some(cron) = &spec.schedule {
         bams_director::schedule::validate(cron, spec.timezone.as_deref().unwrap_or("UTC"))
             .map_err(ApiError::bad_request)?;
@@ -60,6 +63,10 @@ pub async fn create_job(
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     caller.require(Role::Admin)?;
     validate_spec(&spec)?;
+    if spec.kind == bams_catalog::JobKind::Copy {
+        let target = bams_director::copy_target(spec.repository, &spec.options).map_err(ApiError::bad_request)?;
+        st.catalog.get_repository(target).await?;
+    }
     let job = st.catalog.create_job(&spec).await?;
     if let Some(cron) = &spec.schedule {
         let s = ScheduleSpec {
