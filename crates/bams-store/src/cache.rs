@@ -52,9 +52,8 @@ impl ObjectCache {
     pub fn put(&self, key: &str, data: &[u8]) {
         let Some(path) = self.path(key) else { return };
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(data)).and_then(|()| {
-            std::fs::rename(&tmp, &path)
-        });
+        let written =
+            std::fs::File::create(&tmp).and_then(|mut f| f.write_all(data)).and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             tracing::debug!("not caching {key}: {e}");

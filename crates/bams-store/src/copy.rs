@@ -154,7 +154,8 @@ fn copy_tree(
         }
         if !same_key {
             for c in &mut n.content {
-                *c = *data_ids.get(c).ok_or_else(|| crate::Error::not_found(format!("data blob {c} was not copied")))?;
+                *c =
+                    *data_ids.get(c).ok_or_else(|| crate::Error::not_found(format!("data blob {c} was not copied")))?;
             }
         }
     }

@@ -161,9 +161,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                         let data = repo.get(&pack_key(pid))?;
                         live.iter()
                             .map(|e| {
-                                let sealed = data.get(e.offset as usize..(e.offset + e.length) as usize).ok_or_else(
-                                    || Error::corrupt(format!("pack {pid}: blob {} beyond end", e.id)),
-                                )?;
+                                let sealed = data
+                                    .get(e.offset as usize..(e.offset + e.length) as usize)
+                                    .ok_or_else(|| Error::corrupt(format!("pack {pid}: blob {} beyond end", e.id)))?;
                                 Ok((e, repo.open_blob(sealed, &e.id, pid)?))
                             })
                             .collect::<Result<Vec<_>>>()

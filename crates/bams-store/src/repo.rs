@@ -183,7 +183,15 @@ impl Repository {
                         config.version
                     )));
                 }
-                return Ok(Self { tree_packs: Default::default(), cache: None, backend, rt, key, config, key_slot: slot_id });
+                return Ok(Self {
+                    tree_packs: Default::default(),
+                    cache: None,
+                    backend,
+                    rt,
+                    key,
+                    config,
+                    key_slot: slot_id,
+                });
             }
         }
         Err(Error::new(ErrorKind::WrongPassword, "wrong password or no key slot matches"))

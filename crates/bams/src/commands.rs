@@ -384,8 +384,8 @@ fn copy(g: &crate::cli::Global, out: Out, a: &crate::cli::CopyArgs) -> Result<u8
     if selection.is_empty() {
         bail!("no snapshot of {} matches", a.from);
     }
-    let mut pipeline = bams_store::pipeline::PipelineOptions::default();
-    pipeline.uploads = session::connections_for(g, &a.to);
+    let pipeline =
+        bams_store::pipeline::PipelineOptions { uploads: session::connections_for(g, &a.to), ..Default::default() };
     let bar = Bar::new(out, "copy");
     let report = bams_store::copy::copy(&src.repo, &dst.repo, &selection, pipeline, &*bar)?;
     bar.finish();

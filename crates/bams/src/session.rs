@@ -188,8 +188,7 @@ pub fn init(global: &Global, opts: &bams_store::repo::InitOptions) -> Result<Ses
     let (backend, requests) = counted(location, backend_for(location)?);
     let (secret, kind) = secret(global, true)?;
     let rt = runtime()?;
-    let mut repo =
-        Repository::init(backend, rt.handle().clone(), &secret, kind, opts).map_err(anyhow::Error::new)?;
+    let mut repo = Repository::init(backend, rt.handle().clone(), &secret, kind, opts).map_err(anyhow::Error::new)?;
     configure(global, location, &mut repo);
     Ok(Session { repo, requests, quiet: global.quiet || global.json, _rt: rt })
 }

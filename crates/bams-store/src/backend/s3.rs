@@ -299,6 +299,8 @@ mod tests {
         assert_eq!(b.credentials().map(|c| (c.0, c.1)), Some(("B".into(), "BS".into())));
         assert_eq!(b.config.get("endpoint_url").map(String::as_str), Some("http://127.0.0.1:9"));
         assert!(S3Backend::new("s3://bucket/p", env("backup")).is_ok());
-        assert!(S3Backend::new("s3://bucket/p", |k: &str| (k == "BAMS_S3_TIMEOUT_SECS").then(|| "soon".into())).is_err());
+        assert!(
+            S3Backend::new("s3://bucket/p", |k: &str| (k == "BAMS_S3_TIMEOUT_SECS").then(|| "soon".into())).is_err()
+        );
     }
 }
