@@ -39,6 +39,7 @@ field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]
 # step NAME CMD...: wall seconds, total requests, bytes up -> $WORK/NAME.{t,req,up}
 step() {
   local name=$1; shift
+  sync  # the previous step's dirty pages are flushed before, not during, this one
   reset
   local t0 t1; t0=$(date +%s.%N)
   "$@" >"$WORK/$name.log" 2>&1 || { echo "$name failed:"; tail -20 "$WORK/$name.log"; exit 1; }
@@ -50,6 +51,8 @@ step() {
   echo "$name: $(cat "$WORK/$name.t") s, $c"
 }
 
+# Both tools read the tree from the page cache: warm it once, so neither pays for the disk.
+tar cf - "$TREE" 2>/dev/null | cat >/dev/null
 "$BAMS" -q -r s3://bams-bench/repo repo init
 restic -q -r "s3:$EP/restic-bench/repo" init
 sync

@@ -159,10 +159,11 @@ impl Repository {
         let raw = match rt.block_on(backend.get("config")) {
             Ok(raw) => raw,
             Err(e) if e.kind() == ErrorKind::NotFound => {
+                // The cause tells a missing bucket or directory from an empty one.
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
-                    format!("{location} is not a BAMS repository (no config); create one with `bams repo init`"),
-                ))
+                    format!("{location} is not a BAMS repository (no config); create one with `bams repo init` ({e})"),
+                ));
             }
             Err(e) => return Err(e),
         };

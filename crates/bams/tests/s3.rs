@@ -314,6 +314,35 @@ fn requests_are_counted_and_listings_come_from_the_cache() {
     std::fs::remove_dir_all(rig.dir.path().join("cache")).unwrap();
     rig.ok(&["backup", src.to_str().unwrap()]);
     rig.ok(&["check", "--read-data"]);
+    // A missing bucket is a clear error at once, not a retried hiccup.
+    rig.proxy.reset_counts();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bams"));
+    for (k, v) in rig.s3.env() {
+        c.env(k, v);
+    }
+    let out = c
+        .args(["-r", "s3://no-such-bucket/x", "snapshots"])
+        .env("AWS_ENDPOINT_URL", rig.proxy.url())
+        .env("BAMS_PASSWORD", "x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && text(&out.stderr).contains("NoSuchBucket"), "{}", text(&out.stderr));
+    assert!(rig.proxy.counts().total <= 2, "a 404 was retried: {:?}", rig.proxy.counts());
+    // Objects above the multipart threshold go up in parts (create, parts, complete) and read
+    // back whole.
+    write_version(&src, 2);
+    rig.proxy.reset_counts();
+    let out = rig
+        .cmd(&["backup", "--tag", "v2", src.to_str().unwrap()])
+        .env("BAMS_S3_MULTIPART_MIB", "0.5")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(rig.proxy.counts().post >= 2, "no multipart upload seen: {:?}", rig.proxy.counts());
+    rig.ok(&["check", "--read-data"]);
+    let target = rig.dir.path().join("multipart-restore");
+    rig.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(read_tree(&target.join(src.strip_prefix("/").unwrap())) == read_tree(&src));
 }
 
 #[test]

@@ -121,7 +121,17 @@ impl S3Backend {
             object_store::Error::InvalidPath { .. } | object_store::Error::NotSupported { .. } => {
                 ErrorKind::InvalidInput
             }
-            _ => ErrorKind::Transient,
+            other => match http_status(other) {
+                // A missing bucket, denied access, a bad request: retrying cannot help.
+                Some(code) if (400..500).contains(&code) && code != 408 && code != 429 => {
+                    if code == 404 {
+                        ErrorKind::NotFound
+                    } else {
+                        ErrorKind::InvalidInput
+                    }
+                }
+                _ => ErrorKind::Transient,
+            },
         };
         Error::new(kind, format!("{what} {key} on {}: {e}", self.shown))
     }
@@ -217,6 +227,21 @@ impl WriteBackend for S3Backend {
             Err(e) => Err(self.err("DELETE", key, e)),
         }
     }
+}
+
+/// The HTTP status in an object_store error, if the server answered at all. object_store does
+/// not export its retry error type, so the status is read from the error chain's text, whose
+/// format ("… status code: 404 Not Found …") it documents and tests.
+fn http_status(e: &object_store::Error) -> Option<u16> {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if let Some(rest) = text.split("status code: ").nth(1) {
+            return rest.get(..3).and_then(|c| c.parse().ok());
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// The `AWS_PROFILE` sections of the shared credentials and config files.
