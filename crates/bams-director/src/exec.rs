@@ -250,7 +250,7 @@ async fn copy(
         report.skipped.len(),
         report.blobs_added,
         report.bytes_added,
-        if report.reencrypted { " (re-encrypted)" } else { "" }
+        if report.rehashed { " (re-hashed)" } else { "" }
     );
     log(message.clone());
     Ok(Outcome {

@@ -1,7 +1,8 @@
 //! Copy snapshots between repositories (local → S3 for offsite, S3 → local for recovery).
 //!
-//! Only blobs the destination lacks are uploaded. Repositories with the same master key share
-//! blob ids, so "lacks" is an index lookup and trees are copied as they are. Otherwise every
+//! Only blobs the destination lacks are uploaded, always sealed with the destination's key.
+//! Repositories that share the id key (`repo init --copy-ids-from`) share blob ids, so "lacks"
+//! is an index lookup and trees are copied as they are. Otherwise every
 //! blob of the selection is read, authenticated, hashed with the destination's key and
 //! re-encrypted, and trees are rewritten to the new ids. Writes follow the backup order
 //! (packs → index → snapshot) under a shared lock on each side, so an interrupted copy leaves
@@ -31,8 +32,10 @@ pub struct CopyReport {
     pub blobs_added: u64,
     /// Plaintext bytes of those blobs.
     pub bytes_added: u64,
-    /// Whether blobs were re-encrypted (the repositories have different keys).
-    pub reencrypted: bool,
+    /// Whether blob ids differ between the repositories, so every blob of the selection was
+    /// read and re-hashed (repositories made with `repo init --copy-ids-from` share ids).
+    /// Blobs are always re-encrypted with the destination's key.
+    pub rehashed: bool,
 }
 
 /// A pack is read whole when at least this share of it is needed, else blob by blob.
@@ -50,7 +53,7 @@ pub fn copy(
     let _dst_lock = crate::lock::acquire(dst, false, "copy", std::time::Duration::from_secs(60))?;
     let probe = b"bams copy: do the keys agree?";
     let same_key = src.key().blob_id(probe) == dst.key().blob_id(probe);
-    let mut report = CopyReport { reencrypted: !same_key, ..CopyReport::default() };
+    let mut report = CopyReport { rehashed: !same_key, ..CopyReport::default() };
 
     let (existing, _) = dst.snapshots()?;
     let already: HashSet<Id> = existing.iter().filter_map(|e| e.snapshot.origin).collect();

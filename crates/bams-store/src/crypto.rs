@@ -44,6 +44,15 @@ impl MasterKey {
         Self::from_parts(enc, id_key)
     }
 
+    /// A new key with a fresh encryption key but `other`'s id key: blob ids agree between
+    /// the two repositories (copies deduplicate by lookup), while neither key decrypts the
+    /// other's data.
+    pub fn sharing_ids_with(other: &MasterKey) -> Self {
+        let mut enc = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut enc);
+        Self::from_parts(enc, other.id_key)
+    }
+
     fn from_parts(enc: [u8; 32], id_key: [u8; 32]) -> Self {
         let cipher = Aes256Gcm::new(&enc.into());
         Self { enc, id_key, cipher }

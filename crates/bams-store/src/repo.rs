@@ -88,6 +88,9 @@ pub struct InitOptions {
     pub chunker: ChunkerParams,
     /// Argon2id costs for the first key slot.
     pub kdf: KdfParams,
+    /// Share blob ids (and chunker settings) with this repository, so `bams copy` between
+    /// the two finds existing blobs by lookup instead of re-hashing everything.
+    pub ids_from: Option<(MasterKey, RepoConfig)>,
 }
 
 impl Default for InitOptions {
@@ -97,6 +100,7 @@ impl Default for InitOptions {
             pack_size: crate::pack::DEFAULT_PACK_SIZE as u32,
             chunker: ChunkerParams::default(),
             kdf: KdfParams::default(),
+            ids_from: None,
         }
     }
 }
@@ -133,7 +137,10 @@ impl Repository {
                 format!("{location}: key slots exist but no config; refusing to overwrite"),
             ));
         }
-        let key = MasterKey::generate();
+        let key = match &opts.ids_from {
+            Some((other, _)) => MasterKey::sharing_ids_with(other),
+            None => MasterKey::generate(),
+        };
         let slot = KeySlot::wrap(&key, secret, kind, "initial", opts.kdf)?;
         let slot_bytes = serde_json::to_vec_pretty(&slot)?;
         let slot_id = Id::hash_of(&slot_bytes);
@@ -141,8 +148,9 @@ impl Repository {
         let config = RepoConfig {
             version: FORMAT_VERSION,
             id: Id::random(),
-            chunker: opts.chunker,
-            image_chunker: ChunkerParams::image(),
+            // Same ids only help when chunks are cut the same way.
+            chunker: opts.ids_from.as_ref().map_or(opts.chunker, |(_, c)| c.chunker),
+            image_chunker: opts.ids_from.as_ref().map_or_else(ChunkerParams::image, |(_, c)| c.image_chunker),
             compression: opts.compression,
             pack_size: opts.pack_size,
         };

@@ -160,6 +160,13 @@ pub struct InitArgs {
     /// Average chunk size in KiB (min = avg/4, max = avg*4)
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=16384))]
     pub chunk_avg_kib: u32,
+    /// Share blob ids and chunker settings with this repository (a copy target: `bams copy`
+    /// then sends only missing chunks without re-hashing); the encryption key stays separate
+    #[arg(long)]
+    pub copy_ids_from: Option<String>,
+    /// Password file of --copy-ids-from [default: the usual password]
+    #[arg(long, env = "BAMS_FROM_PASSWORD_FILE")]
+    pub from_password_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -33,6 +33,17 @@ pub fn run(cli: Cli) -> Result<u8> {
                 pack_size: a.pack_size_mib.unwrap_or_else(|| session::default_pack_size_mib(g)) * 1024 * 1024,
                 chunker: ChunkerParams { min_size: avg / 4, avg_size: avg, max_size: avg * 4 },
                 kdf: KdfParams::default(),
+                ids_from: match &a.copy_ids_from {
+                    Some(other) => {
+                        let secret = match &a.from_password_file {
+                            Some(f) => session::read_password_file(f)?,
+                            None => session::secret(g, false)?.0,
+                        };
+                        let o = session::open_at(g, other, &secret).with_context(|| format!("opening {other}"))?;
+                        Some((o.repo.key().clone(), o.repo.config().clone()))
+                    }
+                    None => None,
+                },
             };
             let s = session::init(g, &opts)?;
             let c = s.repo.config();
@@ -402,7 +413,7 @@ fn copy(g: &crate::cli::Global, out: Out, a: &crate::cli::CopyArgs) -> Result<u8
             "added {} blob(s), {}{}",
             report.blobs_added,
             human_bytes(report.bytes_added),
-            if report.reencrypted { " (re-encrypted for the destination's key)" } else { "" }
+            if report.rehashed { " (re-hashed: the repositories do not share blob ids)" } else { "" }
         ));
     }
     Ok(exit::OK)

@@ -379,7 +379,7 @@ fn copy_sends_only_missing_data_offsite_and_back_with_other_keys() {
     let s3pw = rig.dir.path().join("s3.pw");
     std::fs::write(&s3pw, "s3-fault-pass\n").unwrap();
     let first = copy(local.to_str().unwrap(), &rig.url, &local_pw, &[]);
-    assert_eq!(first["reencrypted"], true, "{first}");
+    assert_eq!(first["rehashed"], true, "{first}");
     assert_eq!(first["copied"].as_array().unwrap().len(), 1);
     // Copying again finds the copy by its origin and transfers nothing.
     let again = copy(local.to_str().unwrap(), &rig.url, &local_pw, &[]);
@@ -424,6 +424,45 @@ fn copy_sends_only_missing_data_offsite_and_back_with_other_keys() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(read_tree(&target.join(src.strip_prefix("/").unwrap())) == versions["v2"]);
+    // A copy target that shares blob ids with its source: dedup by lookup, nothing re-hashed,
+    // data still sealed with the target's own key (its password alone opens it).
+    let twin = rig.dir.path().join("twin");
+    let out = Command::new(env!("CARGO_BIN_EXE_bams"))
+        .args(["-r", twin.to_str().unwrap(), "repo", "init", "--copy-ids-from", local.to_str().unwrap()])
+        .env("BAMS_PASSWORD", "twin-password")
+        .env("BAMS_FROM_PASSWORD_FILE", &local_pw)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let twin_copy = |tag: &str| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_bams"))
+            .args(["copy", "--json", "--from", local.to_str().unwrap(), "--to", twin.to_str().unwrap(), "--tag", tag])
+            .env("BAMS_PASSWORD", "twin-password")
+            .env("BAMS_FROM_PASSWORD_FILE", &local_pw)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let t1 = twin_copy("v1");
+    assert_eq!(t1["rehashed"], false, "{t1}");
+    let t2 = twin_copy("v2");
+    let added = t2["bytes_added"].as_u64().unwrap();
+    assert!(added >= new_file && added < new_file + 200_000, "twin copy sent {added} bytes");
+    let target = rig.dir.path().join("twin-restore");
+    let out = Command::new(env!("CARGO_BIN_EXE_bams"))
+        .args(["-r", twin.to_str().unwrap(), "restore", "latest", "--target", target.to_str().unwrap()])
+        .env("BAMS_PASSWORD", "twin-password")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(read_tree(&target.join(src.strip_prefix("/").unwrap())) == versions["v2"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_bams"))
+        .args(["-r", twin.to_str().unwrap(), "snapshots"])
+        .env("BAMS_PASSWORD", "local-password")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the source's password must not open the twin");
     // Bad input: an unknown snapshot is a clear error.
     let out = rig
         .cmd(&["copy", "--from", &rig.url, "--to", back.to_str().unwrap(), "ffffffff"])
