@@ -7,7 +7,7 @@ packages=(
   build-essential pkg-config      # C parts of crates (zstd)
   acl attr                        # setfacl/getfacl, setfattr: POSIX ACL and xattr tests
   fuse3                           # fusermount3 for `bams mount`
-  e2fsprogs xfsprogs              # mkfs for block-image tests and benchmarks
+  e2fsprogs xfsprogs btrfs-progs  # mkfs for image tests, benchmarks and disk repositories
   restic borgbackup               # peers for the benchmark in bench/
   time                            # /usr/bin/time -v for peak RSS in bench/
   postgresql                      # catalog tests run on a throwaway cluster (initdb/pg_ctl)

@@ -8,6 +8,7 @@
 //! migration directory only because identity columns are spelled differently.
 
 mod audit;
+mod disks;
 mod error;
 mod jobs;
 mod repos;
@@ -24,6 +25,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use audit::{AuditEntry, AuditFilter, NewAudit};
+pub use disks::DiskRecord;
 pub use error::{CatalogError, Result};
 pub use jobs::{Job, JobKind, JobSpec, Level, Schedule, ScheduleSpec};
 pub use repos::Repository;

@@ -52,6 +52,8 @@ pub struct Config {
     pub session_hours: u64,
     /// Directories the API may restore into; empty = `<data_dir>/restores`.
     pub restore_roots: Vec<PathBuf>,
+    /// Block devices disk repositories may format (`*` wildcards); empty = none.
+    pub disk_devices: Vec<String>,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ impl Default for Config {
             max_object_bytes: 256 << 20,
             session_hours: 12,
             restore_roots: Vec::new(),
+            disk_devices: vec!["/dev/sd*".into(), "/dev/vd*".into(), "/dev/xvd*".into(), "/dev/nvme*n*".into()],
         }
     }
 }

@@ -123,6 +123,27 @@ impl From<bams_director::RepoPoolError> for ApiError {
     }
 }
 
+impl From<bams_appliance::disk::DiskError> for ApiError {
+    fn from(e: bams_appliance::disk::DiskError) -> Self {
+        use bams_appliance::disk::DiskError as D;
+        use bams_appliance::runner::RunError as R;
+        match e {
+            D::Invalid(m) => Self::bad_request(m),
+            D::Conflict(m) => Self::conflict(m),
+            D::NotFound(m) => Self::not_found(format!("{m} not found")),
+            D::Unsupported(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m),
+            D::Command(R::Failed { cmd, status, stderr }) => {
+                // The OS said no: 502 with what it said, so the operator sees the real cause.
+                let mut err = Self::new(StatusCode::BAD_GATEWAY, "command_failed", format!("{cmd} failed"));
+                err.details = Some(serde_json::json!({"command": cmd, "exit_status": status, "stderr": stderr}));
+                err
+            }
+            D::Command(other) => Self::new(StatusCode::BAD_GATEWAY, "command_failed", other.to_string()),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let status = r.status();

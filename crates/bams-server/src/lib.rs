@@ -131,11 +131,22 @@ pub async fn prepare(config: Config) -> Result<Server> {
             run_missed: config.run_missed,
         },
     );
+    let disks = Arc::new(bams_appliance::diskrepo::DiskRepositories::new(
+        catalog.clone(),
+        Arc::new(bams_appliance::runner::SystemRunner),
+        &config.data_dir,
+        config.disk_devices.clone(),
+    ));
+    // Filesystems made by BAMS are mounted again after a reboot or restart.
+    for w in disks.remount_all().await {
+        warn!("{w}");
+    }
     let state = AppState {
         config: Arc::new(config),
         catalog,
         repos,
         director,
+        disks,
         limiter: Arc::new(auth::LoginLimiter::default()),
         auth_cache: Arc::new(auth::AuthCache::default()),
         metrics: metrics::install(),

@@ -19,6 +19,8 @@ pub struct AppState {
     pub repos: Arc<RepoPool>,
     /// Job execution.
     pub director: Arc<Director>,
+    /// Disk repositories (appliance).
+    pub disks: Arc<bams_appliance::diskrepo::DiskRepositories>,
     /// Recently verified credentials.
     pub auth_cache: Arc<AuthCache>,
     /// Password-guessing brake.

@@ -1069,3 +1069,129 @@ async fn s3_repositories_work_from_the_cli_and_the_server() {
         admin.call(Method::POST, "/api/v1/repositories", Some(json!({"name": "bad", "url": "ftp://x/y"}))).await;
     assert_error(st, &b, StatusCode::BAD_REQUEST, "unsupported URL");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_repositories_directories_loop_filesystems_and_subvolumes() {
+    let mut s = Server::start(None);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let disks = s.data().join("disks");
+    let dir_path = s.dir.path().join("backups/primary");
+
+    // A directory that hosts a BAMS repository.
+    let d = admin
+        .ok(
+            Method::POST,
+            "/api/v1/disk/repositories",
+            Some(json!({"name": "primary", "kind": "directory", "path": dir_path, "init_repository": true})),
+        )
+        .await;
+    assert_eq!((d["health"].as_str(), d["created_path"].as_bool()), (Some("ok"), Some(true)), "{d}");
+    assert!(d["capacity"]["total_bytes"].as_u64().unwrap() > 0, "{d}");
+    assert_eq!(d["used_by"]["repositories"][0]["name"], "primary", "{d}");
+    assert!(dir_path.join("repo/config").exists(), "the BAMS repository was not created");
+
+    // A btrfs filesystem on a new loop-backed file, and a subvolume in it.
+    let fs = admin
+        .ok(
+            Method::POST,
+            "/api/v1/disk/repositories",
+            Some(json!({"name": "fast", "kind": "filesystem", "fs_type": "btrfs", "size_bytes": 128u64 << 20})),
+        )
+        .await;
+    assert_eq!((fs["health"].as_str(), fs["fs_type"].as_str()), (Some("ok"), Some("btrfs")), "{fs}");
+    let mnt = PathBuf::from(fs["path"].as_str().unwrap());
+    assert!(mnt.starts_with(&disks) && disks.join("fast.img").exists());
+    let sub = admin
+        .ok(
+            Method::POST,
+            "/api/v1/disk/repositories",
+            Some(json!({"name": "vol1", "kind": "btrfs-subvolume", "parent": mnt, "init_repository": true})),
+        )
+        .await;
+    assert_eq!(sub["health"], "ok", "{sub}");
+    assert!(mnt.join("vol1/repo/config").exists());
+
+    // Bad input, each a clear error that creates nothing.
+    let bad = [
+        (
+            json!({"name": "tiny", "kind": "filesystem", "fs_type": "xfs", "size_bytes": 1u64 << 20}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"name": "nothing", "kind": "filesystem"}), StatusCode::BAD_REQUEST),
+        (json!({"name": "etc", "kind": "filesystem", "device": "/etc/passwd"}), StatusCode::BAD_REQUEST),
+        (json!({"name": "trav", "kind": "directory", "path": "/srv/../etc"}), StatusCode::BAD_REQUEST),
+        (json!({"name": "../evil", "kind": "directory"}), StatusCode::BAD_REQUEST),
+        (json!({"name": "sub2", "kind": "btrfs-subvolume", "parent": "/tmp"}), StatusCode::BAD_REQUEST),
+        (json!({"name": "primary", "kind": "directory"}), StatusCode::CONFLICT),
+        (json!({"name": "vg", "kind": "lvm"}), StatusCode::UNPROCESSABLE_ENTITY),
+    ];
+    for (body, want) in bad {
+        let (st, b) = admin.call(Method::POST, "/api/v1/disk/repositories", Some(body.clone())).await;
+        assert_error(st, &b, want, &body.to_string());
+    }
+    // A device that is mounted (the root filesystem's) is refused before anything touches it.
+    if let Some(root_dev) = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .and_then(|l| l.split(" - ").nth(1))
+        .and_then(|t| t.split(' ').nth(1))
+        .filter(|d| d.starts_with("/dev/vd") || d.starts_with("/dev/sd") || d.starts_with("/dev/nvme"))
+    {
+        let (st, b) = admin
+            .call(
+                Method::POST,
+                "/api/v1/disk/repositories",
+                Some(json!({"name": "rootdev", "kind": "filesystem", "device": root_dev})),
+            )
+            .await;
+        assert_error(st, &b, StatusCode::CONFLICT, "mounted device");
+    }
+    let list = admin.ok(Method::GET, "/api/v1/disk/repositories", None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 3, "{list}");
+
+    // In use: a job blocks deletion; registered repositories need force.
+    let repo_id = d["used_by"]["repositories"][0]["id"].clone();
+    let job = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "to-primary", "type": "backup", "paths": ["/etc/hostname"], "repository": repo_id})),
+        )
+        .await;
+    let id = d["id"].as_i64().unwrap();
+    let (st, b) = admin.call(Method::DELETE, &format!("/api/v1/disk/repositories/{id}"), None).await;
+    assert_error(st, &b, StatusCode::CONFLICT, "in use by a job");
+    assert_eq!(b["error"]["details"]["jobs"][0]["name"], "to-primary");
+    admin.ok(Method::DELETE, &format!("/api/v1/jobs/{}", job["id"]), None).await;
+    let (st, b) = admin.call(Method::DELETE, &format!("/api/v1/disk/repositories/{id}"), None).await;
+    assert_error(st, &b, StatusCode::CONFLICT, "holds a repository");
+    assert!(dir_path.exists());
+    admin.ok(Method::DELETE, &format!("/api/v1/disk/repositories/{id}?force=true"), None).await;
+    assert!(!dir_path.exists(), "BAMS created the directory, so it goes");
+    assert!(dir_path.parent().unwrap().exists(), "nothing outside what BAMS created is removed");
+    let (st, _) = admin.call(Method::GET, &format!("/api/v1/repositories/{repo_id}"), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // Filesystems survive a restart: unmounted behind the server's back, mounted again at start.
+    let run = |args: &[&str]| assert!(Command::new(args[0]).args(&args[1..]).status().unwrap().success(), "{args:?}");
+    run(&["umount", mnt.to_str().unwrap()]);
+    let fs_id = fs["id"].as_i64().unwrap();
+    let now = admin.ok(Method::GET, &format!("/api/v1/disk/repositories/{fs_id}"), None).await;
+    assert_eq!(now["health"], "unmounted", "{now}");
+    s.kill9();
+    s.spawn();
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let now = admin.ok(Method::GET, &format!("/api/v1/disk/repositories/{fs_id}"), None).await;
+    assert_eq!(now["health"], "ok", "{now}");
+    assert!(mnt.join("vol1/repo/config").exists());
+
+    // Deleting the subvolume (force: it holds a repository), then the filesystem.
+    let sub_id = sub["id"].as_i64().unwrap();
+    admin.ok(Method::DELETE, &format!("/api/v1/disk/repositories/{sub_id}?force=true"), None).await;
+    assert!(!mnt.join("vol1").exists());
+    admin.ok(Method::DELETE, &format!("/api/v1/disk/repositories/{fs_id}"), None).await;
+    assert!(!disks.join("fast.img").exists() && !mnt.exists(), "loop image and mount point removed");
+    let audit = admin.ok(Method::GET, "/api/v1/audit?limit=200", None).await;
+    assert!(audit.to_string().contains("/api/v1/disk/repositories"), "mutations are audited");
+}

@@ -1,6 +1,7 @@
 //! The REST API: every `/api/v1` route is registered through utoipa-axum's `routes!`, so the
 //! OpenAPI document is generated from the same handlers the router serves.
 
+pub mod disks;
 pub mod endpoint;
 pub mod jobs;
 pub mod repos;
@@ -74,4 +75,6 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::run_log))
         .routes(routes!(jobs::cancel_run))
         .routes(routes!(jobs::dashboard))
+        .routes(routes!(disks::list_disks, disks::create_disk))
+        .routes(routes!(disks::get_disk, disks::delete_disk))
 }
