@@ -22,9 +22,9 @@ pub enum DiskKind {
     Filesystem,
     /// A subvolume of a mounted btrfs filesystem.
     BtrfsSubvolume,
-    /// An LVM logical volume (not in this version).
+    /// An LVM logical volume in an existing volume group, formatted and mounted.
     Lvm,
-    /// A ZFS dataset (not in this version).
+    /// A ZFS dataset with a quota under an existing dataset.
     Zfs,
 }
 
@@ -59,6 +59,11 @@ pub struct NewDisk {
     pub device: Option<String>,
     /// Btrfs-subvolume kind: a directory on a mounted btrfs filesystem to create it in.
     pub parent: Option<String>,
+    /// LVM kind: the volume group to create the logical volume `bams-<name>` in
+    /// (`size_bytes` sets its size).
+    pub volume_group: Option<String>,
+    /// ZFS kind: the parent dataset of the new dataset `bams-<name>` (`size_bytes` is its quota).
+    pub dataset: Option<String>,
     /// Also create a BAMS backup repository inside and register it under the same name.
     #[serde(default)]
     pub init_repository: bool,
@@ -211,12 +216,8 @@ impl DiskRepositories {
                 rec.fs_type = Some("btrfs".into());
                 rec.created_path = true;
             }
-            DiskKind::Lvm | DiskKind::Zfs => {
-                return Err(DiskError::Unsupported(format!(
-                    "{} disk repositories are not supported by this version",
-                    spec.kind.as_str()
-                )))
-            }
+            DiskKind::Lvm => self.create_lvm(spec, &mut rec).await?,
+            DiskKind::Zfs => self.create_zfs(spec, &mut rec).await?,
         }
         match self.catalog.add_disk_repository(&rec).await {
             Ok(r) => Ok(r),
@@ -225,6 +226,62 @@ impl DiskRepositories {
                 Err(catalog(e))
             }
         }
+    }
+
+    async fn create_lvm(&self, spec: &NewDisk, rec: &mut DiskRecord) -> Result<(), DiskError> {
+        let vg = spec.volume_group.as_deref().ok_or_else(|| DiskError::Invalid("lvm needs volume_group".into()))?;
+        crate::lvm::check_name("volume group", vg)?;
+        let size = spec.size_bytes.ok_or_else(|| DiskError::Invalid("lvm needs size_bytes".into()))?;
+        let fs = spec.fs_type.unwrap_or(FsKind::Ext4);
+        if size < fs.min_size() {
+            return Err(DiskError::Invalid(format!("{} needs at least {} MiB", fs.as_str(), fs.min_size() >> 20)));
+        }
+        let groups = crate::lvm::parse_vgs(&self.runner.run(&crate::lvm::vgs_cmd(Some(vg))).await?.stdout)?;
+        let group =
+            groups.iter().find(|g| g.name == vg).ok_or_else(|| DiskError::Invalid(format!("no volume group {vg}")))?;
+        if group.free < size {
+            return Err(DiskError::Conflict(format!("volume group {vg} has {} bytes free, {size} asked", group.free)));
+        }
+        let lv = format!("bams-{}", spec.name);
+        crate::lvm::check_name("logical volume", &lv)?;
+        let mnt = self.root.join(&spec.name);
+        rec.created_path = !mnt.exists();
+        self.runner.run(&crate::lvm::lvcreate_cmd(vg, &lv, size)).await?;
+        let dev = format!("/dev/{vg}/{lv}");
+        let made = async {
+            self.runner.run(&fs.mkfs(Path::new(&dev)).timeout(std::time::Duration::from_secs(600))).await?;
+            disk::mount_loop_or_device(self.runner.as_ref(), Path::new(&dev), &mnt, false).await
+        }
+        .await;
+        if let Err(e) = made {
+            let _ = self.runner.run(&crate::lvm::lvremove_cmd(vg, &lv)).await;
+            return Err(e);
+        }
+        rec.path = mnt.display().to_string();
+        rec.fs_type = Some(fs.as_str().into());
+        rec.source = Some(dev);
+        rec.created_source = true;
+        Ok(())
+    }
+
+    async fn create_zfs(&self, spec: &NewDisk, rec: &mut DiskRecord) -> Result<(), DiskError> {
+        let parent = spec.dataset.as_deref().ok_or_else(|| DiskError::Invalid("zfs needs dataset".into()))?;
+        crate::zfs::check_dataset(parent)?;
+        let quota = spec.size_bytes.ok_or_else(|| DiskError::Invalid("zfs needs size_bytes (the quota)".into()))?;
+        let found = crate::zfs::parse_list(&self.runner.run(&crate::zfs::list_cmd(parent)).await?.stdout)?;
+        if !found.iter().any(|d| d.name == parent) {
+            return Err(DiskError::Invalid(format!("no ZFS dataset {parent}")));
+        }
+        let ds = format!("{parent}/bams-{}", spec.name);
+        crate::zfs::check_dataset(&ds)?;
+        let mnt = self.root.join(&spec.name);
+        rec.created_path = !mnt.exists();
+        self.runner.run(&crate::zfs::create_cmd(&ds, quota, &mnt.display().to_string())).await?;
+        rec.path = mnt.display().to_string();
+        rec.fs_type = Some("zfs".into());
+        rec.source = Some(ds);
+        rec.created_source = true;
+        Ok(())
     }
 
     fn check_device(&self, dev: &str) -> Result<(), DiskError> {
@@ -250,7 +307,7 @@ impl DiskRepositories {
         let path = Path::new(&rec.path);
         let health = if !path.exists() {
             "missing"
-        } else if rec.kind == "filesystem" && disk::mount_at(path).is_none() {
+        } else if matches!(rec.kind.as_str(), "filesystem" | "lvm" | "zfs") && disk::mount_at(path).is_none() {
             "unmounted"
         } else {
             "ok"
@@ -277,6 +334,24 @@ impl DiskRepositories {
                     let _ = std::fs::remove_dir(path);
                 }
             }
+            "lvm" => {
+                disk::unmount(self.runner.as_ref(), path).await?;
+                let lv = rec.source.as_deref().and_then(|s| s.strip_prefix("/dev/")).and_then(|s| s.split_once('/'));
+                if let (true, Some((vg, lv))) = (rec.created_source, lv) {
+                    self.runner.run(&crate::lvm::lvremove_cmd(vg, lv)).await?;
+                }
+                if rec.created_path {
+                    let _ = std::fs::remove_dir(path);
+                }
+            }
+            "zfs" => {
+                if let (true, Some(ds)) = (rec.created_source, &rec.source) {
+                    self.runner.run(&crate::zfs::destroy_cmd(ds)).await?;
+                }
+                if rec.created_path {
+                    let _ = std::fs::remove_dir(path);
+                }
+            }
             "btrfs-subvolume" if rec.created_path && path.exists() => {
                 self.runner
                     .run(&Cmd::new("btrfs", ["subvolume".to_string(), "delete".into(), rec.path.clone()]))
@@ -296,9 +371,9 @@ impl DiskRepositories {
     pub async fn remount_all(&self) -> Vec<String> {
         let Ok(all) = self.catalog.list_disk_repositories().await else { return vec!["catalog unavailable".into()] };
         let mut warnings = Vec::new();
-        for rec in all.iter().filter(|r| r.kind == "filesystem") {
+        for rec in all.iter().filter(|r| r.kind == "filesystem" || r.kind == "lvm") {
             let Some(src) = &rec.source else { continue };
-            let is_image = rec.created_source;
+            let is_image = rec.kind == "filesystem" && rec.created_source;
             if let Err(e) =
                 disk::mount_loop_or_device(self.runner.as_ref(), Path::new(src), Path::new(&rec.path), is_image).await
             {

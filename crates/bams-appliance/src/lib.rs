@@ -8,4 +8,6 @@
 
 pub mod disk;
 pub mod diskrepo;
+pub mod lvm;
 pub mod runner;
+pub mod zfs;

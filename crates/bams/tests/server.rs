@@ -1123,7 +1123,8 @@ async fn disk_repositories_directories_loop_filesystems_and_subvolumes() {
         (json!({"name": "../evil", "kind": "directory"}), StatusCode::BAD_REQUEST),
         (json!({"name": "sub2", "kind": "btrfs-subvolume", "parent": "/tmp"}), StatusCode::BAD_REQUEST),
         (json!({"name": "primary", "kind": "directory"}), StatusCode::CONFLICT),
-        (json!({"name": "vg", "kind": "lvm"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"name": "vg", "kind": "lvm"}), StatusCode::BAD_REQUEST),
+        (json!({"name": "vg", "kind": "lvm", "volume_group": "-x", "size_bytes": 1u64 << 30}), StatusCode::BAD_REQUEST),
     ];
     for (body, want) in bad {
         let (st, b) = admin.call(Method::POST, "/api/v1/disk/repositories", Some(body.clone())).await;
