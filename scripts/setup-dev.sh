@@ -15,6 +15,7 @@ packages=(
   apache2-utils                   # ab: concurrent load for the API benchmark in bench/
   sqlite3 jq curl                 # seeding the API benchmark; README examples
   python3-venv python3-pip        # moto, the S3-compatible server of the tests (below)
+  bacula-sd                       # `bacula-sd -t` validates generated storage daemon configs
 )
 
 if [ "$(id -u)" -ne 0 ]; then

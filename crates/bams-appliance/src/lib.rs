@@ -6,6 +6,7 @@
 //! file or an allowed block device, btrfs subvolume). Tape,
 //! iSCSI, Bacula SD, logs and diagnostics come with the rest of issue 6.
 
+pub mod bacula;
 pub mod disk;
 pub mod diskrepo;
 pub mod lvm;

@@ -104,7 +104,8 @@ pub enum RunError {
         /// The timeout.
         secs: u64,
     },
-    /// It exited non-zero; `stderr` says why (the API passes it on in `details`).
+    /// It exited non-zero; `stderr` says why (its standard output when standard error was
+    /// empty; the API passes it on in `details`).
     #[error("{cmd} failed (exit {status:?}): {stderr}")]
     Failed {
         /// The command line.
@@ -140,7 +141,9 @@ pub trait CommandRunner: Send + Sync {
         if out.status == Some(0) {
             Ok(out)
         } else {
-            Err(RunError::Failed { cmd: cmd.to_string(), status: out.status, stderr: out.stderr.trim().to_string() })
+            // Some tools (bacula-sd -t) explain their failure on standard output.
+            let said = if out.stderr.trim().is_empty() { &out.stdout } else { &out.stderr };
+            Err(RunError::Failed { cmd: cmd.to_string(), status: out.status, stderr: said.trim().to_string() })
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct Config {
     pub restore_roots: Vec<PathBuf>,
     /// Block devices disk repositories may format (`*` wildcards); empty = none.
     pub disk_devices: Vec<String>,
+    /// The Bacula storage daemon's config file that `/api/v1/bacula/config` manages.
+    pub bacula_sd_config: PathBuf,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             session_hours: 12,
             restore_roots: Vec::new(),
             disk_devices: vec!["/dev/sd*".into(), "/dev/vd*".into(), "/dev/xvd*".into(), "/dev/nvme*n*".into()],
+            bacula_sd_config: PathBuf::from("/etc/bacula/bacula-sd.conf"),
         }
     }
 }
@@ -101,6 +104,7 @@ const KEYS: &[&str] = &[
     "max_body_bytes",
     "max_object_bytes",
     "session_hours",
+    "bacula_sd_config",
 ];
 
 impl Config {
@@ -128,7 +132,7 @@ impl Config {
                 let value = match (*key, value) {
                     (
                         "listen" | "data_dir" | "catalog" | "repository" | "tls.cert" | "tls.key" | "log_format"
-                        | "server_id",
+                        | "server_id" | "bacula_sd_config",
                         _,
                     ) => serde_yaml::Value::String(v),
                     (_, value) => value,

@@ -51,6 +51,14 @@ fn harden<S: Clone + Send + Sync + 'static>(router: Router<S>, max_body: usize) 
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
         .layer(DefaultBodyLimit::max(max_body))
+        // An oversized body is refused unread, so the connection cannot carry another request:
+        // say so, or a client reusing it from its pool sees the next request fail mid-way.
+        .layer(axum::middleware::map_response(|mut r: Response| async move {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            }
+            r
+        }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             tracing::error!("a request handler panicked");
             ApiError::internal("the server hit a bug handling this request; it has been logged").into_response()
@@ -86,18 +94,17 @@ async fn first_admin(catalog: &Catalog, data_dir: &std::path::Path) -> Result<()
     let password: String =
         rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(24).map(char::from).collect();
     let path = data_dir.join("initial-admin-password");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut f, format!("{password}\n").as_bytes())?;
-    f.sync_all()?;
+    write_private(&path, format!("{password}\n").as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     catalog.create_user("admin", &password, Role::Admin).await?;
     info!(file = %path.display(), "created user admin; its initial password is in this file (mode 0600)");
     Ok(())
+}
+
+/// Write a secret file readable by root only (mode 0600, synced).
+pub(crate) fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    std::io::Write::write_all(&mut f, data)?;
+    f.sync_all()
 }
 
 /// Everything a running server consists of, for tests and the binary.

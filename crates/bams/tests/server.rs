@@ -47,6 +47,8 @@ impl Server {
             .env("BAMS_LISTEN", format!("127.0.0.1:{}", self.port))
             .env("BAMS_SCHEDULER_INTERVAL_SECS", "0.2")
             .env("BAMS_CONFIG", self.dir.path().join("none.yaml"))
+            // Never the machine's own /etc/bacula/bacula-sd.conf.
+            .env("BAMS_BACULA_SD_CONFIG", self.dir.path().join("bacula-sd.conf"))
             .env_remove("BAMS_PASSWORD")
             .env_remove("BAMS_REPOSITORY");
         std::fs::write(self.dir.path().join("none.yaml"), "").unwrap();
@@ -1195,4 +1197,36 @@ async fn disk_repositories_directories_loop_filesystems_and_subvolumes() {
     assert!(!disks.join("fast.img").exists() && !mnt.exists(), "loop image and mount point removed");
     let audit = admin.ok(Method::GET, "/api/v1/audit?limit=200", None).await;
     assert!(audit.to_string().contains("/api/v1/disk/repositories"), "mutations are audited");
+
+    // Bacula storage daemon: a config generated from the disk repositories passes the real
+    // `bacula-sd -t` and is installed; one it rejects is answered 422 and changes nothing.
+    admin
+        .ok(Method::POST, "/api/v1/disk/repositories", Some(json!({"name": "bacula-disk", "kind": "directory"})))
+        .await;
+    let cfg = admin.ok(Method::GET, "/api/v1/bacula/config", None).await;
+    assert!(cfg["content"].is_null() && cfg["generated"].as_str().unwrap().contains("bams-bacula-disk"), "{cfg}");
+    let installed = admin.ok(Method::POST, "/api/v1/bacula/config", Some(json!({}))).await;
+    let live = PathBuf::from(installed["path"].as_str().unwrap());
+    let text = std::fs::read_to_string(&live).unwrap();
+    let secret = s.data().join("bacula-director.password");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secret).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the director password file is private");
+    let password = std::fs::read_to_string(&secret).unwrap();
+    assert!(text.contains(password.trim()) && !s.log().contains(password.trim()), "password in config, never in logs");
+    let st = admin.ok(Method::GET, "/api/v1/bacula/status", None).await;
+    assert_eq!(st["installed"], true, "{st}");
+    assert!(st["version"].as_str().unwrap_or_default().contains("9."), "{st}");
+    assert_eq!(st["devices"], json!(["bams-bacula-disk"]), "{st}");
+    let (code, b) = admin
+        .call(
+            Method::POST,
+            "/api/v1/bacula/config",
+            Some(json!({"content": "Device {\n  Name = x\n  Media Tpye = File\n}\n"})),
+        )
+        .await;
+    assert_error(code, &b, StatusCode::UNPROCESSABLE_ENTITY, "config bacula-sd rejects");
+    assert!(b["error"]["details"]["stderr"].as_str().unwrap_or_default().contains("Tpye"), "{b}");
+    assert_eq!(std::fs::read_to_string(&live).unwrap(), text, "a rejected config changes nothing");
+    let (code, b) = admin.call(Method::POST, "/api/v1/bacula/config", Some(json!({"bogus": 1}))).await;
+    assert_error(code, &b, StatusCode::UNPROCESSABLE_ENTITY, "unknown field");
 }

@@ -1,6 +1,7 @@
 //! The REST API: every `/api/v1` route is registered through utoipa-axum's `routes!`, so the
 //! OpenAPI document is generated from the same handlers the router serves.
 
+pub mod bacula;
 pub mod disks;
 pub mod endpoint;
 pub mod jobs;
@@ -77,4 +78,8 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::dashboard))
         .routes(routes!(disks::list_disks, disks::create_disk))
         .routes(routes!(disks::get_disk, disks::delete_disk))
+        .routes(routes!(bacula::get_config, bacula::post_config))
+        .routes(routes!(bacula::status))
+        .routes(routes!(bacula::inventory))
+        .routes(routes!(bacula::restart))
 }
