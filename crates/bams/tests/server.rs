@@ -1217,6 +1217,7 @@ async fn disk_repositories_directories_loop_filesystems_and_subvolumes() {
     assert_eq!(st["installed"], true, "{st}");
     assert!(st["version"].as_str().unwrap_or_default().contains("9."), "{st}");
     assert_eq!(st["devices"], json!(["bams-bacula-disk"]), "{st}");
+    assert!(!st["service"].as_str().unwrap_or_default().is_empty(), "{st}");
     let (code, b) = admin
         .call(
             Method::POST,

@@ -120,9 +120,10 @@ pub async fn status(State(st): State<AppState>, _caller: Caller) -> ApiResult<Js
     let version = probe.as_ref().ok().and_then(|o| {
         o.stdout.lines().chain(o.stderr.lines()).find(|l| l.starts_with("Version:")).map(|l| l.trim().to_string())
     });
+    // Without a running systemd, systemctl prints nothing useful: say "unknown", not "".
     let service = match runner.output(&Cmd::new("systemctl", ["is-active", "bacula-sd"])).await {
-        Ok(o) => o.stdout.trim().to_string(),
-        Err(_) => "unknown".into(),
+        Ok(o) if !o.stdout.trim().is_empty() => o.stdout.trim().to_string(),
+        _ => "unknown".into(),
     };
     let path = st.config.bacula_sd_config.clone();
     let devices = std::fs::read_to_string(&path).map(|t| bacula::device_names(&t)).unwrap_or_default();
