@@ -129,6 +129,9 @@ impl DiskRepositories {
     /// Create what `spec` asks for and record it. On any failure, what was made is undone.
     pub async fn create(&self, spec: &NewDisk) -> Result<DiskRecord, DiskError> {
         let invalid = |m: String| Err(DiskError::Invalid(m));
+        // Names become file names under the data dir: the catalog's rule, checked before any
+        // OS work rather than when the record is inserted.
+        bams_catalog::validate_name("disk repository", &spec.name).map_err(catalog)?;
         if self.catalog.list_disk_repositories().await.map_err(catalog)?.iter().any(|d| d.name == spec.name) {
             return Err(DiskError::Conflict(format!("a disk repository named {:?} already exists", spec.name)));
         }
@@ -143,13 +146,6 @@ impl DiskRepositories {
             created_source: false,
             created_at: 0,
         };
-        // Names become file names under the data dir: the catalog's rule, checked first.
-        if spec.name.is_empty()
-            || spec.name.starts_with('.')
-            || !spec.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
-            return invalid(format!("invalid disk repository name {:?}", spec.name));
-        }
         match spec.kind {
             DiskKind::Directory => {
                 let path = match &spec.path {

@@ -28,7 +28,7 @@ pub use audit::{AuditEntry, AuditFilter, NewAudit};
 pub use disks::DiskRecord;
 pub use error::{CatalogError, Result};
 pub use jobs::{Job, JobKind, JobSpec, Level, Schedule, ScheduleSpec};
-pub use repos::Repository;
+pub use repos::{validate_name, Repository};
 pub use row::time_ms;
 pub use runs::{Dashboard, NewRun, Run, RunFilter, RunStats, RunStatus};
 pub use snapshots::{SnapshotFilter, SnapshotSummary};

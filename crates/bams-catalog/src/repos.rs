@@ -38,8 +38,8 @@ impl Repository {
     }
 }
 
-/// Repository names appear in URLs and file names.
-pub(crate) fn validate_name(kind: &str, name: &str) -> Result<()> {
+/// Names of repositories (and disk repositories) appear in URLs and file names.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))

@@ -400,26 +400,20 @@ impl Repository {
         }
         let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
         let raws = self.get_many(missing.iter().map(|&i| key(&ids[i])).collect());
+        // Verify a download and remember it.
+        let open_and_cache = |k: &str, id: &Id, raw: &[u8]| -> Result<Vec<u8>> {
+            let plain = self.open_named(k, id, raw)?;
+            if let Some(c) = &self.cache {
+                c.put(k, raw);
+            }
+            Ok(plain)
+        };
         for (i, raw) in missing.into_iter().zip(raws) {
             let k = key(&ids[i]);
-            let first = raw.and_then(|raw| {
-                let plain = self.open_named(&k, &ids[i], &raw)?;
-                if let Some(c) = &self.cache {
-                    c.put(&k, &raw);
-                }
-                Ok(plain)
-            });
-            let result = match first {
+            let result = match raw.and_then(|raw| open_and_cache(&k, &ids[i], &raw)) {
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
                     tracing::warn!("{k}: {e}; reading it again");
-                    self.verified(&k, || {
-                        let raw = self.get(&k)?;
-                        let plain = self.open_named(&k, &ids[i], &raw)?;
-                        if let Some(c) = &self.cache {
-                            c.put(&k, &raw);
-                        }
-                        Ok(plain)
-                    })
+                    self.verified(&k, || open_and_cache(&k, &ids[i], &self.get(&k)?))
                 }
                 other => other,
             };

@@ -35,10 +35,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 kdf: KdfParams::default(),
                 ids_from: match &a.copy_ids_from {
                     Some(other) => {
-                        let secret = match &a.from_password_file {
-                            Some(f) => session::read_password_file(f)?,
-                            None => session::secret(g, false)?.0,
-                        };
+                        let secret = session::secret_from(g, a.from_password_file.as_deref())?;
                         let o = session::open_at(g, other, &secret).with_context(|| format!("opening {other}"))?;
                         Some((o.repo.key().clone(), o.repo.config().clone()))
                     }
@@ -370,15 +367,9 @@ fn backup(g: &crate::cli::Global, out: Out, a: crate::cli::BackupArgs) -> Result
 }
 
 fn copy(g: &crate::cli::Global, out: Out, a: &crate::cli::CopyArgs) -> Result<u8> {
-    let secret_for = |file: &Option<PathBuf>| -> Result<Vec<u8>> {
-        match file {
-            Some(f) => session::read_password_file(f),
-            None => Ok(session::secret(g, false)?.0),
-        }
-    };
-    let src = session::open_at(g, &a.from, &secret_for(&a.from_password_file)?)
+    let src = session::open_at(g, &a.from, &session::secret_from(g, a.from_password_file.as_deref())?)
         .with_context(|| format!("opening the source {}", a.from))?;
-    let dst = session::open_at(g, &a.to, &secret_for(&a.to_password_file)?)
+    let dst = session::open_at(g, &a.to, &session::secret_from(g, a.to_password_file.as_deref())?)
         .with_context(|| format!("opening the destination {}", a.to))?;
     let (all, errors) = src.repo.snapshots()?;
     for e in &errors {

@@ -161,6 +161,15 @@ pub fn secret(global: &Global, confirm: bool) -> Result<(Vec<u8>, SlotKind)> {
     bail!("no password given: set BAMS_PASSWORD, --password-file or --key-file")
 }
 
+/// The secret in `file` when one is given (a second repository's `--from/--to-password-file`),
+/// else the usual one ([`secret`]).
+pub fn secret_from(global: &Global, file: Option<&Path>) -> Result<Vec<u8>> {
+    match file {
+        Some(f) => read_password_file(f),
+        None => Ok(secret(global, false)?.0),
+    }
+}
+
 /// The repository location from `-r` / `BAMS_REPOSITORY`.
 pub fn location(global: &Global) -> Result<&str> {
     global.repo.as_deref().context("no repository given: use -r/--repo or BAMS_REPOSITORY")

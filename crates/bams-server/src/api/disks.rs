@@ -52,33 +52,43 @@ fn inside(url: &str, path: &str) -> bool {
     url == path || url.strip_prefix(path).is_some_and(|rest| rest.starts_with('/'))
 }
 
-async fn used_by(st: &AppState, path: &str) -> ApiResult<UsedBy> {
-    let repos: Vec<_> = st.catalog.list_repositories().await?.into_iter().filter(|r| inside(&r.url, path)).collect();
-    let jobs = st.catalog.list_jobs().await?;
-    Ok(UsedBy {
+/// Who uses `path`, from the registered repositories and jobs (fetched once per request).
+fn used_by(repos: &[bams_catalog::Repository], jobs: &[bams_catalog::Job], path: &str) -> UsedBy {
+    let inside: Vec<_> = repos.iter().filter(|r| inside(&r.url, path)).collect();
+    UsedBy {
         jobs: jobs
             .iter()
-            .filter(|j| repos.iter().any(|r| r.id == j.repository))
+            .filter(|j| inside.iter().any(|r| r.id == j.repository))
             .map(|j| serde_json::json!({"id": j.id, "name": j.name}))
             .collect(),
-        repositories: repos.iter().map(|r| serde_json::json!({"id": r.id, "name": r.name})).collect(),
-    })
+        repositories: inside.iter().map(|r| serde_json::json!({"id": r.id, "name": r.name})).collect(),
+    }
+}
+
+/// The users of every disk repository come from one read of repositories and jobs.
+async fn views(st: &AppState, recs: Vec<bams_catalog::DiskRecord>) -> ApiResult<Vec<DiskView>> {
+    let repos = st.catalog.list_repositories().await?;
+    let jobs = st.catalog.list_jobs().await?;
+    let disks = st.disks.clone();
+    let statuses =
+        tokio::task::spawn_blocking(move || recs.into_iter().map(|r| disks.status(r)).collect::<Vec<_>>()).await?;
+    Ok(statuses
+        .into_iter()
+        .map(|disk| {
+            let used_by = used_by(&repos, &jobs, &disk.record.path);
+            DiskView { disk, used_by }
+        })
+        .collect())
 }
 
 async fn view(st: &AppState, rec: bams_catalog::DiskRecord) -> ApiResult<DiskView> {
-    let used = used_by(st, &rec.path).await?;
-    let disks = st.disks.clone();
-    let disk = tokio::task::spawn_blocking(move || disks.status(rec)).await?;
-    Ok(DiskView { disk, used_by: used })
+    views(st, vec![rec]).await?.pop().ok_or_else(|| ApiError::internal("no view"))
 }
 
 /// List disk repositories with capacity, health and users.
 #[utoipa::path(get, path = "/api/v1/disk/repositories", tag = "appliance", responses((status = 200, body = DiskList)))]
 pub async fn list_disks(State(st): State<AppState>, _caller: Caller) -> ApiResult<Json<DiskList>> {
-    let mut items = Vec::new();
-    for rec in st.catalog.list_disk_repositories().await? {
-        items.push(view(&st, rec).await?);
-    }
+    let items = views(&st, st.catalog.list_disk_repositories().await?).await?;
     Ok(Json(DiskList { items, next_cursor: None }))
 }
 
@@ -121,7 +131,7 @@ pub async fn delete_disk(
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
     let rec = st.catalog.get_disk_repository(id).await?;
-    let used = used_by(&st, &rec.path).await?;
+    let used = used_by(&st.catalog.list_repositories().await?, &st.catalog.list_jobs().await?, &rec.path);
     if !used.jobs.is_empty() {
         let mut e = ApiError::conflict(format!("disk repository {} is used by {} job(s)", rec.name, used.jobs.len()));
         e.details = Some(serde_json::json!({"jobs": used.jobs, "repositories": used.repositories}));

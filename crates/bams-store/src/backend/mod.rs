@@ -54,6 +54,19 @@ pub trait WriteBackend: ReadBackend {
     async fn delete(&self, key: &str) -> Result<()>;
 }
 
+/// A range read over the network must return exactly `len` bytes. Fewer means the body was
+/// cut short on the way (the object itself may be fine), so it is a Transient error that the
+/// retry layer reads again.
+pub(crate) fn network_range(key: &str, offset: u64, len: u64, data: Bytes) -> Result<Bytes> {
+    if data.len() as u64 != len {
+        return Err(crate::Error::new(
+            crate::error::ErrorKind::Transient,
+            format!("{key}: short read ({} of {len} bytes at {offset})", data.len()),
+        ));
+    }
+    Ok(data)
+}
+
 /// How the engine holds a backend.
 pub type DynBackend = Arc<dyn WriteBackend>;
 

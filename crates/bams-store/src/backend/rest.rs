@@ -126,13 +126,7 @@ impl ReadBackend for RestBackend {
         let req = self.object(reqwest::Method::GET, key).header(header::RANGE, range);
         let resp = self.send(&format!("GET {key} range"), req).await?;
         let data = self.body(key, resp).await?;
-        if data.len() as u64 != len {
-            return Err(Error::new(
-                ErrorKind::Transient,
-                format!("{key}: short read ({} of {len} bytes at {offset})", data.len()),
-            ));
-        }
-        Ok(data)
+        super::network_range(key, offset, len, data)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {

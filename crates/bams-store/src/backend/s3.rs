@@ -156,14 +156,7 @@ impl ReadBackend for S3Backend {
         let p = self.path(key)?;
         let data =
             self.store.get_range(&p, offset..offset + len).await.map_err(|e| self.err("GET range of", key, e))?;
-        if data.len() as u64 != len {
-            // A body cut short on the wire; the object itself may be fine, so worth a retry.
-            return Err(Error::new(
-                ErrorKind::Transient,
-                format!("{key}: short read ({} of {len} bytes at {offset})", data.len()),
-            ));
-        }
-        Ok(data)
+        super::network_range(key, offset, len, data)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
