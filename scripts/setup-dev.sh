@@ -16,6 +16,10 @@ packages=(
   sqlite3 jq curl                 # seeding the API benchmark; README examples
   python3-venv python3-pip        # moto, the S3-compatible server of the tests (below)
   bacula-sd                       # `bacula-sd -t` validates generated storage daemon configs
+  mtx mt-st                       # tape changers and drives (a missing changer is tested for real)
+  tgt libiscsi-bin                # iSCSI target daemon, and iscsi-ls as a userspace initiator
+  qemu-utils qemu-block-extra     # qemu-img reads a LUN over iSCSI in the tests
+  lvm2                            # vgs/lvs on machines with device-mapper (fixtures elsewhere)
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::runner::{Cmd, CommandRunner, RunError};
+use crate::error::io;
+use crate::runner::{Cmd, CommandRunner};
+use crate::ApplianceError;
 
 /// Filesystems BAMS can create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -50,42 +52,6 @@ impl FsKind {
     }
 }
 
-/// Why a disk operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DiskError {
-    /// Bad request (size, path, device not allowed…).
-    #[error("{0}")]
-    Invalid(String),
-    /// The target exists, is mounted or is in use.
-    #[error("{0}")]
-    Conflict(String),
-    /// No such disk repository.
-    #[error("{0} not found")]
-    NotFound(String),
-    /// Not available in this version.
-    #[error("{0}")]
-    Unsupported(String),
-    /// The catalog failed.
-    #[error("catalog: {0}")]
-    Catalog(String),
-    /// A command failed.
-    #[error(transparent)]
-    Command(#[from] RunError),
-    /// Local I/O.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiskError {
-    let what = what.into();
-    move |source| DiskError::Io { what, source }
-}
-
 /// Space on a filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Capacity {
@@ -98,9 +64,9 @@ pub struct Capacity {
 }
 
 /// Capacity of the filesystem holding `path`.
-pub fn capacity(path: &Path) -> Result<Capacity, DiskError> {
+pub fn capacity(path: &Path) -> Result<Capacity, ApplianceError> {
     let st = nix::sys::statvfs::statvfs(path)
-        .map_err(|e| DiskError::Io { what: format!("statvfs {}", path.display()), source: e.into() })?;
+        .map_err(|e| ApplianceError::Io { what: format!("statvfs {}", path.display()), source: e.into() })?;
     let frag = st.fragment_size() as u64;
     let total = st.blocks() as u64 * frag;
     let free = st.blocks_free() as u64 * frag;
@@ -181,9 +147,9 @@ pub async fn create_loop_filesystem(
     size: u64,
     kind: FsKind,
     mountpoint: &Path,
-) -> Result<(), DiskError> {
+) -> Result<(), ApplianceError> {
     if size < kind.min_size() {
-        return Err(DiskError::Invalid(format!(
+        return Err(ApplianceError::Invalid(format!(
             "{} needs at least {} MiB, asked for {} MiB",
             kind.as_str(),
             kind.min_size() >> 20,
@@ -192,9 +158,9 @@ pub async fn create_loop_filesystem(
     }
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(image).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            DiskError::Invalid(format!("{} already exists; refusing to format it", image.display()))
+            ApplianceError::Invalid(format!("{} already exists; refusing to format it", image.display()))
         } else {
-            DiskError::Io { what: format!("creating {}", image.display()), source: e }
+            ApplianceError::Io { what: format!("creating {}", image.display()), source: e }
         }
     })?;
     file.set_len(size).map_err(io(format!("sizing {}", image.display())))?;
@@ -212,7 +178,7 @@ pub async fn create_loop_filesystem(
 
 /// Mount `image` at `mountpoint` through a loop device; nothing to do when already mounted
 /// (the server calls this at start for every filesystem repository).
-pub async fn mount_loop(runner: &dyn CommandRunner, image: &Path, mountpoint: &Path) -> Result<(), DiskError> {
+pub async fn mount_loop(runner: &dyn CommandRunner, image: &Path, mountpoint: &Path) -> Result<(), ApplianceError> {
     mount_loop_or_device(runner, image, mountpoint, true).await
 }
 
@@ -223,7 +189,7 @@ pub async fn mount_loop_or_device(
     source: &Path,
     mountpoint: &Path,
     loop_file: bool,
-) -> Result<(), DiskError> {
+) -> Result<(), ApplianceError> {
     std::fs::create_dir_all(mountpoint).map_err(io(format!("creating {}", mountpoint.display())))?;
     if mount_at(mountpoint).is_some() {
         return Ok(());
@@ -235,7 +201,7 @@ pub async fn mount_loop_or_device(
 }
 
 /// Unmount `mountpoint` (the loop device is released with it).
-pub async fn unmount(runner: &dyn CommandRunner, mountpoint: &Path) -> Result<(), DiskError> {
+pub async fn unmount(runner: &dyn CommandRunner, mountpoint: &Path) -> Result<(), ApplianceError> {
     if mount_at(mountpoint).is_none() {
         return Ok(());
     }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use bams_catalog::{Catalog, DiskRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::disk::{self, Capacity, DiskError, FsKind};
+use crate::disk::{self, Capacity, FsKind};
 use crate::runner::{Cmd, CommandRunner};
+use crate::ApplianceError;
 
 /// Kinds of disk repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -90,7 +91,7 @@ pub struct DiskRepositories {
 }
 
 /// `path` as an absolute, normalized path with no `.`/`..`, not `/`.
-pub fn clean_absolute(path: &str) -> Result<PathBuf, DiskError> {
+pub fn clean_absolute(path: &str) -> Result<PathBuf, ApplianceError> {
     let p = Path::new(path);
     // Checked on the text: `Path::components` silently drops inner `.` and doubled `/`.
     let ok = p.is_absolute()
@@ -100,7 +101,9 @@ pub fn clean_absolute(path: &str) -> Result<PathBuf, DiskError> {
     if ok {
         Ok(p.to_path_buf())
     } else {
-        Err(DiskError::Invalid(format!("{path:?} must be an absolute path without '.', '..' or '//', other than /")))
+        Err(ApplianceError::Invalid(format!(
+            "{path:?} must be an absolute path without '.', '..' or '//', other than /"
+        )))
     }
 }
 
@@ -127,13 +130,13 @@ impl DiskRepositories {
     }
 
     /// Create what `spec` asks for and record it. On any failure, what was made is undone.
-    pub async fn create(&self, spec: &NewDisk) -> Result<DiskRecord, DiskError> {
-        let invalid = |m: String| Err(DiskError::Invalid(m));
+    pub async fn create(&self, spec: &NewDisk) -> Result<DiskRecord, ApplianceError> {
+        let invalid = |m: String| Err(ApplianceError::Invalid(m));
         // Names become file names under the data dir: the catalog's rule, checked before any
         // OS work rather than when the record is inserted.
         bams_catalog::validate_name("disk repository", &spec.name).map_err(catalog)?;
         if self.catalog.list_disk_repositories().await.map_err(catalog)?.iter().any(|d| d.name == spec.name) {
-            return Err(DiskError::Conflict(format!("a disk repository named {:?} already exists", spec.name)));
+            return Err(ApplianceError::Conflict(format!("a disk repository named {:?} already exists", spec.name)));
         }
         let mut rec = DiskRecord {
             id: 0,
@@ -157,14 +160,14 @@ impl DiskRepositories {
                 }
                 rec.created_path = !path.exists();
                 std::fs::create_dir_all(&path)
-                    .map_err(|e| DiskError::Io { what: format!("creating {}", path.display()), source: e })?;
+                    .map_err(|e| ApplianceError::Io { what: format!("creating {}", path.display()), source: e })?;
                 rec.path = path.display().to_string();
             }
             DiskKind::Filesystem => {
                 let fs = spec.fs_type.unwrap_or(FsKind::Ext4);
                 let mnt = self.root.join(&spec.name);
                 if disk::mount_at(&mnt).is_some() {
-                    return Err(DiskError::Conflict(format!("{} is already a mount point", mnt.display())));
+                    return Err(ApplianceError::Conflict(format!("{} is already a mount point", mnt.display())));
                 }
                 rec.fs_type = Some(fs.as_str().into());
                 rec.path = mnt.display().to_string();
@@ -177,7 +180,7 @@ impl DiskRepositories {
                         rec.source = Some(dev.clone());
                     }
                     (None, Some(size)) => {
-                        std::fs::create_dir_all(&self.root).map_err(|e| DiskError::Io {
+                        std::fs::create_dir_all(&self.root).map_err(|e| ApplianceError::Io {
                             what: format!("creating {}", self.root.display()),
                             source: e,
                         })?;
@@ -196,14 +199,14 @@ impl DiskRepositories {
             DiskKind::BtrfsSubvolume => {
                 let parent = clean_absolute(spec.parent.as_deref().unwrap_or_default())?;
                 let on = disk::filesystem_of(&parent).ok_or_else(|| {
-                    DiskError::Invalid(format!("{} is not on a mounted filesystem", parent.display()))
+                    ApplianceError::Invalid(format!("{} is not on a mounted filesystem", parent.display()))
                 })?;
                 if on.fstype != "btrfs" {
                     return invalid(format!("{} is on {}, not btrfs", parent.display(), on.fstype));
                 }
                 let path = parent.join(&spec.name);
                 if path.exists() {
-                    return Err(DiskError::Conflict(format!("{} already exists", path.display())));
+                    return Err(ApplianceError::Conflict(format!("{} already exists", path.display())));
                 }
                 self.runner
                     .run(&Cmd::new("btrfs", ["subvolume".to_string(), "create".into(), path.display().to_string()]))
@@ -224,19 +227,25 @@ impl DiskRepositories {
         }
     }
 
-    async fn create_lvm(&self, spec: &NewDisk, rec: &mut DiskRecord) -> Result<(), DiskError> {
-        let vg = spec.volume_group.as_deref().ok_or_else(|| DiskError::Invalid("lvm needs volume_group".into()))?;
+    async fn create_lvm(&self, spec: &NewDisk, rec: &mut DiskRecord) -> Result<(), ApplianceError> {
+        let vg =
+            spec.volume_group.as_deref().ok_or_else(|| ApplianceError::Invalid("lvm needs volume_group".into()))?;
         crate::lvm::check_name("volume group", vg)?;
-        let size = spec.size_bytes.ok_or_else(|| DiskError::Invalid("lvm needs size_bytes".into()))?;
+        let size = spec.size_bytes.ok_or_else(|| ApplianceError::Invalid("lvm needs size_bytes".into()))?;
         let fs = spec.fs_type.unwrap_or(FsKind::Ext4);
         if size < fs.min_size() {
-            return Err(DiskError::Invalid(format!("{} needs at least {} MiB", fs.as_str(), fs.min_size() >> 20)));
+            return Err(ApplianceError::Invalid(format!("{} needs at least {} MiB", fs.as_str(), fs.min_size() >> 20)));
         }
         let groups = crate::lvm::parse_vgs(&self.runner.run(&crate::lvm::vgs_cmd(Some(vg))).await?.stdout)?;
-        let group =
-            groups.iter().find(|g| g.name == vg).ok_or_else(|| DiskError::Invalid(format!("no volume group {vg}")))?;
+        let group = groups
+            .iter()
+            .find(|g| g.name == vg)
+            .ok_or_else(|| ApplianceError::Invalid(format!("no volume group {vg}")))?;
         if group.free < size {
-            return Err(DiskError::Conflict(format!("volume group {vg} has {} bytes free, {size} asked", group.free)));
+            return Err(ApplianceError::Conflict(format!(
+                "volume group {vg} has {} bytes free, {size} asked",
+                group.free
+            )));
         }
         let lv = format!("bams-{}", spec.name);
         crate::lvm::check_name("logical volume", &lv)?;
@@ -260,13 +269,14 @@ impl DiskRepositories {
         Ok(())
     }
 
-    async fn create_zfs(&self, spec: &NewDisk, rec: &mut DiskRecord) -> Result<(), DiskError> {
-        let parent = spec.dataset.as_deref().ok_or_else(|| DiskError::Invalid("zfs needs dataset".into()))?;
+    async fn create_zfs(&self, spec: &NewDisk, rec: &mut DiskRecord) -> Result<(), ApplianceError> {
+        let parent = spec.dataset.as_deref().ok_or_else(|| ApplianceError::Invalid("zfs needs dataset".into()))?;
         crate::zfs::check_dataset(parent)?;
-        let quota = spec.size_bytes.ok_or_else(|| DiskError::Invalid("zfs needs size_bytes (the quota)".into()))?;
+        let quota =
+            spec.size_bytes.ok_or_else(|| ApplianceError::Invalid("zfs needs size_bytes (the quota)".into()))?;
         let found = crate::zfs::parse_list(&self.runner.run(&crate::zfs::list_cmd(parent)).await?.stdout)?;
         if !found.iter().any(|d| d.name == parent) {
-            return Err(DiskError::Invalid(format!("no ZFS dataset {parent}")));
+            return Err(ApplianceError::Invalid(format!("no ZFS dataset {parent}")));
         }
         let ds = format!("{parent}/bams-{}", spec.name);
         crate::zfs::check_dataset(&ds)?;
@@ -280,20 +290,20 @@ impl DiskRepositories {
         Ok(())
     }
 
-    fn check_device(&self, dev: &str) -> Result<(), DiskError> {
+    fn check_device(&self, dev: &str) -> Result<(), ApplianceError> {
         let path = clean_absolute(dev)?;
         if !self.allowed_devices.iter().any(|g| glob_match(g, dev)) {
-            return Err(DiskError::Invalid(format!(
+            return Err(ApplianceError::Invalid(format!(
                 "{dev} is not an allowed device (config disk_devices: {:?})",
                 self.allowed_devices
             )));
         }
-        let meta = std::fs::metadata(&path).map_err(|e| DiskError::Invalid(format!("{dev}: {e}")))?;
+        let meta = std::fs::metadata(&path).map_err(|e| ApplianceError::Invalid(format!("{dev}: {e}")))?;
         if !std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
-            return Err(DiskError::Invalid(format!("{dev} is not a block device")));
+            return Err(ApplianceError::Invalid(format!("{dev} is not a block device")));
         }
         if let Some(m) = disk::mounts().into_iter().find(|m| m.source == dev) {
-            return Err(DiskError::Conflict(format!("{dev} is mounted at {}", m.mount_point.display())));
+            return Err(ApplianceError::Conflict(format!("{dev} is mounted at {}", m.mount_point.display())));
         }
         Ok(())
     }
@@ -313,12 +323,12 @@ impl DiskRepositories {
     }
 
     /// Undo what BAMS created for `rec` and forget it. The caller checks it is not in use.
-    pub async fn remove(&self, rec: &DiskRecord) -> Result<(), DiskError> {
+    pub async fn remove(&self, rec: &DiskRecord) -> Result<(), ApplianceError> {
         self.undo(rec).await?;
         self.catalog.delete_disk_repository(rec.id).await.map_err(catalog)
     }
 
-    async fn undo(&self, rec: &DiskRecord) -> Result<(), DiskError> {
+    async fn undo(&self, rec: &DiskRecord) -> Result<(), ApplianceError> {
         let path = Path::new(&rec.path);
         match rec.kind.as_str() {
             "filesystem" => {
@@ -355,7 +365,7 @@ impl DiskRepositories {
             }
             "directory" if rec.created_path && path.exists() => {
                 std::fs::remove_dir_all(path)
-                    .map_err(|e| DiskError::Io { what: format!("removing {}", path.display()), source: e })?;
+                    .map_err(|e| ApplianceError::Io { what: format!("removing {}", path.display()), source: e })?;
             }
             _ => {}
         }
@@ -380,12 +390,12 @@ impl DiskRepositories {
     }
 }
 
-fn catalog(e: bams_catalog::CatalogError) -> DiskError {
+fn catalog(e: bams_catalog::CatalogError) -> ApplianceError {
     match e {
-        bams_catalog::CatalogError::Conflict(m) => DiskError::Conflict(m),
-        bams_catalog::CatalogError::Invalid(m) => DiskError::Invalid(m),
-        bams_catalog::CatalogError::NotFound(m) => DiskError::NotFound(m),
-        other => DiskError::Catalog(other.to_string()),
+        bams_catalog::CatalogError::Conflict(m) => ApplianceError::Conflict(m),
+        bams_catalog::CatalogError::Invalid(m) => ApplianceError::Invalid(m),
+        bams_catalog::CatalogError::NotFound(m) => ApplianceError::NotFound(m),
+        other => ApplianceError::Catalog(other.to_string()),
     }
 }
 

@@ -4,8 +4,8 @@
 
 use serde::Deserialize;
 
-use crate::disk::DiskError;
 use crate::runner::Cmd;
+use crate::ApplianceError;
 
 /// A volume group as `vgs` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,13 +58,13 @@ struct LvRow {
     lv_size: String,
 }
 
-fn bytes(field: &str, v: &str) -> Result<u64, DiskError> {
-    v.trim().parse().map_err(|_| DiskError::Invalid(format!("LVM reported {field} {v:?}, not a byte count")))
+fn bytes(field: &str, v: &str) -> Result<u64, ApplianceError> {
+    v.trim().parse().map_err(|_| ApplianceError::Invalid(format!("LVM reported {field} {v:?}, not a byte count")))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<Vec<T>, DiskError> {
+fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<Vec<T>, ApplianceError> {
     let r: Report<T> =
-        serde_json::from_str(json).map_err(|e| DiskError::Invalid(format!("unexpected {what} output: {e}")))?;
+        serde_json::from_str(json).map_err(|e| ApplianceError::Invalid(format!("unexpected {what} output: {e}")))?;
     Ok(r.report)
 }
 
@@ -89,7 +89,7 @@ pub fn lvs_cmd(vg: &str) -> Cmd {
 }
 
 /// Parse `vgs_cmd` output.
-pub fn parse_vgs(json: &str) -> Result<Vec<VolumeGroup>, DiskError> {
+pub fn parse_vgs(json: &str) -> Result<Vec<VolumeGroup>, ApplianceError> {
     let mut out = Vec::new();
     for section in parse::<VgSection>("vgs", json)? {
         for r in section.vg {
@@ -104,7 +104,7 @@ pub fn parse_vgs(json: &str) -> Result<Vec<VolumeGroup>, DiskError> {
 }
 
 /// Parse `lvs_cmd` output.
-pub fn parse_lvs(json: &str) -> Result<Vec<LogicalVolume>, DiskError> {
+pub fn parse_lvs(json: &str) -> Result<Vec<LogicalVolume>, ApplianceError> {
     let mut out = Vec::new();
     for section in parse::<LvSection>("lvs", json)? {
         for r in section.lv {
@@ -115,7 +115,7 @@ pub fn parse_lvs(json: &str) -> Result<Vec<LogicalVolume>, DiskError> {
 }
 
 /// LVM names: letters, digits and `+_.-`, not starting with `-`.
-pub fn check_name(what: &str, name: &str) -> Result<(), DiskError> {
+pub fn check_name(what: &str, name: &str) -> Result<(), ApplianceError> {
     let ok = !name.is_empty()
         && name.len() <= 127
         && !name.starts_with('-')
@@ -123,7 +123,7 @@ pub fn check_name(what: &str, name: &str) -> Result<(), DiskError> {
     if ok {
         Ok(())
     } else {
-        Err(DiskError::Invalid(format!("invalid LVM {what} name {name:?}")))
+        Err(ApplianceError::Invalid(format!("invalid LVM {what} name {name:?}")))
     }
 }
 

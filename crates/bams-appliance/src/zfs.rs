@@ -2,8 +2,8 @@
 //! a quota and its mount point under the data dir. Command vectors and `zfs list -Hp` parsing
 //! (tab-separated, exact numbers, `-` for none) only; the `CommandRunner` runs them.
 
-use crate::disk::DiskError;
 use crate::runner::Cmd;
+use crate::ApplianceError;
 
 /// One dataset as `zfs list -Hp -o name,used,avail,quota,mountpoint` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,16 +26,16 @@ pub fn list_cmd(dataset: &str) -> Cmd {
 }
 
 /// Parse `list_cmd` output.
-pub fn parse_list(text: &str) -> Result<Vec<Dataset>, DiskError> {
+pub fn parse_list(text: &str) -> Result<Vec<Dataset>, ApplianceError> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
             let f: Vec<&str> = line.split('\t').collect();
             let [name, used, avail, quota, mnt] = f.as_slice() else {
-                return Err(DiskError::Invalid(format!("unexpected zfs list line {line:?}")));
+                return Err(ApplianceError::Invalid(format!("unexpected zfs list line {line:?}")));
             };
-            let num = |v: &str| -> Result<u64, DiskError> {
-                v.parse().map_err(|_| DiskError::Invalid(format!("zfs list: {v:?} is not a number in {line:?}")))
+            let num = |v: &str| -> Result<u64, ApplianceError> {
+                v.parse().map_err(|_| ApplianceError::Invalid(format!("zfs list: {v:?} is not a number in {line:?}")))
             };
             Ok(Dataset {
                 name: (*name).to_string(),
@@ -52,7 +52,7 @@ pub fn parse_list(text: &str) -> Result<Vec<Dataset>, DiskError> {
 }
 
 /// Dataset names: components of letters, digits and `_.:-`, separated by `/`.
-pub fn check_dataset(name: &str) -> Result<(), DiskError> {
+pub fn check_dataset(name: &str) -> Result<(), ApplianceError> {
     let ok = !name.is_empty()
         && name.len() <= 255
         && name.split('/').all(|c| {
@@ -64,7 +64,7 @@ pub fn check_dataset(name: &str) -> Result<(), DiskError> {
     if ok {
         Ok(())
     } else {
-        Err(DiskError::Invalid(format!("invalid ZFS dataset name {name:?}")))
+        Err(ApplianceError::Invalid(format!("invalid ZFS dataset name {name:?}")))
     }
 }
 

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bams_appliance::bacula::{self, SdIdentity};
-use bams_appliance::disk::DiskError;
 use bams_appliance::runner::{RunError, SystemRunner};
+use bams_appliance::ApplianceError;
 use bams_catalog::DiskRecord;
 
 #[tokio::test]
@@ -36,7 +36,7 @@ async fn generated_config_passes_bacula_sd_and_a_bad_one_is_rolled_back() {
 
     let broken = text.replace("Media Type = File", "Media Tpye = File");
     match bacula::install(&SystemRunner, &target, &broken).await {
-        Err(DiskError::Command(RunError::Failed { stderr, .. })) => {
+        Err(ApplianceError::Command(RunError::Failed { stderr, .. })) => {
             assert!(stderr.to_lowercase().contains("tpye") || stderr.contains("error"), "{stderr}")
         }
         other => panic!("bacula-sd must reject the typo: {other:?}"),

@@ -14,7 +14,7 @@ async fn loop_backed_ext4_xfs_and_btrfs_are_created_mounted_and_remounted() {
         let mnt = dir.path().join(format!("mnt-{}", kind.as_str()));
         // Too small is refused before anything is created.
         let small = disk::create_loop_filesystem(&runner, &image, 1 << 20, kind, &mnt).await;
-        assert!(matches!(small, Err(disk::DiskError::Invalid(_))), "{small:?}");
+        assert!(matches!(small, Err(bams_appliance::ApplianceError::Invalid(_))), "{small:?}");
         assert!(!image.exists());
         disk::create_loop_filesystem(&runner, &image, kind.min_size(), kind, &mnt).await.expect("create");
         let m = disk::mount_at(&mnt).expect("mounted");
@@ -24,7 +24,7 @@ async fn loop_backed_ext4_xfs_and_btrfs_are_created_mounted_and_remounted() {
         assert!(cap.total_bytes > 0 && cap.total_bytes <= kind.min_size() && cap.used_bytes <= cap.total_bytes);
         // An existing image is never formatted again.
         let again = disk::create_loop_filesystem(&runner, &image, kind.min_size(), kind, &mnt).await;
-        assert!(matches!(again, Err(disk::DiskError::Invalid(_))), "{again:?}");
+        assert!(matches!(again, Err(bams_appliance::ApplianceError::Invalid(_))), "{again:?}");
         disk::unmount(&runner, &mnt).await.unwrap();
         assert!(disk::mount_at(&mnt).is_none());
         disk::mount_loop(&runner, &image, &mnt).await.unwrap();

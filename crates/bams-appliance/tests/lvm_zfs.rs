@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use bams_appliance::disk::DiskError;
 use bams_appliance::diskrepo::{DiskKind, DiskRepositories, NewDisk};
 use bams_appliance::runner::{CmdOutput, RunError, ScriptedRunner};
+use bams_appliance::ApplianceError;
 
 fn spec(name: &str, kind: DiskKind) -> NewDisk {
     NewDisk {
@@ -63,7 +63,7 @@ async fn lvm_refuses_too_little_free_space_and_reports_command_failures() {
     let (_d, runner, disks) = setup(ScriptedRunner::default().expect(VGS.iter().copied(), CmdOutput::ok(full))).await;
     let mut s = spec("big", DiskKind::Lvm);
     s.volume_group = Some("bamsvgtest".into());
-    assert!(matches!(disks.create(&s).await, Err(DiskError::Conflict(_))));
+    assert!(matches!(disks.create(&s).await, Err(ApplianceError::Conflict(_))));
     assert!(runner.finished());
 
     let vgs = include_str!("fixtures/vgs.json");
@@ -73,7 +73,7 @@ async fn lvm_refuses_too_little_free_space_and_reports_command_failures() {
     ))
     .await;
     match disks.create(&s).await {
-        Err(DiskError::Command(RunError::Failed { stderr, .. })) => {
+        Err(ApplianceError::Command(RunError::Failed { stderr, .. })) => {
             assert!(stderr.contains("insufficient"), "{stderr}")
         }
         other => panic!("expected the command's failure, got {other:?}"),
@@ -119,5 +119,5 @@ async fn zfs_dataset_is_created_with_a_quota_and_destroyed() {
     // A parent that does not exist, and a bad name, create nothing.
     let mut bad = spec("x", DiskKind::Zfs);
     bad.dataset = Some("tank/../etc".into());
-    assert!(matches!(disks.create(&bad).await, Err(DiskError::Invalid(_))));
+    assert!(matches!(disks.create(&bad).await, Err(ApplianceError::Invalid(_))));
 }

@@ -88,7 +88,10 @@ pub fn required_role(method: &Method, route: &str) -> Role {
             "/api/v1/jobs/{id}/run"
             | "/api/v1/runs/{id}/cancel"
             | "/api/v1/snapshots/{id}/restore"
-            | "/api/v1/snapshots/sync",
+            | "/api/v1/snapshots/sync"
+            | "/api/v1/tape/inventory"
+            | "/api/v1/tape/drives/{id}/load"
+            | "/api/v1/tape/drives/{id}/unload",
         ) => Role::Operator,
         (false, _) => Role::Admin,
     }

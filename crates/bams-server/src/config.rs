@@ -56,6 +56,8 @@ pub struct Config {
     pub disk_devices: Vec<String>,
     /// The Bacula storage daemon's config file that `/api/v1/bacula/config` manages.
     pub bacula_sd_config: PathBuf,
+    /// The tape library: `virtual` (default, under `<data_dir>/vtl`), `mtx` or `none`.
+    pub tape: bams_appliance::tape::TapeConfig,
 }
 
 impl Default for Config {
@@ -79,6 +81,7 @@ impl Default for Config {
             restore_roots: Vec::new(),
             disk_devices: vec!["/dev/sd*".into(), "/dev/vd*".into(), "/dev/xvd*".into(), "/dev/nvme*n*".into()],
             bacula_sd_config: PathBuf::from("/etc/bacula/bacula-sd.conf"),
+            tape: bams_appliance::tape::TapeConfig::default(),
         }
     }
 }
@@ -105,6 +108,9 @@ const KEYS: &[&str] = &[
     "max_object_bytes",
     "session_hours",
     "bacula_sd_config",
+    "tape.library",
+    "tape.changer",
+    "tape.dir",
 ];
 
 impl Config {
@@ -132,7 +138,7 @@ impl Config {
                 let value = match (*key, value) {
                     (
                         "listen" | "data_dir" | "catalog" | "repository" | "tls.cert" | "tls.key" | "log_format"
-                        | "server_id" | "bacula_sd_config",
+                        | "server_id" | "bacula_sd_config" | "tape.library" | "tape.changer" | "tape.dir",
                         _,
                     ) => serde_yaml::Value::String(v),
                     (_, value) => value,

@@ -123,10 +123,10 @@ impl From<bams_director::RepoPoolError> for ApiError {
     }
 }
 
-impl From<bams_appliance::disk::DiskError> for ApiError {
-    fn from(e: bams_appliance::disk::DiskError) -> Self {
-        use bams_appliance::disk::DiskError as D;
+impl From<bams_appliance::ApplianceError> for ApiError {
+    fn from(e: bams_appliance::ApplianceError) -> Self {
         use bams_appliance::runner::RunError as R;
+        use bams_appliance::ApplianceError as D;
         match e {
             D::Invalid(m) => Self::bad_request(m),
             D::Conflict(m) => Self::conflict(m),

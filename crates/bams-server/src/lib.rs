@@ -138,9 +138,11 @@ pub async fn prepare(config: Config) -> Result<Server> {
             run_missed: config.run_missed,
         },
     );
+    let runner: Arc<dyn bams_appliance::runner::CommandRunner> = Arc::new(bams_appliance::runner::SystemRunner);
+    let tape = config.tape.open(&config.data_dir, runner.clone()).context("opening the tape library")?;
     let disks = Arc::new(bams_appliance::diskrepo::DiskRepositories::new(
         catalog.clone(),
-        Arc::new(bams_appliance::runner::SystemRunner),
+        runner,
         &config.data_dir,
         config.disk_devices.clone(),
     ));
@@ -154,6 +156,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
         repos,
         director,
         disks,
+        tape,
         limiter: Arc::new(auth::LoginLimiter::default()),
         auth_cache: Arc::new(auth::AuthCache::default()),
         metrics: metrics::install(),

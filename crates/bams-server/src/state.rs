@@ -21,6 +21,8 @@ pub struct AppState {
     pub director: Arc<Director>,
     /// Disk repositories (appliance).
     pub disks: Arc<bams_appliance::diskrepo::DiskRepositories>,
+    /// The tape library (`None` when `tape.library` is `none`).
+    pub tape: Option<Arc<dyn bams_appliance::tape::Changer>>,
     /// Recently verified credentials.
     pub auth_cache: Arc<AuthCache>,
     /// Password-guessing brake.

@@ -616,7 +616,10 @@ fn expected_role(method: &str, path: &str) -> Option<&'static str> {
             "/api/v1/jobs/{id}/run"
             | "/api/v1/runs/{id}/cancel"
             | "/api/v1/snapshots/{id}/restore"
-            | "/api/v1/snapshots/sync",
+            | "/api/v1/snapshots/sync"
+            | "/api/v1/tape/inventory"
+            | "/api/v1/tape/drives/{id}/load"
+            | "/api/v1/tape/drives/{id}/unload",
         ) => "operator",
         (false, _) => "admin",
     })
@@ -1230,4 +1233,114 @@ async fn disk_repositories_directories_loop_filesystems_and_subvolumes() {
     assert_eq!(std::fs::read_to_string(&live).unwrap(), text, "a rejected config changes nothing");
     let (code, b) = admin.call(Method::POST, "/api/v1/bacula/config", Some(json!({"bogus": 1}))).await;
     assert_error(code, &b, StatusCode::UNPROCESSABLE_ENTITY, "unknown field");
+}
+
+/// The audit entries of `route`, newest first.
+async fn audited(admin: &Api, route: &str) -> Vec<Value> {
+    let audit = admin.ok(Method::GET, "/api/v1/audit?limit=500", None).await;
+    audit["items"].as_array().unwrap().iter().filter(|e| e["route"] == route).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tape_library_on_the_virtual_library_and_a_failing_real_changer() {
+    let s = Server::start(None);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    admin
+        .ok(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"username": "op", "password": "long-password", "role": "operator"})),
+        )
+        .await;
+    admin
+        .ok(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"username": "view", "password": "long-password", "role": "viewer"})),
+        )
+        .await;
+    let op = Api::login(&s, "op", "long-password").await;
+    let viewer = Api::login(&s, "view", "long-password").await;
+
+    // The default library is the built-in virtual one: 2 drives, 16 + 2 slots, 12 cartridges.
+    let lib = viewer.ok(Method::GET, "/api/v1/tape/library", None).await;
+    assert_eq!(lib["kind"], "virtual", "{lib}");
+    assert_eq!((lib["drives"].as_array().unwrap().len(), lib["slots"].as_array().unwrap().len()), (2, 18));
+    let slots = viewer.ok(Method::GET, "/api/v1/tape/slots", None).await;
+    assert_eq!(slots["items"][0]["barcode"], "VT0001L8");
+    assert_eq!(slots["items"][17]["import_export"], true);
+
+    // An operator loads by barcode; the drive reports a cartridge at BOT.
+    let lib = op.ok(Method::POST, "/api/v1/tape/drives/0/load", Some(json!({"barcode": "VT0002L8"}))).await;
+    assert_eq!(lib["drives"][0]["loaded"]["barcode"], "VT0002L8", "{lib}");
+    assert_eq!(lib["slots"][1]["full"], false);
+    let drives = viewer.ok(Method::GET, "/api/v1/tape/drives", None).await;
+    let d0 = &drives["items"][0];
+    assert_eq!((d0["status"]["online"].as_bool(), d0["loaded"]["home_slot"].as_u64()), (Some(true), Some(2)), "{d0}");
+    assert!(d0["status"]["flags"].as_array().unwrap().contains(&json!("BOT")), "{d0}");
+    assert_eq!(drives["items"][1]["status"]["flags"], json!(["DR_OPEN"]));
+
+    // Operator mistakes: each a clear error, nothing moves.
+    let bad = [
+        ("/api/v1/tape/drives/0/load", json!({"slot": 1}), StatusCode::CONFLICT, "drive 0 is full"),
+        ("/api/v1/tape/drives/1/load", json!({"slot": 14}), StatusCode::CONFLICT, "slot 14 is empty"),
+        ("/api/v1/tape/drives/1/load", json!({"barcode": "VT0002L8"}), StatusCode::CONFLICT, "already in drive 0"),
+        ("/api/v1/tape/drives/1/load", json!({"barcode": "NOSUCH"}), StatusCode::NOT_FOUND, "NOSUCH"),
+        ("/api/v1/tape/drives/7/load", json!({"slot": 1}), StatusCode::NOT_FOUND, "drive 7"),
+        (
+            "/api/v1/tape/drives/1/load",
+            json!({"slot": 1, "barcode": "VT0001L8"}),
+            StatusCode::BAD_REQUEST,
+            "exactly one",
+        ),
+        ("/api/v1/tape/drives/1/load", json!({"slot": -1}), StatusCode::UNPROCESSABLE_ENTITY, ""),
+        ("/api/v1/tape/drives/1/unload", json!({}), StatusCode::CONFLICT, "drive 1 is empty"),
+        ("/api/v1/tape/drives/0/unload", json!({"slot": 1}), StatusCode::CONFLICT, "slot 1 is full"),
+        ("/api/v1/tape/drives/x/unload", json!({}), StatusCode::BAD_REQUEST, ""),
+    ];
+    for (path, body, want, says) in bad {
+        let (st, b) = op.call(Method::POST, path, Some(body.clone())).await;
+        assert_error(st, &b, want, &format!("{path} {body}"));
+        assert!(b["error"]["message"].as_str().unwrap().contains(says), "{path} {body}: {b}");
+    }
+    let (st, b) = viewer.call(Method::POST, "/api/v1/tape/drives/1/load", Some(json!({"slot": 1}))).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "viewer loads a tape");
+    let after = viewer.ok(Method::GET, "/api/v1/tape/library", None).await;
+    assert_eq!(after["drives"], lib["drives"], "a refused request moved something");
+
+    // Unload without a body goes back to the home slot; inventory answers the element status.
+    let r = op
+        .http
+        .post(s.url("/api/v1/tape/drives/0/unload"))
+        .bearer_auth(op.token.as_ref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let inv = op.ok(Method::POST, "/api/v1/tape/inventory", None).await;
+    assert_eq!(inv["slots"][1]["barcode"], "VT0002L8", "{inv}");
+    assert!(inv["drives"][0]["loaded"].is_null());
+
+    // Every move and every refusal is in the audit log with its result.
+    let loads = audited(&admin, "/api/v1/tape/drives/{id}/load").await;
+    let results: Vec<&str> = loads.iter().map(|e| e["result"].as_str().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| **r == "ok").count(), 1, "{loads:?}");
+    assert_eq!(results.iter().filter(|r| **r == "error").count(), 7, "{loads:?}");
+    assert_eq!(results.iter().filter(|r| **r == "denied").count(), 1, "{loads:?}");
+    assert_eq!(audited(&admin, "/api/v1/tape/drives/{id}/unload").await.len(), 4);
+
+    // A real changer through mtx whose device is missing: 502 with what mtx printed.
+    let real = Server::start_with(None, &[("BAMS_TAPE_LIBRARY", "mtx"), ("BAMS_TAPE_CHANGER", "/dev/sg-bams-missing")]);
+    let admin = Api::login(&real, "admin", &real.admin_password()).await;
+    let (st, b) = admin.call(Method::GET, "/api/v1/tape/library", None).await;
+    assert_error(st, &b, StatusCode::BAD_GATEWAY, "mtx on a missing changer");
+    assert_eq!(b["error"]["code"], "command_failed");
+    assert!(b["error"]["details"]["command"].as_str().unwrap().contains("/dev/sg-bams-missing"), "{b}");
+    assert!(!b["error"]["details"]["stderr"].as_str().unwrap().is_empty(), "{b}");
+    let (st, b) = admin.call(Method::POST, "/api/v1/tape/drives/0/load", Some(json!({"slot": 1}))).await;
+    assert_error(st, &b, StatusCode::BAD_GATEWAY, "load on a missing changer");
+    let off = Server::start_with(None, &[("BAMS_TAPE_LIBRARY", "none")]);
+    let admin = Api::login(&off, "admin", &off.admin_password()).await;
+    let (st, b) = admin.call(Method::GET, "/api/v1/tape/drives", None).await;
+    assert_error(st, &b, StatusCode::NOT_FOUND, "tape switched off");
 }

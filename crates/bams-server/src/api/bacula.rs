@@ -5,8 +5,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use bams_appliance::bacula::{self, Installed, SdIdentity};
-use bams_appliance::disk::DiskError;
 use bams_appliance::runner::{Cmd, CommandRunner, RunError, SystemRunner};
+use bams_appliance::ApplianceError;
 use bams_catalog::Role;
 use serde::{Deserialize, Serialize};
 
@@ -101,7 +101,7 @@ pub async fn post_config(
     };
     match bacula::install(&SystemRunner, &st.config.bacula_sd_config, &text).await {
         Ok(done) => Ok(Json(done)),
-        Err(DiskError::Command(RunError::Failed { stderr, .. })) => {
+        Err(ApplianceError::Command(RunError::Failed { stderr, .. })) => {
             let mut e =
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", "bacula-sd rejected the config");
             e.details = Some(serde_json::json!({"stderr": stderr}));
@@ -137,7 +137,7 @@ pub async fn status(State(st): State<AppState>, _caller: Caller) -> ApiResult<Js
 }
 
 async fn run_or_502(cmd: Cmd) -> ApiResult<Json<serde_json::Value>> {
-    let out = SystemRunner.run(&cmd).await.map_err(DiskError::from)?;
+    let out = SystemRunner.run(&cmd).await.map_err(ApplianceError::from)?;
     Ok(Json(serde_json::json!({"command": cmd.to_string(), "output": out.stdout})))
 }
 

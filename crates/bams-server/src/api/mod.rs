@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod jobs;
 pub mod repos;
 pub mod snapshots;
+pub mod tape;
 pub mod users;
 
 use utoipa::OpenApi;
@@ -82,4 +83,10 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(bacula::status))
         .routes(routes!(bacula::inventory))
         .routes(routes!(bacula::restart))
+        .routes(routes!(tape::library))
+        .routes(routes!(tape::inventory))
+        .routes(routes!(tape::drives))
+        .routes(routes!(tape::slots))
+        .routes(routes!(tape::load))
+        .routes(routes!(tape::unload))
 }

@@ -1,0 +1,380 @@
+//! The built-in virtual tape library: a directory holding `library.json` (drives, slots,
+//! which cartridge is where, each cartridge's capacity and write-protect tab) and one file per
+//! cartridge under `cartridges/`. Every change happens under an exclusive lock on
+//! `library.lock` and is written with write-to-temp + fsync + rename, so two processes (the
+//! server and `bams tape`) never see a half-moved cartridge and a crash never loses one.
+//! It behaves like a real changer where an operator would notice: elements are numbered like
+//! mtx, a loaded cartridge leaves its slot empty and remembers its home slot, cleaning
+//! cartridges are refused, and the drive reports BOT/EOD/WR_PROT/DR_OPEN like mt-st.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{Changer, Drive, DriveStatus, Library, Loaded, Slot};
+use crate::error::io;
+use crate::ApplianceError;
+
+/// The shape of a new virtual library (config key `tape.virtual`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VtlShape {
+    /// Drives.
+    pub drives: u32,
+    /// Storage slots.
+    pub slots: u32,
+    /// Import/export (mail) slots, numbered after the storage slots.
+    pub import_export: u32,
+    /// Blank cartridges put in the first storage slots at creation.
+    pub cartridges: u32,
+    /// Capacity of each cartridge in MiB.
+    pub cartridge_capacity_mib: u64,
+    /// First letters of the generated barcodes (`VT0001L8`, …).
+    pub barcode_prefix: String,
+}
+
+impl Default for VtlShape {
+    fn default() -> Self {
+        Self {
+            drives: 2,
+            slots: 16,
+            import_export: 2,
+            cartridges: 12,
+            cartridge_capacity_mib: 256,
+            barcode_prefix: "VT".into(),
+        }
+    }
+}
+
+/// A cartridge's physical properties.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Cartridge {
+    /// Bytes it holds before end of medium.
+    pub capacity_bytes: u64,
+    /// The write-protect tab.
+    pub write_protected: bool,
+}
+
+/// Where a drive's head is, for the cartridge it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Filemarks passed since BOT.
+    pub file: u64,
+    /// Records passed since the last filemark.
+    pub block: u64,
+    /// Byte offset in the cartridge file.
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct VDrive {
+    loaded: Option<Loaded>,
+    #[serde(default)]
+    position: Position,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VSlot {
+    number: u32,
+    import_export: bool,
+    barcode: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VtlState {
+    drives: Vec<VDrive>,
+    slots: Vec<VSlot>,
+    cartridges: BTreeMap<String, Cartridge>,
+}
+
+/// The virtual library rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct VirtualLibrary {
+    dir: PathBuf,
+}
+
+/// A barcode as real libraries print them: 1–16 upper-case letters and digits.
+pub fn validate_barcode(b: &str) -> Result<(), ApplianceError> {
+    if b.is_empty() || b.len() > 16 || !b.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+        return Err(ApplianceError::Invalid(format!("barcode {b:?} must be 1-16 characters A-Z and 0-9")));
+    }
+    Ok(())
+}
+
+impl VirtualLibrary {
+    /// Open the library in `dir`, creating it with `shape` the first time. An existing library
+    /// keeps its shape (cartridges never vanish because the config changed).
+    pub fn open_or_create(dir: &Path, shape: &VtlShape) -> Result<Self, ApplianceError> {
+        let lib = Self { dir: dir.to_path_buf() };
+        std::fs::create_dir_all(lib.dir.join("cartridges")).map_err(io(format!("creating {}", dir.display())))?;
+        let _guard = lib.lock()?;
+        if !lib.state_path().exists() {
+            if shape.drives == 0 || shape.slots == 0 || shape.cartridges > shape.slots || shape.drives > 64 {
+                return Err(ApplianceError::Invalid(format!(
+                    "virtual library needs 1-64 drives, at least one slot and no more cartridges than slots: {shape:?}"
+                )));
+            }
+            validate_barcode(&format!("{}0001L8", shape.barcode_prefix))?;
+            let capacity_bytes = shape.cartridge_capacity_mib.max(1) << 20;
+            let mut state = VtlState {
+                drives: vec![VDrive::default(); shape.drives as usize],
+                slots: (1..=shape.slots + shape.import_export)
+                    .map(|number| VSlot { number, import_export: number > shape.slots, barcode: None })
+                    .collect(),
+                cartridges: BTreeMap::new(),
+            };
+            for i in 0..shape.cartridges {
+                let barcode = format!("{}{:04}L8", shape.barcode_prefix, i + 1);
+                state.slots[i as usize].barcode = Some(barcode.clone());
+                state.cartridges.insert(barcode, Cartridge { capacity_bytes, write_protected: false });
+            }
+            lib.save(&state)?;
+        }
+        Ok(lib)
+    }
+
+    /// The library's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file holding a cartridge's records.
+    pub fn cartridge_path(&self, barcode: &str) -> PathBuf {
+        self.dir.join("cartridges").join(format!("{barcode}.tape"))
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("library.json")
+    }
+
+    fn lock(&self) -> Result<File, ApplianceError> {
+        let path = self.dir.join("library.lock");
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(format!("opening {}", path.display())))?;
+        f.lock().map_err(io(format!("locking {}", path.display())))?;
+        Ok(f)
+    }
+
+    fn load_state(&self) -> Result<VtlState, ApplianceError> {
+        let path = self.state_path();
+        let text = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+        serde_json::from_slice(&text).map_err(|e| ApplianceError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    fn save(&self, state: &VtlState) -> Result<(), ApplianceError> {
+        let path = self.state_path();
+        let tmp = self.dir.join("library.json.tmp");
+        let text = serde_json::to_vec_pretty(state).map_err(|e| ApplianceError::Invalid(e.to_string()))?;
+        let mut f = File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
+        f.write_all(&text).and_then(|_| f.sync_all()).map_err(io(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(io(format!("installing {}", path.display())))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", self.dir.display())))
+    }
+
+    /// Read-modify-write the state under the library lock.
+    fn update<T>(&self, f: impl FnOnce(&mut VtlState) -> Result<T, ApplianceError>) -> Result<T, ApplianceError> {
+        let _guard = self.lock()?;
+        let mut state = self.load_state()?;
+        let out = f(&mut state)?;
+        self.save(&state)?;
+        Ok(out)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&VtlState) -> T) -> Result<T, ApplianceError> {
+        let _guard = self.lock()?;
+        Ok(f(&self.load_state()?))
+    }
+
+    fn view(&self, state: &VtlState) -> Library {
+        Library {
+            kind: "virtual".into(),
+            changer: self.dir.display().to_string(),
+            drives: state
+                .drives
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Drive { id: i as u32, device: None, loaded: d.loaded.clone() })
+                .collect(),
+            slots: state
+                .slots
+                .iter()
+                .map(|s| match &s.barcode {
+                    Some(b) => Slot::full(s.number, s.import_export, Some(b.clone())),
+                    None => Slot::empty(s.number, s.import_export),
+                })
+                .collect(),
+        }
+    }
+
+    /// The current element status (synchronous form of [`Changer::status`]).
+    pub fn library(&self) -> Result<Library, ApplianceError> {
+        self.read(|s| self.view(s))
+    }
+
+    /// Put a new blank cartridge into the first empty import/export slot (else storage slot),
+    /// as an operator does through the mail slot.
+    pub fn add_cartridge(&self, barcode: &str, capacity_bytes: u64) -> Result<u32, ApplianceError> {
+        validate_barcode(barcode)?;
+        if capacity_bytes < 1 << 20 {
+            return Err(ApplianceError::Invalid("a cartridge holds at least 1 MiB".into()));
+        }
+        self.update(|state| {
+            if state.cartridges.contains_key(barcode) {
+                return Err(ApplianceError::Conflict(format!("cartridge {barcode} already exists")));
+            }
+            let slot = state
+                .slots
+                .iter_mut()
+                .filter(|s| s.barcode.is_none())
+                .min_by_key(|s| !s.import_export)
+                .ok_or_else(|| ApplianceError::Conflict("no empty slot for a new cartridge".into()))?;
+            slot.barcode = Some(barcode.to_string());
+            state.cartridges.insert(barcode.to_string(), Cartridge { capacity_bytes, write_protected: false });
+            Ok(slot.number)
+        })
+    }
+
+    /// Set or clear a cartridge's write-protect tab.
+    pub fn set_write_protected(&self, barcode: &str, on: bool) -> Result<(), ApplianceError> {
+        self.update(|state| {
+            let c = state
+                .cartridges
+                .get_mut(barcode)
+                .ok_or_else(|| ApplianceError::NotFound(format!("cartridge {barcode}")))?;
+            c.write_protected = on;
+            Ok(())
+        })
+    }
+
+    /// A cartridge's properties.
+    pub fn cartridge(&self, barcode: &str) -> Result<Cartridge, ApplianceError> {
+        self.read(|s| s.cartridges.get(barcode).cloned())?
+            .ok_or_else(|| ApplianceError::NotFound(format!("cartridge {barcode}")))
+    }
+
+    /// The cartridge in `drive` and the head position.
+    pub fn mounted(&self, drive: u32) -> Result<(String, Cartridge, Position), ApplianceError> {
+        self.read(|s| {
+            let d = s.drives.get(drive as usize).ok_or_else(|| ApplianceError::NotFound(format!("drive {drive}")))?;
+            let barcode = d
+                .loaded
+                .as_ref()
+                .and_then(|l| l.barcode.clone())
+                .ok_or_else(|| ApplianceError::Conflict(format!("drive {drive} is empty")))?;
+            let c = s.cartridges.get(&barcode).cloned().ok_or_else(|| ApplianceError::NotFound(barcode.clone()))?;
+            Ok((barcode, c, d.position))
+        })?
+    }
+
+    /// Record where the head of `drive` is after a tape operation.
+    pub fn set_position(&self, drive: u32, position: Position) -> Result<(), ApplianceError> {
+        self.update(|s| {
+            let d =
+                s.drives.get_mut(drive as usize).ok_or_else(|| ApplianceError::NotFound(format!("drive {drive}")))?;
+            d.position = position;
+            Ok(())
+        })
+    }
+
+    fn move_to_drive(&self, slot: u32, drive: u32) -> Result<(), ApplianceError> {
+        self.update(|state| {
+            // The same checks as before a real robot moves, against the locked state: another
+            // process may have moved a cartridge since the caller looked.
+            self.view(state).plan_load(drive, &super::Source::Slot(slot))?;
+            let s = state.slots.iter_mut().find(|s| s.number == slot).expect("plan_load checked the slot");
+            let barcode = s.barcode.take();
+            state.drives[drive as usize] =
+                VDrive { loaded: Some(Loaded { barcode, home_slot: Some(slot) }), position: Position::default() };
+            Ok(())
+        })
+    }
+
+    fn move_to_slot(&self, drive: u32, slot: u32) -> Result<(), ApplianceError> {
+        self.update(|state| {
+            self.view(state).plan_unload(drive, Some(slot))?;
+            let loaded = std::mem::take(&mut state.drives[drive as usize]).loaded;
+            let s = state.slots.iter_mut().find(|s| s.number == slot).expect("plan_unload checked the slot");
+            s.barcode = loaded.and_then(|l| l.barcode);
+            Ok(())
+        })
+    }
+
+    fn status_of(&self, drive: u32) -> Result<DriveStatus, ApplianceError> {
+        let loaded = self.read(|s| s.drives.get(drive as usize).map(|d| d.loaded.is_some()))?;
+        match loaded {
+            None => Err(ApplianceError::NotFound(format!("drive {drive}"))),
+            Some(false) => Ok(DriveStatus { flags: vec!["DR_OPEN".into()], ..DriveStatus::default() }),
+            Some(true) => {
+                let (barcode, c, pos) = self.mounted(drive)?;
+                let used = std::fs::metadata(self.cartridge_path(&barcode)).map(|m| m.len()).unwrap_or(0);
+                let mut flags = Vec::new();
+                if pos.offset == 0 {
+                    flags.push("BOT".to_string());
+                }
+                if pos.offset >= used && used > 0 {
+                    flags.push("EOD".to_string());
+                }
+                if used >= c.capacity_bytes {
+                    flags.push("EOT".to_string());
+                }
+                if c.write_protected {
+                    flags.push("WR_PROT".to_string());
+                }
+                flags.push("ONLINE".to_string());
+                Ok(DriveStatus {
+                    online: true,
+                    file_number: Some(pos.file as i64),
+                    block_number: Some(pos.block as i64),
+                    block_size: Some(0),
+                    density: Some("virtual".into()),
+                    flags,
+                    write_protected: c.write_protected,
+                    used_bytes: Some(used),
+                    capacity_bytes: Some(c.capacity_bytes),
+                })
+            }
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Self) -> Result<T, ApplianceError> + Send + 'static,
+    ) -> Result<T, ApplianceError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(me))
+            .await
+            .map_err(|e| ApplianceError::Io { what: "virtual library task".into(), source: std::io::Error::other(e) })?
+    }
+}
+
+#[async_trait]
+impl Changer for VirtualLibrary {
+    async fn status(&self) -> Result<Library, ApplianceError> {
+        self.blocking(|l| l.library()).await
+    }
+
+    async fn inventory(&self) -> Result<Library, ApplianceError> {
+        // The virtual robot always knows its barcodes: an inventory is a status read.
+        self.status().await
+    }
+
+    async fn load_unchecked(&self, slot: u32, drive: u32) -> Result<(), ApplianceError> {
+        self.blocking(move |l| l.move_to_drive(slot, drive)).await
+    }
+
+    async fn unload_unchecked(&self, drive: u32, slot: u32) -> Result<(), ApplianceError> {
+        self.blocking(move |l| l.move_to_slot(drive, slot)).await
+    }
+
+    async fn drive_status(&self, drive: u32) -> Result<DriveStatus, ApplianceError> {
+        self.blocking(move |l| l.status_of(drive)).await
+    }
+}
