@@ -108,7 +108,7 @@ pub fn clean_absolute(path: &str) -> Result<PathBuf, ApplianceError> {
 }
 
 /// Shell-style `*` matching (the only wildcard the device allow-list needs).
-fn glob_match(pattern: &str, s: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, s: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == s,
         Some((head, tail)) => {

@@ -6,6 +6,7 @@ pub mod bacula;
 pub mod disk;
 pub mod diskrepo;
 mod error;
+pub mod iscsi;
 pub mod lvm;
 pub mod runner;
 pub mod tape;

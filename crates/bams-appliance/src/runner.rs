@@ -21,6 +21,8 @@ pub struct Cmd {
     pub timeout: Duration,
     /// Bytes fed to standard input.
     pub stdin: Option<Vec<u8>>,
+    /// Indexes into `args` of secrets (passwords): shown as `***` in logs and errors.
+    pub secret_args: Vec<usize>,
 }
 
 impl Cmd {
@@ -35,7 +37,15 @@ impl Cmd {
             args: args.into_iter().map(Into::into).collect(),
             timeout: Duration::from_secs(60),
             stdin: None,
+            secret_args: Vec::new(),
         }
+    }
+
+    /// Append a secret argument (a password): it runs as given but is never logged.
+    pub fn secret_arg(mut self, value: impl Into<String>) -> Self {
+        self.secret_args.push(self.args.len());
+        self.args.push(value.into());
+        self
     }
 
     /// Another timeout.
@@ -58,8 +68,10 @@ impl Cmd {
 
 impl std::fmt::Display for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Quoted per argument so a log line shows exactly where each argument ends.
-        let parts: Vec<String> = self.argv().iter().map(|a| format!("{a:?}")).collect();
+        // Quoted per argument so a log line shows exactly where each argument ends; secrets
+        // never reach a log line or an error message.
+        let args = self.args.iter().enumerate().map(|(i, a)| if self.secret_args.contains(&i) { "***" } else { a });
+        let parts: Vec<String> = std::iter::once(self.program.as_str()).chain(args).map(|a| format!("{a:?}")).collect();
         f.write_str(&parts.join(" "))
     }
 }
@@ -255,6 +267,10 @@ mod tests {
         assert!(matches!(r.run(&Cmd::new("no-such-program-bams", [""; 0])).await, Err(RunError::NotInstalled { .. })));
         let piped = r.run(&Cmd::new("cat", [""; 0]).stdin("fed")).await.expect("cat");
         assert_eq!(piped.stdout, "fed");
+        // A secret argument is passed as it is but never shown.
+        let secret = Cmd::new("sh", ["-c", "test ${#1} -eq 12 && exit 4", "sh"]).secret_arg("hunter2-long");
+        let failed = r.run(&secret).await.expect_err("exit 4");
+        assert!(failed.to_string().contains("\"***\"") && !failed.to_string().contains("hunter2"), "{failed}");
     }
 
     #[tokio::test]

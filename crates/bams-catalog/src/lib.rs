@@ -10,6 +10,7 @@
 mod audit;
 mod disks;
 mod error;
+mod iscsi;
 mod jobs;
 mod repos;
 mod row;
@@ -27,6 +28,7 @@ use sqlx::{AnyPool, Executor};
 pub use audit::{AuditEntry, AuditFilter, NewAudit};
 pub use disks::DiskRecord;
 pub use error::{CatalogError, Result};
+pub use iscsi::IscsiRecord;
 pub use jobs::{Job, JobKind, JobSpec, Level, Schedule, ScheduleSpec};
 pub use repos::{validate_name, Repository};
 pub use row::time_ms;

@@ -58,6 +58,8 @@ pub struct Config {
     pub bacula_sd_config: PathBuf,
     /// The tape library: `virtual` (default, under `<data_dir>/vtl`), `mtx` or `none`.
     pub tape: bams_appliance::tape::TapeConfig,
+    /// iSCSI target backend (`tgt` by default) and where LUNs may come from.
+    pub iscsi: bams_appliance::iscsi::IscsiConfig,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             disk_devices: vec!["/dev/sd*".into(), "/dev/vd*".into(), "/dev/xvd*".into(), "/dev/nvme*n*".into()],
             bacula_sd_config: PathBuf::from("/etc/bacula/bacula-sd.conf"),
             tape: bams_appliance::tape::TapeConfig::default(),
+            iscsi: bams_appliance::iscsi::IscsiConfig::default(),
         }
     }
 }
@@ -111,6 +114,9 @@ const KEYS: &[&str] = &[
     "tape.library",
     "tape.changer",
     "tape.dir",
+    "iscsi.backend",
+    "iscsi.tgt_control_port",
+    "iscsi.scst_config",
 ];
 
 impl Config {
@@ -138,7 +144,8 @@ impl Config {
                 let value = match (*key, value) {
                     (
                         "listen" | "data_dir" | "catalog" | "repository" | "tls.cert" | "tls.key" | "log_format"
-                        | "server_id" | "bacula_sd_config" | "tape.library" | "tape.changer" | "tape.dir",
+                        | "server_id" | "bacula_sd_config" | "tape.library" | "tape.changer" | "tape.dir"
+                        | "iscsi.backend" | "iscsi.scst_config",
                         _,
                     ) => serde_yaml::Value::String(v),
                     (_, value) => value,

@@ -140,6 +140,8 @@ pub async fn prepare(config: Config) -> Result<Server> {
     );
     let runner: Arc<dyn bams_appliance::runner::CommandRunner> = Arc::new(bams_appliance::runner::SystemRunner);
     let tape = config.tape.open(&config.data_dir, runner.clone()).context("opening the tape library")?;
+    let iscsi = config.iscsi.open(runner.clone()).context("iSCSI backend")?;
+    let iscsi_policy = config.iscsi.policy(&config.data_dir, &config.disk_devices);
     let disks = Arc::new(bams_appliance::diskrepo::DiskRepositories::new(
         catalog.clone(),
         runner,
@@ -157,6 +159,8 @@ pub async fn prepare(config: Config) -> Result<Server> {
         director,
         disks,
         tape,
+        iscsi,
+        iscsi_policy: Arc::new(iscsi_policy),
         limiter: Arc::new(auth::LoginLimiter::default()),
         auth_cache: Arc::new(auth::AuthCache::default()),
         metrics: metrics::install(),

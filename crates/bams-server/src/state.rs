@@ -23,6 +23,10 @@ pub struct AppState {
     pub disks: Arc<bams_appliance::diskrepo::DiskRepositories>,
     /// The tape library (`None` when `tape.library` is `none`).
     pub tape: Option<Arc<dyn bams_appliance::tape::Changer>>,
+    /// The iSCSI target backend.
+    pub iscsi: Arc<dyn bams_appliance::iscsi::IscsiBackend>,
+    /// Where LUN backing files and devices may come from.
+    pub iscsi_policy: Arc<bams_appliance::iscsi::PathPolicy>,
     /// Recently verified credentials.
     pub auth_cache: Arc<AuthCache>,
     /// Password-guessing brake.

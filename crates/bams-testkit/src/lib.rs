@@ -195,3 +195,69 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A real tgtd (Linux SCSI target daemon) on a private management port and an iSCSI portal
+/// on 127.0.0.1, stopped on drop. Needs root (ENVIRONMENT.md: tgt runs on these machines).
+pub struct TgtDaemon {
+    child: std::process::Child,
+    control_port: u16,
+    portal_port: u16,
+}
+
+impl TgtDaemon {
+    /// Start tgtd; a port or management socket taken by a parallel test makes tgtd exit, and
+    /// it is started again on fresh numbers.
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            // tgtd accepts management ports up to about 16k; the number only names a socket.
+            let control = 1000 + free_port() % 15000;
+            if let Some(t) = Self::try_start(control, free_port()) {
+                return t;
+            }
+        }
+        panic!("tgtd did not start in 5 attempts");
+    }
+
+    fn try_start(control_port: u16, portal_port: u16) -> Option<Self> {
+        let child = Command::new("tgtd")
+            .args(["-f", "-C", &control_port.to_string(), "--iscsi", &format!("portal=127.0.0.1:{portal_port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tgtd (run scripts/setup-dev.sh)");
+        let mut t = Self { child, control_port, portal_port };
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(Some(_)) = t.child.try_wait() {
+                return None;
+            }
+            let ready = Command::new("tgtadm")
+                .args(["-C", &control_port.to_string(), "--mode", "sys", "--op", "show"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+                && std::net::TcpStream::connect(("127.0.0.1", portal_port)).is_ok();
+            if ready {
+                return Some(t);
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(30), "tgtd did not become ready");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// tgtd's management port (`tgtadm -C`).
+    pub fn control_port(&self) -> u16 {
+        self.control_port
+    }
+
+    /// The iSCSI portal's port on 127.0.0.1.
+    pub fn portal_port(&self) -> u16 {
+        self.portal_port
+    }
+}
+
+impl Drop for TgtDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1344,3 +1344,138 @@ async fn tape_library_on_the_virtual_library_and_a_failing_real_changer() {
     let (st, b) = admin.call(Method::GET, "/api/v1/tape/drives", None).await;
     assert_error(st, &b, StatusCode::NOT_FOUND, "tape switched off");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iscsi_targets_over_a_real_tgtd_with_chap_drift_sessions_and_bad_input() {
+    let tgtd = bams_testkit::TgtDaemon::start();
+    let port = tgtd.control_port().to_string();
+    let s = Server::start_with(None, &[("BAMS_ISCSI_TGT_CONTROL_PORT", &port)]);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let images = s.data().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let img = images.join("v1.img");
+    random_file(&img, 2 << 20, 11);
+    let iqn = "iqn.2026-11.io.bams:images";
+    let secret = "Sup3r-s3cret-1";
+
+    let t = admin
+        .ok(
+            Method::POST,
+            "/api/v1/iscsi/targets",
+            Some(json!({"iqn": iqn, "initiators": ["ALL"], "chap": {"user": "imgreader", "secret": secret}})),
+        )
+        .await;
+    let id = t["id"].as_i64().unwrap();
+    assert_eq!((t["backend"].as_str(), t["chap"]["user"].as_str()), (Some("tgt"), Some("imgreader")), "{t}");
+    assert!(t["drift"][0].as_str().unwrap().contains("does not exist"), "{t}");
+    let t = admin.ok(Method::POST, &format!("/api/v1/iscsi/targets/{id}/luns"), Some(json!({"path": img}))).await;
+    assert_eq!((t["luns"][0]["lun"].as_u64(), t["luns"][0]["readonly"].as_bool()), (Some(1), Some(true)), "{t}");
+
+    // Bad input: each a clear error, nothing stored.
+    let luns = format!("/api/v1/iscsi/targets/{id}/luns");
+    let bad = [
+        ("/api/v1/iscsi/targets", json!({"iqn": "iqn.2026-13.io.bams:x"}), StatusCode::BAD_REQUEST, "YYYY-MM"),
+        ("/api/v1/iscsi/targets", json!({"iqn": "target1"}), StatusCode::BAD_REQUEST, "iqn."),
+        ("/api/v1/iscsi/targets", json!({"iqn": "iqn.2026-11.io.bams:Upper"}), StatusCode::BAD_REQUEST, "lower-case"),
+        ("/api/v1/iscsi/targets", json!({"iqn": iqn}), StatusCode::CONFLICT, "already exists"),
+        (
+            "/api/v1/iscsi/targets",
+            json!({"iqn": "iqn.2026-11.io.bams:other", "chap": {"user": "imgreader", "secret": "another-secret"}}),
+            StatusCode::CONFLICT,
+            "CHAP user",
+        ),
+        (
+            "/api/v1/iscsi/targets",
+            json!({"iqn": "iqn.2026-11.io.bams:weak", "chap": {"user": "u", "secret": "short"}}),
+            StatusCode::BAD_REQUEST,
+            "12-16",
+        ),
+        (&luns, json!({"lun": 1, "path": img}), StatusCode::CONFLICT, "LUN 1 is taken"),
+        (&luns, json!({"lun": 0, "path": img}), StatusCode::BAD_REQUEST, "out of range"),
+        (&luns, json!({"lun": 256, "path": img}), StatusCode::BAD_REQUEST, "out of range"),
+        (&luns, json!({"path": "/etc/passwd"}), StatusCode::BAD_REQUEST, "outside the allowed"),
+        (&luns, json!({"path": format!("{}/../../etc/passwd", images.display())}), StatusCode::BAD_REQUEST, "'..'"),
+        (&luns, json!({"path": images.join("missing.img")}), StatusCode::BAD_REQUEST, "No such file"),
+    ];
+    for (path, body, want, says) in bad {
+        let (st, b) = admin.call(Method::POST, path, Some(body.clone())).await;
+        assert_error(st, &b, want, &body.to_string());
+        assert!(b["error"]["message"].as_str().unwrap().contains(says), "{body}: {b}");
+    }
+    let list = admin.ok(Method::GET, "/api/v1/iscsi/targets", None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+
+    // Apply, idempotently; the LUN then reads back over iSCSI with CHAP.
+    let first = admin.ok(Method::POST, &format!("/api/v1/iscsi/targets/{id}/apply"), None).await;
+    assert!(first["changes"].as_array().unwrap().len() >= 3, "{first}");
+    let again = admin.ok(Method::POST, &format!("/api/v1/iscsi/targets/{id}/apply"), None).await;
+    assert_eq!(again["changes"], json!([]), "{again}");
+    let t = admin.ok(Method::GET, &format!("/api/v1/iscsi/targets/{id}"), None).await;
+    assert_eq!(t["drift"], json!([]), "{t}");
+    let out = s.dir.path().join("read.raw");
+    let url = format!("iscsi://imgreader%{secret}@127.0.0.1:{}/{iqn}/1", tgtd.portal_port());
+    let r = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", &url])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
+
+    // Drift: a LUN removed behind BAMS's back shows up, and apply puts it back.
+    let st = std::process::Command::new("tgtadm")
+        .args([
+            "-C",
+            &port,
+            "--lld",
+            "iscsi",
+            "--mode",
+            "logicalunit",
+            "--op",
+            "delete",
+            "--tid",
+            &id.to_string(),
+            "--lun",
+            "1",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = admin.ok(Method::GET, &format!("/api/v1/iscsi/targets/{id}"), None).await;
+    assert!(t["drift"][0].as_str().unwrap().contains("LUN 1"), "{t}");
+    admin.ok(Method::POST, &format!("/api/v1/iscsi/targets/{id}/apply"), None).await;
+
+    // A logged-in initiator is listed and blocks a plain delete.
+    let mut io = std::process::Command::new("qemu-io")
+        .args(["-r", "-f", "raw", &url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let sessions = loop {
+        let v = admin.ok(Method::GET, "/api/v1/iscsi/sessions", None).await;
+        if !v["items"].as_array().unwrap().is_empty() || start.elapsed() > Duration::from_secs(15) {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(sessions["items"][0]["target"], iqn, "{sessions}");
+    assert_eq!(sessions["items"][0]["address"], "127.0.0.1", "{sessions}");
+    let (st, b) = admin.call(Method::DELETE, &format!("/api/v1/iscsi/targets/{id}"), None).await;
+    assert_error(st, &b, StatusCode::CONFLICT, "delete with a session");
+    let _ = io.kill();
+    let _ = io.wait();
+
+    // LUN removal and target deletion; the secret never left the server.
+    let t = admin.ok(Method::DELETE, &format!("/api/v1/iscsi/targets/{id}/luns/1"), None).await;
+    assert_eq!(t["luns"], json!([]));
+    let (st, b) = admin.call(Method::DELETE, &format!("/api/v1/iscsi/targets/{id}/luns/1"), None).await;
+    assert_error(st, &b, StatusCode::NOT_FOUND, "LUN gone");
+    let (st, _) = admin.call(Method::DELETE, &format!("/api/v1/iscsi/targets/{id}?force=true"), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let audit = admin.ok(Method::GET, "/api/v1/audit?limit=500", None).await.to_string();
+    assert!(audit.contains("/api/v1/iscsi/targets/{id}/apply"), "apply is audited");
+    assert!(!audit.contains(secret) && !s.log().contains(secret), "the CHAP secret was logged");
+}

@@ -4,6 +4,7 @@
 pub mod bacula;
 pub mod disks;
 pub mod endpoint;
+pub mod iscsi;
 pub mod jobs;
 pub mod repos;
 pub mod snapshots;
@@ -89,4 +90,10 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(tape::slots))
         .routes(routes!(tape::load))
         .routes(routes!(tape::unload))
+        .routes(routes!(iscsi::list_targets, iscsi::create_target))
+        .routes(routes!(iscsi::get_target, iscsi::update_target, iscsi::delete_target))
+        .routes(routes!(iscsi::apply_target))
+        .routes(routes!(iscsi::add_lun))
+        .routes(routes!(iscsi::delete_lun))
+        .routes(routes!(iscsi::sessions))
 }
