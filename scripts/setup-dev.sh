@@ -20,6 +20,7 @@ packages=(
   tgt libiscsi-bin                # iSCSI target daemon, and iscsi-ls as a userspace initiator
   qemu-utils qemu-block-extra     # qemu-img reads a LUN over iSCSI in the tests
   lvm2                            # vgs/lvs on machines with device-mapper (fixtures elsewhere)
+  systemd-journal-remote          # writes real journal files that the log tests read with journalctl
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -7,6 +7,7 @@ pub mod disk;
 pub mod diskrepo;
 mod error;
 pub mod iscsi;
+pub mod logs;
 pub mod lvm;
 pub mod runner;
 pub mod tape;

@@ -147,6 +147,10 @@ pub trait CommandRunner: Send + Sync {
     /// code; only a missing program, a timeout or an I/O failure is an error.
     async fn output(&self, cmd: &Cmd) -> Result<CmdOutput, RunError>;
 
+    /// Start `cmd` (no timeout) and hand over its standard output line by line until it exits;
+    /// dropping the receiver stops it. For followers such as `journalctl --follow`.
+    async fn lines(&self, cmd: &Cmd) -> Result<tokio::sync::mpsc::Receiver<String>, RunError>;
+
     /// Run `cmd` and require exit code 0.
     async fn run(&self, cmd: &Cmd) -> Result<CmdOutput, RunError> {
         let out = self.output(cmd).await?;
@@ -201,6 +205,53 @@ impl CommandRunner for SystemRunner {
         tracing::info!(command = %cmd, status = ?result.status, elapsed_ms, "ran command");
         Ok(result)
     }
+
+    async fn lines(&self, cmd: &Cmd) -> Result<tokio::sync::mpsc::Receiver<String>, RunError> {
+        Self::spawn_lines(cmd).await
+    }
+}
+
+impl SystemRunner {
+    async fn spawn_lines(cmd: &Cmd) -> Result<tokio::sync::mpsc::Receiver<String>, RunError> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(&cmd.program)
+            .args(&cmd.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => RunError::NotInstalled { program: cmd.program.clone() },
+                _ => RunError::Io { cmd: cmd.to_string(), source: e },
+            })?;
+        tracing::info!(command = %cmd, "following command output");
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| RunError::Io { cmd: cmd.to_string(), source: std::io::Error::other("no stdout pipe") })?;
+        // Bounded: a slow reader makes this task wait, and the pipe then makes the command wait.
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            loop {
+                tokio::select! {
+                    line = lines.next_line() => match line {
+                        Ok(Some(l)) => {
+                            if tx.send(l).await.is_err() {
+                                break;
+                            }
+                        }
+                        _ => break,
+                    },
+                    // Nobody reads any more: stop now, not at the next line.
+                    _ = tx.closed() => break,
+                }
+            }
+            drop(child); // kill_on_drop stops the command once nobody reads
+        });
+        Ok(rx)
+    }
 }
 
 /// A runner for tests and for machines without the device: answers each expected command
@@ -242,6 +293,16 @@ impl CommandRunner for ScriptedRunner {
             Some((argv, _)) => Err(RunError::Unexpected(format!("{cmd} (expected {argv:?})"))),
             None => Err(RunError::Unexpected(cmd.to_string())),
         }
+    }
+
+    async fn lines(&self, cmd: &Cmd) -> Result<tokio::sync::mpsc::Receiver<String>, RunError> {
+        let out = self.output(cmd).await?;
+        let lines: Vec<String> = out.stdout.lines().map(str::to_string).collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(lines.len().max(1));
+        for l in lines {
+            let _ = tx.try_send(l);
+        }
+        Ok(rx)
     }
 }
 

@@ -79,7 +79,7 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         return Role::Operator; // backup clients; append-only limits are in the handlers
     }
     match (read, route) {
-        (true, "/api/v1/users" | "/api/v1/audit") => Role::Admin,
+        (true, "/api/v1/users" | "/api/v1/audit" | "/api/v1/diagnostics/bundle") => Role::Admin,
         (true, _) => Role::Viewer,
         (false, "/api/v1/auth/logout" | "/api/v1/tokens" | "/api/v1/tokens/{id}") => Role::Viewer,
         (false, "/api/v1/users/{id}") if *method == Method::PATCH => Role::Viewer,

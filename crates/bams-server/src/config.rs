@@ -60,6 +60,8 @@ pub struct Config {
     pub tape: bams_appliance::tape::TapeConfig,
     /// iSCSI target backend (`tgt` by default) and where LUNs may come from.
     pub iscsi: bams_appliance::iscsi::IscsiConfig,
+    /// Which services' logs the API may read, and how many may follow at once.
+    pub logs: bams_appliance::logs::LogsConfig,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ impl Default for Config {
             bacula_sd_config: PathBuf::from("/etc/bacula/bacula-sd.conf"),
             tape: bams_appliance::tape::TapeConfig::default(),
             iscsi: bams_appliance::iscsi::IscsiConfig::default(),
+            logs: bams_appliance::logs::LogsConfig::default(),
         }
     }
 }
@@ -117,6 +120,8 @@ const KEYS: &[&str] = &[
     "iscsi.backend",
     "iscsi.tgt_control_port",
     "iscsi.scst_config",
+    "logs.journal_directory",
+    "logs.max_stream_clients",
 ];
 
 impl Config {
@@ -143,9 +148,21 @@ impl Config {
                 // Strings stay strings even if they look like numbers where a string is expected.
                 let value = match (*key, value) {
                     (
-                        "listen" | "data_dir" | "catalog" | "repository" | "tls.cert" | "tls.key" | "log_format"
-                        | "server_id" | "bacula_sd_config" | "tape.library" | "tape.changer" | "tape.dir"
-                        | "iscsi.backend" | "iscsi.scst_config",
+                        "listen"
+                        | "data_dir"
+                        | "catalog"
+                        | "repository"
+                        | "tls.cert"
+                        | "tls.key"
+                        | "log_format"
+                        | "server_id"
+                        | "bacula_sd_config"
+                        | "tape.library"
+                        | "tape.changer"
+                        | "tape.dir"
+                        | "iscsi.backend"
+                        | "iscsi.scst_config"
+                        | "logs.journal_directory",
                         _,
                     ) => serde_yaml::Value::String(v),
                     (_, value) => value,

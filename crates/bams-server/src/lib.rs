@@ -152,6 +152,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
     for w in disks.remount_all().await {
         warn!("{w}");
     }
+    let log_followers = Arc::new(tokio::sync::Semaphore::new(config.logs.max_stream_clients));
     let state = AppState {
         config: Arc::new(config),
         catalog,
@@ -161,6 +162,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
         tape,
         iscsi,
         iscsi_policy: Arc::new(iscsi_policy),
+        log_followers,
         limiter: Arc::new(auth::LoginLimiter::default()),
         auth_cache: Arc::new(auth::AuthCache::default()),
         metrics: metrics::install(),

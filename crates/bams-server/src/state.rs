@@ -27,6 +27,8 @@ pub struct AppState {
     pub iscsi: Arc<dyn bams_appliance::iscsi::IscsiBackend>,
     /// Where LUN backing files and devices may come from.
     pub iscsi_policy: Arc<bams_appliance::iscsi::PathPolicy>,
+    /// Permits for WebSocket log followers (`logs.max_stream_clients`).
+    pub log_followers: Arc<tokio::sync::Semaphore>,
     /// Recently verified credentials.
     pub auth_cache: Arc<AuthCache>,
     /// Password-guessing brake.

@@ -608,7 +608,7 @@ fn expected_role(method: &str, path: &str) -> Option<&'static str> {
     Some(match (read, path) {
         // Placeholder ids are other users': reading or changing them needs admin (self is allowed).
         (_, "/api/v1/users/{id}") => "admin",
-        (true, "/api/v1/users" | "/api/v1/audit") => "admin",
+        (true, "/api/v1/users" | "/api/v1/audit" | "/api/v1/diagnostics/bundle") => "admin",
         (true, _) => "viewer",
         (false, "/api/v1/auth/logout" | "/api/v1/tokens" | "/api/v1/tokens/{id}") => "viewer",
         (
@@ -1478,4 +1478,190 @@ async fn iscsi_targets_over_a_real_tgtd_with_chap_drift_sessions_and_bad_input()
     let audit = admin.ok(Method::GET, "/api/v1/audit?limit=500", None).await.to_string();
     assert!(audit.contains("/api/v1/iscsi/targets/{id}/apply"), "apply is audited");
     assert!(!audit.contains(secret) && !s.log().contains(secret), "the CHAP secret was logged");
+}
+
+/// Write journal entries (export format) into a real journal file with systemd-journal-remote.
+fn write_journal(dir: &Path, entries: &[(i64, &str, u8, &str)]) {
+    let mut export = String::new();
+    for (i, (micros, unit, prio, msg)) in entries.iter().enumerate() {
+        export += &format!(
+            "__REALTIME_TIMESTAMP={micros}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID=0123456789abcdef0123456789abcdef\n\
+             _SYSTEMD_UNIT={unit}\nPRIORITY={prio}\n_PID=42\nMESSAGE={msg}\n\n",
+            1000 + i
+        );
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let mut child = std::process::Command::new("/lib/systemd/systemd-journal-remote")
+        .arg("-o")
+        .arg(dir.join("remote.journal"))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-journal-remote (scripts/setup-dev.sh installs it)");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), export.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+async fn ws_connect(
+    s: &Server,
+    token: &str,
+    path: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{}{path}", s.port).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+}
+
+async fn next_entry(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> Value {
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no log entry within 10 s");
+        if let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_from_a_real_journal_and_files_streams_and_a_redacted_diagnostics_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let journal = tmp.path().join("journal");
+    let base = 1_763_900_000_000_000i64; // 2025-11-23T12:13:20Z
+    write_journal(
+        &journal,
+        &[
+            (base, "bacula-sd.service", 6, "bams-sd: Version 9.6.7 started"),
+            (base + 60_000_000, "bacula-sd.service", 3, "bams-sd: Error: no appendable volume"),
+            (base + 120_000_000, "tgt.service", 6, "tgtd: target 1 created"),
+            (base + 180_000_000, "bacula-sd.service", 6, "bams-sd: Sending spooled attrs"),
+        ],
+    );
+    let app_log = tmp.path().join("app.log");
+    std::fs::write(&app_log, "2026-11-23T10:00:00Z first line\n2026-11-23T10:00:01Z second line\n").unwrap();
+    let cfg = tmp.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "logs:\n  journal_directory: {}\n  max_stream_clients: 1\n  services:\n    bacula-sd: {{unit: bacula-sd.service}}\n    app: {{file: {}}}\n",
+            journal.display(),
+            app_log.display()
+        ),
+    )
+    .unwrap();
+    let s = Server::start_with(None, &[("BAMS_CONFIG", cfg.to_str().unwrap())]);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+
+    // journald through the real journalctl: unit filter, lines, grep, since.
+    let all = admin.ok(Method::GET, "/api/v1/logs/bacula-sd", None).await;
+    let msgs: Vec<&str> = all["items"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert_eq!(msgs.len(), 3, "{all}");
+    assert!(msgs[0].contains("started") && msgs[2].contains("spooled"), "{msgs:?}");
+    assert_eq!(all["items"][1]["priority"], 3);
+    assert_eq!(all["items"][0]["time"], "2025-11-23T12:13:20.000000Z");
+    let last = admin.ok(Method::GET, "/api/v1/logs/bacula-sd?lines=1", None).await;
+    assert!(last["items"][0]["message"].as_str().unwrap().contains("spooled"), "{last}");
+    let err = admin.ok(Method::GET, "/api/v1/logs/bacula-sd?grep=ERROR", None).await;
+    assert_eq!(err["items"].as_array().unwrap().len(), 1, "{err}");
+    let since = admin.ok(Method::GET, "/api/v1/logs/bacula-sd?since=2025-11-23T12:14:00Z", None).await;
+    assert_eq!(since["items"].as_array().unwrap().len(), 2, "{since}");
+    let file = admin.ok(Method::GET, "/api/v1/logs/app?grep=second", None).await;
+    assert_eq!(file["items"][0]["time"], "2026-11-23T10:00:01.000000Z", "{file}");
+    for (path, want) in [
+        ("/api/v1/logs/nginx", StatusCode::NOT_FOUND),
+        ("/api/v1/logs/..%2F..%2Fetc%2Fpasswd", StatusCode::NOT_FOUND),
+        ("/api/v1/logs/app?lines=0", StatusCode::BAD_REQUEST),
+        ("/api/v1/logs/app?lines=20000", StatusCode::BAD_REQUEST),
+        ("/api/v1/logs/app?since=yesterday", StatusCode::BAD_REQUEST),
+        ("/api/v1/logs/app/stream", StatusCode::BAD_REQUEST),
+    ] {
+        let (st, b) = admin.call(Method::GET, path, None).await;
+        assert_error(st, &b, want, path);
+    }
+
+    // Follow the file over WebSocket: only new, matching lines, in order; one follower at most.
+    let token = admin.token.clone().unwrap();
+    let mut ws = ws_connect(&s, &token, "/api/v1/logs/app/stream?grep=keep").await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&app_log).unwrap();
+    std::io::Write::write_all(
+        &mut f,
+        b"2026-11-23T10:00:02Z keep one\n2026-11-23T10:00:03Z drop me\n2026-11-23T10:00:04Z keep two\n",
+    )
+    .unwrap();
+    assert_eq!(next_entry(&mut ws).await["message"], "2026-11-23T10:00:02Z keep one");
+    assert_eq!(next_entry(&mut ws).await["message"], "2026-11-23T10:00:04Z keep two");
+    match ws_connect(&s, &token, "/api/v1/logs/app/stream").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS),
+        other => panic!("a second follower was not refused: {:?}", other.map(|_| ())),
+    }
+    drop(ws);
+    let start = Instant::now();
+    while ws_connect(&s, &token, "/api/v1/logs/app/stream").await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the follower slot was not released");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The diagnostics bundle: the expected files, and no secret anywhere in it.
+    let chap_secret = "Bundle-s3cret1";
+    admin
+        .ok(
+            Method::POST,
+            "/api/v1/iscsi/targets",
+            Some(json!({"iqn": "iqn.2026-11.io.bams:diag", "chap": {"user": "diaguser", "secret": chap_secret}})),
+        )
+        .await;
+    admin.ok(Method::GET, "/api/v1/bacula/config", None).await; // creates the director password
+    let resp = admin.http.get(s.url("/api/v1/diagnostics/bundle")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/gzip");
+    let bytes = resp.bytes().await.unwrap();
+    let mut files = BTreeMap::new();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+        files.insert(name, text);
+    }
+    for want in [
+        "version.txt",
+        "config.yaml",
+        "logs/bacula-sd.log",
+        "logs/app.log",
+        "catalog.json",
+        "tape.json",
+        "iscsi.json",
+        "system.txt",
+    ] {
+        assert!(files.contains_key(&format!("bams-diagnostics/{want}")), "{want} missing: {:?}", files.keys());
+    }
+    assert!(files["bams-diagnostics/logs/bacula-sd.log"].contains("no appendable volume"));
+    assert!(files["bams-diagnostics/tape.json"].contains("VT0001L8"));
+    assert!(files["bams-diagnostics/iscsi.json"].contains("diaguser"));
+    let director = std::fs::read_to_string(s.data().join("bacula-director.password")).unwrap();
+    let everything: String = files.values().cloned().collect();
+    for secret in [chap_secret, s.admin_password().as_str(), director.trim()] {
+        assert!(!everything.contains(secret), "a secret is in the diagnostics bundle");
+    }
+    let viewer_token = {
+        admin
+            .ok(
+                Method::POST,
+                "/api/v1/users",
+                Some(json!({"username": "v", "password": "long-password", "role": "viewer"})),
+            )
+            .await;
+        Api::login(&s, "v", "long-password").await
+    };
+    let (st, b) = viewer_token.call(Method::GET, "/api/v1/diagnostics/bundle", None).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "viewer downloads diagnostics");
 }

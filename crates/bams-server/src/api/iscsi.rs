@@ -194,13 +194,18 @@ async fn store(st: &AppState, id: Option<i64>, iqn: &str, mut spec: TargetSpec) 
 /// Targets with their drift.
 #[utoipa::path(get, path = "/api/v1/iscsi/targets", tag = "appliance", responses((status = 200, body = TargetList)))]
 pub async fn list_targets(State(st): State<AppState>, _caller: Caller) -> ApiResult<Json<TargetList>> {
+    Ok(Json(TargetList { items: list_views(&st).await?, next_cursor: None }))
+}
+
+/// Every target as the API shows it (no secrets); also what the diagnostics bundle holds.
+pub async fn list_views(st: &AppState) -> ApiResult<Vec<TargetView>> {
     let recs = st.catalog.list_iscsi_targets().await?;
     let all: Vec<DesiredTarget> = recs.iter().map(desired).collect::<ApiResult<_>>()?;
     let mut items = Vec::with_capacity(recs.len());
     for r in &recs {
-        items.push(view(&st, r, &all).await?);
+        items.push(view(st, r, &all).await?);
     }
-    Ok(Json(TargetList { items, next_cursor: None }))
+    Ok(items)
 }
 
 /// Define a target (applied with `POST …/apply`).

@@ -2,10 +2,12 @@
 //! OpenAPI document is generated from the same handlers the router serves.
 
 pub mod bacula;
+pub mod diag;
 pub mod disks;
 pub mod endpoint;
 pub mod iscsi;
 pub mod jobs;
+pub mod logs;
 pub mod repos;
 pub mod snapshots;
 pub mod tape;
@@ -96,4 +98,7 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(iscsi::add_lun))
         .routes(routes!(iscsi::delete_lun))
         .routes(routes!(iscsi::sessions))
+        .routes(routes!(logs::read_log))
+        .routes(routes!(logs::stream_log))
+        .routes(routes!(diag::bundle))
 }

@@ -1,0 +1,200 @@
+//! The diagnostics bundle (DESIGN.md §5 `GET /api/v1/diagnostics/bundle`): one tar.gz an
+//! operator can attach to a support request — version, the effective config with secrets
+//! redacted, recent logs of every allow-listed service, catalog statistics, disk, tape and
+//! iSCSI state, system facts. It is compressed while it is sent (no temp file, constant
+//! memory for the archive), and it never contains a secret: passwords in URLs, keys named
+//! like secrets, CHAP secrets and the Bacula director password stay out.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::Response;
+use bams_appliance::logs::{self, LogQuery};
+use bams_appliance::runner::SystemRunner;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Lines of each service's log in the bundle.
+const LOG_LINES: usize = 1000;
+
+/// Replace the password of `scheme://user:password@host` with `***`.
+pub fn redact_url(s: &str) -> String {
+    let Some((scheme, rest)) = s.split_once("://") else { return s.to_string() };
+    let Some((auth, host)) = rest.rsplit_once('@') else { return s.to_string() };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => s.to_string(),
+    }
+}
+
+/// Redact every secret in a config tree: values under keys that name a secret, and
+/// passwords inside URLs anywhere.
+pub fn redact(v: &mut serde_yaml::Value) {
+    match v {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, val) in m.iter_mut() {
+                let key = k.as_str().unwrap_or_default().to_lowercase();
+                if ["password", "secret", "token", "credential"].iter().any(|w| key.contains(w)) && !val.is_null() {
+                    *val = serde_yaml::Value::String("***".into());
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(redact),
+        serde_yaml::Value::String(s) => *s = redact_url(s),
+        _ => {}
+    }
+}
+
+fn json(v: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}").into_bytes())
+}
+
+fn or_error<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Vec<u8> {
+    match r {
+        Ok(v) => json(&v),
+        Err(e) => json(&serde_json::json!({"error": e.to_string()})),
+    }
+}
+
+fn system_facts(st: &AppState) -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_else(|e| format!("({e})\n"));
+    let uname = read("/proc/version");
+    let data = bams_appliance::disk::capacity(&st.config.data_dir)
+        .map(|c| format!("{} of {} bytes used", c.used_bytes, c.total_bytes))
+        .unwrap_or_else(|e| e.to_string());
+    format!(
+        "kernel: {uname}uptime: {}loadavg: {}data dir {}: {data}\n\n/proc/meminfo:\n{}\n/proc/mounts:\n{}",
+        read("/proc/uptime"),
+        read("/proc/loadavg"),
+        st.config.data_dir.display(),
+        read("/proc/meminfo").lines().take(8).collect::<Vec<_>>().join("\n"),
+        read("/proc/mounts")
+    )
+}
+
+/// Gather every file of the bundle (each small and bounded).
+async fn gather(st: &AppState) -> ApiResult<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    files.push((
+        "version.txt".to_string(),
+        format!(
+            "bams {}\nhost {}\ngenerated {}\n",
+            env!("CARGO_PKG_VERSION"),
+            bams_store::host::hostname(),
+            chrono::Utc::now().to_rfc3339()
+        )
+        .into_bytes(),
+    ));
+    let mut cfg = serde_yaml::to_value(st.config.as_ref()).map_err(|e| ApiError::internal(e.to_string()))?;
+    redact(&mut cfg);
+    files.push(("config.yaml".into(), serde_yaml::to_string(&cfg).unwrap_or_default().into_bytes()));
+    for service in st.config.logs.services.keys() {
+        let q = LogQuery { lines: LOG_LINES, since_micros: None, grep: None };
+        let text = match logs::read(&SystemRunner, &st.config.logs, service, &q).await {
+            Ok(entries) => entries
+                .iter()
+                .map(|e| format!("{} {}\n", e.time.as_deref().unwrap_or("-"), e.message))
+                .collect::<String>(),
+            Err(e) => format!("(not available: {e})\n"),
+        };
+        files.push((format!("logs/{service}.log"), text.into_bytes()));
+    }
+    let catalog = serde_json::json!({
+        "repositories": st.catalog.list_repositories().await.map(|r| r.len()).ok(),
+        "jobs": st.catalog.list_jobs().await.map(|j| j.len()).ok(),
+        "disk_repositories": st.catalog.list_disk_repositories().await.map(|d| d.len()).ok(),
+        "iscsi_targets": st.catalog.list_iscsi_targets().await.map(|t| t.len()).ok(),
+        "dashboard": st.catalog.dashboard().await.ok(),
+    });
+    files.push(("catalog.json".into(), json(&catalog)));
+    files.push(("disks.json".into(), or_error(st.catalog.list_disk_repositories().await)));
+    let tape = match &st.tape {
+        Some(c) => or_error(c.status().await),
+        None => json(&serde_json::json!({"library": "none"})),
+    };
+    files.push(("tape.json".into(), tape));
+    // The same views the API answers: LUNs, ACLs, CHAP users, drift; never CHAP secrets.
+    let targets = crate::api::iscsi::list_views(st).await;
+    files.push(("iscsi.json".into(), or_error(targets.map_err(|e| e.message))));
+    files.push(("iscsi-sessions.json".into(), or_error(st.iscsi.sessions().await)));
+    files.push(("system.txt".into(), system_facts(st).into_bytes()));
+    Ok(files)
+}
+
+/// A channel's sending half as a `Write`: the archive is compressed on a blocking thread and
+/// each chunk goes out as soon as it is made.
+struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.blocking_send(Ok(buf.to_vec())).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn write_archive(files: Vec<(String, Vec<u8>)>, out: ChannelWriter) -> std::io::Result<()> {
+    let gz =
+        flate2::write::GzEncoder::new(std::io::BufWriter::with_capacity(64 << 10, out), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let mtime = chrono::Utc::now().timestamp().max(0) as u64;
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_mtime(mtime);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, format!("bams-diagnostics/{name}"), data.as_slice())?;
+    }
+    tar.into_inner()?.finish()?.into_inner().map_err(|e| e.into_error())?;
+    Ok(())
+}
+
+/// Download the diagnostics bundle (tar.gz).
+#[utoipa::path(get, path = "/api/v1/diagnostics/bundle", tag = "appliance", responses((status = 200, description = "tar.gz", content_type = "application/gzip")))]
+pub async fn bundle(State(st): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    caller.require(bams_catalog::Role::Admin)?;
+    let files = gather(&st).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let err_tx = tx.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = write_archive(files, ChannelWriter(tx)) {
+            // The client went away, or writing failed: end the body with an error.
+            let _ = err_tx.blocking_send(Err(e));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let name = format!("bams-diagnostics-{}.tar.gz", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/gzip")
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\""))
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_from_config_trees() {
+        let mut v: serde_yaml::Value = serde_yaml::from_str(
+            "catalog: postgres://bams:hunter2@db:5432/bams\nrepository: s3://bucket/x\nsmtp:\n  password: p4ss\n  api_token: t0k\n  user: me\nlist: [\"https://u:pw@h/\"]\n",
+        )
+        .expect("yaml");
+        redact(&mut v);
+        let text = serde_yaml::to_string(&v).expect("yaml");
+        for secret in ["hunter2", "p4ss", "t0k", ":pw@"] {
+            assert!(!text.contains(secret), "{secret} left in {text}");
+        }
+        assert!(text.contains("postgres://bams:***@db:5432/bams") && text.contains("user: me"), "{text}");
+        assert_eq!(redact_url("s3://bucket/x"), "s3://bucket/x");
+    }
+}
