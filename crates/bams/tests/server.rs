@@ -1208,6 +1208,8 @@ async fn disk_repositories_directories_loop_filesystems_and_subvolumes() {
         .await;
     let cfg = admin.ok(Method::GET, "/api/v1/bacula/config", None).await;
     assert!(cfg["content"].is_null() && cfg["generated"].as_str().unwrap().contains("bams-bacula-disk"), "{cfg}");
+    // The (virtual) tape library becomes an Autochanger with one device per drive.
+    assert!(cfg["generated"].as_str().unwrap().contains("Autochanger {"), "{cfg}");
     let installed = admin.ok(Method::POST, "/api/v1/bacula/config", Some(json!({}))).await;
     let live = PathBuf::from(installed["path"].as_str().unwrap());
     let text = std::fs::read_to_string(&live).unwrap();
@@ -1219,7 +1221,7 @@ async fn disk_repositories_directories_loop_filesystems_and_subvolumes() {
     let st = admin.ok(Method::GET, "/api/v1/bacula/status", None).await;
     assert_eq!(st["installed"], true, "{st}");
     assert!(st["version"].as_str().unwrap_or_default().contains("9."), "{st}");
-    assert_eq!(st["devices"], json!(["bams-bacula-disk"]), "{st}");
+    assert_eq!(st["devices"], json!(["bams-bacula-disk", "bams-tape-drive-0", "bams-tape-drive-1"]), "{st}");
     assert!(!st["service"].as_str().unwrap_or_default().is_empty(), "{st}");
     let (code, b) = admin
         .call(

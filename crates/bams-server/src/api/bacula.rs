@@ -72,7 +72,19 @@ fn identity(st: &AppState) -> ApiResult<SdIdentity> {
 
 async fn generated(st: &AppState) -> ApiResult<String> {
     let disks = st.catalog.list_disk_repositories().await?;
-    Ok(bacula::generate_sd_config(&identity(st)?, &disks)?)
+    let tape = &st.config.tape;
+    let lib = match tape.library.as_str() {
+        "mtx" => bacula::BaculaTape::Mtx { changer: tape.changer.clone(), drives: tape.drives.clone() },
+        "virtual" => match &st.tape {
+            Some(c) => bacula::BaculaTape::Virtual {
+                dir: tape.dir.clone().unwrap_or_else(|| st.config.data_dir.join("vtl")),
+                drives: c.status().await?.drives.len() as u32,
+            },
+            None => bacula::BaculaTape::None,
+        },
+        _ => bacula::BaculaTape::None,
+    };
+    Ok(bacula::generate_sd_config(&identity(st)?, &disks, &lib)?)
 }
 
 /// The storage daemon's config, and the one BAMS would generate.
