@@ -27,7 +27,7 @@ async fn generated_config_passes_bacula_sd_and_a_bad_one_is_rolled_back() {
         director_password: "p4ss-w0rd".into(),
         address: "127.0.0.1".into(),
     };
-    let text = bacula::generate_sd_config(&id, &[disk.clone()], &BaculaTape::None).unwrap();
+    let text = bacula::generate_sd_config(&id, &[disk], &BaculaTape::None).unwrap();
     let target = dir.path().join("bacula-sd.conf");
     let first = bacula::install(&SystemRunner, &target, &text).await.expect("valid config installs");
     assert!(first.previous.is_none());
