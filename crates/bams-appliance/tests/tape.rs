@@ -235,3 +235,103 @@ async fn virtual_library_stays_consistent_under_concurrent_moves() {
     seen.sort();
     assert_eq!(seen, (1..=8).map(|i| format!("VT{i:04}L8")).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn virtual_drive_records_filemarks_end_of_medium_write_protect_and_labels() {
+    use bams_appliance::tape::device::{Record, TapeDevice, TapeError, VirtualDrive};
+    use bams_appliance::tape::volume;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shape = VtlShape { drives: 1, slots: 4, import_export: 1, cartridges: 2, ..VtlShape::default() };
+    let vtl = VirtualLibrary::open_or_create(dir.path(), &shape).expect("create");
+    tape::load(&vtl, 0, &Source::Barcode("VT0001L8".into())).await.expect("load");
+
+    let mut d = VirtualDrive::open(&vtl, 0).expect("open");
+    assert!(volume::read_label(&mut d).expect("blank").is_none());
+    let l = volume::label(&mut d, "daily", false).expect("label");
+    assert_eq!((l.barcode.as_str(), l.pool.as_str()), ("VT0001L8", "daily"));
+    assert!(
+        matches!(volume::label(&mut d, "daily", false), Err(TapeError::Appliance(ApplianceError::Conflict(m))) if m.contains("use force"))
+    );
+    assert!(volume::label(&mut d, "bad pool!", true).is_err());
+    // Records and filemarks after the label, read back in order.
+    d.to_end_of_data().expect("eod");
+    for r in [&b"one"[..], b"two", b"three"] {
+        d.write(r).expect("write");
+    }
+    d.write_filemark().expect("fm");
+    d.write(b"second file").expect("write");
+    assert_eq!(d.position().file, 2);
+    d.rewind().expect("rewind");
+    d.forward_filemarks(1).expect("fsf");
+    let mut got = Vec::new();
+    loop {
+        match d.read().expect("read") {
+            Record::Data(b) => got.push(String::from_utf8(b).expect("utf8")),
+            Record::Filemark => got.push("|".into()),
+            Record::EndOfData => break,
+        }
+    }
+    assert_eq!(got, ["one", "two", "three", "|", "second file"]);
+    // Writing in the middle erases what followed, as on tape.
+    d.rewind().expect("rewind");
+    d.forward_filemarks(1).expect("fsf");
+    d.write(b"replaced").expect("write");
+    assert_eq!(d.read().expect("read"), Record::EndOfData);
+    assert!(d.forward_filemarks(5).is_err());
+
+    // The head position survives closing; the cartridge cannot be unloaded while in use.
+    let pos = d.position();
+    assert!(matches!(tape::unload(&vtl, 0, None).await, Err(ApplianceError::Conflict(m)) if m.contains("in use")));
+    d.close().expect("close");
+    assert_eq!(VirtualDrive::open(&vtl, 0).expect("reopen").position(), pos);
+    tape::unload(&vtl, 0, None).await.expect("unload");
+
+    // A small cartridge fills up: the record that does not fit is refused, the rest reads back.
+    vtl.add_cartridge("SMALL1L8", 1 << 20).expect("import");
+    tape::load(&vtl, 0, &Source::Barcode("SMALL1L8".into())).await.expect("load small");
+    let mut d = VirtualDrive::open(&vtl, 0).expect("open");
+    let block = vec![7u8; 300 << 10];
+    let mut written = 0;
+    let full = loop {
+        match d.write(&block) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(full, TapeError::EndOfMedium { ref barcode } if barcode == "SMALL1L8"), "{full}");
+    assert_eq!(written, 3);
+    assert!(d.remaining() < block.len() as u64);
+    d.rewind().expect("rewind");
+    for _ in 0..written {
+        assert_eq!(d.read().expect("read"), Record::Data(block.clone()));
+    }
+    assert_eq!(d.read().expect("read"), Record::EndOfData);
+    d.close().expect("close");
+    tape::unload(&vtl, 0, None).await.expect("unload");
+
+    // Write-protected: reads work, writes are refused.
+    vtl.set_write_protected("VT0001L8", true).expect("protect");
+    tape::load(&vtl, 0, &Source::Barcode("VT0001L8".into())).await.expect("load");
+    let mut d = VirtualDrive::open(&vtl, 0).expect("open");
+    assert_eq!(volume::read_label(&mut d).expect("label").map(|l| l.pool), Some("daily".into()));
+    assert!(matches!(d.write(b"x"), Err(TapeError::WriteProtected { .. })));
+    d.close().expect("close");
+    tape::unload(&vtl, 0, None).await.expect("unload");
+
+    // Foreign data is recognised and only erased on purpose.
+    std::fs::write(vtl.cartridge_path("VT0002L8"), b"\x01\x03\x00\x00\x00tar").expect("foreign");
+    tape::load(&vtl, 0, &Source::Barcode("VT0002L8".into())).await.expect("load");
+    let mut d = VirtualDrive::open(&vtl, 0).expect("open");
+    assert!(matches!(volume::read_label(&mut d), Err(TapeError::Corrupt { .. })));
+    assert!(
+        matches!(volume::label(&mut d, "daily", false), Err(TapeError::Appliance(ApplianceError::Conflict(m))) if m.contains("not a BAMS label"))
+    );
+    volume::label(&mut d, "daily", true).expect("forced label");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(vtl.cartridge_path("VT0002L8"))
+        .expect("open")
+        .set_len(3)
+        .expect("cut");
+    assert!(matches!(volume::read_label(&mut d), Err(TapeError::Corrupt { .. })), "a cut record is reported");
+}

@@ -5,8 +5,10 @@
 //! configuration use. The checks an operator expects before a robot moves (slot empty, drive
 //! full, unknown element) live here once, in [`Library::plan_load`] / [`Library::plan_unload`].
 
+pub mod device;
 pub mod mt;
 pub mod mtx;
+pub mod volume;
 pub mod vtl;
 
 use std::path::PathBuf;

@@ -300,6 +300,15 @@ impl VirtualLibrary {
     fn move_to_slot(&self, drive: u32, slot: u32) -> Result<(), ApplianceError> {
         self.update(|state| {
             self.view(state).plan_unload(drive, Some(slot))?;
+            // A drive in the middle of I/O keeps its cartridge, like a real drive holding the
+            // medium while it is in use.
+            if let Some(b) = state.drives[drive as usize].loaded.as_ref().and_then(|l| l.barcode.as_ref()) {
+                if let Ok(f) = File::open(self.cartridge_path(b)) {
+                    if f.try_lock_shared().is_err() {
+                        return Err(ApplianceError::Conflict(format!("cartridge {b} in drive {drive} is in use")));
+                    }
+                }
+            }
             let loaded = std::mem::take(&mut state.drives[drive as usize]).loaded;
             let s = state.slots.iter_mut().find(|s| s.number == slot).expect("plan_unload checked the slot");
             s.barcode = loaded.and_then(|l| l.barcode);
