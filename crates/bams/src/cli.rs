@@ -77,6 +77,9 @@ pub enum Command {
     Mount(MountArgs),
     /// Remove stale locks left by crashed processes
     Unlock,
+    /// Tape tier: label cartridges, write snapshots to a media pool, restore a tape set
+    #[command(subcommand)]
+    Tape(TapeCmd),
     /// Run the server: REST API, scheduler and job runner (DESIGN.md §5, §6)
     Server(ServerArgs),
     /// Manage server users in the catalog (works with the server stopped too)
@@ -378,4 +381,54 @@ pub struct KeyAddArgs {
 pub struct MountArgs {
     /// Empty directory to mount on
     pub mountpoint: PathBuf,
+}
+
+/// Which library and drive a tape command uses.
+#[derive(Args, Debug, Clone)]
+pub struct TapeLibraryArgs {
+    /// The virtual tape library's directory (the server's is <data dir>/vtl)
+    #[arg(long, env = "BAMS_TAPE_LIBRARY_DIR", default_value = "./bams-data/vtl")]
+    pub library: PathBuf,
+    /// Drive to use
+    #[arg(long, default_value_t = 0)]
+    pub drive: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TapeCmd {
+    /// Label a cartridge for a media pool (loads it into the drive)
+    Label {
+        #[command(flatten)]
+        library: TapeLibraryArgs,
+        /// Cartridge barcode
+        #[arg(long)]
+        barcode: String,
+        /// Media pool
+        #[arg(long)]
+        pool: String,
+        /// Relabel a cartridge that is already labeled or holds other data (erases it)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write snapshots (default: all) of the repository to volumes of a media pool
+    Write {
+        #[command(flatten)]
+        library: TapeLibraryArgs,
+        /// Media pool
+        #[arg(long)]
+        pool: String,
+        /// Snapshot ids or prefixes
+        snapshots: Vec<String>,
+    },
+    /// Read a tape set back into a new repository directory (loads its volumes)
+    Restore {
+        #[command(flatten)]
+        library: TapeLibraryArgs,
+        /// The set id `tape write` printed
+        #[arg(long)]
+        set: String,
+        /// New, empty directory for the restored repository
+        #[arg(long)]
+        target: PathBuf,
+    },
 }

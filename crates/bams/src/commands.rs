@@ -201,6 +201,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Key(k) => key(g, out, k),
+        Command::Tape(t) => crate::tape_cmds::run(g, out, t),
         Command::Mount(a) => {
             let signals = crate::mount::block_signals()?;
             let s = session::open(g)?;

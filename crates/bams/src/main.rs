@@ -6,6 +6,7 @@ mod mount;
 mod output;
 mod server_cmds;
 mod session;
+mod tape_cmds;
 
 use std::process::ExitCode;
 

@@ -765,3 +765,96 @@ fn one_file_system_stops_at_mount_points() {
     assert!(one.iter().any(|p| p.ends_with("/other-fs")), "the mount point itself is kept: {one:?}");
     assert!(!one.iter().any(|p| p.ends_with("there.txt")), "crossed into the tmpfs: {one:?}");
 }
+
+#[test]
+fn tape_sets_span_full_cartridges_and_restore_without_the_catalog() {
+    use bams_appliance::tape::vtl::{VirtualLibrary, VtlShape};
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("big.bin"), random_bytes(5 << 20, 7)).unwrap();
+    fs::write(src.join("sub/small.txt"), b"hello tape").unwrap();
+    let first = env.backup(&[&src]);
+    fs::write(src.join("sub/new.txt"), b"second snapshot").unwrap();
+    let second = env.backup(&[&src]);
+
+    // 2 MiB cartridges: the 5 MiB set cannot fit on one.
+    let vtl = env.path("vtl");
+    let shape = VtlShape {
+        drives: 1,
+        slots: 10,
+        import_export: 1,
+        cartridges: 8,
+        cartridge_capacity_mib: 2,
+        ..VtlShape::default()
+    };
+    VirtualLibrary::open_or_create(&vtl, &shape).unwrap();
+    let lib = vtl.to_str().unwrap();
+    env.ok(&["tape", "label", "--library", lib, "--barcode", "VT0001L8", "--pool", "weekly"]);
+    let again = env.run(&["tape", "label", "--library", lib, "--barcode", "VT0001L8", "--pool", "weekly"]);
+    assert!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("force"),
+        "relabel must be refused"
+    );
+
+    let set = env.json(&["tape", "write", "--library", lib, "--pool", "weekly"]);
+    let volumes: Vec<&str> = set["volumes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(volumes.len() >= 3, "a 5 MiB set on 2 MiB cartridges spans volumes: {set}");
+    assert_eq!(volumes[0], "VT0001L8", "the labeled volume of the pool is used first");
+    assert_eq!(set["snapshots"].as_array().unwrap().len(), 2);
+    let status = VirtualLibrary::open_or_create(&vtl, &shape).unwrap().library().unwrap();
+    assert!(status.drives[0].loaded.is_none(), "the last cartridge went back to its slot");
+
+    // Another pool takes blank cartridges; when none is left (all used or write-protected)
+    // it says so.
+    let monthly = env.json(&[
+        "tape",
+        "write",
+        "--library",
+        lib,
+        "--pool",
+        "monthly",
+        &second["snapshot_id"].as_str().unwrap()[..8],
+    ]);
+    assert!(
+        monthly["volumes"].as_array().unwrap().iter().all(|v| !volumes.contains(&v.as_str().unwrap())),
+        "{monthly}"
+    );
+    let handle = VirtualLibrary::open_or_create(&vtl, &shape).unwrap();
+    for i in 1..=8 {
+        handle.set_write_protected(&format!("VT{i:04}L8"), true).unwrap();
+    }
+    let none = env.run(&["tape", "write", "--library", lib, "--pool", "yearly"]);
+    assert!(!none.status.success() && String::from_utf8_lossy(&none.stderr).contains("no writable volume"));
+
+    // Restore the set into a new repository: complete, checkable, byte-identical.
+    let restored = env.path("restored-repo");
+    let set_id = set["set_id"].as_str().unwrap();
+    let out = env.json(&["tape", "restore", "--library", lib, "--set", set_id, "--target", restored.to_str().unwrap()]);
+    assert!(out["packs_indexed"].as_u64().unwrap() >= 1, "{out}");
+    let other = Env { dir: tempfile::tempdir().unwrap(), repo: restored.clone() };
+    other.check_read_data();
+    for (snap, want_new) in [(&first, false), (&second, true)] {
+        let id = snap["snapshot_id"].as_str().unwrap();
+        let target = env.path(&format!("out-{}", &id[..8]));
+        let r = other.restore(id, &target);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let root = target.join(src.strip_prefix("/").unwrap());
+        assert_eq!(fs::read(root.join("big.bin")).unwrap(), fs::read(src.join("big.bin")).unwrap());
+        assert_eq!(root.join("sub/new.txt").exists(), want_new);
+    }
+    // Bad input: an unknown set, a target that is not empty.
+    let unknown = env.run(&[
+        "tape",
+        "restore",
+        "--library",
+        lib,
+        "--set",
+        "0123456789abcdef",
+        "--target",
+        env.path("x").to_str().unwrap(),
+    ]);
+    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("insert it"));
+    let busy = env.run(&["tape", "restore", "--library", lib, "--set", set_id, "--target", src.to_str().unwrap()]);
+    assert!(!busy.status.success() && String::from_utf8_lossy(&busy.stderr).contains("not empty"));
+}

@@ -8,6 +8,7 @@
 pub mod device;
 pub mod mt;
 pub mod mtx;
+pub mod set;
 pub mod volume;
 pub mod vtl;
 

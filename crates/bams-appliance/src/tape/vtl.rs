@@ -316,6 +316,33 @@ impl VirtualLibrary {
         })
     }
 
+    /// Load `barcode` into `drive`, unloading whatever the drive held (synchronous form, for
+    /// the tape tier's volume selection).
+    pub fn swap_into(&self, drive: u32, barcode: &str) -> Result<(), ApplianceError> {
+        let lib = self.library()?;
+        if lib.drive(drive)?.loaded.as_ref().and_then(|l| l.barcode.as_deref()) == Some(barcode) {
+            return Ok(());
+        }
+        if lib.drive(drive)?.loaded.is_some() {
+            let slot = lib.plan_unload(drive, None)?;
+            self.move_to_slot(drive, slot)?;
+        }
+        let slot = self.library()?.plan_load(drive, &super::Source::Barcode(barcode.to_string()))?;
+        self.move_to_drive(slot, drive)
+    }
+
+    /// Every cartridge, its properties and bytes written (for choosing volumes).
+    pub fn cartridges(&self) -> Result<Vec<(String, Cartridge, u64)>, ApplianceError> {
+        let all = self.read(|s| s.cartridges.clone())?;
+        Ok(all
+            .into_iter()
+            .map(|(b, c)| {
+                let used = std::fs::metadata(self.cartridge_path(&b)).map(|m| m.len()).unwrap_or(0);
+                (b, c, used)
+            })
+            .collect())
+    }
+
     fn status_of(&self, drive: u32) -> Result<DriveStatus, ApplianceError> {
         let loaded = self.read(|s| s.drives.get(drive as usize).map(|d| d.loaded.is_some()))?;
         match loaded {
