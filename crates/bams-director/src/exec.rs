@@ -63,13 +63,35 @@ pub(crate) async fn execute(d: &Arc<Director>, run: &Run, ctl: &Arc<RunControl>)
             JobKind::Prune => prune(repo, &log).await,
             JobKind::Check => check(&job, repo, &log).await,
             JobKind::Copy => copy(d, &job, repo, progress, &log).await,
-            other => Err(format!("job type {} is not executed by this server version", other.as_str())),
+            other => match d.executor(other) {
+                Some(exec) => plugged(exec, job, repo, tx.clone()).await,
+                None => Err(format!("job type {} is not executed by this server version", other.as_str())),
+            },
         }
     }
     .await;
     drop(tx);
     let _ = logger.await;
     result
+}
+
+/// A job type plugged in by the server ([`crate::KindExecutor`]), on a blocking thread.
+async fn plugged(
+    exec: Arc<dyn crate::KindExecutor>,
+    job: Job,
+    repo: Arc<Repository>,
+    tx: mpsc::UnboundedSender<String>,
+) -> ExecResult<Outcome> {
+    let joined = tokio::task::spawn_blocking(move || {
+        let log = move |s: String| {
+            let _ = tx.send(format!("{} {s}\n", stamp()));
+        };
+        exec.run(&job, &repo, &log)
+    })
+    .await
+    .map_err(|e| format!("task failed: {e}"))?;
+    let (stats, message) = joined?;
+    Ok(Outcome { stats, message })
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> bams_store::Result<T> + Send + 'static) -> ExecResult<T> {

@@ -11,6 +11,21 @@ pub mod schedule;
 pub use repos::{RepoPool, RepoPoolError};
 pub use runner::{Director, DirectorOptions};
 
+/// Runs a job type the director does not implement itself: the server plugs in what lives in
+/// crates the director must not depend on (the tape tier of bams-appliance). Called on a
+/// blocking thread with the job's opened repository; `log` appends to the run's log.
+pub trait KindExecutor: Send + Sync {
+    /// Check a job's options when it is created (the API answers 400 with the message).
+    fn validate(&self, job: &bams_catalog::JobSpec) -> Result<(), String>;
+    /// Run it: the counters to record and a one-line summary, or why it failed.
+    fn run(
+        &self,
+        job: &bams_catalog::Job,
+        repo: &bams_store::Repository,
+        log: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<(bams_catalog::RunStats, String), String>;
+}
+
 /// Job types this server can execute today; the API refuses to create others.
 pub const SUPPORTED_JOB_KINDS: &[bams_catalog::JobKind] = &[
     bams_catalog::JobKind::Backup,

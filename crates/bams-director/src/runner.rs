@@ -43,6 +43,7 @@ pub struct Director {
     stopping: AtomicBool,
     wake: Notify,
     idle: Notify,
+    extra: std::sync::RwLock<HashMap<&'static str, Arc<dyn crate::KindExecutor>>>,
 }
 
 impl Director {
@@ -56,7 +57,23 @@ impl Director {
             stopping: AtomicBool::new(false),
             wake: Notify::new(),
             idle: Notify::new(),
+            extra: std::sync::RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Let `exec` run jobs of `kind` (before `start`).
+    pub fn register(&self, kind: bams_catalog::JobKind, exec: Arc<dyn crate::KindExecutor>) {
+        self.extra.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(kind.as_str(), exec);
+    }
+
+    /// The executor plugged in for `kind`, if any.
+    pub fn executor(&self, kind: bams_catalog::JobKind) -> Option<Arc<dyn crate::KindExecutor>> {
+        self.extra.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(kind.as_str()).cloned()
+    }
+
+    /// Whether this server runs jobs of `kind`.
+    pub fn supports(&self, kind: bams_catalog::JobKind) -> bool {
+        crate::SUPPORTED_JOB_KINDS.contains(&kind) || self.executor(kind).is_some()
     }
 
     /// The catalog.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod state;
+pub mod tape_job;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -140,6 +141,13 @@ pub async fn prepare(config: Config) -> Result<Server> {
     );
     let runner: Arc<dyn bams_appliance::runner::CommandRunner> = Arc::new(bams_appliance::runner::SystemRunner);
     let tape = config.tape.open(&config.data_dir, runner.clone()).context("opening the tape library")?;
+    if config.tape.library == "virtual" {
+        // Tape jobs write through the virtual library's drives (real drives: not yet).
+        let dir = config.tape.dir.clone().unwrap_or_else(|| config.data_dir.join("vtl"));
+        let vtl = bams_appliance::tape::vtl::VirtualLibrary::open_or_create(&dir, &config.tape.virtual_library)
+            .context("opening the virtual tape library")?;
+        director.register(bams_catalog::JobKind::Tape, Arc::new(tape_job::TapeJobs::new(vtl)));
+    }
     let iscsi = config.iscsi.open(runner.clone()).context("iSCSI backend")?;
     let iscsi_policy = config.iscsi.policy(&config.data_dir, &config.disk_devices);
     let disks = Arc::new(bams_appliance::diskrepo::DiskRepositories::new(

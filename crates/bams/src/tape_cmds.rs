@@ -52,7 +52,7 @@ pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
             let catalog = set::write_set(&s.repo, &selection, &pool, &mut media, &mut |n| bar.bytes(n))?;
             bar.finish();
             // The cartridge goes back to its slot, as after a job.
-            return_to_slot(&lib, a.drive)?;
+            lib.return_to_slot(a.drive)?;
             if out.json {
                 out.json(&catalog)?;
             } else {
@@ -72,7 +72,7 @@ pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
             let bar = Bar::new(out, "tape restore");
             let catalog = set::read_set(&set_id, &target, &mut media, &mut |n| bar.bytes(n))?;
             bar.finish();
-            return_to_slot(&lib, a.drive)?;
+            lib.return_to_slot(a.drive)?;
             // The index is rebuilt from the packs that came back, so the repository lists
             // exactly what the tape held.
             let location = target.to_str().context("target path is not UTF-8")?;
@@ -91,14 +91,4 @@ pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
         }
     }
     Ok(0)
-}
-
-/// Put the cartridge in `drive` back into its home slot.
-fn return_to_slot(lib: &VirtualLibrary, drive: u32) -> Result<()> {
-    let status = lib.library()?;
-    if status.drive(drive)?.loaded.is_some() {
-        let rt = tokio::runtime::Builder::new_current_thread().build()?;
-        rt.block_on(bams_appliance::tape::unload(lib, drive, None))?;
-    }
-    Ok(())
 }

@@ -1667,3 +1667,94 @@ async fn logs_from_a_real_journal_and_files_streams_and_a_redacted_diagnostics_b
     let (st, b) = viewer_token.call(Method::GET, "/api/v1/diagnostics/bundle", None).await;
     assert_error(st, &b, StatusCode::FORBIDDEN, "viewer downloads diagnostics");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tape_jobs_write_sets_to_the_virtual_library_and_the_cli_restores_them() {
+    let s = Server::start(None);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let src = s.dir.path().join("src");
+    write_tree(&src);
+    random_file(&src.join("big.bin"), 3 << 20, 5);
+    let repo = admin.ok(Method::GET, "/api/v1/repositories", None).await[0]["id"].as_i64().unwrap();
+    let job = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "src", "type": "backup", "paths": [src], "repository": repo})),
+        )
+        .await;
+    let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{}/run", job["id"]), None).await;
+    let backup = admin.wait_run(run["run_id"].as_i64().unwrap()).await;
+    assert_eq!(backup["status"], "succeeded", "{backup}");
+
+    // Bad tape jobs are refused when created.
+    for (options, says) in [
+        (json!({}), "options.pool"),
+        (json!({"pool": "no spaces"}), "options.pool"),
+        (json!({"pool": "weekly", "snapshots": "some"}), "latest"),
+        (json!({"pool": "weekly", "drive": 9}), "drive 9"),
+    ] {
+        let (st, b) = admin
+            .call(
+                Method::POST,
+                "/api/v1/jobs",
+                Some(json!({"name": "t", "type": "tape", "repository": repo, "options": options})),
+            )
+            .await;
+        assert_error(st, &b, StatusCode::BAD_REQUEST, &options.to_string());
+        assert!(b["error"]["message"].as_str().unwrap().contains(says), "{b}");
+    }
+    let tape = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "weekly-tape", "type": "tape", "repository": repo, "options": {"pool": "weekly"}})),
+        )
+        .await;
+    let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{}/run", tape["id"]), None).await;
+    let r = admin.wait_run(run["run_id"].as_i64().unwrap()).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", r["id"]), None).await;
+    let log = log["log"].as_str().unwrap();
+    let set_id = log.split("wrote tape set ").nth(1).and_then(|t| t.split_whitespace().next()).expect(log).to_string();
+    assert!(log.contains("on VT0001L8"), "{log}");
+    let lib = admin.ok(Method::GET, "/api/v1/tape/library", None).await;
+    assert!(lib["drives"][0]["loaded"].is_null(), "the cartridge went back to its slot: {lib}");
+
+    // The set restores with the CLI from the server's library into a complete repository.
+    let target = s.dir.path().join("from-tape");
+    let key = s.data().join("keys/default.key");
+    let bams = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bams")).args(args).env_remove("BAMS_PASSWORD").output().unwrap();
+        assert!(out.status.success(), "bams {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let vtl = s.data().join("vtl");
+    bams(&[
+        "--key-file",
+        key.to_str().unwrap(),
+        "tape",
+        "restore",
+        "--library",
+        vtl.to_str().unwrap(),
+        "--set",
+        &set_id,
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    bams(&["-r", target.to_str().unwrap(), "--key-file", key.to_str().unwrap(), "check", "--read-data"]);
+    let out_dir = s.dir.path().join("restored");
+    let snap = backup["snapshot_id"].as_str().unwrap();
+    bams(&[
+        "-r",
+        target.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+        "restore",
+        snap,
+        "--target",
+        out_dir.to_str().unwrap(),
+    ]);
+    let restored = out_dir.join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(restored.join("big.bin")).unwrap(), std::fs::read(src.join("big.bin")).unwrap());
+}

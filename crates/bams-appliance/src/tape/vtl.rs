@@ -331,6 +331,17 @@ impl VirtualLibrary {
         self.move_to_drive(slot, drive)
     }
 
+    /// Put the cartridge in `drive` back into its home slot (else the first empty one); an
+    /// empty drive is left alone.
+    pub fn return_to_slot(&self, drive: u32) -> Result<(), ApplianceError> {
+        let lib = self.library()?;
+        if lib.drive(drive)?.loaded.is_none() {
+            return Ok(());
+        }
+        let slot = lib.plan_unload(drive, None)?;
+        self.move_to_slot(drive, slot)
+    }
+
     /// Every cartridge, its properties and bytes written (for choosing volumes).
     pub fn cartridges(&self) -> Result<Vec<(String, Cartridge, u64)>, ApplianceError> {
         let all = self.read(|s| s.cartridges.clone())?;

@@ -9,8 +9,8 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path, Query};
 use crate::state::AppState;
 
-fn validate_spec(spec: &JobSpec) -> ApiResult<()> {
-    if !bams_director::SUPPORTED_JOB_KINDS.contains(&spec.kind) {
+fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
+    if !st.director.supports(spec.kind) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unsupported",
@@ -31,6 +31,9 @@ fn validate_spec(spec: &JobSpec) -> ApiResult<()> {
     }
     if spec.kind == bams_catalog::JobKind::Copy {
         bams_director::copy_target(spec.repository, &spec.options).map_err(ApiError::bad_request)?;
+    }
+    if let Some(exec) = st.director.executor(spec.kind) {
+        exec.validate(spec).map_err(ApiError::bad_request)?;
     }
     if let Some(cron) = &spec.schedule {
         bams_director::schedule::validate(cron, spec.timezone.as_deref().unwrap_or("UTC"))
@@ -62,7 +65,7 @@ pub async fn create_job(
     Json(spec): Json<JobSpec>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     caller.require(Role::Admin)?;
-    validate_spec(&spec)?;
+    validate_spec(&st, &spec)?;
     if spec.kind == bams_catalog::JobKind::Copy {
         let target = bams_director::copy_target(spec.repository, &spec.options).map_err(ApiError::bad_request)?;
         st.catalog.get_repository(target).await?;
@@ -99,7 +102,7 @@ pub async fn update_job(
     Json(spec): Json<JobSpec>,
 ) -> ApiResult<Json<Job>> {
     caller.require(Role::Admin)?;
-    validate_spec(&spec)?;
+    validate_spec(&st, &spec)?;
     if spec.schedule.is_some() {
         return Err(ApiError::bad_request("change schedules through /api/v1/schedules"));
     }

@@ -1,0 +1,91 @@
+//! The `tape` job type (DESIGN.md §5): writes snapshots of the job's repository as a tape set
+//! to a media pool of the built-in virtual library, through the same code as
+//! `bams tape write`. Options: `pool` (required), `snapshots` (`latest`, the default, or
+//! `all`), `drive` (default 0). The run log names the set id and its volumes, which is what
+//! `bams tape restore --set` needs.
+
+use bams_appliance::tape::set::{self, VtlMedia};
+use bams_appliance::tape::vtl::VirtualLibrary;
+use bams_catalog::{Job, JobSpec, RunStats};
+use bams_director::KindExecutor;
+use bams_store::Repository;
+
+/// Tape jobs on one virtual library.
+pub struct TapeJobs {
+    library: VirtualLibrary,
+}
+
+impl TapeJobs {
+    /// Jobs writing to `library`.
+    pub fn new(library: VirtualLibrary) -> Self {
+        Self { library }
+    }
+}
+
+fn options(o: &serde_json::Map<String, serde_json::Value>) -> Result<(String, bool, u32), String> {
+    let pool = o.get("pool").and_then(|v| v.as_str()).ok_or("a tape job needs options.pool: the media pool")?;
+    if pool.is_empty() || pool.len() > 64 || !pool.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("options.pool {pool:?} must be 1-64 letters, digits, - or _"));
+    }
+    let all = match o.get("snapshots").map(|v| v.as_str()) {
+        None | Some(Some("latest")) => false,
+        Some(Some("all")) => true,
+        _ => return Err("options.snapshots must be \"latest\" or \"all\"".into()),
+    };
+    let drive = match o.get("drive") {
+        None => 0,
+        Some(v) => v.as_u64().and_then(|d| u32::try_from(d).ok()).ok_or("options.drive must be a drive number")?,
+    };
+    Ok((pool.to_string(), all, drive))
+}
+
+impl KindExecutor for TapeJobs {
+    fn validate(&self, job: &JobSpec) -> Result<(), String> {
+        let (_, _, drive) = options(&job.options)?;
+        let lib = self.library.library().map_err(|e| e.to_string())?;
+        lib.drive(drive).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        job: &Job,
+        repo: &Repository,
+        log: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<(RunStats, String), String> {
+        let (pool, all, drive) = options(&job.options)?;
+        let (mut snapshots, _) = repo.snapshots().map_err(|e| e.to_string())?;
+        snapshots.sort_by_key(|s| s.snapshot.time);
+        if !all {
+            snapshots = snapshots.pop().into_iter().collect();
+        }
+        if snapshots.is_empty() {
+            return Err("the repository has no snapshot to write".into());
+        }
+        log(format!("writing {} snapshot(s) to media pool {pool} on drive {drive}", snapshots.len()));
+        let mut media = VtlMedia::new(self.library.clone(), drive);
+        let written = set::write_set(repo, &snapshots, &pool, &mut media, &mut |_| {});
+        // Whatever happened, the cartridge goes back to its slot for the next job.
+        if let Err(e) = self.library.return_to_slot(drive) {
+            log(format!("warning: could not unload drive {drive}: {e}"));
+        }
+        let catalog = written.map_err(|e| e.to_string())?;
+        let summary = format!(
+            "wrote tape set {} ({} snapshot(s), {} bytes) on {}",
+            catalog.set_id,
+            catalog.snapshots.len(),
+            catalog.bytes,
+            catalog.volumes.join(", ")
+        );
+        log(summary.clone());
+        let stats = RunStats {
+            files: catalog.objects.len() as i64,
+            bytes: catalog.bytes as i64,
+            new_bytes: catalog.bytes as i64,
+            errors: 0,
+            snapshot_id: None,
+        };
+        Ok((stats, summary))
+    }
+}
