@@ -179,15 +179,9 @@ pub async fn install(runner: &dyn CommandRunner, target: &Path, text: &str) -> R
         let _ = std::fs::remove_file(&staged);
         return Err(e.into());
     }
-    let previous = if target.exists() {
-        let prev = PathBuf::from(format!("{}.bams-previous", target.display()));
-        std::fs::copy(target, &prev).map_err(io("keeping", target))?;
-        Some(prev.display().to_string())
-    } else {
-        None
-    };
-    std::fs::rename(&staged, target).map_err(io("installing", target))?;
-    Ok(Installed { path: target.display().to_string(), previous })
+    let prev = PathBuf::from(format!("{}.bams-previous", target.display()));
+    let kept = crate::files::install_keeping(&staged, target, &prev)?;
+    Ok(Installed { path: target.display().to_string(), previous: kept.then(|| prev.display().to_string()) })
 }
 
 /// Device names in a config (for status).

@@ -6,6 +6,7 @@ pub mod bacula;
 pub mod disk;
 pub mod diskrepo;
 mod error;
+pub mod files;
 pub mod iscsi;
 pub mod logs;
 pub mod lvm;

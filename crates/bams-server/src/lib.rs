@@ -11,7 +11,7 @@ pub mod state;
 pub mod tape_job;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,17 +95,11 @@ async fn first_admin(catalog: &Catalog, data_dir: &std::path::Path) -> Result<()
     let password: String =
         rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(24).map(char::from).collect();
     let path = data_dir.join("initial-admin-password");
-    write_private(&path, format!("{password}\n").as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    bams_appliance::files::write_private(&path, format!("{password}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     catalog.create_user("admin", &password, Role::Admin).await?;
     info!(file = %path.display(), "created user admin; its initial password is in this file (mode 0600)");
     Ok(())
-}
-
-/// Write a secret file readable by root only (mode 0600, synced).
-pub(crate) fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    std::io::Write::write_all(&mut f, data)?;
-    f.sync_all()
 }
 
 /// Everything a running server consists of, for tests and the binary.

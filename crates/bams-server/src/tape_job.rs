@@ -24,10 +24,7 @@ impl TapeJobs {
 
 fn options(o: &serde_json::Map<String, serde_json::Value>) -> Result<(String, bool, u32), String> {
     let pool = o.get("pool").and_then(|v| v.as_str()).ok_or("a tape job needs options.pool: the media pool")?;
-    if pool.is_empty() || pool.len() > 64 || !pool.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(format!("options.pool {pool:?} must be 1-64 letters, digits, - or _"));
-    }
+    bams_appliance::tape::volume::validate_pool(pool).map_err(|e| format!("options.{e}"))?;
     let all = match o.get("snapshots").map(|v| v.as_str()) {
         None | Some(Some("latest")) => false,
         Some(Some("all")) => true,

@@ -312,7 +312,8 @@ pub async fn apply(
 /// Run one change: stage its file, run its commands, install the file.
 async fn run_change(backend: &dyn IscsiBackend, c: &Change) -> Result<(), ApplianceError> {
     if let Some(f) = &c.install {
-        write_private(&f.staged, &f.content)?;
+        crate::files::write_private(&f.staged, f.content.as_bytes())
+            .map_err(crate::error::io(format!("writing {}", f.staged.display())))?;
     }
     for cmd in &c.cmds {
         if let Err(e) = backend.runner().run(cmd).await {
@@ -323,12 +324,7 @@ async fn run_change(backend: &dyn IscsiBackend, c: &Change) -> Result<(), Applia
         }
     }
     if let Some(f) = &c.install {
-        if f.target.exists() {
-            let prev = f.target.with_extension("bams-previous");
-            std::fs::copy(&f.target, &prev).map_err(crate::error::io(format!("keeping {}", f.target.display())))?;
-        }
-        std::fs::rename(&f.staged, &f.target)
-            .map_err(crate::error::io(format!("installing {}", f.target.display())))?;
+        crate::files::install_keeping(&f.staged, &f.target, &f.target.with_extension("bams-previous"))?;
     }
     Ok(())
 }
@@ -340,22 +336,6 @@ fn dir_names(path: &Path) -> std::collections::BTreeSet<String> {
             rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
         })
         .unwrap_or_default()
-}
-
-/// Write a file only root can read (it may hold CHAP secrets).
-fn write_private(path: &Path, content: &str) -> Result<(), ApplianceError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(crate::error::io(format!("writing {}", path.display())))?;
-    f.write_all(content.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(crate::error::io(format!("writing {}", path.display())))
 }
 
 /// Digest of a CHAP secret, to notice it changed since it was applied (never the secret).

@@ -25,6 +25,15 @@ pub struct Label {
     pub labeled_at: String,
 }
 
+/// A media pool name: 1-64 letters, digits, `-` or `_` (it is written into every label).
+pub fn validate_pool(pool: &str) -> Result<(), String> {
+    if pool.is_empty() || pool.len() > 64 || !pool.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("pool {pool:?} must be 1-64 letters, digits, - or _"));
+    }
+    Ok(())
+}
+
 /// Read the label at the beginning of the tape: `None` for a blank cartridge, an error for one
 /// that holds something else.
 pub fn read_label(dev: &mut dyn TapeDevice) -> Result<Option<Label>, TapeError> {
@@ -57,10 +66,7 @@ pub fn read_label(dev: &mut dyn TapeDevice) -> Result<Option<Label>, TapeError> 
 /// data) is refused unless `force`, because labeling erases it.
 pub fn label(dev: &mut dyn TapeDevice, pool: &str, force: bool) -> Result<Label, TapeError> {
     crate::tape::vtl::validate_barcode(dev.barcode())?;
-    if pool.is_empty() || pool.len() > 64 || !pool.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(ApplianceError::Invalid(format!("pool name {pool:?} must be 1-64 letters, digits, - or _")).into());
-    }
+    validate_pool(pool).map_err(ApplianceError::Invalid)?;
     if !force {
         match read_label(dev) {
             Ok(None) => {}

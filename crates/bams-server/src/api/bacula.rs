@@ -57,7 +57,7 @@ fn identity(st: &AppState) -> ApiResult<SdIdentity> {
             use rand::Rng;
             let p: String =
                 rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(32).map(char::from).collect();
-            crate::write_private(&file, p.as_bytes())
+            bams_appliance::files::write_private(&file, p.as_bytes())
                 .map_err(|e| ApiError::internal(format!("{}: {e}", file.display())))?;
             p
         }
