@@ -4,7 +4,9 @@
 //! `all`), `drive` (default 0). The run log names the set id and its volumes, which is what
 //! `bams tape restore --set` needs.
 
-use bams_appliance::tape::set::{self, VtlMedia};
+use bams_appliance::tape::drives::VtlDrives;
+use bams_appliance::tape::media::MediaDb;
+use bams_appliance::tape::set::{self, Media, PoolMedia};
 use bams_appliance::tape::vtl::VirtualLibrary;
 use bams_catalog::{Job, JobSpec, RunStats};
 use bams_director::KindExecutor;
@@ -61,10 +63,11 @@ impl KindExecutor for TapeJobs {
             return Err("the repository has no snapshot to write".into());
         }
         log(format!("writing {} snapshot(s) to media pool {pool} on drive {drive}", snapshots.len()));
-        let mut media = VtlMedia::new(self.library.clone(), drive);
+        let db = MediaDb::open(self.library.dir()).map_err(|e| e.to_string())?;
+        let mut media = PoolMedia::new(VtlDrives::new(self.library.clone(), drive), db);
         let written = set::write_set(repo, &snapshots, &pool, &mut media, &mut |_| {});
         // Whatever happened, the cartridge goes back to its slot for the next job.
-        if let Err(e) = self.library.return_to_slot(drive) {
+        if let Err(e) = media.release() {
             log(format!("warning: could not unload drive {drive}: {e}"));
         }
         let catalog = written.map_err(|e| e.to_string())?;

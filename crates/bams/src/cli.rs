@@ -431,4 +431,71 @@ pub enum TapeCmd {
         #[arg(long)]
         target: PathBuf,
     },
+    /// Media pools: retention and recycling of their volumes
+    #[command(subcommand)]
+    Pool(TapePoolCmd),
+    /// Volumes in the media database, with their retention (or set one's status)
+    Volumes {
+        #[command(flatten)]
+        library: TapeLibraryArgs,
+        /// Set the status of this volume (with --status)
+        #[arg(long, requires = "status")]
+        barcode: Option<String>,
+        /// append, full, archive (never appended to or recycled) or error
+        #[arg(long, requires = "barcode")]
+        status: Option<String>,
+    },
+    /// Tape sets in the media database, with their expiry
+    Sets {
+        #[command(flatten)]
+        library: TapeLibraryArgs,
+    },
+}
+
+/// A pool's policy on the command line.
+#[derive(Args, Debug, Clone)]
+pub struct TapePoolPolicyArgs {
+    /// Days a set is kept (omit to keep sets forever; 0 lets them expire at once)
+    #[arg(long)]
+    pub retention_days: Option<u32>,
+    /// Most volumes the pool may take (omit for no limit)
+    #[arg(long)]
+    pub max_volumes: Option<u32>,
+    /// Never relabel the pool's expired volumes
+    #[arg(long)]
+    pub no_recycle: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TapePoolCmd {
+    /// Create a media pool
+    Create {
+        #[command(flatten)]
+        library: TapeLibraryArgs,
+        /// Pool name
+        name: String,
+        #[command(flatten)]
+        policy: TapePoolPolicyArgs,
+    },
+    /// Replace a pool's policy (applies to the sets already written)
+    Update {
+        #[command(flatten)]
+        library: TapeLibraryArgs,
+        /// Pool name
+        name: String,
+        #[command(flatten)]
+        policy: TapePoolPolicyArgs,
+    },
+    /// Delete a pool that holds no volume
+    Delete {
+        #[command(flatten)]
+        library: TapeLibraryArgs,
+        /// Pool name
+        name: String,
+    },
+    /// List pools
+    List {
+        #[command(flatten)]
+        library: TapeLibraryArgs,
+    },
 }

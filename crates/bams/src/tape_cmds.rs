@@ -2,19 +2,91 @@
 
 use anyhow::{bail, Context, Result};
 use bams_appliance::tape::device::VirtualDrive;
-use bams_appliance::tape::set::{self, VtlMedia};
+use bams_appliance::tape::drives::VtlDrives;
+use bams_appliance::tape::media::{MediaDb, PoolPolicy, VolumeStatus};
+use bams_appliance::tape::set::{self, Media, PoolMedia};
 use bams_appliance::tape::volume;
 use bams_appliance::tape::vtl::{VirtualLibrary, VtlShape};
 use bams_store::archiver::Progress;
 use bams_store::snapshot::SnapshotEntry;
 
-use crate::cli::{Global, TapeCmd, TapeLibraryArgs};
+use crate::cli::{Global, TapeCmd, TapeLibraryArgs, TapePoolCmd, TapePoolPolicyArgs};
 use crate::output::{human_bytes, Bar, Out};
 use crate::session;
 
 fn library(a: &TapeLibraryArgs) -> Result<VirtualLibrary> {
     VirtualLibrary::open_or_create(&a.library, &VtlShape::default())
         .with_context(|| format!("opening the tape library {}", a.library.display()))
+}
+
+fn media_db(a: &TapeLibraryArgs) -> Result<MediaDb> {
+    Ok(MediaDb::open(&a.library)?)
+}
+
+/// The library's drive, choosing and recording volumes through its media database.
+fn pool_media(a: &TapeLibraryArgs) -> Result<PoolMedia<VtlDrives>> {
+    Ok(PoolMedia::new(VtlDrives::new(library(a)?, a.drive), media_db(a)?))
+}
+
+fn policy(p: &TapePoolPolicyArgs) -> PoolPolicy {
+    PoolPolicy { retention_days: p.retention_days, max_volumes: p.max_volumes, recycle: !p.no_recycle }
+}
+
+fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "forever".into())
+}
+
+fn pool_cmd(out: Out, cmd: TapePoolCmd) -> Result<u8> {
+    let now = chrono::Utc::now();
+    match cmd {
+        TapePoolCmd::Create { library: a, name, policy: p } => {
+            media_db(&a)?.create_pool(&name, policy(&p))?;
+            out.info(format!("created pool {name}"));
+        }
+        TapePoolCmd::Update { library: a, name, policy: p } => {
+            media_db(&a)?.update_pool(&name, policy(&p))?;
+            out.info(format!("updated pool {name}"));
+        }
+        TapePoolCmd::Delete { library: a, name } => {
+            media_db(&a)?.delete_pool(&name)?;
+            out.info(format!("deleted pool {name}"));
+        }
+        TapePoolCmd::List { library: a } => {
+            let pools = media_db(&a)?.pools(now)?;
+            if out.json {
+                out.json(&pools)?;
+            } else {
+                println!(
+                    "{:<20} {:>9} {:>8} {:>7} {:>8} {:>10} {:>5} {:>12}",
+                    "pool", "retention", "max vols", "recycle", "volumes", "recyclable", "sets", "size"
+                );
+                for p in pools {
+                    println!(
+                        "{:<20} {:>9} {:>8} {:>7} {:>8} {:>10} {:>5} {:>12}",
+                        p.name,
+                        p.policy.retention_days.map(|d| format!("{d}d")).unwrap_or_else(|| "forever".into()),
+                        p.policy.max_volumes.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+                        if p.policy.recycle { "yes" } else { "no" },
+                        p.volumes,
+                        p.recyclable_volumes,
+                        p.sets,
+                        human_bytes(p.bytes)
+                    );
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn parse_status(s: &str) -> Result<VolumeStatus> {
+    Ok(match s {
+        "append" => VolumeStatus::Append,
+        "full" => VolumeStatus::Full,
+        "archive" => VolumeStatus::Archive,
+        "error" => VolumeStatus::Error,
+        other => bail!("volume status {other:?} must be append, full, archive or error"),
+    })
 }
 
 /// Run a tape command.
@@ -26,6 +98,10 @@ pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
             let mut dev = VirtualDrive::open(&lib, a.drive)?;
             let label = volume::label(&mut dev, &pool, force)?;
             dev.close()?;
+            let forgotten = media_db(&a)?.labeled(&label, false)?;
+            if !forgotten.is_empty() {
+                out.info(format!("relabeling erased tape set(s) {}", forgotten.join(", ")));
+            }
             if out.json {
                 out.json(&label)?;
             } else {
@@ -46,13 +122,14 @@ pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
             if selection.is_empty() {
                 bail!("the repository has no snapshot to write");
             }
-            let lib = library(&a)?;
-            let mut media = VtlMedia::new(lib.clone(), a.drive);
+            let mut media = pool_media(&a)?;
             let bar = Bar::new(out, "tape write");
-            let catalog = set::write_set(&s.repo, &selection, &pool, &mut media, &mut |n| bar.bytes(n))?;
+            let written = set::write_set(&s.repo, &selection, &pool, &mut media, &mut |n| bar.bytes(n));
             bar.finish();
-            // The cartridge goes back to its slot, as after a job.
-            lib.return_to_slot(a.drive)?;
+            // The cartridge goes back to its slot, as after a job, whatever happened.
+            let released = media.release();
+            let catalog = written?;
+            released?;
             if out.json {
                 out.json(&catalog)?;
             } else {
@@ -67,12 +144,13 @@ pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
             }
         }
         TapeCmd::Restore { library: a, set: set_id, target } => {
-            let lib = library(&a)?;
-            let mut media = VtlMedia::new(lib.clone(), a.drive);
+            let mut media = pool_media(&a)?;
             let bar = Bar::new(out, "tape restore");
-            let catalog = set::read_set(&set_id, &target, &mut media, &mut |n| bar.bytes(n))?;
+            let read = set::read_set(&set_id, &target, &mut media, &mut |n| bar.bytes(n));
             bar.finish();
-            lib.return_to_slot(a.drive)?;
+            let released = media.release();
+            let catalog = read?;
+            released?;
             // The index is rebuilt from the packs that came back, so the repository lists
             // exactly what the tape held.
             let location = target.to_str().context("target path is not UTF-8")?;
@@ -87,6 +165,60 @@ pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
                     catalog.snapshots.len(),
                     human_bytes(catalog.bytes)
                 ));
+            }
+        }
+        TapeCmd::Pool(cmd) => return pool_cmd(out, cmd),
+        TapeCmd::Volumes { library: a, barcode, status } => {
+            let db = media_db(&a)?;
+            if let (Some(b), Some(st)) = (barcode, status) {
+                let v = db.set_status(&b, parse_status(&st)?)?;
+                out.info(format!("{} is now {st}", v.barcode));
+                return Ok(0);
+            }
+            let vols = db.volumes(chrono::Utc::now())?;
+            if out.json {
+                out.json(&vols)?;
+            } else {
+                println!(
+                    "{:<10} {:<16} {:<8} {:>12} {:>5} {:<16} {:<10}",
+                    "barcode", "pool", "status", "size", "sets", "retained until", "recyclable"
+                );
+                for v in vols {
+                    println!(
+                        "{:<10} {:<16} {:<8} {:>12} {:>5} {:<16} {:<10}",
+                        v.volume.barcode,
+                        v.volume.pool,
+                        serde_json::to_value(v.volume.status)?.as_str().unwrap_or(""),
+                        human_bytes(v.volume.bytes),
+                        v.sets.len(),
+                        if v.sets.is_empty() { "-".to_string() } else { when(v.retained_until) },
+                        if v.recyclable { "yes" } else { "no" }
+                    );
+                }
+            }
+        }
+        TapeCmd::Sets { library: a } => {
+            let sets = media_db(&a)?.sets(chrono::Utc::now())?;
+            if out.json {
+                out.json(&sets)?;
+            } else {
+                println!(
+                    "{:<16} {:<16} {:<16} {:>9} {:>12} {:<16} volumes",
+                    "set", "pool", "written", "snapshots", "size", "expires"
+                );
+                for t in sets {
+                    println!(
+                        "{:<16} {:<16} {:<16} {:>9} {:>12} {:<16} {}{}",
+                        t.set.set_id,
+                        t.set.pool,
+                        t.set.written_at.format("%Y-%m-%d %H:%M"),
+                        t.set.snapshots.len(),
+                        human_bytes(t.set.bytes),
+                        if t.expired { "expired".to_string() } else { when(t.expires_at) },
+                        t.set.volumes.join(","),
+                        if t.set.complete { "" } else { " (incomplete)" }
+                    );
+                }
             }
         }
     }

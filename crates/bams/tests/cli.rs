@@ -857,4 +857,42 @@ fn tape_sets_span_full_cartridges_and_restore_without_the_catalog() {
     assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("insert it"));
     let busy = env.run(&["tape", "restore", "--library", lib, "--set", set_id, "--target", src.to_str().unwrap()]);
     assert!(!busy.status.success() && String::from_utf8_lossy(&busy.stderr).contains("not empty"));
+
+    // The media database recorded it all: pools, volumes (all but the last of a spanning set
+    // full), sets with their volumes; and its commands refuse bad input.
+    let sets = env.json(&["tape", "sets", "--library", lib]);
+    let recorded = sets.as_array().unwrap().iter().find(|t| t["set_id"] == set["set_id"]).expect("set recorded");
+    assert_eq!(recorded["volumes"], set["volumes"]);
+    assert_eq!(recorded["complete"], true);
+    assert!(recorded["expires_at"].is_null(), "pools made by labeling keep sets forever");
+    let vols = env.json(&["tape", "volumes", "--library", lib]);
+    let status_of = |b: &str| vols.as_array().unwrap().iter().find(|v| v["barcode"] == b).map(|v| v["status"].clone());
+    assert_eq!(status_of("VT0001L8"), Some(serde_json::json!("full")));
+    assert_eq!(status_of(volumes[volumes.len() - 1]), Some(serde_json::json!("append")));
+    env.ok(&["tape", "pool", "create", "--library", lib, "daily", "--retention-days", "0", "--max-volumes", "2"]);
+    let pools = env.json(&["tape", "pool", "list", "--library", lib]);
+    let daily = pools.as_array().unwrap().iter().find(|p| p["name"] == "daily").expect("daily");
+    assert_eq!((daily["retention_days"].as_u64(), daily["max_volumes"].as_u64()), (Some(0), Some(2)));
+    let weekly = pools.as_array().unwrap().iter().find(|p| p["name"] == "weekly").expect("weekly");
+    assert_eq!(weekly["volumes"].as_u64(), Some(volumes.len() as u64));
+    for bad in [
+        vec!["tape", "pool", "create", "--library", lib, "weekly"],
+        vec!["tape", "pool", "delete", "--library", lib, "weekly"],
+        vec!["tape", "pool", "create", "--library", lib, "a/b"],
+        vec!["tape", "volumes", "--library", lib, "--barcode", "VT0001L8", "--status", "bogus"],
+        vec!["tape", "volumes", "--library", lib, "--barcode", "NOPE01L8", "--status", "archive"],
+    ] {
+        let r = env.run(&bad);
+        assert!(!r.status.success() && !r.stderr.is_empty(), "{bad:?} must fail with a message");
+    }
+    env.ok(&["tape", "volumes", "--library", lib, "--barcode", "VT0001L8", "--status", "archive"]);
+    assert_eq!(
+        env.json(&["tape", "volumes", "--library", lib])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["barcode"] == "VT0001L8")
+            .unwrap()["status"],
+        "archive"
+    );
 }

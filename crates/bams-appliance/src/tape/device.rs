@@ -85,8 +85,11 @@ pub trait TapeDevice {
     fn to_end_of_data(&mut self) -> Result<(), TapeError>;
     /// Where the head is.
     fn position(&self) -> Position;
-    /// Bytes the cartridge can still take.
-    fn remaining(&self) -> u64;
+    /// Bytes the cartridge can still take, when the device knows (a virtual cartridge does;
+    /// a real drive only reports the early-warning point, as a failed write).
+    fn remaining(&self) -> Option<u64>;
+    /// Whether the cartridge's write-protect tab is set.
+    fn write_protected(&self) -> bool;
 }
 
 /// A virtual drive with its cartridge file open (and locked) for I/O.
@@ -250,7 +253,11 @@ impl TapeDevice for VirtualDrive {
         self.pos
     }
 
-    fn remaining(&self) -> u64 {
-        self.cart.capacity_bytes.saturating_sub(self.pos.offset)
+    fn remaining(&self) -> Option<u64> {
+        Some(self.cart.capacity_bytes.saturating_sub(self.pos.offset))
+    }
+
+    fn write_protected(&self) -> bool {
+        self.cart.write_protected
     }
 }

@@ -6,9 +6,12 @@
 //! full, unknown element) live here once, in [`Library::plan_load`] / [`Library::plan_unload`].
 
 pub mod device;
+pub mod drives;
+pub mod media;
 pub mod mt;
 pub mod mtx;
 pub mod set;
+pub mod st;
 pub mod volume;
 pub mod vtl;
 

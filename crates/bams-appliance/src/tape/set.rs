@@ -21,6 +21,8 @@ use bams_store::snapshot::SnapshotEntry;
 use serde::{Deserialize, Serialize};
 
 use super::device::{Record, TapeDevice, TapeError};
+use super::drives::{CartridgeInfo, Drives};
+use super::media::{MediaDb, TapeSet};
 use crate::ApplianceError;
 
 /// Bytes of object data per tape record.
@@ -80,13 +82,23 @@ pub struct SetCatalog {
     pub bytes: u64,
 }
 
-/// Where the volumes of a set come from: the changer side of writing and reading.
+/// Where the volumes of a set come from, and where what was written is recorded: the
+/// changer side of writing and reading.
 pub trait Media {
-    /// A volume of `pool` with room to append (labeling a blank one into the pool when needed),
-    /// never one of `exclude`; the head is at its end of data.
-    fn next_writable(&mut self, pool: &str, exclude: &[String]) -> Result<Box<dyn TapeDevice + '_>, ApplianceError>;
+    /// A volume of `pool` with room to append (labeling a blank one into the pool, or
+    /// recycling an expired one, when needed), never one of `exclude`; the head is at its end
+    /// of data.
+    fn next_writable(&mut self, pool: &str, exclude: &[String]) -> Result<Box<dyn TapeDevice>, ApplianceError>;
     /// The volume holding `part` of `set_id`, with the head at the start of that part.
-    fn find_part(&mut self, set_id: &str, part: u32) -> Result<Box<dyn TapeDevice + '_>, ApplianceError>;
+    fn find_part(&mut self, set_id: &str, part: u32) -> Result<Box<dyn TapeDevice>, ApplianceError>;
+    /// A set is being written.
+    fn set_started(&mut self, set: &TapeSet) -> Result<(), ApplianceError>;
+    /// A part was written (`full`: the volume reached its end).
+    fn part_written(&mut self, set_id: &str, barcode: &str, bytes: u64, full: bool) -> Result<(), ApplianceError>;
+    /// The set's catalog is on tape.
+    fn set_finished(&mut self, catalog: &SetCatalog) -> Result<(), ApplianceError>;
+    /// Put the cartridge in the drive back into its slot.
+    fn release(&mut self) -> Result<(), ApplianceError>;
 }
 
 /// The repository objects `snapshots` need.
@@ -134,7 +146,85 @@ fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-/// Write `snapshots` of `repo` as a new set on volumes of `pool`.
+/// A full volume's part may end without its trailer when even the early-warning room was
+/// used; the reader then goes on with the next part. Anything but end of medium is an error.
+fn allow_end_of_medium(r: Result<(), TapeError>) -> Result<bool, ApplianceError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(TapeError::EndOfMedium { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The volume a set is being written to, and moving on to the next one.
+struct PartWriter<'m> {
+    media: &'m mut dyn Media,
+    /// `None` only between volumes (the old cartridge is closed before the robot moves).
+    current: Option<Box<dyn TapeDevice>>,
+    pool: String,
+    header: PartHeader,
+    bytes: u64,
+    volumes: Vec<String>,
+}
+
+impl<'m> PartWriter<'m> {
+    fn start(media: &'m mut dyn Media, pool: &str, header: PartHeader) -> Result<Self, ApplianceError> {
+        let mut dev = media.next_writable(pool, &[])?;
+        dev.write(&json(&header))?;
+        let volumes = vec![dev.barcode().to_string()];
+        Ok(Self { media, current: Some(dev), pool: pool.into(), header, bytes: 0, volumes })
+    }
+
+    fn dev(&mut self) -> Result<&mut Box<dyn TapeDevice>, ApplianceError> {
+        self.current.as_mut().ok_or_else(|| ApplianceError::Invalid("no volume is mounted".into()))
+    }
+
+    /// Room for object data before the reserve kept for the trailer (unbounded on a device
+    /// that only reports the end when it gets there).
+    fn room(&self) -> usize {
+        self.current
+            .as_ref()
+            .and_then(|d| d.remaining())
+            .map(|r| r.saturating_sub(RESERVE + RECORD_OVERHEAD) as usize)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Close this volume's part with a continuation record and open the next part on the
+    /// next writable volume of the pool.
+    fn span(&mut self) -> Result<(), ApplianceError> {
+        let next_part = self.header.part + 1;
+        let cont = Trailer::Continues { set_id: self.header.set_id.clone(), next_part };
+        let dev = self.dev()?;
+        if allow_end_of_medium(dev.write(&json(&cont)))? {
+            allow_end_of_medium(dev.write_filemark())?;
+        }
+        let barcode = dev.barcode().to_string();
+        // The full cartridge is closed before the robot takes the next one.
+        self.current = None;
+        self.media.part_written(&self.header.set_id, &barcode, self.bytes, true)?;
+        self.header.part = next_part;
+        self.bytes = 0;
+        let mut dev = self.media.next_writable(&self.pool, &self.volumes)?;
+        self.volumes.push(dev.barcode().to_string());
+        dev.write(&json(&self.header))?;
+        self.current = Some(dev);
+        Ok(())
+    }
+
+    /// Write a record, moving to the next volume when this one reports its end.
+    fn write(&mut self, rec: &[u8], data_bytes: u64) -> Result<(), ApplianceError> {
+        loop {
+            if allow_end_of_medium(self.dev()?.write(rec))? {
+                self.bytes += data_bytes;
+                return Ok(());
+            }
+            self.span()?;
+        }
+    }
+}
+
+/// Write `snapshots` of `repo` as a new set on volumes of `pool`, recording the set and its
+/// volumes through `media` as it goes.
 pub fn write_set(
     repo: &Repository,
     snapshots: &[SnapshotEntry],
@@ -142,30 +232,35 @@ pub fn write_set(
     media: &mut dyn Media,
     progress: &mut dyn FnMut(u64),
 ) -> Result<SetCatalog, ApplianceError> {
+    super::volume::validate_pool(pool).map_err(ApplianceError::Invalid)?;
     let objects = objects_for(repo, snapshots)?;
     let set_id = {
         use rand::Rng;
         format!("{:016x}", rand::thread_rng().gen::<u64>())
     };
-    let header = |part: u32| PartHeader {
+    let started = chrono::Utc::now();
+    let snapshot_ids: Vec<String> = snapshots.iter().map(|s| s.id.to_string()).collect();
+    media.set_started(&TapeSet {
+        set_id: set_id.clone(),
+        pool: pool.into(),
+        snapshots: snapshot_ids.clone(),
+        volumes: Vec::new(),
+        bytes: 0,
+        objects: 0,
+        written_at: started,
+        complete: false,
+    })?;
+    let header = PartHeader {
         kind: "set-part".into(),
         set_id: set_id.clone(),
-        part,
-        snapshots: snapshots.iter().map(|s| s.id.to_string()).collect(),
+        part: 1,
+        snapshots: snapshot_ids.clone(),
         pool: pool.into(),
-        written_at: chrono::Utc::now().to_rfc3339(),
+        written_at: started.to_rfc3339(),
     };
-    let mut catalog = SetCatalog {
-        set_id: set_id.clone(),
-        snapshots: snapshots.iter().map(|s| s.id.to_string()).collect(),
-        volumes: Vec::new(),
-        objects: BTreeMap::new(),
-        bytes: 0,
-    };
-    let mut part = 1;
-    let mut dev = media.next_writable(pool, &catalog.volumes)?;
-    catalog.volumes.push(dev.barcode().to_string());
-    dev.write(&json(&header(part)))?;
+    let mut catalog =
+        SetCatalog { set_id, snapshots: snapshot_ids, volumes: Vec::new(), objects: BTreeMap::new(), bytes: 0 };
+    let mut w = PartWriter::start(media, pool, header)?;
     for path in &objects {
         let data = repo.get(path).map_err(|e| ApplianceError::Invalid(format!("reading {path}: {e}")))?;
         let digest = blake3::hash(&data).to_hex().to_string();
@@ -174,29 +269,19 @@ pub fn write_set(
             // As much of the object as fits before the reserve kept for the trailer; a
             // cartridge with too little room left moves the set to the next volume.
             let left = data.len() - offset;
-            let room = dev.remaining().saturating_sub(RESERVE + RECORD_OVERHEAD) as usize;
+            let room = w.room();
             let take = left.min(CHUNK).min(room);
             if take < left.min(MIN_PIECE) || (left == 0 && room == 0) {
-                part += 1;
-                let cont = Trailer::Continues { set_id: set_id.clone(), next_part: part };
-                dev.write(&json(&cont))?;
-                dev.write_filemark()?;
-                drop(dev);
-                dev = media.next_writable(pool, &catalog.volumes)?;
-                catalog.volumes.push(dev.barcode().to_string());
-                dev.write(&json(&header(part)))?;
+                w.span()?;
                 continue;
             }
-            let rec = record(
-                &ObjectHeader {
-                    path: path.clone(),
-                    offset: offset as u64,
-                    total: data.len() as u64,
-                    blake3: digest.clone(),
-                },
-                &data[offset..offset + take],
-            );
-            dev.write(&rec)?;
+            let header = ObjectHeader {
+                path: path.clone(),
+                offset: offset as u64,
+                total: data.len() as u64,
+                blake3: digest.clone(),
+            };
+            w.write(&record(&header, &data[offset..offset + take]), take as u64)?;
             progress(take as u64);
             offset += take;
             if offset >= data.len() {
@@ -206,8 +291,20 @@ pub fn write_set(
         catalog.bytes += data.len() as u64;
         catalog.objects.insert(path.clone(), data.len() as u64);
     }
-    dev.write(&json(&Trailer::Catalog(catalog.clone())))?;
-    dev.write_filemark()?;
+    // The catalog names every volume, including one the catalog itself may spill onto.
+    loop {
+        catalog.volumes = w.volumes.clone();
+        if allow_end_of_medium(w.dev()?.write(&json(&Trailer::Catalog(catalog.clone()))))? {
+            break;
+        }
+        w.span()?;
+    }
+    let dev = w.dev()?;
+    let full = !allow_end_of_medium(dev.write_filemark())?;
+    let barcode = dev.barcode().to_string();
+    w.current = None;
+    w.media.part_written(&catalog.set_id, &barcode, w.bytes, full)?;
+    w.media.set_finished(&catalog)?;
     Ok(catalog)
 }
 
@@ -236,10 +333,10 @@ pub fn read_set(
         let mut dev = media.find_part(set_id, part)?;
         loop {
             let Record::Data(rec) = dev.read()? else {
-                return Err(ApplianceError::Invalid(format!(
-                    "part {part} of set {set_id} on {} ends early",
-                    dev.barcode()
-                )));
+                // A part cut by the end of its cartridge before its trailer: the set goes on
+                // in the next part (or, if there is none, the set was never finished).
+                part += 1;
+                break;
             };
             let hlen = rec.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
             let parsed =
@@ -308,79 +405,147 @@ fn safe_object_path(p: &str) -> bool {
     !p.is_empty() && !p.starts_with('/') && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
-/// The virtual library as [`Media`]: volumes are chosen from its cartridges and moved into
-/// one drive by its robot.
-pub struct VtlMedia {
-    lib: super::vtl::VirtualLibrary,
-    drive: u32,
+/// Skip from the label to the start of `part` of `set_id` on the volume in `dev`.
+fn seek_part(dev: &mut dyn TapeDevice, set_id: &str, part: u32) -> Result<bool, ApplianceError> {
+    if !matches!(super::volume::read_label(dev), Ok(Some(_))) {
+        return Ok(false);
+    }
+    // The label is file 0; each set part is a later file.
+    loop {
+        match dev.read()? {
+            Record::Filemark => {}
+            Record::EndOfData => return Ok(false),
+            Record::Data(_) => continue,
+        }
+        if read_part_header(dev)?.is_some_and(|h| h.set_id == set_id && h.part == part) {
+            return Ok(true);
+        }
+    }
 }
 
-impl VtlMedia {
-    /// Use `drive` of `lib`.
-    pub fn new(lib: super::vtl::VirtualLibrary, drive: u32) -> Self {
-        Self { lib, drive }
+/// Volumes of a library drive chosen and recorded through the media database: appendable
+/// volumes of the pool first (fullest first), then blank cartridges (while the pool is under
+/// its volume limit), then the pool's recyclable volumes. A known volume is used only after
+/// its label, read back from the tape, matches the database.
+pub struct PoolMedia<D: Drives> {
+    drives: D,
+    db: MediaDb,
+}
+
+impl<D: Drives> PoolMedia<D> {
+    /// Use `drives` and record in `db`.
+    pub fn new(drives: D, db: MediaDb) -> Self {
+        Self { drives, db }
     }
 
-    fn mount(&self, barcode: &str) -> Result<super::device::VirtualDrive, ApplianceError> {
-        self.lib.swap_into(self.drive, barcode)?;
-        super::device::VirtualDrive::open(&self.lib, self.drive)
+    /// Mount a known volume and check its label; a mismatch marks it `error`.
+    fn mount_known(&mut self, barcode: &str, volume_id: &str) -> Result<Option<Box<dyn TapeDevice>>, ApplianceError> {
+        let mut dev = self.drives.mount(barcode)?;
+        if dev.write_protected() {
+            return Ok(None);
+        }
+        let why = match super::volume::read_label(dev.as_mut()) {
+            Ok(Some(l)) if l.volume_id == volume_id => return Ok(Some(dev)),
+            Ok(Some(l)) => {
+                format!("its label names volume {} of pool {}, not the recorded {volume_id}", l.volume_id, l.pool)
+            }
+            Ok(None) => "it is blank although the database records it as labeled".to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(barcode, %why, "tape volume set aside");
+        self.db.mark_error(barcode, &why)?;
+        Ok(None)
     }
 }
 
-impl Media for VtlMedia {
-    fn next_writable(&mut self, pool: &str, exclude: &[String]) -> Result<Box<dyn TapeDevice + '_>, ApplianceError> {
-        let mut scratch = None;
-        for (barcode, cart, used) in self.lib.cartridges()? {
-            if exclude.contains(&barcode) || cart.write_protected || barcode.starts_with("CLN") {
-                continue;
+impl<D: Drives> Media for PoolMedia<D> {
+    fn next_writable(&mut self, pool: &str, exclude: &[String]) -> Result<Box<dyn TapeDevice>, ApplianceError> {
+        let plan = self.db.plan_write(pool, chrono::Utc::now())?;
+        let present = self.drives.cartridges()?;
+        let usable: Vec<&CartridgeInfo> =
+            present.iter().filter(|c| !c.write_protected && !exclude.contains(&c.barcode)).collect();
+        let here = |b: &str| usable.iter().any(|c| c.barcode == b);
+        for (barcode, volume_id) in plan.append.iter().filter(|(b, _)| here(b)) {
+            if let Some(mut dev) = self.mount_known(barcode, volume_id)? {
+                dev.to_end_of_data()?;
+                return Ok(dev);
             }
-            if used == 0 {
-                scratch.get_or_insert(barcode);
-                continue;
-            }
-            if cart.capacity_bytes.saturating_sub(used) < RESERVE + RECORD_OVERHEAD + MIN_PIECE as u64 {
-                continue; // full
-            }
-            let mut dev = self.mount(&barcode)?;
-            if let Ok(Some(l)) = super::volume::read_label(&mut dev) {
-                if l.pool == pool {
-                    dev.to_end_of_data()?;
-                    return Ok(Box::new(dev));
+        }
+        if plan.may_take_blank {
+            let mut unknown: Vec<&&CartridgeInfo> =
+                usable.iter().filter(|c| !plan.known.contains(&c.barcode) && c.blank != Some(false)).collect();
+            unknown.sort_by_key(|c| (c.blank != Some(true), c.barcode.clone()));
+            for c in unknown {
+                let mut dev = self.drives.mount(&c.barcode)?;
+                if dev.write_protected() {
+                    continue;
+                }
+                match super::volume::read_label(dev.as_mut()) {
+                    Ok(None) => {
+                        let label = super::volume::label(dev.as_mut(), pool, false)?;
+                        self.db.labeled(&label, false)?;
+                        return Ok(dev);
+                    }
+                    // A BAMS volume the database did not know: recorded, never overwritten.
+                    Ok(Some(l)) => self.db.adopt(&l)?,
+                    Err(e) => tracing::warn!(barcode = %c.barcode, error = %e, "cartridge with foreign data skipped"),
                 }
             }
         }
-        let barcode = scratch.ok_or_else(|| {
-            ApplianceError::Conflict(format!("no writable volume for pool {pool}: import or label a cartridge"))
-        })?;
-        let mut dev = self.mount(&barcode)?;
-        super::volume::label(&mut dev, pool, false)?;
-        Ok(Box::new(dev))
+        for (barcode, volume_id) in plan.recycle.iter().filter(|(b, _)| here(b)) {
+            if let Some(mut dev) = self.mount_known(barcode, volume_id)? {
+                let label = super::volume::label(dev.as_mut(), pool, true)?;
+                let gone = self.db.labeled(&label, true)?;
+                tracing::info!(barcode, pool, expired_sets = ?gone, "recycled tape volume");
+                return Ok(dev);
+            }
+        }
+        Err(ApplianceError::Conflict(format!(
+            "no writable volume for pool {pool}: {} appendable in the library, {} full or archived and still retained, \
+             blank cartridges {}; import or label a cartridge, or shorten the pool's retention",
+            plan.append.iter().filter(|(b, _)| here(b)).count(),
+            plan.retained,
+            if plan.may_take_blank { "none left" } else { "not taken (the pool is at max_volumes)" },
+        )))
     }
 
-    fn find_part(&mut self, set_id: &str, part: u32) -> Result<Box<dyn TapeDevice + '_>, ApplianceError> {
-        for (barcode, _, used) in self.lib.cartridges()? {
-            if used == 0 {
-                continue;
+    fn find_part(&mut self, set_id: &str, part: u32) -> Result<Box<dyn TapeDevice>, ApplianceError> {
+        let now = chrono::Utc::now();
+        let recorded = self.db.set(set_id, now).ok().and_then(|s| s.set.volumes.get(part as usize - 1).cloned());
+        let present = self.drives.cartridges()?;
+        if let Some(b) = recorded.as_ref().filter(|b| present.iter().any(|c| &c.barcode == *b)) {
+            let mut dev = self.drives.mount(b)?;
+            if seek_part(dev.as_mut(), set_id, part)? {
+                return Ok(dev);
             }
-            let mut dev = self.mount(&barcode)?;
-            if !matches!(super::volume::read_label(&mut dev), Ok(Some(_))) {
-                continue;
-            }
-            // The label is file 0; each set part is a later file.
-            loop {
-                match dev.read()? {
-                    Record::Filemark => {}
-                    Record::EndOfData => break,
-                    Record::Data(_) => continue,
-                }
-                // Not it: the loop reads on to the next filemark.
-                if read_part_header(&mut dev)?.is_some_and(|h| h.set_id == set_id && h.part == part) {
-                    return Ok(Box::new(dev));
-                }
+        }
+        // Without a record (or with a wrong one), read the labels of every written cartridge.
+        for c in present.iter().filter(|c| c.blank != Some(true) && Some(&c.barcode) != recorded.as_ref()) {
+            let mut dev = self.drives.mount(&c.barcode)?;
+            if seek_part(dev.as_mut(), set_id, part)? {
+                return Ok(dev);
             }
         }
         Err(ApplianceError::NotFound(format!(
-            "the volume with part {part} of set {set_id} (insert it into the library and run inventory)"
+            "the volume with part {part} of set {set_id}{} (insert it into the library and run inventory; \
+             if the set's write failed, it has no part {part})",
+            recorded.map(|b| format!(", {b} by the media database")).unwrap_or_default()
         )))
+    }
+
+    fn set_started(&mut self, set: &TapeSet) -> Result<(), ApplianceError> {
+        self.db.set_started(set.clone())
+    }
+
+    fn part_written(&mut self, set_id: &str, barcode: &str, bytes: u64, full: bool) -> Result<(), ApplianceError> {
+        self.db.part_written(set_id, barcode, bytes, full)
+    }
+
+    fn set_finished(&mut self, catalog: &SetCatalog) -> Result<(), ApplianceError> {
+        self.db.set_finished(catalog)
+    }
+
+    fn release(&mut self) -> Result<(), ApplianceError> {
+        self.drives.release()
     }
 }

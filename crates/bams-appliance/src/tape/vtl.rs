@@ -1,7 +1,7 @@
 //! The built-in virtual tape library: a directory holding `library.json` (drives, slots,
 //! which cartridge is where, each cartridge's capacity and write-protect tab) and one file per
 //! cartridge under `cartridges/`. Every change happens under an exclusive lock on
-//! `library.lock` and is written with write-to-temp + fsync + rename, so two processes (the
+//! `library.json.lock` ([`JsonState`]) and is written with write-to-temp + fsync + rename, so two processes (the
 //! server and `bams tape`) never see a half-moved cartridge and a crash never loses one.
 //! It behaves like a real changer where an operator would notice: elements are numbered like
 //! mtx, a loaded cartridge leaves its slot empty and remembers its home slot, cleaning
@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -17,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Changer, Drive, DriveStatus, Library, Loaded, Slot};
 use crate::error::io;
+use crate::files::JsonState;
 use crate::ApplianceError;
 
 /// The shape of a new virtual library (config key `tape.virtual`).
@@ -84,7 +84,7 @@ struct VSlot {
     barcode: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct VtlState {
     drives: Vec<VDrive>,
     slots: Vec<VSlot>,
@@ -111,8 +111,9 @@ impl VirtualLibrary {
     pub fn open_or_create(dir: &Path, shape: &VtlShape) -> Result<Self, ApplianceError> {
         let lib = Self { dir: dir.to_path_buf() };
         std::fs::create_dir_all(lib.dir.join("cartridges")).map_err(io(format!("creating {}", dir.display())))?;
-        let _guard = lib.lock()?;
-        if !lib.state_path().exists() {
+        let state_file = lib.state();
+        let _guard = state_file.lock()?;
+        if !state_file.exists() {
             if shape.drives == 0 || shape.slots == 0 || shape.cartridges > shape.slots || shape.drives > 64 {
                 return Err(ApplianceError::Invalid(format!(
                     "virtual library needs 1-64 drives, at least one slot and no more cartridges than slots: {shape:?}"
@@ -132,7 +133,7 @@ impl VirtualLibrary {
                 state.slots[i as usize].barcode = Some(barcode.clone());
                 state.cartridges.insert(barcode, Cartridge { capacity_bytes, write_protected: false });
             }
-            lib.save(&state)?;
+            state_file.save(&state)?;
         }
         Ok(lib)
     }
@@ -147,50 +148,17 @@ impl VirtualLibrary {
         self.dir.join("cartridges").join(format!("{barcode}.tape"))
     }
 
-    fn state_path(&self) -> PathBuf {
-        self.dir.join("library.json")
-    }
-
-    fn lock(&self) -> Result<File, ApplianceError> {
-        let path = self.dir.join("library.lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(format!("opening {}", path.display())))?;
-        f.lock().map_err(io(format!("locking {}", path.display())))?;
-        Ok(f)
-    }
-
-    fn load_state(&self) -> Result<VtlState, ApplianceError> {
-        let path = self.state_path();
-        let text = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
-        serde_json::from_slice(&text).map_err(|e| ApplianceError::Invalid(format!("{}: {e}", path.display())))
-    }
-
-    fn save(&self, state: &VtlState) -> Result<(), ApplianceError> {
-        let path = self.state_path();
-        let tmp = self.dir.join("library.json.tmp");
-        let text = serde_json::to_vec_pretty(state).map_err(|e| ApplianceError::Invalid(e.to_string()))?;
-        let mut f = File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
-        f.write_all(&text).and_then(|_| f.sync_all()).map_err(io(format!("writing {}", tmp.display())))?;
-        std::fs::rename(&tmp, &path).map_err(io(format!("installing {}", path.display())))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", self.dir.display())))
+    fn state(&self) -> JsonState {
+        JsonState::new(&self.dir, "library.json")
     }
 
     /// Read-modify-write the state under the library lock.
     fn update<T>(&self, f: impl FnOnce(&mut VtlState) -> Result<T, ApplianceError>) -> Result<T, ApplianceError> {
-        let _guard = self.lock()?;
-        let mut state = self.load_state()?;
-        let out = f(&mut state)?;
-        self.save(&state)?;
-        Ok(out)
+        self.state().update(f)
     }
 
     fn read<T>(&self, f: impl FnOnce(&VtlState) -> T) -> Result<T, ApplianceError> {
-        let _guard = self.lock()?;
-        Ok(f(&self.load_state()?))
+        self.state().read(f)
     }
 
     fn view(&self, state: &VtlState) -> Library {
