@@ -415,3 +415,39 @@ fn pools_keep_sets_for_their_retention_then_recycle_their_volumes() {
     set::read_set(&d.set_id, &tmp.path().join("d"), &mut media, &mut |_| {}).expect("found by scanning");
     media.release().expect("release");
 }
+
+#[test]
+fn changer_drives_move_cartridges_through_the_robot_and_open_the_drive_device() {
+    use bams_appliance::tape::device::VirtualDrive;
+    use bams_appliance::tape::drives::{ChangerDrives, DeviceOpener};
+    use bams_appliance::tape::Changer;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (rt, repo, snaps) = repo_with_snapshots(tmp.path(), &[600_000]);
+    let lib = vtl(&tmp.path().join("vtl"), 3, 4);
+    // The robot is driven through the async Changer interface, as with mtx; the opener gets
+    // the drive element and the barcode the changer loaded.
+    let opened: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (seen, for_open) = (opened.clone(), lib.clone());
+    let open: DeviceOpener = Arc::new(move |drive: &bams_appliance::tape::Drive, barcode: &str| {
+        seen.lock().expect("seen").push(format!("{}:{barcode}", drive.id));
+        Ok(Box::new(VirtualDrive::open(&for_open, drive.id)?) as Box<dyn TapeDevice>)
+    });
+    let changer: Arc<dyn Changer> = Arc::new(lib.clone());
+    let db = MediaDb::open(lib.dir()).expect("db");
+    let handle = rt.handle().clone();
+    let back_dir = tmp.path().join("back");
+    let catalog = std::thread::spawn(move || {
+        let mut media = PoolMedia::new(ChangerDrives::new(changer, handle, 0, open), db);
+        let c = set::write_set(&repo, &snaps, "daily", &mut media, &mut |_| {}).expect("write");
+        let back = set::read_set(&c.set_id, &back_dir, &mut media, &mut |_| {}).expect("read");
+        assert_eq!(back, c);
+        media.release().expect("release");
+        back
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(catalog.volumes, vec!["VT0001L8".to_string()]);
+    let opened = opened.lock().expect("opened").clone();
+    assert!(opened.iter().all(|o| o == "0:VT0001L8"), "{opened:?}");
+    assert!(lib.library().expect("status").drives[0].loaded.is_none(), "released back to its slot");
+}

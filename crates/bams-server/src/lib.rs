@@ -135,13 +135,29 @@ pub async fn prepare(config: Config) -> Result<Server> {
     );
     let runner: Arc<dyn bams_appliance::runner::CommandRunner> = Arc::new(bams_appliance::runner::SystemRunner);
     let tape = config.tape.open(&config.data_dir, runner.clone()).context("opening the tape library")?;
-    if config.tape.library == "virtual" {
-        // Tape jobs write through the virtual library's drives (real drives: not yet).
-        let dir = config.tape.dir.clone().unwrap_or_else(|| config.data_dir.join("vtl"));
-        let vtl = bams_appliance::tape::vtl::VirtualLibrary::open_or_create(&dir, &config.tape.virtual_library)
-            .context("opening the virtual tape library")?;
-        director.register(bams_catalog::JobKind::Tape, Arc::new(tape_job::TapeJobs::new(vtl)));
-    }
+    let tape_media = match &tape {
+        Some(changer) => {
+            let media = bams_appliance::tape::media::MediaDb::open(&config.tape.media_dir(&config.data_dir))
+                .context("opening the tape media database")?;
+            let library = if config.tape.library == "virtual" {
+                let vtl = bams_appliance::tape::vtl::VirtualLibrary::open_or_create(
+                    &config.tape.media_dir(&config.data_dir),
+                    &config.tape.virtual_library,
+                )
+                .context("opening the virtual tape library")?;
+                tape_job::JobLibrary::Virtual(vtl)
+            } else {
+                tape_job::JobLibrary::Changer {
+                    changer: changer.clone(),
+                    drives: config.tape.drives.len() as u32,
+                    open: bams_appliance::tape::drives::st_opener(),
+                }
+            };
+            director.register(bams_catalog::JobKind::Tape, Arc::new(tape_job::TapeJobs::new(library, media.clone())));
+            Some(media)
+        }
+        None => None,
+    };
     let iscsi = config.iscsi.open(runner.clone()).context("iSCSI backend")?;
     let iscsi_policy = config.iscsi.policy(&config.data_dir, &config.disk_devices);
     let disks = Arc::new(bams_appliance::diskrepo::DiskRepositories::new(
@@ -162,6 +178,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
         director,
         disks,
         tape,
+        tape_media,
         iscsi,
         iscsi_policy: Arc::new(iscsi_policy),
         log_followers,

@@ -23,6 +23,8 @@ pub struct AppState {
     pub disks: Arc<bams_appliance::diskrepo::DiskRepositories>,
     /// The tape library (`None` when `tape.library` is `none`).
     pub tape: Option<Arc<dyn bams_appliance::tape::Changer>>,
+    /// The library's media database: pools, volumes, sets (`None` without a library).
+    pub tape_media: Option<bams_appliance::tape::media::MediaDb>,
     /// The iSCSI target backend.
     pub iscsi: Arc<dyn bams_appliance::iscsi::IscsiBackend>,
     /// Where LUN backing files and devices may come from.

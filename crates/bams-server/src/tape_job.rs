@@ -1,26 +1,59 @@
 //! The `tape` job type (DESIGN.md §5): writes snapshots of the job's repository as a tape set
-//! to a media pool of the built-in virtual library, through the same code as
-//! `bams tape write`. Options: `pool` (required), `snapshots` (`latest`, the default, or
-//! `all`), `drive` (default 0). The run log names the set id and its volumes, which is what
+//! to a media pool, through the same code as `bams tape write` — on the built-in virtual
+//! library, or on a real library (mtx robot, `/dev/nst*` drives). Volumes are chosen and
+//! recorded through the library's media database, so pool retention and recycling apply.
+//! Options: `pool` (required), `snapshots` (`latest`, the default, or `all`), `drive`
+//! (default 0). The run log names the set id and its volumes, which is what
 //! `bams tape restore --set` needs.
 
-use bams_appliance::tape::drives::VtlDrives;
+use std::sync::Arc;
+
+use bams_appliance::tape::drives::{ChangerDrives, DeviceOpener, Drives, VtlDrives};
 use bams_appliance::tape::media::MediaDb;
 use bams_appliance::tape::set::{self, Media, PoolMedia};
 use bams_appliance::tape::vtl::VirtualLibrary;
+use bams_appliance::tape::Changer;
 use bams_catalog::{Job, JobSpec, RunStats};
 use bams_director::KindExecutor;
 use bams_store::Repository;
 
-/// Tape jobs on one virtual library.
+/// The library tape jobs write to.
+pub enum JobLibrary {
+    /// The built-in virtual library.
+    Virtual(VirtualLibrary),
+    /// A real library: its changer, how many drives `tape.drives` names, and how a drive's
+    /// device is opened.
+    Changer {
+        /// The robot.
+        changer: Arc<dyn Changer>,
+        /// Drives with a configured device.
+        drives: u32,
+        /// Opens a drive's device.
+        open: DeviceOpener,
+    },
+}
+
+/// Tape jobs on one library.
 pub struct TapeJobs {
-    library: VirtualLibrary,
+    library: JobLibrary,
+    media: MediaDb,
 }
 
 impl TapeJobs {
-    /// Jobs writing to `library`.
-    pub fn new(library: VirtualLibrary) -> Self {
-        Self { library }
+    /// Jobs writing to `library`, recording in `media`.
+    pub fn new(library: JobLibrary, media: MediaDb) -> Self {
+        Self { library, media }
+    }
+
+    /// Drive `drive`, for a blocking thread of the runtime.
+    fn drives(&self, drive: u32) -> Result<Box<dyn Drives>, String> {
+        Ok(match &self.library {
+            JobLibrary::Virtual(lib) => Box::new(VtlDrives::new(lib.clone(), drive)),
+            JobLibrary::Changer { changer, open, .. } => {
+                let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+                Box::new(ChangerDrives::new(changer.clone(), handle, drive, open.clone()))
+            }
+        })
     }
 }
 
@@ -42,8 +75,15 @@ fn options(o: &serde_json::Map<String, serde_json::Value>) -> Result<(String, bo
 impl KindExecutor for TapeJobs {
     fn validate(&self, job: &JobSpec) -> Result<(), String> {
         let (_, _, drive) = options(&job.options)?;
-        let lib = self.library.library().map_err(|e| e.to_string())?;
-        lib.drive(drive).map_err(|e| e.to_string())?;
+        match &self.library {
+            JobLibrary::Virtual(lib) => {
+                lib.library().map_err(|e| e.to_string())?.drive(drive).map_err(|e| e.to_string())?;
+            }
+            JobLibrary::Changer { drives, .. } if drive >= *drives => {
+                return Err(format!("options.drive {drive}: tape.drives names {drives} drive device(s)"));
+            }
+            JobLibrary::Changer { .. } => {}
+        }
         Ok(())
     }
 
@@ -63,8 +103,7 @@ impl KindExecutor for TapeJobs {
             return Err("the repository has no snapshot to write".into());
         }
         log(format!("writing {} snapshot(s) to media pool {pool} on drive {drive}", snapshots.len()));
-        let db = MediaDb::open(self.library.dir()).map_err(|e| e.to_string())?;
-        let mut media = PoolMedia::new(VtlDrives::new(self.library.clone(), drive), db);
+        let mut media = PoolMedia::new(self.drives(drive)?, self.media.clone());
         let written = set::write_set(repo, &snapshots, &pool, &mut media, &mut |_| {});
         // Whatever happened, the cartridge goes back to its slot for the next job.
         if let Err(e) = media.release() {

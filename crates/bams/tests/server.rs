@@ -619,7 +619,8 @@ fn expected_role(method: &str, path: &str) -> Option<&'static str> {
             | "/api/v1/snapshots/sync"
             | "/api/v1/tape/inventory"
             | "/api/v1/tape/drives/{id}/load"
-            | "/api/v1/tape/drives/{id}/unload",
+            | "/api/v1/tape/drives/{id}/unload"
+            | "/api/v1/tape/volumes/{barcode}",
         ) => "operator",
         (false, _) => "admin",
     })
@@ -1341,6 +1342,21 @@ async fn tape_library_on_the_virtual_library_and_a_failing_real_changer() {
     assert!(!b["error"]["details"]["stderr"].as_str().unwrap().is_empty(), "{b}");
     let (st, b) = admin.call(Method::POST, "/api/v1/tape/drives/0/load", Some(json!({"slot": 1}))).await;
     assert_error(st, &b, StatusCode::BAD_GATEWAY, "load on a missing changer");
+    // Tape jobs on a real library write through its drive devices: a drive without one in
+    // tape.drives is refused when the job is created; the media database is there.
+    let repo = admin.ok(Method::GET, "/api/v1/repositories", None).await[0]["id"].as_i64().unwrap();
+    let (st, b) = admin
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "t", "type": "tape", "repository": repo, "options": {"pool": "weekly"}})),
+        )
+        .await;
+    assert_error(st, &b, StatusCode::BAD_REQUEST, "tape job without drive devices");
+    assert!(b["error"]["message"].as_str().unwrap().contains("tape.drives"), "{b}");
+    let pools = admin.ok(Method::GET, "/api/v1/tape/pools", None).await;
+    assert_eq!(pools["items"], json!([]));
+    assert!(real.data().join("tape/media.json.lock").exists() || real.data().join("tape").is_dir());
     let off = Server::start_with(None, &[("BAMS_TAPE_LIBRARY", "none")]);
     let admin = Api::login(&off, "admin", &off.admin_password()).await;
     let (st, b) = admin.call(Method::GET, "/api/v1/tape/drives", None).await;
@@ -1641,6 +1657,7 @@ async fn logs_from_a_real_journal_and_files_streams_and_a_redacted_diagnostics_b
         "logs/app.log",
         "catalog.json",
         "tape.json",
+        "tape-media.json",
         "iscsi.json",
         "system.txt",
     ] {
@@ -1648,6 +1665,7 @@ async fn logs_from_a_real_journal_and_files_streams_and_a_redacted_diagnostics_b
     }
     assert!(files["bams-diagnostics/logs/bacula-sd.log"].contains("no appendable volume"));
     assert!(files["bams-diagnostics/tape.json"].contains("VT0001L8"));
+    assert!(files["bams-diagnostics/tape-media.json"].contains("\"pools\""));
     assert!(files["bams-diagnostics/iscsi.json"].contains("diaguser"));
     let director = std::fs::read_to_string(s.data().join("bacula-director.password")).unwrap();
     let everything: String = files.values().cloned().collect();
@@ -1757,4 +1775,75 @@ async fn tape_jobs_write_sets_to_the_virtual_library_and_the_cli_restores_them()
     ]);
     let restored = out_dir.join(src.strip_prefix("/").unwrap());
     assert_eq!(std::fs::read(restored.join("big.bin")).unwrap(), std::fs::read(src.join("big.bin")).unwrap());
+
+    // The media database as the API shows it: the set, its volume, the pool made by the job.
+    let sets = admin.ok(Method::GET, "/api/v1/tape/sets?pool=weekly", None).await;
+    let first = sets["items"].as_array().unwrap().iter().find(|t| t["set_id"] == set_id.as_str()).expect("set");
+    assert_eq!((first["complete"].as_bool(), first["volumes"].clone()), (Some(true), json!(["VT0001L8"])));
+    let vol = admin.ok(Method::GET, "/api/v1/tape/volumes/VT0001L8", None).await;
+    assert_eq!(
+        (vol["pool"].as_str(), vol["status"].as_str(), vol["recyclable"].as_bool()),
+        (Some("weekly"), Some("append"), Some(false))
+    );
+    let pool = admin.ok(Method::GET, "/api/v1/tape/pools/weekly", None).await;
+    assert_eq!((pool["volumes"].as_u64(), pool["sets"].as_u64()), (Some(1), Some(1)));
+
+    // Pools: admins define them, with checked policies; operators archive or free volumes.
+    admin
+        .ok(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"username": "op", "password": "long-password", "role": "operator"})),
+        )
+        .await;
+    let op = Api::login(&s, "op", "long-password").await;
+    let (st, b) = op.call(Method::POST, "/api/v1/tape/pools", Some(json!({"name": "monthly"}))).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "operator creates a pool");
+    let (st, b) =
+        admin.call(Method::POST, "/api/v1/tape/pools", Some(json!({"name": "monthly", "retention_days": 31}))).await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    assert_eq!((b["retention_days"].as_u64(), b["recycle"].as_bool()), (Some(31), Some(true)));
+    for (method, path, body, want) in [
+        (Method::POST, "/api/v1/tape/pools", json!({"name": "monthly"}), StatusCode::CONFLICT),
+        (Method::POST, "/api/v1/tape/pools", json!({"name": "../etc"}), StatusCode::BAD_REQUEST),
+        (Method::POST, "/api/v1/tape/pools", json!({"name": "x", "max_volumes": 0}), StatusCode::BAD_REQUEST),
+        (Method::POST, "/api/v1/tape/pools", json!({"name": "x", "colour": "red"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (Method::PUT, "/api/v1/tape/pools/nope", json!({}), StatusCode::NOT_FOUND),
+        (Method::DELETE, "/api/v1/tape/pools/weekly", json!(null), StatusCode::CONFLICT),
+        (Method::PATCH, "/api/v1/tape/volumes/VT0001L8", json!({"status": "gone"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (Method::PATCH, "/api/v1/tape/volumes/NOPE01L8", json!({"status": "archive"}), StatusCode::NOT_FOUND),
+        (Method::GET, "/api/v1/tape/sets/0123456789abcdef", json!(null), StatusCode::NOT_FOUND),
+    ] {
+        let body = (!body.is_null()).then_some(body);
+        let (st, b) = admin.call(method.clone(), path, body.clone()).await;
+        assert_error(st, &b, want, &format!("{method} {path} {body:?}"));
+    }
+    let (st, _) = admin.call(Method::DELETE, "/api/v1/tape/pools/monthly", None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+
+    // Recycling from a job: the pool keeps sets for 0 days and one volume, the volume is full,
+    // so the next tape job relabels it and the old set is gone.
+    admin
+        .ok(
+            Method::PUT,
+            "/api/v1/tape/pools/weekly",
+            Some(json!({"retention_days": 0, "max_volumes": 1, "recycle": true})),
+        )
+        .await;
+    let v = op.ok(Method::PATCH, "/api/v1/tape/volumes/VT0001L8", Some(json!({"status": "full"}))).await;
+    assert_eq!((v["status"].as_str(), v["recyclable"].as_bool()), (Some("full"), Some(true)));
+    let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{}/run", tape["id"]), None).await;
+    let r = admin.wait_run(run["run_id"].as_i64().unwrap()).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let vol = admin.ok(Method::GET, "/api/v1/tape/volumes/VT0001L8", None).await;
+    assert_eq!((vol["recycled"].as_u64(), vol["sets"].as_array().map(Vec::len)), (Some(1), Some(1)), "{vol}");
+    let (st, b) = admin.call(Method::GET, &format!("/api/v1/tape/sets/{set_id}"), None).await;
+    assert_error(st, &b, StatusCode::NOT_FOUND, "the recycled set");
+    // Archived, it is kept: with no other volume allowed, the job fails and says why.
+    op.ok(Method::PATCH, "/api/v1/tape/volumes/VT0001L8", Some(json!({"status": "archive"}))).await;
+    let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{}/run", tape["id"]), None).await;
+    let r = admin.wait_run(run["run_id"].as_i64().unwrap()).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", r["id"]), None).await;
+    assert!(log["log"].as_str().unwrap().contains("no writable volume for pool weekly"), "{log}");
 }

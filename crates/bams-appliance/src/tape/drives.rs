@@ -33,6 +33,20 @@ pub trait Drives {
     fn release(&mut self) -> Result<(), ApplianceError>;
 }
 
+impl<D: Drives + ?Sized> Drives for Box<D> {
+    fn cartridges(&mut self) -> Result<Vec<CartridgeInfo>, ApplianceError> {
+        (**self).cartridges()
+    }
+
+    fn mount(&mut self, barcode: &str) -> Result<Box<dyn TapeDevice>, ApplianceError> {
+        (**self).mount(barcode)
+    }
+
+    fn release(&mut self) -> Result<(), ApplianceError> {
+        (**self).release()
+    }
+}
+
 /// A drive of the built-in virtual library.
 pub struct VtlDrives {
     lib: VirtualLibrary,
@@ -86,13 +100,16 @@ impl Drives for VtlDrives {
     }
 }
 
-/// Opens the device of a drive (its path from the changer, e.g. `/dev/nst0`) holding a
-/// cartridge.
-pub type DeviceOpener = Arc<dyn Fn(&str, &str) -> Result<Box<dyn TapeDevice>, ApplianceError> + Send + Sync>;
+/// Opens a drive (as the changer reports it, with its device path such as `/dev/nst0`)
+/// holding a cartridge.
+pub type DeviceOpener = Arc<dyn Fn(&super::Drive, &str) -> Result<Box<dyn TapeDevice>, ApplianceError> + Send + Sync>;
 
 /// Real drives through the SCSI tape driver.
 pub fn st_opener() -> DeviceOpener {
-    Arc::new(|device: &str, barcode: &str| {
+    Arc::new(|drive: &super::Drive, barcode: &str| {
+        let device = drive.device.as_deref().ok_or_else(|| {
+            ApplianceError::NotFound(format!("device of drive {} (set tape.drives in the config)", drive.id))
+        })?;
         let (io, read_only) = StFile::open(device)?;
         Ok(Box::new(StDrive::new(io, barcode, read_only)) as Box<dyn TapeDevice>)
     })
@@ -134,10 +151,7 @@ impl Drives for ChangerDrives {
         } else {
             self.handle.block_on(super::load(self.changer.as_ref(), self.drive, &Source::Barcode(barcode.into())))?
         };
-        let device = lib.drive(self.drive)?.device.clone().ok_or_else(|| {
-            ApplianceError::NotFound(format!("device of drive {} (set tape.drives in the config)", self.drive))
-        })?;
-        (self.open)(&device, barcode)
+        (self.open)(lib.drive(self.drive)?, barcode)
     }
 
     fn release(&mut self) -> Result<(), ApplianceError> {

@@ -249,6 +249,12 @@ impl Default for TapeConfig {
 
 impl TapeConfig {
     /// Open the configured library (`None` when tape is switched off).
+    /// Where the library's state and media database live: `tape.dir`, else `<data_dir>/vtl`
+    /// for the virtual library and `<data_dir>/tape` for a real one.
+    pub fn media_dir(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| data_dir.join(if self.library == "mtx" { "tape" } else { "vtl" }))
+    }
+
     pub fn open(
         &self,
         data_dir: &std::path::Path,
@@ -256,10 +262,10 @@ impl TapeConfig {
     ) -> Result<Option<Arc<dyn Changer>>, ApplianceError> {
         match self.library.as_str() {
             "none" | "" => Ok(None),
-            "virtual" => {
-                let dir = self.dir.clone().unwrap_or_else(|| data_dir.join("vtl"));
-                Ok(Some(Arc::new(vtl::VirtualLibrary::open_or_create(&dir, &self.virtual_library)?)))
-            }
+            "virtual" => Ok(Some(Arc::new(vtl::VirtualLibrary::open_or_create(
+                &self.media_dir(data_dir),
+                &self.virtual_library,
+            )?))),
             "mtx" => {
                 if !self.changer.starts_with("/dev/") {
                     return Err(ApplianceError::Invalid(format!(

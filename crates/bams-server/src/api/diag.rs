@@ -117,6 +117,17 @@ async fn gather(st: &AppState) -> ApiResult<Vec<(String, Vec<u8>)>> {
         None => json(&serde_json::json!({"library": "none"})),
     };
     files.push(("tape.json".into(), tape));
+    if let Some(db) = st.tape_media.clone() {
+        let media = tokio::task::spawn_blocking(move || {
+            let now = chrono::Utc::now();
+            Ok::<_, bams_appliance::ApplianceError>(
+                serde_json::json!({"pools": db.pools(now)?, "volumes": db.volumes(now)?, "sets": db.sets(now)?}),
+            )
+        })
+        .await;
+        let media = media.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+        files.push(("tape-media.json".into(), or_error(media)));
+    }
     // The same views the API answers: LUNs, ACLs, CHAP users, drift; never CHAP secrets.
     let targets = crate::api::iscsi::list_views(st).await;
     files.push(("iscsi.json".into(), or_error(targets.map_err(|e| e.message))));

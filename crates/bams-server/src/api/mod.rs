@@ -11,6 +11,7 @@ pub mod logs;
 pub mod repos;
 pub mod snapshots;
 pub mod tape;
+pub mod tape_media;
 pub mod users;
 
 use utoipa::OpenApi;
@@ -92,6 +93,12 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(tape::slots))
         .routes(routes!(tape::load))
         .routes(routes!(tape::unload))
+        .routes(routes!(tape_media::list_pools, tape_media::create_pool))
+        .routes(routes!(tape_media::get_pool, tape_media::update_pool, tape_media::delete_pool))
+        .routes(routes!(tape_media::list_volumes))
+        .routes(routes!(tape_media::get_volume, tape_media::update_volume))
+        .routes(routes!(tape_media::list_sets))
+        .routes(routes!(tape_media::get_set))
         .routes(routes!(iscsi::list_targets, iscsi::create_target))
         .routes(routes!(iscsi::get_target, iscsi::update_target, iscsi::delete_target))
         .routes(routes!(iscsi::apply_target))
