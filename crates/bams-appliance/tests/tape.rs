@@ -127,7 +127,11 @@ async fn mtx_changer_runs_exact_vectors_and_reports_robot_failures() {
                     "Unloading drive 0 into Storage Element 2...mtx: Request Sense: Sense Key=Illegal Request",
                 ),
             )
-            .expect(["mt", "-f", "/dev/nst0", "status"], CmdOutput::ok(&fixture("mt/ibm-td5-after-write.txt"))),
+            .expect(["mt", "-f", "/dev/nst0", "status"], CmdOutput::ok(&fixture("mt/ibm-td5-after-write.txt")))
+            .expect(["mtx", "-f", "/dev/sg5", "status"], CmdOutput::ok(&after))
+            .expect(["mtx", "-f", "/dev/sg5", "transfer", "3", "2"], CmdOutput::ok(""))
+            .expect(["mtx", "-f", "/dev/sg5", "status"], CmdOutput::ok(&after))
+            .expect(["mtx", "-f", "/dev/sg5", "status"], CmdOutput::ok(&after)),
     );
     let changer = MtxChanger::new(runner.clone(), "/dev/sg5", vec!["/dev/nst0".into()]);
     let lib = tape::load(&changer, 0, &Source::Barcode("A00008L5".into())).await.expect("load");
@@ -143,6 +147,11 @@ async fn mtx_changer_runs_exact_vectors_and_reports_robot_failures() {
     let st = changer.drive_status(0).await.expect("mt status");
     assert_eq!(st.file_number, Some(1));
     assert!(matches!(changer.drive_status(1).await, Err(ApplianceError::NotFound(_))));
+    // Slot to slot, checked against the status first (slot 2 is empty in this capture).
+    tape::transfer(&changer, 3, 2).await.expect("transfer");
+    assert!(
+        matches!(tape::transfer(&changer, 2, 4).await, Err(ApplianceError::Conflict(m)) if m.contains("slot 2 is empty"))
+    );
     assert!(runner.finished(), "{:?}", runner.seen());
 }
 

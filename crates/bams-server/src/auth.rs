@@ -90,6 +90,7 @@ pub fn required_role(method: &Method, route: &str) -> Role {
             | "/api/v1/snapshots/{id}/restore"
             | "/api/v1/snapshots/sync"
             | "/api/v1/tape/inventory"
+            | "/api/v1/tape/transfer"
             | "/api/v1/tape/drives/{id}/load"
             | "/api/v1/tape/drives/{id}/unload"
             | "/api/v1/tape/volumes/{barcode}",

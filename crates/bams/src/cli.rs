@@ -386,12 +386,19 @@ pub struct MountArgs {
 /// Which library and drive a tape command uses.
 #[derive(Args, Debug, Clone)]
 pub struct TapeLibraryArgs {
-    /// The virtual tape library's directory (the server's is <data dir>/vtl)
+    /// The virtual tape library's directory (the server's is <data dir>/vtl); with --changer,
+    /// the directory of the real library's media database (the server's is <data dir>/tape)
     #[arg(long, env = "BAMS_TAPE_LIBRARY_DIR", default_value = "./bams-data/vtl")]
     pub library: PathBuf,
     /// Drive to use
     #[arg(long, default_value_t = 0)]
     pub drive: u32,
+    /// A real library's changer device (e.g. /dev/sg3): the robot is driven with mtx
+    #[arg(long, env = "BAMS_TAPE_CHANGER")]
+    pub changer: Option<String>,
+    /// With --changer: the drives' non-rewinding devices in element order (e.g. /dev/nst0)
+    #[arg(long = "device", requires = "changer")]
+    pub devices: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]

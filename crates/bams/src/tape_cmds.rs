@@ -1,12 +1,15 @@
 //! `bams tape …`: the tape tier on the built-in virtual library (bams-appliance::tape).
 
 use anyhow::{bail, Context, Result};
-use bams_appliance::tape::device::VirtualDrive;
-use bams_appliance::tape::drives::VtlDrives;
+use std::sync::Arc;
+
+use bams_appliance::tape::drives::{st_opener, ChangerDrives, Drives, VtlDrives};
 use bams_appliance::tape::media::{MediaDb, PoolPolicy, VolumeStatus};
+use bams_appliance::tape::mtx::MtxChanger;
 use bams_appliance::tape::set::{self, Media, PoolMedia};
 use bams_appliance::tape::volume;
 use bams_appliance::tape::vtl::{VirtualLibrary, VtlShape};
+use bams_appliance::tape::Changer;
 use bams_store::archiver::Progress;
 use bams_store::snapshot::SnapshotEntry;
 
@@ -23,9 +26,36 @@ fn media_db(a: &TapeLibraryArgs) -> Result<MediaDb> {
     Ok(MediaDb::open(&a.library)?)
 }
 
+/// The drive the command uses: of the virtual library, or of a real one (mtx robot, st
+/// drive) driven from this process's own runtime.
+struct Drive {
+    drives: Box<dyn Drives>,
+    /// Keeps the runtime the robot's commands run on alive.
+    _rt: Option<tokio::runtime::Runtime>,
+}
+
+fn drive(a: &TapeLibraryArgs) -> Result<Drive> {
+    let Some(changer) = &a.changer else {
+        return Ok(Drive { drives: Box::new(VtlDrives::new(library(a)?, a.drive)), _rt: None });
+    };
+    if !changer.starts_with("/dev/") || a.devices.iter().any(|d| !d.starts_with("/dev/")) {
+        bail!("--changer and --device must be devices under /dev");
+    }
+    if a.drive as usize >= a.devices.len() {
+        bail!("drive {} has no --device (give one per drive, in element order)", a.drive);
+    }
+    // A worker thread drives the robot commands: Handle::block_on alone does not drive the
+    // I/O of a current-thread runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runner = Arc::new(bams_appliance::runner::SystemRunner);
+    let changer: Arc<dyn Changer> = Arc::new(MtxChanger::new(runner, changer, a.devices.clone()));
+    let drives = ChangerDrives::new(changer, rt.handle().clone(), a.drive, st_opener());
+    Ok(Drive { drives: Box::new(drives), _rt: Some(rt) })
+}
+
 /// The library's drive, choosing and recording volumes through its media database.
-fn pool_media(a: &TapeLibraryArgs) -> Result<PoolMedia<VtlDrives>> {
-    Ok(PoolMedia::new(VtlDrives::new(library(a)?, a.drive), media_db(a)?))
+fn pool_media<'d>(d: &'d mut Drive, a: &TapeLibraryArgs) -> Result<PoolMedia<&'d mut Box<dyn Drives>>> {
+    Ok(PoolMedia::new(&mut d.drives, media_db(a)?))
 }
 
 fn policy(p: &TapePoolPolicyArgs) -> PoolPolicy {
@@ -93,11 +123,12 @@ fn parse_status(s: &str) -> Result<VolumeStatus> {
 pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
     match cmd {
         TapeCmd::Label { library: a, barcode, pool, force } => {
-            let lib = library(&a)?;
-            lib.swap_into(a.drive, &barcode)?;
-            let mut dev = VirtualDrive::open(&lib, a.drive)?;
-            let label = volume::label(&mut dev, &pool, force)?;
-            dev.close()?;
+            let mut d = drive(&a)?;
+            let mut dev = d.drives.mount(&barcode)?;
+            let label = volume::label(dev.as_mut(), &pool, force);
+            drop(dev);
+            d.drives.release()?;
+            let label = label?;
             let forgotten = media_db(&a)?.labeled(&label, false)?;
             if !forgotten.is_empty() {
                 out.info(format!("relabeling erased tape set(s) {}", forgotten.join(", ")));
@@ -122,7 +153,8 @@ pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
             if selection.is_empty() {
                 bail!("the repository has no snapshot to write");
             }
-            let mut media = pool_media(&a)?;
+            let mut d = drive(&a)?;
+            let mut media = pool_media(&mut d, &a)?;
             let bar = Bar::new(out, "tape write");
             let written = set::write_set(&s.repo, &selection, &pool, &mut media, &mut |n| bar.bytes(n));
             bar.finish();
@@ -144,7 +176,8 @@ pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
             }
         }
         TapeCmd::Restore { library: a, set: set_id, target } => {
-            let mut media = pool_media(&a)?;
+            let mut d = drive(&a)?;
+            let mut media = pool_media(&mut d, &a)?;
             let bar = Bar::new(out, "tape restore");
             let read = set::read_set(&set_id, &target, &mut media, &mut |n| bar.bytes(n));
             bar.finish();

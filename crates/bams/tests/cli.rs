@@ -885,6 +885,23 @@ fn tape_sets_span_full_cartridges_and_restore_without_the_catalog() {
         let r = env.run(&bad);
         assert!(!r.status.success() && !r.stderr.is_empty(), "{bad:?} must fail with a message");
     }
+    // A real library from the CLI: the robot through mtx, the drive through its st device;
+    // what fails says so (no changer on this machine).
+    let media = env.path("real-media");
+    let real = |extra: &[&str]| {
+        let mut args =
+            vec!["tape", "label", "--library", media.to_str().unwrap(), "--barcode", "A00001L8", "--pool", "p"];
+        args.extend_from_slice(extra);
+        let r = env.run(&args);
+        assert!(!r.status.success(), "{extra:?}");
+        String::from_utf8_lossy(&r.stderr).into_owned()
+    };
+    let missing = real(&["--changer", "/dev/sg-bams-missing", "--device", "/dev/nst-bams-missing"]);
+    assert!(missing.contains("mtx") && missing.contains("/dev/sg-bams-missing"), "{missing}");
+    assert!(real(&["--changer", "/dev/sg-bams-missing", "--drive", "1", "--device", "/dev/nst0"])
+        .contains("drive 1 has no --device"));
+    assert!(real(&["--changer", "/etc/passwd", "--device", "/dev/nst0"]).contains("under /dev"));
+    assert!(real(&["--device", "/dev/nst0"]).contains("--changer"), "a device needs its changer");
     env.ok(&["tape", "volumes", "--library", lib, "--barcode", "VT0001L8", "--status", "archive"]);
     assert_eq!(
         env.json(&["tape", "volumes", "--library", lib])

@@ -618,6 +618,7 @@ fn expected_role(method: &str, path: &str) -> Option<&'static str> {
             | "/api/v1/snapshots/{id}/restore"
             | "/api/v1/snapshots/sync"
             | "/api/v1/tape/inventory"
+            | "/api/v1/tape/transfer"
             | "/api/v1/tape/drives/{id}/load"
             | "/api/v1/tape/drives/{id}/unload"
             | "/api/v1/tape/volumes/{barcode}",
@@ -1320,6 +1321,29 @@ async fn tape_library_on_the_virtual_library_and_a_failing_real_changer() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // Slot to slot: a cartridge imported through the mail slot goes into storage.
+    let before = op.ok(Method::GET, "/api/v1/tape/slots", None).await;
+    let empty =
+        before["items"].as_array().unwrap().iter().find(|s| s["full"] == false && s["import_export"] == false).unwrap()
+            ["number"]
+            .as_u64()
+            .unwrap();
+    let lib = op.ok(Method::POST, "/api/v1/tape/transfer", Some(json!({"from": 3, "to": empty}))).await;
+    let slot =
+        |lib: &Value, n: u64| lib["slots"].as_array().unwrap().iter().find(|s| s["number"] == n).unwrap().clone();
+    assert_eq!((slot(&lib, 3)["full"].as_bool(), slot(&lib, empty)["full"].as_bool()), (Some(false), Some(true)));
+    for (body, want) in [
+        (json!({"from": 3, "to": 4}), StatusCode::CONFLICT),
+        (json!({"from": 4, "to": 4}), StatusCode::BAD_REQUEST),
+        (json!({"from": 4, "to": 99}), StatusCode::NOT_FOUND),
+        (json!({"from": 4}), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (st, b) = op.call(Method::POST, "/api/v1/tape/transfer", Some(body.clone())).await;
+        assert_error(st, &b, want, &body.to_string());
+    }
+    let (st, b) = viewer.call(Method::POST, "/api/v1/tape/transfer", Some(json!({"from": empty, "to": 3}))).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "viewer moves a cartridge");
+    op.ok(Method::POST, "/api/v1/tape/transfer", Some(json!({"from": empty, "to": 3}))).await;
     let inv = op.ok(Method::POST, "/api/v1/tape/inventory", None).await;
     assert_eq!(inv["slots"][1]["barcode"], "VT0002L8", "{inv}");
     assert!(inv["drives"][0]["loaded"].is_null());

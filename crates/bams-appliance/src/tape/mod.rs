@@ -146,6 +146,22 @@ impl Library {
 
     /// Check that `drive` can be unloaded into `to` (default: the cartridge's home slot, else
     /// the first empty storage slot) and return that slot.
+    /// Check a slot-to-slot move (e.g. from the mail slot into storage) before the robot
+    /// moves: both slots exist, the source holds a cartridge, the target is empty.
+    pub fn plan_transfer(&self, from: u32, to: u32) -> Result<(), ApplianceError> {
+        let (src, dst) = (self.slot(from)?, self.slot(to)?);
+        if from == to {
+            return Err(ApplianceError::Invalid(format!("slot {from} is both source and target")));
+        }
+        if !src.full {
+            return Err(ApplianceError::Conflict(format!("slot {from} is empty")));
+        }
+        if dst.full {
+            return Err(ApplianceError::Conflict(format!("slot {to} is full")));
+        }
+        Ok(())
+    }
+
     pub fn plan_unload(&self, drive: u32, to: Option<u32>) -> Result<u32, ApplianceError> {
         let d = self.drive(drive)?;
         let Some(loaded) = &d.loaded else {
@@ -200,6 +216,8 @@ pub trait Changer: Send + Sync {
     async fn load_unchecked(&self, slot: u32, drive: u32) -> Result<(), ApplianceError>;
     /// Move the cartridge in `drive` into `slot` (already checked by [`unload`]).
     async fn unload_unchecked(&self, drive: u32, slot: u32) -> Result<(), ApplianceError>;
+    /// Move a cartridge from slot to slot (mtx `transfer`); checked by [`transfer`].
+    async fn transfer_unchecked(&self, from: u32, to: u32) -> Result<(), ApplianceError>;
     /// The drive's own status.
     async fn drive_status(&self, drive: u32) -> Result<DriveStatus, ApplianceError>;
 }
@@ -212,6 +230,13 @@ pub async fn load(changer: &dyn Changer, drive: u32, source: &Source) -> Result<
 }
 
 /// Unload a drive after checking the library's state; returns the state after the move.
+/// Move a cartridge between slots after [`Library::plan_transfer`]; returns the new status.
+pub async fn transfer(changer: &dyn Changer, from: u32, to: u32) -> Result<Library, ApplianceError> {
+    changer.status().await?.plan_transfer(from, to)?;
+    changer.transfer_unchecked(from, to).await?;
+    changer.status().await
+}
+
 pub async fn unload(changer: &dyn Changer, drive: u32, to: Option<u32>) -> Result<Library, ApplianceError> {
     let slot = changer.status().await?.plan_unload(drive, to)?;
     changer.unload_unchecked(drive, slot).await?;

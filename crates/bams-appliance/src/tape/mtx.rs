@@ -152,6 +152,11 @@ impl Changer for MtxChanger {
         Ok(())
     }
 
+    async fn transfer_unchecked(&self, from: u32, to: u32) -> Result<(), ApplianceError> {
+        self.runner.run(&self.mtx(&["transfer".into(), from.to_string(), to.to_string()], MOVE_TIMEOUT)).await?;
+        Ok(())
+    }
+
     async fn drive_status(&self, drive: u32) -> Result<DriveStatus, ApplianceError> {
         let dev = self.device(drive)?;
         // mt-st exits non-zero on some drive states yet prints the table; parse what it printed.

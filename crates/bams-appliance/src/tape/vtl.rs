@@ -265,6 +265,17 @@ impl VirtualLibrary {
         })
     }
 
+    fn move_between_slots(&self, from: u32, to: u32) -> Result<(), ApplianceError> {
+        self.update(|state| {
+            self.view(state).plan_transfer(from, to)?;
+            let barcode = state.slots.iter_mut().find(|s| s.number == from).and_then(|s| s.barcode.take());
+            if let Some(s) = state.slots.iter_mut().find(|s| s.number == to) {
+                s.barcode = barcode;
+            }
+            Ok(())
+        })
+    }
+
     fn move_to_slot(&self, drive: u32, slot: u32) -> Result<(), ApplianceError> {
         self.update(|state| {
             self.view(state).plan_unload(drive, Some(slot))?;
@@ -387,6 +398,10 @@ impl Changer for VirtualLibrary {
 
     async fn unload_unchecked(&self, drive: u32, slot: u32) -> Result<(), ApplianceError> {
         self.blocking(move |l| l.move_to_slot(drive, slot)).await
+    }
+
+    async fn transfer_unchecked(&self, from: u32, to: u32) -> Result<(), ApplianceError> {
+        self.blocking(move |l| l.move_between_slots(from, to)).await
     }
 
     async fn drive_status(&self, drive: u32) -> Result<DriveStatus, ApplianceError> {

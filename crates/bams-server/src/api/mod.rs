@@ -93,6 +93,7 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(tape::slots))
         .routes(routes!(tape::load))
         .routes(routes!(tape::unload))
+        .routes(routes!(tape::transfer))
         .routes(routes!(tape_media::list_pools, tape_media::create_pool))
         .routes(routes!(tape_media::get_pool, tape_media::update_pool, tape_media::delete_pool))
         .routes(routes!(tape_media::list_volumes))

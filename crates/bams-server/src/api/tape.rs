@@ -66,6 +66,27 @@ pub struct UnloadRequest {
     pub slot: Option<u32>,
 }
 
+/// A slot-to-slot move.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// Source slot.
+    pub from: u32,
+    /// Target slot (empty).
+    pub to: u32,
+}
+
+/// Move a cartridge between slots (e.g. from the mail slot into storage, or out to it).
+#[utoipa::path(post, path = "/api/v1/tape/transfer", tag = "appliance", request_body = TransferRequest, responses((status = 200, body = Library)))]
+pub async fn transfer(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(req): Json<TransferRequest>,
+) -> ApiResult<Json<Library>> {
+    caller.require(Role::Operator)?;
+    Ok(Json(tape::transfer(changer(&st)?.as_ref(), req.from, req.to).await?))
+}
+
 /// Changer element status: drives, slots, barcodes, loaded media.
 #[utoipa::path(get, path = "/api/v1/tape/library", tag = "appliance", responses((status = 200, body = Library)))]
 pub async fn library(State(st): State<AppState>, _caller: Caller) -> ApiResult<Json<Library>> {
