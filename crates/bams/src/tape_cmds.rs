@@ -27,16 +27,10 @@ fn media_db(a: &TapeLibraryArgs) -> Result<MediaDb> {
 }
 
 /// The drive the command uses: of the virtual library, or of a real one (mtx robot, st
-/// drive) driven from this process's own runtime.
-struct Drive {
-    drives: Box<dyn Drives>,
-    /// Keeps the runtime the robot's commands run on alive.
-    _rt: Option<tokio::runtime::Runtime>,
-}
-
-fn drive(a: &TapeLibraryArgs) -> Result<Drive> {
+/// drive) whose robot commands run on the returned runtime (keep it while the drive is used).
+fn drive(a: &TapeLibraryArgs) -> Result<(Box<dyn Drives>, Option<tokio::runtime::Runtime>)> {
     let Some(changer) = &a.changer else {
-        return Ok(Drive { drives: Box::new(VtlDrives::new(library(a)?, a.drive)), _rt: None });
+        return Ok((Box::new(VtlDrives::new(library(a)?, a.drive)), None));
     };
     if !changer.starts_with("/dev/") || a.devices.iter().any(|d| !d.starts_with("/dev/")) {
         bail!("--changer and --device must be devices under /dev");
@@ -50,12 +44,7 @@ fn drive(a: &TapeLibraryArgs) -> Result<Drive> {
     let runner = Arc::new(bams_appliance::runner::SystemRunner);
     let changer: Arc<dyn Changer> = Arc::new(MtxChanger::new(runner, changer, a.devices.clone()));
     let drives = ChangerDrives::new(changer, rt.handle().clone(), a.drive, st_opener());
-    Ok(Drive { drives: Box::new(drives), _rt: Some(rt) })
-}
-
-/// The library's drive, choosing and recording volumes through its media database.
-fn pool_media<'d>(d: &'d mut Drive, a: &TapeLibraryArgs) -> Result<PoolMedia<&'d mut Box<dyn Drives>>> {
-    Ok(PoolMedia::new(&mut d.drives, media_db(a)?))
+    Ok((Box::new(drives), Some(rt)))
 }
 
 fn policy(p: &TapePoolPolicyArgs) -> PoolPolicy {
@@ -123,11 +112,11 @@ fn parse_status(s: &str) -> Result<VolumeStatus> {
 pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
     match cmd {
         TapeCmd::Label { library: a, barcode, pool, force } => {
-            let mut d = drive(&a)?;
-            let mut dev = d.drives.mount(&barcode)?;
+            let (mut drives, _rt) = drive(&a)?;
+            let mut dev = drives.mount(&barcode)?;
             let label = volume::label(dev.as_mut(), &pool, force);
             drop(dev);
-            d.drives.release()?;
+            drives.release()?;
             let label = label?;
             let forgotten = media_db(&a)?.labeled(&label, false)?;
             if !forgotten.is_empty() {
@@ -153,8 +142,8 @@ pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
             if selection.is_empty() {
                 bail!("the repository has no snapshot to write");
             }
-            let mut d = drive(&a)?;
-            let mut media = pool_media(&mut d, &a)?;
+            let (drives, _rt) = drive(&a)?;
+            let mut media = PoolMedia::new(drives, media_db(&a)?);
             let bar = Bar::new(out, "tape write");
             let written = set::write_set(&s.repo, &selection, &pool, &mut media, &mut |n| bar.bytes(n));
             bar.finish();
@@ -176,8 +165,8 @@ pub fn run(g: &Global, out: Out, cmd: TapeCmd) -> Result<u8> {
             }
         }
         TapeCmd::Restore { library: a, set: set_id, target } => {
-            let mut d = drive(&a)?;
-            let mut media = pool_media(&mut d, &a)?;
+            let (drives, _rt) = drive(&a)?;
+            let mut media = PoolMedia::new(drives, media_db(&a)?);
             let bar = Bar::new(out, "tape restore");
             let read = set::read_set(&set_id, &target, &mut media, &mut |n| bar.bytes(n));
             bar.finish();

@@ -124,6 +124,13 @@ struct Api {
 }
 
 impl Api {
+    /// As an admin: create a user and return their logged-in session.
+    async fn add_user(&self, s: &Server, name: &str, password: &str, role: &str) -> Api {
+        self.ok(Method::POST, "/api/v1/users", Some(json!({"username": name, "password": password, "role": role})))
+            .await;
+        Api::login(s, name, password).await
+    }
+
     fn anon(s: &Server) -> Self {
         Self { http: reqwest::Client::new(), base: s.url(""), token: None }
     }
@@ -215,15 +222,8 @@ async fn scenario(s: &Server) {
     assert_eq!(with.status(), StatusCode::CREATED);
 
     // Users, roles, tokens.
-    admin
-        .ok(
-            Method::POST,
-            "/api/v1/users",
-            Some(json!({"username": "op", "password": "operator-pw", "role": "operator"})),
-        )
-        .await;
+    let op = admin.add_user(s, "op", "operator-pw", "operator").await;
     let viewer = Api::login(s, "viewer1", "viewer-password").await;
-    let op = Api::login(s, "op", "operator-pw").await;
     let (st, body) = viewer.call(Method::POST, "/api/v1/jobs/1/run", None).await;
     assert_error(st, &body, StatusCode::FORBIDDEN, "viewer runs a job");
     let tok = op.ok(Method::POST, "/api/v1/tokens", Some(json!({"name": "ci", "expires_in_days": 1}))).await;
@@ -831,21 +831,8 @@ async fn remote_clients_back_up_through_the_endpoint_and_append_only_tokens_cann
             Some(json!({"name": "remote", "url": repo_dir, "password": "remote-pass"})),
         )
         .await;
-    admin
-        .ok(
-            Method::POST,
-            "/api/v1/users",
-            Some(json!({"username": "client", "password": "client-password", "role": "operator"})),
-        )
-        .await;
-    admin
-        .ok(
-            Method::POST,
-            "/api/v1/users",
-            Some(json!({"username": "looker", "password": "looker-password", "role": "viewer"})),
-        )
-        .await;
-    let client = Api::login(&s, "client", "client-password").await;
+    let client = admin.add_user(&s, "client", "client-password", "operator").await;
+    let looker = admin.add_user(&s, "looker", "looker-password", "viewer").await;
     let append =
         client.ok(Method::POST, "/api/v1/tokens", Some(json!({"name": "host1", "scope": "append-only"}))).await;
     let append = append["secret"].as_str().unwrap().to_string();
@@ -853,7 +840,6 @@ async fn remote_clients_back_up_through_the_endpoint_and_append_only_tokens_cann
         .as_str()
         .unwrap()
         .to_string();
-    let looker = Api::login(&s, "looker", "looker-password").await;
 
     let src = s.dir.path().join("client-src");
     write_tree(&src);
@@ -1249,22 +1235,8 @@ async fn audited(admin: &Api, route: &str) -> Vec<Value> {
 async fn tape_library_on_the_virtual_library_and_a_failing_real_changer() {
     let s = Server::start(None);
     let admin = Api::login(&s, "admin", &s.admin_password()).await;
-    admin
-        .ok(
-            Method::POST,
-            "/api/v1/users",
-            Some(json!({"username": "op", "password": "long-password", "role": "operator"})),
-        )
-        .await;
-    admin
-        .ok(
-            Method::POST,
-            "/api/v1/users",
-            Some(json!({"username": "view", "password": "long-password", "role": "viewer"})),
-        )
-        .await;
-    let op = Api::login(&s, "op", "long-password").await;
-    let viewer = Api::login(&s, "view", "long-password").await;
+    let op = admin.add_user(&s, "op", "long-password", "operator").await;
+    let viewer = admin.add_user(&s, "view", "long-password", "viewer").await;
 
     // The default library is the built-in virtual one: 2 drives, 16 + 2 slots, 12 cartridges.
     let lib = viewer.ok(Method::GET, "/api/v1/tape/library", None).await;
@@ -1813,14 +1785,7 @@ async fn tape_jobs_write_sets_to_the_virtual_library_and_the_cli_restores_them()
     assert_eq!((pool["volumes"].as_u64(), pool["sets"].as_u64()), (Some(1), Some(1)));
 
     // Pools: admins define them, with checked policies; operators archive or free volumes.
-    admin
-        .ok(
-            Method::POST,
-            "/api/v1/users",
-            Some(json!({"username": "op", "password": "long-password", "role": "operator"})),
-        )
-        .await;
-    let op = Api::login(&s, "op", "long-password").await;
+    let op = admin.add_user(&s, "op", "long-password", "operator").await;
     let (st, b) = op.call(Method::POST, "/api/v1/tape/pools", Some(json!({"name": "monthly"}))).await;
     assert_error(st, &b, StatusCode::FORBIDDEN, "operator creates a pool");
     let (st, b) =

@@ -33,20 +33,6 @@ pub trait Drives {
     fn release(&mut self) -> Result<(), ApplianceError>;
 }
 
-impl<D: Drives + ?Sized> Drives for &mut D {
-    fn cartridges(&mut self) -> Result<Vec<CartridgeInfo>, ApplianceError> {
-        (**self).cartridges()
-    }
-
-    fn mount(&mut self, barcode: &str) -> Result<Box<dyn TapeDevice>, ApplianceError> {
-        (**self).mount(barcode)
-    }
-
-    fn release(&mut self) -> Result<(), ApplianceError> {
-        (**self).release()
-    }
-}
-
 impl<D: Drives + ?Sized> Drives for Box<D> {
     fn cartridges(&mut self) -> Result<Vec<CartridgeInfo>, ApplianceError> {
         (**self).cartridges()
