@@ -12,6 +12,9 @@ pub enum CatalogError {
     /// The request is malformed (bad cron, unknown role, …).
     #[error("{0}")]
     Invalid(String),
+    /// A credential (e.g. an enrollment token) was refused.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The database cannot be reached or migrated.
     #[error("catalog unavailable: {0}")]
     Unavailable(String),

@@ -67,6 +67,8 @@ pub struct Run {
     pub triggered_by: String,
     /// Server that claimed it.
     pub server_id: Option<String>,
+    /// Agent that executes it (`null`: the server).
+    pub agent_id: Option<i64>,
     /// When it was queued.
     #[serde(with = "crate::time_ms")]
     #[schema(value_type = String, format = DateTime)]
@@ -105,6 +107,8 @@ struct RunRecord {
     status: String,
     triggered_by: String,
     server_id: Option<String>,
+    #[serde(default)]
+    agent_id: Option<i64>,
     queued_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
@@ -128,6 +132,7 @@ impl TryFrom<RunRecord> for Run {
             status: RunStatus::parse(&r.status)?,
             triggered_by: r.triggered_by,
             server_id: r.server_id,
+            agent_id: r.agent_id,
             queued_at: r.queued_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
@@ -150,6 +155,7 @@ const RUN_COL_LIST: &[&str] = &[
     "status",
     "triggered_by",
     "server_id",
+    "agent_id",
     "queued_at",
     "started_at",
     "finished_at",
@@ -179,6 +185,7 @@ impl Run {
             status: RunStatus::parse(&r.str("status")?)?,
             triggered_by: r.str("triggered_by")?,
             server_id: r.opt_str("server_id")?,
+            agent_id: r.opt_i64("agent_id")?,
             queued_at: r.i64("queued_at")?,
             started_at: r.opt_i64("started_at")?,
             finished_at: r.opt_i64("finished_at")?,
@@ -255,8 +262,8 @@ pub struct Dashboard {
     pub last_failures: Vec<Run>,
 }
 
-const RUN_COLS: &str = "id, job_id, kind, level, status, triggered_by, server_id, queued_at, started_at, finished_at, \
-                        files, bytes, new_bytes, errors, snapshot_id, message, cancel_requested";
+const RUN_COLS: &str = "id, job_id, kind, level, status, triggered_by, server_id, agent_id, queued_at, started_at, \
+                        finished_at, files, bytes, new_bytes, errors, snapshot_id, message, cancel_requested";
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -268,14 +275,15 @@ impl Catalog {
     pub async fn queue_run(&self, new: &NewRun) -> Result<Run> {
         let job = self.get_job(new.job_id).await?;
         let row = sqlx::query(&format!(
-            "INSERT INTO runs (job_id, kind, level, status, triggered_by, queued_at) \
-             VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING {RUN_COLS}"
+            "INSERT INTO runs (job_id, kind, level, status, triggered_by, queued_at, agent_id) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6) RETURNING {RUN_COLS}"
         ))
         .bind(job.id)
         .bind(job.kind.as_str())
         .bind((job.kind == JobKind::Backup).then(|| new.level.unwrap_or(job.level).as_str()))
         .bind(&new.triggered_by)
         .bind(now_ms())
+        .bind(job.agent)
         .fetch_one(&self.pool)
         .await?;
         Run::from_row(&row)
@@ -292,11 +300,66 @@ impl Catalog {
         let sql = format!(
             "UPDATE runs SET status = 'running', server_id = $1, started_at = $2 \
              WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' \
-             AND (r.job_id IS NULL OR r.job_id IN (SELECT j.id FROM jobs j WHERE j.agent_id IS NULL)) \
-             ORDER BY r.id LIMIT 1{lock}) RETURNING {RUN_COLS}"
+             AND r.agent_id IS NULL ORDER BY r.id LIMIT 1{lock}) RETURNING {RUN_COLS}"
         );
         let row = sqlx::query(&sql).bind(server_id).bind(now_ms()).fetch_optional(&self.pool).await?;
         row.as_ref().map(Run::from_row).transpose()
+    }
+
+    /// Claim the oldest queued run of `agent` for it (the agent asked for work through
+    /// `server_id`); its heartbeat starts now. A disabled or revoked agent gets nothing, even
+    /// from a poll that started before it was revoked.
+    pub async fn claim_agent_run(&self, agent: i64, server_id: &str) -> Result<Option<Run>> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE runs SET status = 'running', server_id = $1, started_at = $2, heartbeat_at = $2 \
+             WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' \
+             AND r.agent_id = $3 ORDER BY r.id LIMIT 1{lock}) \
+             AND EXISTS (SELECT 1 FROM agents a WHERE a.id = $3 AND a.status = 'active') RETURNING {RUN_COLS}"
+        );
+        let row = sqlx::query(&sql).bind(server_id).bind(now).bind(agent).fetch_optional(&self.pool).await?;
+        row.as_ref().map(Run::from_row).transpose()
+    }
+
+    /// An agent's sign of life for its running run; answers whether a cancel was requested.
+    /// `None` when the run is not running on that agent (anymore).
+    pub async fn agent_heartbeat(&self, run: i64, agent: i64) -> Result<Option<bool>> {
+        let row = sqlx::query(
+            "UPDATE runs SET heartbeat_at = $1 WHERE id = $2 AND agent_id = $3 AND status = 'running' \
+             RETURNING cancel_requested",
+        )
+        .bind(now_ms())
+        .bind(run)
+        .bind(agent)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.flag("cancel_requested")).transpose()
+    }
+
+    /// Agent runs that stopped giving signs of life `silent_ms` ago (a killed or hung agent).
+    pub async fn silent_agent_runs(&self, silent_ms: i64) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs WHERE status = 'running' AND agent_id IS NOT NULL AND heartbeat_at < $1"
+        ))
+        .bind(now_ms() - silent_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Run::from_row).collect()
+    }
+
+    /// Queued agent runs older than `waited_ms` (their agent never came to take them).
+    pub async fn stale_agent_runs(&self, waited_ms: i64) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs WHERE status = 'queued' AND agent_id IS NOT NULL AND queued_at < $1"
+        ))
+        .bind(now_ms() - waited_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Run::from_row).collect()
     }
 
     /// Record the end of a run (only a running or queued run can end), and count it in the
@@ -433,11 +496,14 @@ impl Catalog {
     }
 
     /// Runs a (re)starting server left running: mark them interrupted. Returns how many.
+    /// (Runs on agents go on without this server: the agent reports their end to any server;
+    /// a silent one is failed by its heartbeat.)
     pub async fn mark_interrupted(&self, server_id: &str, message: &str) -> Result<u64> {
-        let ids: Vec<(i64,)> = sqlx::query_as("SELECT id FROM runs WHERE status = 'running' AND server_id = $1")
-            .bind(server_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let ids: Vec<(i64,)> =
+            sqlx::query_as("SELECT id FROM runs WHERE status = 'running' AND server_id = $1 AND agent_id IS NULL")
+                .bind(server_id)
+                .fetch_all(&self.pool)
+                .await?;
         for (id,) in &ids {
             self.finish_run(*id, RunStatus::Interrupted, &RunStats::default(), message).await?;
         }

@@ -30,6 +30,16 @@ pub enum TokenScope {
     /// Repository endpoint only, and only adding objects: it cannot delete or overwrite, so a
     /// compromised client cannot destroy its backups.
     AppendOnly,
+    /// An agent's credential: the repository endpoint (append-only) and the agent session
+    /// routes, nothing else.
+    Agent,
+}
+
+impl TokenScope {
+    /// Whether the repository endpoint refuses deletes and overwrites for this scope.
+    pub fn append_only(self) -> bool {
+        matches!(self, Self::AppendOnly | Self::Agent)
+    }
 }
 
 impl TokenScope {
@@ -37,12 +47,14 @@ impl TokenScope {
         match self {
             Self::Full => "full",
             Self::AppendOnly => "append-only",
+            Self::Agent => "agent",
         }
     }
     fn parse(s: &str) -> Result<Self> {
         match s {
             "full" => Ok(Self::Full),
             "append-only" => Ok(Self::AppendOnly),
+            "agent" => Ok(Self::Agent),
             _ => Err(CatalogError::Invalid(format!("unknown token scope {s:?}"))),
         }
     }

@@ -100,7 +100,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> bams_store::Result<T> +
 
 /// Map the level onto a parent: Full = none, Incremental = the job's last snapshot,
 /// Differential = the job's last Full. Without the needed predecessor the run is a Full.
-async fn choose_parent(
+pub(crate) async fn choose_parent(
     d: &Director,
     run: &Run,
     job: &Job,
@@ -191,7 +191,7 @@ async fn backup(
     })
 }
 
-async fn apply_retention(
+pub(crate) async fn apply_retention(
     d: &Director,
     job: &Job,
     repo: &Arc<Repository>,

@@ -3,6 +3,7 @@
 //! check, copy), recording status, counters and logs. Several servers can share one catalog: the
 //! catalog's claim queries make sure each schedule fires once and each run runs once.
 
+pub mod agents;
 mod exec;
 mod repos;
 mod runner;

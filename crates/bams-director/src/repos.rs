@@ -186,7 +186,7 @@ impl RepoPool {
     }
 }
 
-fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
+pub(crate) fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
     while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         v.pop();
     }

@@ -25,6 +25,10 @@ pub struct DirectorOptions {
     pub tick: Duration,
     /// Fire schedules missed while the server was down (once) instead of skipping them.
     pub run_missed: bool,
+    /// An agent run without a heartbeat for this long has failed (agent killed or hung).
+    pub agent_silence: Duration,
+    /// A queued agent run whose agent does not come for it within this fails.
+    pub agent_wait: Duration,
 }
 
 /// Cancellation state of one executing run.
@@ -186,6 +190,8 @@ impl Director {
 
     async fn tick(self: &Arc<Self>) -> Result<(), bams_catalog::CatalogError> {
         let now = bams_catalog::now_ms();
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        self.reap_agent_runs(ms(self.opts.agent_silence), ms(self.opts.agent_wait)).await?;
         for s in self.catalog().due_schedules(now).await? {
             let next = match schedule::next_after(&s.cron, &s.timezone, now) {
                 Ok(t) => Some(t),

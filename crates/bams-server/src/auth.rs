@@ -58,7 +58,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 /// Routes reachable without credentials.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/api/v1/auth/login")
+    // Enrollment is authenticated by its one-time token, in the handler.
+    matches!(path, "/healthz" | "/api/v1/auth/login" | "/api/v1/agents/enroll")
 }
 
 fn is_mutation(m: &Method) -> bool {
@@ -91,6 +92,9 @@ pub fn required_role(method: &Method, route: &str) -> Role {
             | "/api/v1/snapshots/sync"
             | "/api/v1/tape/inventory"
             | "/api/v1/tape/transfer"
+            | "/api/v1/agent/poll"
+            | "/api/v1/agent/runs/{id}/events"
+            | "/api/v1/agent/runs/{id}/finish"
             | "/api/v1/tape/drives/{id}/load"
             | "/api/v1/tape/drives/{id}/unload"
             | "/api/v1/tape/volumes/{barcode}",
@@ -194,6 +198,14 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
         }
         if token.scope == TokenScope::AppendOnly && !append_only_allowed(&path) {
             return Err(ApiError::forbidden("an append-only token may only use the repository endpoint"));
+        }
+        if path.starts_with("/api/v1/agent/") && token.scope != TokenScope::Agent {
+            return Err(ApiError::forbidden("only an agent credential may use /api/v1/agent/"));
+        }
+        if token.scope == TokenScope::Agent && !append_only_allowed(&path) && !path.starts_with("/api/v1/agent/") {
+            return Err(ApiError::forbidden(
+                "an agent credential may only use the repository endpoint and /api/v1/agent/",
+            ));
         }
         let caller = Caller { user, token_id: token.id, scope: token.scope, via_cookie };
         caller.require(required_role(&method, &route))?;

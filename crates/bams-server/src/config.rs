@@ -42,6 +42,10 @@ pub struct Config {
     pub scheduler_interval_secs: f64,
     /// Run schedules missed while the server was down (once each).
     pub run_missed: bool,
+    /// Seconds without a heartbeat after which an agent's running job has failed.
+    pub agent_heartbeat_timeout_secs: u64,
+    /// Seconds a queued job waits for its agent to come for it before it fails.
+    pub agent_wait_secs: u64,
     /// Seconds running jobs get to finish on SIGTERM before they checkpoint and stop.
     pub shutdown_timeout_secs: u64,
     /// Largest accepted request body (bytes) for API calls.
@@ -78,6 +82,8 @@ impl Default for Config {
             max_concurrent_jobs: 2,
             scheduler_interval_secs: 5.0,
             run_missed: true,
+            agent_heartbeat_timeout_secs: 60,
+            agent_wait_secs: 3600,
             shutdown_timeout_secs: 60,
             max_body_bytes: 2 << 20,
             max_object_bytes: 256 << 20,
@@ -109,6 +115,8 @@ const KEYS: &[&str] = &[
     "max_concurrent_jobs",
     "scheduler_interval_secs",
     "run_missed",
+    "agent_heartbeat_timeout_secs",
+    "agent_wait_secs",
     "shutdown_timeout_secs",
     "max_body_bytes",
     "max_object_bytes",

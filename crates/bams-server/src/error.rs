@@ -86,6 +86,7 @@ impl From<bams_catalog::CatalogError> for ApiError {
             C::NotFound(m) => Self::not_found(format!("{m} not found")),
             C::Conflict(m) => Self::conflict(m),
             C::Invalid(m) => Self::bad_request(m),
+            C::Unauthorized(m) => Self::unauthorized(m),
             C::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             C::Db(e) => {
                 tracing::error!(error = %e, "catalog error");

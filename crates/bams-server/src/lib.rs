@@ -131,6 +131,8 @@ pub async fn prepare(config: Config) -> Result<Server> {
             max_concurrent: config.max_concurrent_jobs,
             tick: Duration::from_secs_f64(config.scheduler_interval_secs),
             run_missed: config.run_missed,
+            agent_silence: Duration::from_secs(config.agent_heartbeat_timeout_secs.max(1)),
+            agent_wait: Duration::from_secs(config.agent_wait_secs.max(1)),
         },
     );
     let runner: Arc<dyn bams_appliance::runner::CommandRunner> = Arc::new(bams_appliance::runner::SystemRunner);
@@ -182,6 +184,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
         iscsi,
         iscsi_policy: Arc::new(iscsi_policy),
         log_followers,
+        agent_work: Arc::new(tokio::sync::Notify::new()),
         limiter: Arc::new(auth::LoginLimiter::default()),
         auth_cache: Arc::new(auth::AuthCache::default()),
         metrics: metrics::install(),

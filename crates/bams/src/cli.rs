@@ -80,6 +80,8 @@ pub enum Command {
     /// Tape tier: label cartridges, write snapshots to a media pool, restore a tape set
     #[command(subcommand)]
     Tape(TapeCmd),
+    /// File daemon for a protected machine: `bams agent enroll` once, then `bams agent`
+    Agent(AgentArgs),
     /// Run the server: REST API, scheduler and job runner (DESIGN.md §5, §6)
     Server(ServerArgs),
     /// Manage server users in the catalog (works with the server stopped too)
@@ -88,6 +90,31 @@ pub enum Command {
     /// Catalog maintenance
     #[command(subcommand)]
     Catalog(CatalogCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Where the agent keeps its credential (agent.json, mode 0600)
+    #[arg(long, env = "BAMS_AGENT_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Option<AgentCmd>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCmd {
+    /// Exchange a one-time enrollment token (from POST /api/v1/agents) for this agent's credential
+    Enroll {
+        /// The server, e.g. https://backup.example:4848
+        #[arg(long)]
+        server: String,
+        /// The enrollment token
+        #[arg(long, env = "BAMS_ENROLLMENT_TOKEN")]
+        token: String,
+        /// PEM file of a CA to trust for the server's certificate (self-signed appliances)
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,5 +1,6 @@
 //! `bams`: the one binary. Thin: parses arguments, opens the repository, calls the crates.
 
+mod agent;
 mod cli;
 mod commands;
 mod mount;

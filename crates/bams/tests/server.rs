@@ -598,8 +598,11 @@ async fn api_end_to_end_on_postgres() {
 
 /// Minimum role per documented operation, mirrored from the policy the issue asks for.
 fn expected_role(method: &str, path: &str) -> Option<&'static str> {
-    if path == "/api/v1/auth/login" {
-        return None;
+    if path == "/api/v1/auth/login" || path == "/api/v1/agents/enroll" {
+        return None; // public (enrollment is checked against its one-time token)
+    }
+    if path.starts_with("/api/v1/agent/") {
+        return Some("agent"); // agent credentials only: every user role is refused
     }
     if path.starts_with("/api/v1/repo/") {
         return Some("operator");
@@ -619,6 +622,9 @@ fn expected_role(method: &str, path: &str) -> Option<&'static str> {
             | "/api/v1/snapshots/sync"
             | "/api/v1/tape/inventory"
             | "/api/v1/tape/transfer"
+            | "/api/v1/agent/poll"
+            | "/api/v1/agent/runs/{id}/events"
+            | "/api/v1/agent/runs/{id}/finish"
             | "/api/v1/tape/drives/{id}/load"
             | "/api/v1/tape/drives/{id}/unload"
             | "/api/v1/tape/volumes/{barcode}",
@@ -658,7 +664,7 @@ async fn authorization_matrix_and_openapi_cover_every_route() {
         ("operator", Api::login(&s, "op", "long-password").await),
         ("viewer", Api::login(&s, "view", "long-password").await),
     ];
-    let rank = |r: &str| ["viewer", "operator", "admin"].iter().position(|x| *x == r).unwrap();
+    let rank = |r: &str| ["viewer", "operator", "admin", "agent"].iter().position(|x| *x == r).unwrap();
     let anon = Api::anon(&s);
     let mut checked = BTreeMap::new();
     for (path, ops) in paths {
@@ -1835,4 +1841,175 @@ async fn tape_jobs_write_sets_to_the_virtual_library_and_the_cli_restores_them()
     assert_eq!(r["status"], "failed", "{r}");
     let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", r["id"]), None).await;
     assert!(log["log"].as_str().unwrap().contains("no writable volume for pool weekly"), "{log}");
+}
+
+/// A `bams agent` process, killed when dropped.
+struct AgentProcess(std::process::Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_enroll_back_up_full_and_incremental_through_the_endpoint_and_revoked_ones_are_refused() {
+    let s = Server::start_with(None, &[("BAMS_AGENT_WAIT_SECS", "3"), ("BAMS_AGENT_HEARTBEAT_TIMEOUT_SECS", "5")]);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let op = admin.add_user(&s, "op", "long-password", "operator").await;
+
+    // Creating agents: admin only, unique and well-formed names.
+    let (st, b) = op.call(Method::POST, "/api/v1/agents", Some(json!({"name": "web1"}))).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "operator creates an agent");
+    let (st, created) = admin.call(Method::POST, "/api/v1/agents", Some(json!({"name": "web1"}))).await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    assert_eq!(created["status"], "pending");
+    let agent_id = created["id"].as_i64().unwrap();
+    let token = created["enrollment_token"].as_str().unwrap().to_string();
+    for (body, want) in [
+        (json!({"name": "web1"}), StatusCode::CONFLICT),
+        (json!({"name": "../x"}), StatusCode::BAD_REQUEST),
+        (json!({"name": "a", "extra": 1}), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (st, b) = admin.call(Method::POST, "/api/v1/agents", Some(body.clone())).await;
+        assert_error(st, &b, want, &body.to_string());
+    }
+
+    // Enrollment: once, with the token; the credential is kept 0600.
+    let state = s.dir.path().join("agent-state");
+    let enroll = |tok: &str| {
+        Command::new(env!("CARGO_BIN_EXE_bams"))
+            .args(["agent", "enroll", "--server", &s.url(""), "--token", tok, "--state-dir", state.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = enroll("bams_e_wrong");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("refused"));
+    let out = enroll(&token);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(state.join("agent.json")).unwrap().permissions())
+            & 0o777;
+    assert_eq!(mode, 0o600);
+    let again = enroll(&token);
+    assert!(!again.status.success(), "an enrollment token works once");
+    let credential: Value = serde_json::from_slice(&std::fs::read(state.join("agent.json")).unwrap()).unwrap();
+    let credential = credential["credential"].as_str().unwrap().to_string();
+    // The credential is for the agent routes and the repository endpoint only.
+    let as_agent = Api { http: reqwest::Client::new(), base: s.url(""), token: Some(credential.clone()) };
+    let (st, b) = as_agent.call(Method::GET, "/api/v1/jobs", None).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "agent credential on the jobs API");
+    let (st, b) = admin.call(Method::POST, "/api/v1/agent/poll", Some(json!({"hostname": "x", "version": "1"}))).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "a user polling as an agent");
+
+    let mut agent = AgentProcess(
+        Command::new(env!("CARGO_BIN_EXE_bams"))
+            .args(["agent", "--state-dir", state.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(s.dir.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+
+    // Jobs for agents: backup only, and the agent must exist.
+    let src = s.dir.path().join("agent-src");
+    write_tree(&src);
+    random_file(&src.join("big.bin"), 3 << 20, 21);
+    let repo = admin.ok(Method::GET, "/api/v1/repositories", None).await[0]["id"].as_i64().unwrap();
+    for (body, want) in [
+        (
+            json!({"name": "p", "type": "prune", "agent": agent_id, "repository": repo}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "p", "type": "backup", "agent": 999, "paths": [src], "repository": repo}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (st, b) = admin.call(Method::POST, "/api/v1/jobs", Some(body.clone())).await;
+        assert_error(st, &b, want, &body.to_string());
+    }
+    let job = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(
+                json!({"name": "web1-files", "type": "backup", "agent": agent_id, "paths": [src], "repository": repo}),
+            ),
+        )
+        .await;
+    let run_level = |level: &'static str| {
+        let (admin, id) = (&admin, job["id"].as_i64().unwrap());
+        async move {
+            let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), Some(json!({"level": level}))).await;
+            admin.wait_run(run["run_id"].as_i64().unwrap()).await
+        }
+    };
+    let full = run_level("full").await;
+    assert_eq!(
+        full["status"],
+        "succeeded",
+        "{full}\n{}",
+        std::fs::read_to_string(s.dir.path().join("agent.log")).unwrap()
+    );
+    assert_eq!((full["level"].as_str(), full["agent_id"].as_i64()), (Some("full"), Some(agent_id)));
+    let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", full["id"]), None).await;
+    assert!(log["log"].as_str().unwrap().contains("assigned to agent web1"), "{log}");
+    let a = admin.ok(Method::GET, &format!("/api/v1/agents/{agent_id}"), None).await;
+    assert_eq!((a["status"].as_str(), a["online"].as_bool()), (Some("active"), Some(true)), "{a}");
+
+    // Incremental: based on the Full, only the change travels.
+    std::fs::write(src.join("small.txt"), b"changed on the agent").unwrap();
+    let incr = run_level("incremental").await;
+    assert_eq!(incr["status"], "succeeded", "{incr}");
+    assert_eq!(incr["level"], "incremental");
+    assert!(incr["new_bytes"].as_i64().unwrap() < 1 << 20, "only the change is new: {incr}");
+    let snaps = admin.ok(Method::GET, &format!("/api/v1/snapshots?repository={repo}"), None).await;
+    let ids: Vec<&str> = snaps["items"].as_array().unwrap().iter().filter_map(|s| s["id"].as_str()).collect();
+    let snap = incr["snapshot_id"].as_str().unwrap();
+    assert!(ids.contains(&snap), "the agent's snapshot is in the catalog: {snaps}");
+
+    // The snapshot restores byte-identical from the repository.
+    let target = s.dir.path().join("agent-restore");
+    let out = Command::new(env!("CARGO_BIN_EXE_bams"))
+        .args([
+            "-r",
+            s.data().join("repo").to_str().unwrap(),
+            "--key-file",
+            s.data().join("keys/default.key").to_str().unwrap(),
+            "restore",
+            snap,
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), std::fs::read(src.join("big.bin")).unwrap());
+    assert_eq!(std::fs::read(root.join("small.txt")).unwrap(), b"changed on the agent");
+    check_repo(&s);
+
+    // Revoked: refused at once; its queued run fails for want of an agent.
+    let r = admin.ok(Method::POST, &format!("/api/v1/agents/{agent_id}/revoke"), None).await;
+    assert_eq!(r["status"], "revoked");
+    let (st, _) =
+        as_agent.call(Method::POST, "/api/v1/agent/poll", Some(json!({"hostname": "x", "version": "1"}))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = as_agent.call(Method::GET, "/api/v1/repo/default/object?key=config", None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "the repository endpoint refuses it too");
+    let orphan = run_level("incremental").await;
+    assert_eq!(orphan["status"], "failed", "{orphan}");
+    assert!(orphan["message"].as_str().unwrap().contains("did not come"), "{orphan}");
+    assert!(agent.0.try_wait().unwrap().is_none(), "the agent keeps running, refused, until an admin acts");
+    let (st, b) = admin
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "again", "type": "backup", "agent": agent_id, "paths": [src], "repository": repo})),
+        )
+        .await;
+    assert_error(st, &b, StatusCode::BAD_REQUEST, "a job for a revoked agent");
+    drop(agent);
 }

@@ -8,7 +8,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bams_catalog::TokenScope;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
@@ -168,7 +167,7 @@ pub async fn put_object(
 ) -> ApiResult<StatusCode> {
     check_key(&k.key)?;
     let (id, b) = backend(&st, &name).await?;
-    if caller.scope == TokenScope::AppendOnly && !k.key.starts_with("locks/") && b.head(&k.key).await?.is_some() {
+    if caller.scope.append_only() && !k.key.starts_with("locks/") && b.head(&k.key).await?.is_some() {
         return Err(ApiError::conflict(format!("append-only token: {} exists and cannot be overwritten", k.key)));
     }
     b.put(&k.key, body).await?;
@@ -185,7 +184,7 @@ pub async fn delete_object(
     Query(k): Query<KeyParam>,
 ) -> ApiResult<StatusCode> {
     check_key(&k.key)?;
-    if caller.scope == TokenScope::AppendOnly && !k.key.starts_with("locks/") {
+    if caller.scope.append_only() && !k.key.starts_with("locks/") {
         return Err(ApiError::forbidden(format!("append-only token: deleting {} is not allowed", k.key)));
     }
     let (id, b) = backend(&st, &name).await?;

@@ -17,11 +17,11 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
             format!("job type {} is not supported by this server version", spec.kind.as_str()),
         ));
     }
-    if spec.agent.is_some() {
+    if spec.agent.is_some() && spec.kind != bams_catalog::JobKind::Backup {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unsupported",
-            "agents are not supported by this server version: use \"agent\": null (the server host)",
+            format!("agents run backup jobs; a {} job runs on the server (\"agent\": null)", spec.kind.as_str()),
         ));
     }
     if let Some(r) = &spec.retention {
@@ -38,6 +38,18 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
     if let Some(cron) = &spec.schedule {
         bams_director::schedule::validate(cron, spec.timezone.as_deref().unwrap_or("UTC"))
             .map_err(ApiError::bad_request)?;
+    }
+    Ok(())
+}
+
+/// The job's agent must exist and not be revoked.
+async fn check_agent(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
+    if let Some(id) = spec.agent {
+        let a =
+            st.catalog.get_agent(id).await.map_err(|_| ApiError::bad_request(format!("agent {id} does not exist")))?;
+        if a.status == bams_catalog::AgentStatus::Revoked {
+            return Err(ApiError::bad_request(format!("agent {} is revoked", a.name)));
+        }
     }
     Ok(())
 }
@@ -66,6 +78,7 @@ pub async fn create_job(
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     caller.require(Role::Admin)?;
     validate_spec(&st, &spec)?;
+    check_agent(&st, &spec).await?;
     if spec.kind == bams_catalog::JobKind::Copy {
         let target = bams_director::copy_target(spec.repository, &spec.options).map_err(ApiError::bad_request)?;
         st.catalog.get_repository(target).await?;
@@ -103,6 +116,7 @@ pub async fn update_job(
 ) -> ApiResult<Json<Job>> {
     caller.require(Role::Admin)?;
     validate_spec(&st, &spec)?;
+    check_agent(&st, &spec).await?;
     if spec.schedule.is_some() {
         return Err(ApiError::bad_request("change schedules through /api/v1/schedules"));
     }
@@ -151,6 +165,7 @@ pub async fn run_job(
         .queue_run(&NewRun { job_id: id, level: req.level, triggered_by: format!("manual:{}", caller.user.username) })
         .await?;
     st.director.wake();
+    st.agent_work.notify_waiters();
     Ok((StatusCode::ACCEPTED, Json(RunQueued { run_id: run.id })))
 }
 

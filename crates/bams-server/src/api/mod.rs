@@ -1,6 +1,7 @@
 //! The REST API: every `/api/v1` route is registered through utoipa-axum's `routes!`, so the
 //! OpenAPI document is generated from the same handlers the router serves.
 
+pub mod agents;
 pub mod bacula;
 pub mod diag;
 pub mod disks;
@@ -94,6 +95,15 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(tape::load))
         .routes(routes!(tape::unload))
         .routes(routes!(tape::transfer))
+        .routes(routes!(agents::list, agents::create))
+        .routes(routes!(agents::get))
+        .routes(routes!(agents::disable))
+        .routes(routes!(agents::enable))
+        .routes(routes!(agents::revoke))
+        .routes(routes!(agents::enroll))
+        .routes(routes!(agents::poll))
+        .routes(routes!(agents::events))
+        .routes(routes!(agents::finish))
         .routes(routes!(tape_media::list_pools, tape_media::create_pool))
         .routes(routes!(tape_media::get_pool, tape_media::update_pool, tape_media::delete_pool))
         .routes(routes!(tape_media::list_volumes))

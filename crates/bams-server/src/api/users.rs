@@ -129,6 +129,9 @@ pub async fn create_token(
     if caller.scope != TokenScope::Full {
         return Err(ApiError::forbidden("a restricted token cannot create tokens"));
     }
+    if t.scope == TokenScope::Agent {
+        return Err(ApiError::bad_request("agent credentials come from enrollment (POST /api/v1/agents)"));
+    }
     let owner = match t.user_id {
         Some(u) if u != caller.user.id => {
             caller.require(Role::Admin)?;

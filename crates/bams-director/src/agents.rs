@@ -1,0 +1,276 @@
+//! Runs executed by agents (DESIGN.md §1). An agent connects out: it long-polls the server
+//! for work (`/api/v1/agent/poll`), reports progress, log lines and heartbeats while it works
+//! (`…/runs/{id}/events`, whose answer carries a cancel request) and the outcome at the end
+//! (`…/runs/{id}/finish`). Every step goes through the catalog, so any server of a scale-out
+//! group can answer any agent request, and an agent's run survives a server restart: it is
+//! claimed for the agent (not for a server) and failed only when its heartbeats stop.
+//!
+//! The protocol types live here, shared by the server's handlers and `bams agent`.
+
+use std::sync::{Arc, Mutex};
+
+use bams_catalog::{Agent, Job, JobKind, Run, RunStats, RunStatus, SnapshotSummary};
+use serde::{Deserialize, Serialize};
+
+use crate::exec::{apply_retention, choose_parent};
+use crate::runner::{stamp, Director};
+
+/// What an agent says when it asks for work.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Poll {
+    /// Its host name.
+    pub hostname: String,
+    /// Its BAMS version.
+    pub version: String,
+    /// Seconds it is willing to wait for work (capped by the server).
+    #[serde(default)]
+    pub wait_secs: u64,
+}
+
+/// Work for an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Assignment {
+    /// The run to report on.
+    pub run_id: i64,
+    /// `backup`.
+    pub kind: String,
+    /// Repository name: the agent writes through `bams://SERVER/NAME` with its credential.
+    pub repository: String,
+    /// The repository's key material (hex), for client-side encryption on the agent.
+    pub key_hex: String,
+    /// Paths to back up.
+    pub paths: Vec<String>,
+    /// Exclude patterns.
+    pub excludes: Vec<String>,
+    /// Stay on the filesystems of the paths.
+    pub one_file_system: bool,
+    /// Tags for the snapshot.
+    pub tags: Vec<String>,
+    /// Job name recorded in the snapshot.
+    pub job: String,
+    /// Parent snapshot (Incremental/Differential), by id.
+    pub parent: Option<String>,
+    /// Upload limit in bytes per second (0: none).
+    pub bandwidth_limit: u64,
+}
+
+/// The answer to a poll.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PollReply {
+    /// Runs to start now.
+    pub assignments: Vec<Assignment>,
+}
+
+/// Progress, log lines and a heartbeat from a running run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Events {
+    /// Files done so far.
+    #[serde(default)]
+    pub files: u64,
+    /// Bytes read so far.
+    #[serde(default)]
+    pub bytes: u64,
+    /// New log lines.
+    #[serde(default)]
+    pub log: Vec<String>,
+}
+
+/// The answer to events.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventsReply {
+    /// Stop the run at its next checkpoint.
+    pub cancel: bool,
+}
+
+/// How a run ended on the agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Finish {
+    /// Whether it succeeded (a partial backup succeeds, with `errors`).
+    pub ok: bool,
+    /// Whether it stopped because of a cancel.
+    #[serde(default)]
+    pub cancelled: bool,
+    /// Snapshot written.
+    pub snapshot_id: Option<String>,
+    /// Files.
+    #[serde(default)]
+    pub files: i64,
+    /// Bytes.
+    #[serde(default)]
+    pub bytes: i64,
+    /// Bytes newly stored.
+    #[serde(default)]
+    pub new_bytes: i64,
+    /// Unreadable files.
+    #[serde(default)]
+    pub errors: i64,
+    /// Outcome in one line.
+    pub message: String,
+}
+
+/// Why an agent request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentRunError {
+    /// The run is not running on this agent (ended, cancelled, another agent's).
+    #[error("run {0} is not running on this agent")]
+    NotYours(i64),
+    /// Catalog trouble.
+    #[error(transparent)]
+    Catalog(#[from] bams_catalog::CatalogError),
+}
+
+impl Director {
+    /// Claim the next queued run of `agent` and turn it into an assignment (the level is
+    /// mapped onto a parent here, as for local runs). A run that cannot be prepared ends as
+    /// failed and the next one is tried.
+    pub async fn next_agent_assignment(&self, agent: &Agent) -> Result<Option<Assignment>, bams_catalog::CatalogError> {
+        loop {
+            let Some(run) = self.catalog().claim_agent_run(agent.id, self.server_id()).await? else {
+                return Ok(None);
+            };
+            match self.prepare(agent, &run).await {
+                Ok(a) => return Ok(Some(a)),
+                Err(message) => {
+                    let cat = self.catalog();
+                    let _ = cat.append_log(run.id, &format!("{} failed: {message}\n", stamp())).await;
+                    cat.finish_run(run.id, RunStatus::Failed, &RunStats::default(), &message).await?;
+                }
+            }
+        }
+    }
+
+    async fn prepare(&self, agent: &Agent, run: &Run) -> Result<Assignment, String> {
+        let cat = self.catalog();
+        let job_id = run.job_id.ok_or("the run's job was deleted")?;
+        let job = cat.get_job(job_id).await.map_err(|e| e.to_string())?;
+        if job.kind != JobKind::Backup {
+            return Err(format!("agents run backup jobs; {} jobs run on the server", job.kind.as_str()));
+        }
+        let rec = cat.get_repository(job.repository).await.map_err(|e| e.to_string())?;
+        let key = std::fs::read(&rec.key_file).map_err(|e| format!("key file of repository {}: {e}", rec.name))?;
+        let key = crate::repos::trim_newline(key);
+        let repo = self.repos.get(job.repository).await.map_err(|e| e.to_string())?;
+        let lines = Mutex::new(vec![format!("backup job {:?} assigned to agent {}", job.name, agent.name)]);
+        let log = |l: String| lines.lock().map(|mut v| v.push(l)).unwrap_or(());
+        let (parent, level) = choose_parent(self, run, &job, &repo, &log).await;
+        if Some(level) != run.level {
+            let _ = cat.set_run_level(run.id, level).await;
+        }
+        let text: String =
+            lines.into_inner().unwrap_or_default().iter().map(|l| format!("{} {l}\n", stamp())).collect();
+        let _ = cat.append_log(run.id, &text).await;
+        let opt = |k: &str| job.options.get(k);
+        Ok(Assignment {
+            run_id: run.id,
+            kind: "backup".into(),
+            repository: rec.name,
+            key_hex: hex::encode(key),
+            paths: job.paths.clone(),
+            excludes: job.excludes.clone(),
+            one_file_system: opt("one_file_system").and_then(serde_json::Value::as_bool).unwrap_or(false),
+            tags: opt("tags").and_then(|t| serde_json::from_value(t.clone()).ok()).unwrap_or_default(),
+            job: job.name.clone(),
+            parent: match parent {
+                bams_store::archiver::ParentChoice::Id(id) => Some(id.to_hex()),
+                _ => None,
+            },
+            bandwidth_limit: opt("bandwidth_limit").and_then(serde_json::Value::as_u64).unwrap_or(0),
+        })
+    }
+
+    /// Progress and log lines of a running agent run; answers whether to cancel.
+    pub async fn agent_events(&self, agent: &Agent, run: i64, ev: &Events) -> Result<EventsReply, AgentRunError> {
+        let cat = self.catalog();
+        let cancel = cat.agent_heartbeat(run, agent.id).await?.ok_or(AgentRunError::NotYours(run))?;
+        if !ev.log.is_empty() {
+            let text: String = ev.log.iter().map(|l| format!("{} {}\n", stamp(), l.trim_end())).collect();
+            cat.append_log(run, &text).await?;
+        }
+        Ok(EventsReply { cancel })
+    }
+
+    /// The end of an agent run: record its snapshot in the catalog, apply the job's
+    /// retention, and end the run.
+    pub async fn agent_finished(self: &Arc<Self>, agent: &Agent, run: i64, f: &Finish) -> Result<(), AgentRunError> {
+        let cat = self.catalog();
+        cat.agent_heartbeat(run, agent.id).await?.ok_or(AgentRunError::NotYours(run))?;
+        let r = cat.get_run(run).await?;
+        let mut message = f.message.clone();
+        let status = if f.cancelled {
+            RunStatus::Cancelled
+        } else if !f.ok {
+            RunStatus::Failed
+        } else {
+            match self.record_agent_snapshot(&r, f).await {
+                Ok(extra) => {
+                    if !extra.is_empty() {
+                        message = format!("{message}; {extra}");
+                    }
+                    RunStatus::Succeeded
+                }
+                Err(e) => {
+                    message = format!("{message}; but {e}");
+                    RunStatus::Failed
+                }
+            }
+        };
+        let stats = RunStats {
+            files: f.files,
+            bytes: f.bytes,
+            new_bytes: f.new_bytes,
+            errors: f.errors,
+            snapshot_id: f.snapshot_id.clone().filter(|_| status == RunStatus::Succeeded),
+        };
+        cat.append_log(run, &format!("{} {}: {message}\n", stamp(), status.as_str())).await?;
+        cat.finish_run(run, status, &stats, &message).await?;
+        metrics::counter!("bams_runs_total", "kind" => "backup", "status" => status.as_str()).increment(1);
+        Ok(())
+    }
+
+    async fn record_agent_snapshot(&self, run: &Run, f: &Finish) -> Result<String, String> {
+        let job: Job =
+            self.catalog().get_job(run.job_id.ok_or("the run's job was deleted")?).await.map_err(|e| e.to_string())?;
+        let id = f.snapshot_id.clone().ok_or("the agent reported no snapshot")?;
+        let repo = self.repos.get(job.repository).await.map_err(|e| e.to_string())?;
+        let snap = {
+            let (repo, wanted) = (repo.clone(), id.clone());
+            tokio::task::spawn_blocking(move || repo.find_snapshot(&wanted))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("snapshot {id} is not in the repository: {e}"))?
+        };
+        let summary = SnapshotSummary::from_snapshot(job.repository, &snap.id, &snap.snapshot);
+        self.catalog().add_snapshot(&summary).await.map_err(|e| e.to_string())?;
+        match &job.retention {
+            Some(ret) => {
+                let removed = apply_retention(self, &job, &repo, ret, Some(job.name.clone())).await?;
+                Ok(format!("retention removed {removed} snapshot(s)"))
+            }
+            None => Ok(String::new()),
+        }
+    }
+
+    /// Fail agent runs whose agent went silent (killed, hung, disconnected) and queued agent
+    /// runs whose agent never came for them.
+    pub(crate) async fn reap_agent_runs(&self, silent_ms: i64, wait_ms: i64) -> Result<(), bams_catalog::CatalogError> {
+        let cat = self.catalog();
+        for r in cat.silent_agent_runs(silent_ms).await? {
+            let msg = format!("agent lost: no heartbeat for {} s (killed, hung or cut off)", silent_ms / 1000);
+            let _ = cat.append_log(r.id, &format!("{} failed: {msg}\n", stamp())).await;
+            cat.finish_run(r.id, RunStatus::Failed, &RunStats::default(), &msg).await?;
+        }
+        for r in cat.stale_agent_runs(wait_ms).await? {
+            let name = match r.agent_id {
+                Some(a) => cat.get_agent(a).await.map(|a| a.name).unwrap_or_else(|_| format!("#{a}")),
+                None => continue,
+            };
+            let msg = format!("agent {name} did not come for the run within {} s (offline?)", wait_ms / 1000);
+            let _ = cat.append_log(r.id, &format!("{} failed: {msg}\n", stamp())).await;
+            cat.finish_run(r.id, RunStatus::Failed, &RunStats::default(), &msg).await?;
+        }
+        Ok(())
+    }
+}

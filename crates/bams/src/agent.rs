@@ -1,0 +1,353 @@
+//! `bams agent`: the file daemon of a protected machine (DESIGN.md §1). It connects out only:
+//! it long-polls the server for work, backs up through the server's repository endpoint
+//! (`bams://SERVER/REPOSITORY`, with its own credential: append-only), so chunking,
+//! deduplication against the repository's index and encryption happen here and only chunks
+//! the repository lacks travel. While a run goes on it reports progress, warnings and a
+//! heartbeat every few seconds; the answer may ask it to cancel. Network trouble and server
+//! restarts are waited out with backoff; a run's outcome is delivered once the server is back.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bams_director::agents::{Assignment, Events, EventsReply, Finish, Poll, PollReply};
+use bams_store::archiver::{BackupOptions, ParentChoice, Progress};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{AgentArgs, AgentCmd};
+use crate::output::Out;
+
+/// Seconds a poll may wait on the server.
+const POLL_WAIT: u64 = 25;
+/// How often a running run reports.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long an outcome is offered to an unreachable server before it is given up.
+const FINISH_PATIENCE: Duration = Duration::from_secs(3600);
+
+/// What enrollment leaves in the state directory.
+#[derive(Serialize, Deserialize)]
+struct AgentState {
+    server: String,
+    agent_id: i64,
+    name: String,
+    credential: String,
+    ca_cert: Option<PathBuf>,
+}
+
+fn state_dir(a: &AgentArgs) -> PathBuf {
+    a.state_dir.clone().unwrap_or_else(|| {
+        if nix::unistd::Uid::effective().is_root() {
+            PathBuf::from("/var/lib/bams-agent")
+        } else {
+            PathBuf::from("./bams-agent")
+        }
+    })
+}
+
+fn http(ca: Option<&Path>, timeout: Duration) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).timeout(timeout);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).context("CA certificate")?);
+    }
+    Ok(b.build()?)
+}
+
+/// Run `bams agent [enroll]`.
+pub fn run(out: Out, a: AgentArgs) -> Result<u8> {
+    let dir = state_dir(&a);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match a.cmd {
+        Some(AgentCmd::Enroll { server, token, ca_cert }) => rt.block_on(enroll(out, &dir, &server, &token, ca_cert)),
+        None => {
+            let path = dir.join("agent.json");
+            let text = std::fs::read(&path)
+                .with_context(|| format!("reading {} (enroll first: bams agent enroll)", path.display()))?;
+            let state: AgentState =
+                serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+            rt.block_on(serve(Arc::new(state)))
+        }
+    }
+}
+
+async fn enroll(out: Out, dir: &Path, server: &str, token: &str, ca_cert: Option<PathBuf>) -> Result<u8> {
+    let server = server.trim_end_matches('/').to_string();
+    if !(server.starts_with("https://") || server.starts_with("http://")) {
+        bail!("--server must be an http:// or https:// URL, not {server:?}");
+    }
+    let client = http(ca_cert.as_deref(), Duration::from_secs(30))?;
+    let body = serde_json::json!({
+        "token": token,
+        "hostname": bams_store::host::hostname(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let resp = client.post(format!("{server}/api/v1/agents/enroll")).json(&body).send().await?;
+    let status = resp.status();
+    let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("enrollment refused ({status}): {}", answer["error"]["message"].as_str().unwrap_or("no message"));
+    }
+    let state = AgentState {
+        server,
+        agent_id: answer["agent_id"].as_i64().context("enrollment answer without agent_id")?,
+        name: answer["name"].as_str().unwrap_or_default().to_string(),
+        credential: answer["credential"].as_str().context("enrollment answer without credential")?.to_string(),
+        ca_cert,
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("agent.json");
+    bams_appliance::files::write_private(&path, &serde_json::to_vec_pretty(&state)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    out.info(format!("enrolled as agent {} (id {}); credential in {}", state.name, state.agent_id, path.display()));
+    if out.json {
+        out.json(&serde_json::json!({"agent_id": state.agent_id, "name": state.name, "state": path}))?;
+    }
+    Ok(0)
+}
+
+/// Why a request to the server failed.
+enum CallError {
+    /// The credential was refused (revoked or disabled agent).
+    Refused(String),
+    /// The server does not know the run (it ended there).
+    Gone(String),
+    /// Network trouble or a server error: try again.
+    Retry(String),
+}
+
+struct Api {
+    state: Arc<AgentState>,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn post<B: Serialize, R: for<'de> Deserialize<'de> + Default>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, CallError> {
+        let resp = self
+            .client
+            .post(format!("{}/api/v1{path}", self.state.server))
+            .bearer_auth(&self.state.credential)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| CallError::Retry(e.to_string()))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(R::default());
+        }
+        let text = resp.text().await.map_err(|e| CallError::Retry(e.to_string()))?;
+        let message = || {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(String::from))
+                .unwrap_or_else(|| format!("{status}"))
+        };
+        match status.as_u16() {
+            200..=299 => serde_json::from_str(&text).map_err(|e| CallError::Retry(format!("bad answer: {e}"))),
+            401 | 403 => Err(CallError::Refused(message())),
+            404 | 409 => Err(CallError::Gone(message())),
+            _ => Err(CallError::Retry(message())),
+        }
+    }
+}
+
+async fn serve(state: Arc<AgentState>) -> Result<u8> {
+    let api = Arc::new(Api {
+        state: state.clone(),
+        client: http(state.ca_cert.as_deref(), Duration::from_secs(POLL_WAIT + 15))?,
+    });
+    tracing::info!(agent = %state.name, server = %state.server, "agent started");
+    let poll = Poll {
+        hostname: bams_store::host::hostname(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        wait_secs: POLL_WAIT,
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match api.post::<_, PollReply>("/agent/poll", &poll).await {
+            Ok(reply) => {
+                backoff = Duration::from_secs(1);
+                for a in reply.assignments {
+                    tracing::info!(run = a.run_id, job = %a.job, "run assigned");
+                    tokio::spawn(execute(api.clone(), a));
+                }
+            }
+            Err(CallError::Refused(m)) => {
+                // Revoked or disabled: nothing is done until an admin enables it again.
+                tracing::error!(error = %m, "the server refuses this agent's credential");
+                tokio::time::sleep(MAX_BACKOFF).await;
+            }
+            Err(CallError::Gone(m) | CallError::Retry(m)) => {
+                tracing::warn!(error = %m, retry_in = ?backoff, "cannot reach the server");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// What a running backup tells the reporter.
+#[derive(Default)]
+struct RunState {
+    files: AtomicU64,
+    bytes: AtomicU64,
+    log: Mutex<Vec<String>>,
+    cancel: AtomicBool,
+}
+
+impl Progress for RunState {
+    fn bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+    fn file_done(&self) {
+        self.files.fetch_add(1, Ordering::Relaxed);
+    }
+    fn warn(&self, msg: &str) {
+        if let Ok(mut l) = self.log.lock() {
+            l.push(format!("warning: {msg}"));
+        }
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+impl RunState {
+    fn events(&self) -> Events {
+        Events {
+            files: self.files.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            log: self.log.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default(),
+        }
+    }
+}
+
+/// Execute one assignment: the backup on a blocking thread, reports every few seconds, then
+/// the outcome, offered until the server takes it.
+async fn execute(api: Arc<Api>, a: Assignment) {
+    let run = a.run_id;
+    let st = Arc::new(RunState::default());
+    st.log.lock().map(|mut l| l.push(format!("agent on {} starts", bams_store::host::hostname()))).ok();
+    let work = {
+        let (st, api, handle) = (st.clone(), api.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || backup(&api.state, &a, &st, handle))
+    };
+    tokio::pin!(work);
+    let outcome = loop {
+        tokio::select! {
+            r = &mut work => break r.unwrap_or_else(|e| Err(anyhow::anyhow!("the backup crashed: {e}"))),
+            () = tokio::time::sleep(REPORT_EVERY) => {
+                let ev = st.events();
+                match api.post::<_, EventsReply>(&format!("/agent/runs/{run}/events"), &ev).await {
+                    Ok(r) if r.cancel => st.cancel.store(true, Ordering::Relaxed),
+                    Ok(_) => {}
+                    // The run ended on the server (failed for silence, cancelled): stop.
+                    Err(CallError::Gone(m)) => {
+                        tracing::warn!(run, error = %m, "the server ended this run; stopping");
+                        st.cancel.store(true, Ordering::Relaxed);
+                    }
+                    Err(CallError::Refused(m) | CallError::Retry(m)) => {
+                        // Keep the lines for the next report.
+                        st.log.lock().map(|mut l| { let mut ev = ev.log; ev.append(&mut l); *l = ev; }).ok();
+                        tracing::warn!(run, error = %m, "could not report progress");
+                    }
+                }
+            }
+        }
+    };
+    let cancelled = st.cancel.load(Ordering::Relaxed);
+    let finish = match outcome {
+        Ok(f) => f,
+        Err(e) => Finish { ok: false, cancelled, message: format!("{e:#}"), ..Finish::default() },
+    };
+    let ev = st.events();
+    if !ev.log.is_empty() {
+        let _ = api.post::<_, EventsReply>(&format!("/agent/runs/{run}/events"), &ev).await;
+    }
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match api.post::<_, serde_json::Value>(&format!("/agent/runs/{run}/finish"), &finish).await {
+            Ok(_) => {
+                tracing::info!(run, ok = finish.ok, message = %finish.message, "run reported");
+                return;
+            }
+            Err(CallError::Gone(m) | CallError::Refused(m)) => {
+                tracing::warn!(run, error = %m, "the server did not take the outcome");
+                return;
+            }
+            Err(CallError::Retry(m)) if started.elapsed() < FINISH_PATIENCE => {
+                tracing::warn!(run, error = %m, retry_in = ?backoff, "server unreachable; keeping the outcome");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(CallError::Retry(m)) => {
+                tracing::error!(run, error = %m, "giving up reporting the outcome");
+                return;
+            }
+        }
+    }
+}
+
+/// The server's repository endpoint as this agent reaches it.
+fn repository_url(server: &str, name: &str) -> Result<String> {
+    if let Some(host) = server.strip_prefix("https://") {
+        Ok(format!("bams://{}/{name}", host.trim_end_matches('/')))
+    } else if let Some(host) = server.strip_prefix("http://") {
+        Ok(format!("bams+http://{}/{name}", host.trim_end_matches('/')))
+    } else {
+        bail!("server URL {server:?} is not http(s)")
+    }
+}
+
+fn backup(state: &AgentState, a: &Assignment, st: &RunState, handle: tokio::runtime::Handle) -> Result<Finish> {
+    if a.kind != "backup" {
+        bail!("this agent version cannot run {:?} work", a.kind);
+    }
+    let url = repository_url(&state.server, &a.repository)?;
+    let ca = state.ca_cert.as_ref().map(std::fs::read).transpose().context("reading the CA certificate")?;
+    let rest = bams_store::backend::rest::RestBackend::new(&url, &state.credential, ca.as_deref())?;
+    let policy = bams_store::backend::retry::RetryPolicy::from_env()?;
+    let backend: bams_store::backend::DynBackend =
+        Arc::new(bams_store::backend::retry::RetryBackend::new(Arc::new(rest), policy));
+    let key = hex::decode(&a.key_hex).context("repository key from the server")?;
+    let repo = bams_store::Repository::open(backend, handle, &key).context("opening the repository")?;
+    let mut opts = BackupOptions::paths(a.paths.iter().map(PathBuf::from).collect());
+    opts.excludes = a.excludes.clone();
+    opts.one_file_system = a.one_file_system;
+    opts.tags = a.tags.clone();
+    opts.job = Some(a.job.clone());
+    opts.parent = match &a.parent {
+        Some(p) => ParentChoice::Id(bams_store::Id::from_hex(p).context("parent snapshot id")?),
+        None => ParentChoice::None,
+    };
+    let r = bams_store::archiver::backup(&repo, opts, st)?;
+    let s = &r.snapshot.summary;
+    let mut message = format!(
+        "snapshot {} from agent: {} files, {} bytes read, {} new",
+        r.id.short(),
+        s.files_new + s.files_changed + s.files_unmodified,
+        s.bytes_read,
+        s.data_added
+    );
+    if !r.warnings.is_empty() {
+        message = format!("partial: {} file(s) unreadable; {message}", r.warnings.len());
+    }
+    Ok(Finish {
+        ok: true,
+        cancelled: false,
+        snapshot_id: Some(r.id.to_hex()),
+        files: i64::try_from(s.files_new + s.files_changed + s.files_unmodified).unwrap_or(i64::MAX),
+        bytes: i64::try_from(s.total_bytes).unwrap_or(i64::MAX),
+        new_bytes: i64::try_from(s.data_added).unwrap_or(i64::MAX),
+        errors: r.warnings.len() as i64,
+        message,
+    })
+}
