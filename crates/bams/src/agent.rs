@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bams_director::agents::{Assignment, Events, EventsReply, Finish, Poll, PollReply};
 use bams_store::archiver::{BackupOptions, ParentChoice, Progress};
+use bams_store::backend::throttle::{Pacer, ThrottleBackend};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{AgentArgs, AgentCmd};
@@ -69,7 +70,7 @@ pub fn run(out: Out, a: AgentArgs) -> Result<u8> {
                 .with_context(|| format!("reading {} (enroll first: bams agent enroll)", path.display()))?;
             let state: AgentState =
                 serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
-            rt.block_on(serve(Arc::new(state)))
+            rt.block_on(serve(Arc::new(state), a.limit_upload))
         }
     }
 }
@@ -122,6 +123,8 @@ enum CallError {
 struct Api {
     state: Arc<AgentState>,
     client: reqwest::Client,
+    /// `--limit-upload`: one rate for all of this agent's runs.
+    pacer: Option<Arc<Pacer>>,
 }
 
 impl Api {
@@ -158,11 +161,10 @@ impl Api {
     }
 }
 
-async fn serve(state: Arc<AgentState>) -> Result<u8> {
-    let api = Arc::new(Api {
-        state: state.clone(),
-        client: http(state.ca_cert.as_deref(), Duration::from_secs(POLL_WAIT + 15))?,
-    });
+async fn serve(state: Arc<AgentState>, limit_upload: Option<u64>) -> Result<u8> {
+    let client = http(state.ca_cert.as_deref(), Duration::from_secs(POLL_WAIT + 15))?;
+    let pacer = limit_upload.filter(|l| *l > 0).map(Pacer::new);
+    let api = Arc::new(Api { state: state.clone(), client, pacer });
     tracing::info!(agent = %state.name, server = %state.server, "agent started");
     let poll = Poll {
         hostname: bams_store::host::hostname(),
@@ -237,7 +239,7 @@ async fn execute(api: Arc<Api>, a: Assignment) {
     st.log.lock().map(|mut l| l.push(format!("agent on {} starts", bams_store::host::hostname()))).ok();
     let work = {
         let (st, api, handle) = (st.clone(), api.clone(), tokio::runtime::Handle::current());
-        tokio::task::spawn_blocking(move || backup(&api.state, &a, &st, handle))
+        tokio::task::spawn_blocking(move || backup(&api.state, &a, &st, api.pacer.as_ref(), handle))
     };
     tokio::pin!(work);
     let outcome = loop {
@@ -307,7 +309,23 @@ fn repository_url(server: &str, name: &str) -> Result<String> {
     }
 }
 
-fn backup(state: &AgentState, a: &Assignment, st: &RunState, handle: tokio::runtime::Handle) -> Result<Finish> {
+/// The tighter of the job's and the agent's limits, for the report.
+fn limit(a: &Assignment, agent: Option<&Arc<Pacer>>) -> u64 {
+    let agent = agent.map_or(u64::MAX, |p| p.bytes_per_sec());
+    if a.bandwidth_limit > 0 {
+        a.bandwidth_limit.min(agent)
+    } else {
+        agent
+    }
+}
+
+fn backup(
+    state: &AgentState,
+    a: &Assignment,
+    st: &RunState,
+    agent_pacer: Option<&Arc<Pacer>>,
+    handle: tokio::runtime::Handle,
+) -> Result<Finish> {
     if a.kind != "backup" {
         bail!("this agent version cannot run {:?} work", a.kind);
     }
@@ -315,8 +333,14 @@ fn backup(state: &AgentState, a: &Assignment, st: &RunState, handle: tokio::runt
     let ca = state.ca_cert.as_ref().map(std::fs::read).transpose().context("reading the CA certificate")?;
     let rest = bams_store::backend::rest::RestBackend::new(&url, &state.credential, ca.as_deref())?;
     let policy = bams_store::backend::retry::RetryPolicy::from_env()?;
-    let backend: bams_store::backend::DynBackend =
+    let mut backend: bams_store::backend::DynBackend =
         Arc::new(bams_store::backend::retry::RetryBackend::new(Arc::new(rest), policy));
+    // The job's limit and the agent's own limit both apply.
+    let job_pacer = (a.bandwidth_limit > 0).then(|| Pacer::new(a.bandwidth_limit));
+    for pacer in job_pacer.iter().chain(agent_pacer) {
+        backend = Arc::new(ThrottleBackend::new(backend, pacer.clone()));
+    }
+    let started = std::time::Instant::now();
     let key = hex::decode(&a.key_hex).context("repository key from the server")?;
     let repo = bams_store::Repository::open(backend, handle, &key).context("opening the repository")?;
     let mut opts = BackupOptions::paths(a.paths.iter().map(PathBuf::from).collect());
@@ -337,6 +361,18 @@ fn backup(state: &AgentState, a: &Assignment, st: &RunState, handle: tokio::runt
         s.bytes_read,
         s.data_added
     );
+    if let Some(p) = job_pacer.as_ref().or(agent_pacer) {
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        message = format!(
+            "{message}; sent {} bytes at {:.0} B/s (limit {} B/s)",
+            p.sent(),
+            p.sent() as f64 / secs,
+            limit(a, agent_pacer)
+        );
+    }
+    if r.recovered_packs > 0 {
+        message = format!("{message}; reused {} pack(s) stored by an interrupted run", r.recovered_packs);
+    }
     if !r.warnings.is_empty() {
         message = format!("partial: {} file(s) unreadable; {message}", r.warnings.len());
     }

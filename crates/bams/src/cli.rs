@@ -97,6 +97,10 @@ pub struct AgentArgs {
     /// Where the agent keeps its credential (agent.json, mode 0600)
     #[arg(long, env = "BAMS_AGENT_STATE_DIR", global = true)]
     pub state_dir: Option<PathBuf>,
+    /// Upload limit for all of this agent's runs, in bytes per second (jobs may set a lower
+    /// one in options.bandwidth_limit)
+    #[arg(long, env = "BAMS_AGENT_LIMIT_UPLOAD")]
+    pub limit_upload: Option<u64>,
     #[command(subcommand)]
     pub cmd: Option<AgentCmd>,
 }

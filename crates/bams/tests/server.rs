@@ -1846,6 +1846,35 @@ async fn tape_jobs_write_sets_to_the_virtual_library_and_the_cli_restores_them()
 /// A `bams agent` process, killed when dropped.
 struct AgentProcess(std::process::Child);
 
+impl AgentProcess {
+    /// Start `bams agent` with the credential in `state`, logging to `<state>/agent.log`.
+    fn start(state: &Path) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(state.join("agent.log")).unwrap();
+        Self(
+            Command::new(env!("CARGO_BIN_EXE_bams"))
+                .args(["agent", "--state-dir", state.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+/// Create agent `name`, enroll it into `<server dir>/<name>` and start it.
+async fn enrolled_agent(s: &Server, admin: &Api, name: &str) -> (i64, PathBuf, AgentProcess) {
+    let created = admin.ok(Method::POST, "/api/v1/agents", Some(json!({"name": name}))).await;
+    let state = s.dir.path().join(name);
+    let out = Command::new(env!("CARGO_BIN_EXE_bams"))
+        .args(["agent", "enroll", "--server", &s.url(""), "--state-dir", state.to_str().unwrap()])
+        .env("BAMS_ENROLLMENT_TOKEN", created["enrollment_token"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let agent = AgentProcess::start(&state);
+    (created["id"].as_i64().unwrap(), state, agent)
+}
+
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -1903,14 +1932,7 @@ async fn agents_enroll_back_up_full_and_incremental_through_the_endpoint_and_rev
     let (st, b) = admin.call(Method::POST, "/api/v1/agent/poll", Some(json!({"hostname": "x", "version": "1"}))).await;
     assert_error(st, &b, StatusCode::FORBIDDEN, "a user polling as an agent");
 
-    let mut agent = AgentProcess(
-        Command::new(env!("CARGO_BIN_EXE_bams"))
-            .args(["agent", "--state-dir", state.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(s.dir.path().join("agent.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut agent = AgentProcess::start(&state);
 
     // Jobs for agents: backup only, and the agent must exist.
     let src = s.dir.path().join("agent-src");
@@ -2011,5 +2033,83 @@ async fn agents_enroll_back_up_full_and_incremental_through_the_endpoint_and_rev
         )
         .await;
     assert_error(st, &b, StatusCode::BAD_REQUEST, "a job for a revoked agent");
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_killed_or_cut_off_mid_backup_end_their_runs_in_a_defined_state_and_resume() {
+    // 20 MB/s: slow enough to interrupt, and the limit is measured.
+    const LIMIT: u64 = 20_000_000;
+    let mut s = Server::start_with(None, &[("BAMS_AGENT_HEARTBEAT_TIMEOUT_SECS", "4")]);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let (agent_id, state, agent) = enrolled_agent(&s, &admin, "db1").await;
+    let src = s.dir.path().join("db1-src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..24 {
+        random_file(&src.join(format!("f{i}")), 10 << 20, i + 100);
+    }
+    let job = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({
+                "name": "db1", "type": "backup", "agent": agent_id, "paths": [src], "repository": 1, "level": "full",
+                "options": {"bandwidth_limit": LIMIT}
+            })),
+        )
+        .await;
+    let start_and_wait_for_data = |admin: Api| {
+        let (job, data) = (job["id"].as_i64().unwrap(), s.data().join("repo/data"));
+        async move {
+            let run =
+                admin.ok(Method::POST, &format!("/api/v1/jobs/{job}/run"), None).await["run_id"].as_i64().unwrap();
+            let start = Instant::now();
+            loop {
+                let r = admin.ok(Method::GET, &format!("/api/v1/runs/{run}"), None).await;
+                let packs = std::fs::read_dir(&data).map(|d| d.flatten().count()).unwrap_or(0);
+                if r["status"] == "running" && packs >= 2 {
+                    return run;
+                }
+                assert!(r["status"] != "succeeded", "the backup ended before the interruption: {r}");
+                assert!(start.elapsed() < Duration::from_secs(60), "the agent did not start: {r}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // Killed mid-backup: its heartbeats stop, the run fails with the reason.
+    let run = start_and_wait_for_data(admin.clone()).await;
+    let stored_before = std::fs::read_dir(s.data().join("repo/data")).map(|d| d.flatten().count()).unwrap_or(0);
+    drop(agent);
+    let r = admin.wait_run(run).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("agent lost"), "{r}");
+
+    // Restarted, the next run reuses the packs that were stored and sends only the rest.
+    let agent = AgentProcess::start(&state);
+    let run =
+        admin.ok(Method::POST, &format!("/api/v1/jobs/{}/run", job["id"]), None).await["run_id"].as_i64().unwrap();
+    let r = admin.wait_run(run).await;
+    assert_eq!(r["status"], "succeeded", "{r}\n{}", std::fs::read_to_string(state.join("agent.log")).unwrap());
+    assert!(r["message"].as_str().unwrap().contains("reused"), "{r}");
+    let total = 24 * (10 << 20);
+    assert!(stored_before >= 2 && r["new_bytes"].as_i64().unwrap() < total, "stored chunks were not sent again: {r}");
+    // The job's bandwidth limit held: never above it, and within 10% of it.
+    let message = r["message"].as_str().unwrap();
+    let rate: f64 = message.split(" at ").nth(1).and_then(|t| t.split(" B/s").next()).unwrap().parse().unwrap();
+    assert!(rate <= LIMIT as f64 * 1.0 && rate >= LIMIT as f64 * 0.9, "upload rate {rate} vs limit {LIMIT}: {message}");
+
+    // The server killed mid-backup: the agent keeps its outcome until the server is back, and
+    // the run ends succeeded or failed — never left running or marked interrupted.
+    std::fs::write(src.join("f0"), b"changed").unwrap();
+    let run = start_and_wait_for_data(admin.clone()).await;
+    s.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.spawn();
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let r = admin.wait_run(run).await;
+    assert!(matches!(r["status"].as_str(), Some("succeeded" | "failed")), "{r}");
+    assert!(!r["message"].as_str().unwrap_or_default().is_empty(), "{r}");
+    check_repo(&s);
     drop(agent);
 }

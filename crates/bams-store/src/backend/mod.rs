@@ -10,6 +10,7 @@ pub mod local;
 pub mod rest;
 pub mod retry;
 pub mod s3;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::SystemTime;
