@@ -53,6 +53,54 @@ pub struct Assignment {
     pub parent: Option<String>,
     /// Upload limit in bytes per second (0: none).
     pub bandwidth_limit: u64,
+    /// Restore: the snapshot (full id).
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// Restore: the directory to restore into, on the agent.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Restore: only these paths (patterns); empty = everything.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Restore: re-read every file and compare it with the snapshot.
+    #[serde(default)]
+    pub verify: bool,
+}
+
+/// A restore job's options (`options` of a `restore` job for an agent).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSpec {
+    /// Snapshot id (or prefix), or `latest`: the newest snapshot of the source machine.
+    pub snapshot: String,
+    /// Absolute directory on the agent.
+    pub target: String,
+    /// Only these paths.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Verify what was written.
+    #[serde(default)]
+    pub verify: bool,
+    /// Whose snapshots `latest` means (another agent's: a cross-machine restore); default the
+    /// agent that restores.
+    #[serde(default)]
+    pub source_agent: Option<i64>,
+}
+
+impl RestoreSpec {
+    /// Parse and check a restore job's options (on create, and again when it runs).
+    pub fn from_options(o: &serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        let spec: Self = serde_json::from_value(serde_json::Value::Object(o.clone()))
+            .map_err(|e| format!("restore options: {e} (snapshot, target, include, verify, source_agent)"))?;
+        let target = std::path::Path::new(&spec.target);
+        if !target.is_absolute() || target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(format!("options.target {:?} must be an absolute path without '..'", spec.target));
+        }
+        if spec.snapshot.is_empty() {
+            return Err("options.snapshot must be a snapshot id or \"latest\"".into());
+        }
+        Ok(spec)
+    }
 }
 
 /// The answer to a poll.
@@ -146,13 +194,16 @@ impl Director {
         let cat = self.catalog();
         let job_id = run.job_id.ok_or("the run's job was deleted")?;
         let job = cat.get_job(job_id).await.map_err(|e| e.to_string())?;
-        if job.kind != JobKind::Backup {
-            return Err(format!("agents run backup jobs; {} jobs run on the server", job.kind.as_str()));
+        if !matches!(job.kind, JobKind::Backup | JobKind::Restore) {
+            return Err(format!("agents run backup and restore jobs; {} jobs run on the server", job.kind.as_str()));
         }
         let rec = cat.get_repository(job.repository).await.map_err(|e| e.to_string())?;
         let key = std::fs::read(&rec.key_file).map_err(|e| format!("key file of repository {}: {e}", rec.name))?;
         let key = crate::repos::trim_newline(key);
         let repo = self.repos.get(job.repository).await.map_err(|e| e.to_string())?;
+        if job.kind == JobKind::Restore {
+            return self.prepare_restore(agent, run, &job, rec.name, key, repo).await;
+        }
         let lines = Mutex::new(vec![format!("backup job {:?} assigned to agent {}", job.name, agent.name)]);
         let log = |l: String| lines.lock().map(|mut v| v.push(l)).unwrap_or(());
         let (parent, level) = choose_parent(self, run, &job, &repo, &log).await;
@@ -178,6 +229,68 @@ impl Director {
                 _ => None,
             },
             bandwidth_limit: opt("bandwidth_limit").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            snapshot: None,
+            target: None,
+            include: Vec::new(),
+            verify: false,
+        })
+    }
+
+    /// A restore for `agent`: the snapshot is resolved here (`latest` of the source machine),
+    /// so the run log names exactly what was restored where.
+    async fn prepare_restore(
+        &self,
+        agent: &Agent,
+        run: &Run,
+        job: &Job,
+        repository: String,
+        key: Vec<u8>,
+        repo: Arc<bams_store::Repository>,
+    ) -> Result<Assignment, String> {
+        let spec = RestoreSpec::from_options(&job.options)?;
+        let source = match spec.source_agent {
+            Some(id) => self.catalog().get_agent(id).await.map_err(|e| format!("source agent: {e}"))?,
+            None => agent.clone(),
+        };
+        let (snaps, _) = tokio::task::spawn_blocking(move || repo.snapshots())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let snap = if spec.snapshot == "latest" {
+            let host = source.hostname.clone().unwrap_or_default();
+            snaps.iter().filter(|s| s.snapshot.host == host).max_by_key(|s| s.snapshot.time).cloned().ok_or_else(
+                || format!("agent {} (host {host}) has no snapshot in repository {repository}", source.name),
+            )?
+        } else {
+            bams_store::repo::resolve_snapshot(&snaps, &spec.snapshot).cloned().map_err(|e| e.to_string())?
+        };
+        let cross = snap.snapshot.host != agent.hostname.clone().unwrap_or_default() || source.id != agent.id;
+        let text = format!(
+            "{} restore of snapshot {} (host {}) to agent {}:{}{}\n",
+            crate::runner::stamp(),
+            snap.id.short(),
+            snap.snapshot.host,
+            agent.name,
+            spec.target,
+            if cross { " (cross-machine)" } else { "" }
+        );
+        let _ = self.catalog().append_log(run.id, &text).await;
+        Ok(Assignment {
+            run_id: run.id,
+            kind: "restore".into(),
+            repository,
+            key_hex: hex::encode(key),
+            paths: Vec::new(),
+            excludes: Vec::new(),
+            one_file_system: false,
+            tags: Vec::new(),
+            job: job.name.clone(),
+            parent: None,
+            bandwidth_limit: 0,
+            snapshot: Some(snap.id.to_hex()),
+            target: Some(spec.target),
+            include: spec.include,
+            verify: spec.verify,
         })
     }
 
@@ -203,6 +316,8 @@ impl Director {
             RunStatus::Cancelled
         } else if !f.ok {
             RunStatus::Failed
+        } else if r.kind != JobKind::Backup {
+            RunStatus::Succeeded
         } else {
             match self.record_agent_snapshot(&r, f).await {
                 Ok(extra) => {

@@ -27,9 +27,10 @@ pub trait KindExecutor: Send + Sync {
     ) -> Result<(bams_catalog::RunStats, String), String>;
 }
 
-/// Job types this server can execute today; the API refuses to create others.
+/// Job types this server can execute today (restore: on agents); the API refuses others.
 pub const SUPPORTED_JOB_KINDS: &[bams_catalog::JobKind] = &[
     bams_catalog::JobKind::Backup,
+    bams_catalog::JobKind::Restore,
     bams_catalog::JobKind::Forget,
     bams_catalog::JobKind::Prune,
     bams_catalog::JobKind::Check,

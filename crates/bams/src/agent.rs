@@ -239,7 +239,7 @@ async fn execute(api: Arc<Api>, a: Assignment) {
     st.log.lock().map(|mut l| l.push(format!("agent on {} starts", bams_store::host::hostname()))).ok();
     let work = {
         let (st, api, handle) = (st.clone(), api.clone(), tokio::runtime::Handle::current());
-        tokio::task::spawn_blocking(move || backup(&api.state, &a, &st, api.pacer.as_ref(), handle))
+        tokio::task::spawn_blocking(move || work(&api.state, &a, &st, api.pacer.as_ref(), handle))
     };
     tokio::pin!(work);
     let outcome = loop {
@@ -319,6 +319,74 @@ fn limit(a: &Assignment, agent: Option<&Arc<Pacer>>) -> u64 {
     }
 }
 
+/// The repository behind the server's endpoint, with retries.
+fn endpoint(state: &AgentState, a: &Assignment) -> Result<bams_store::backend::DynBackend> {
+    let url = repository_url(&state.server, &a.repository)?;
+    let ca = state.ca_cert.as_ref().map(std::fs::read).transpose().context("reading the CA certificate")?;
+    let rest = bams_store::backend::rest::RestBackend::new(&url, &state.credential, ca.as_deref())?;
+    let policy = bams_store::backend::retry::RetryPolicy::from_env()?;
+    Ok(Arc::new(bams_store::backend::retry::RetryBackend::new(Arc::new(rest), policy)))
+}
+
+/// Run an assignment of any kind this agent knows.
+fn work(
+    state: &AgentState,
+    a: &Assignment,
+    st: &RunState,
+    agent_pacer: Option<&Arc<Pacer>>,
+    handle: tokio::runtime::Handle,
+) -> Result<Finish> {
+    match a.kind.as_str() {
+        "backup" => backup(state, a, st, agent_pacer, handle),
+        "restore" => restore(state, a, st, handle),
+        other => bail!("this agent version cannot run {other:?} work"),
+    }
+}
+
+/// Restore a snapshot (possibly another machine's) into a directory of this machine.
+fn restore(state: &AgentState, a: &Assignment, st: &RunState, handle: tokio::runtime::Handle) -> Result<Finish> {
+    use bams_store::restorer::{self, RestoreOptions};
+    let (Some(snapshot), Some(target)) = (&a.snapshot, &a.target) else {
+        bail!("a restore needs a snapshot and a target");
+    };
+    let key = hex::decode(&a.key_hex).context("repository key from the server")?;
+    let repo = bams_store::Repository::open(endpoint(state, a)?, handle, &key).context("opening the repository")?;
+    let snap = repo.find_snapshot(snapshot)?;
+    let _lock = bams_store::lock::acquire(&repo, false, "restore", Duration::from_secs(60))?;
+    let index = repo.load_index()?;
+    let (root, root_path) = restorer::resolve_subtree(&repo, &index, &snap.snapshot.tree, None)?;
+    let mut opts = RestoreOptions::new(Path::new(target));
+    opts.include = a.include.clone();
+    opts.verify = a.verify;
+    let r = restorer::restore(&repo, &index, &root, &root_path, &opts, st)?;
+    for w in r.warnings.iter().chain(&r.errors) {
+        st.warn(w);
+    }
+    let mut message = format!(
+        "restored snapshot {} (host {}) into {target}: {} files, {} bytes",
+        snap.id.short(),
+        snap.snapshot.host,
+        r.files,
+        r.bytes
+    );
+    if a.verify {
+        message = format!("{message}; verified {} files", r.verified);
+    }
+    if !r.errors.is_empty() {
+        message = format!("partial: {} error(s); {message}", r.errors.len());
+    }
+    Ok(Finish {
+        ok: r.errors.is_empty(),
+        cancelled: false,
+        snapshot_id: None,
+        files: i64::try_from(r.files).unwrap_or(i64::MAX),
+        bytes: i64::try_from(r.bytes).unwrap_or(i64::MAX),
+        new_bytes: 0,
+        errors: r.errors.len() as i64,
+        message,
+    })
+}
+
 fn backup(
     state: &AgentState,
     a: &Assignment,
@@ -326,15 +394,7 @@ fn backup(
     agent_pacer: Option<&Arc<Pacer>>,
     handle: tokio::runtime::Handle,
 ) -> Result<Finish> {
-    if a.kind != "backup" {
-        bail!("this agent version cannot run {:?} work", a.kind);
-    }
-    let url = repository_url(&state.server, &a.repository)?;
-    let ca = state.ca_cert.as_ref().map(std::fs::read).transpose().context("reading the CA certificate")?;
-    let rest = bams_store::backend::rest::RestBackend::new(&url, &state.credential, ca.as_deref())?;
-    let policy = bams_store::backend::retry::RetryPolicy::from_env()?;
-    let mut backend: bams_store::backend::DynBackend =
-        Arc::new(bams_store::backend::retry::RetryBackend::new(Arc::new(rest), policy));
+    let mut backend = endpoint(state, a)?;
     // The job's limit and the agent's own limit both apply.
     let job_pacer = (a.bandwidth_limit > 0).then(|| Pacer::new(a.bandwidth_limit));
     for pacer in job_pacer.iter().chain(agent_pacer) {

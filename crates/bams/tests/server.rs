@@ -1883,7 +1883,7 @@ impl Drop for AgentProcess {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_enroll_back_up_full_and_incremental_through_the_endpoint_and_revoked_ones_are_refused() {
+async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refused() {
     let s = Server::start_with(None, &[("BAMS_AGENT_WAIT_SECS", "3"), ("BAMS_AGENT_HEARTBEAT_TIMEOUT_SECS", "5")]);
     let admin = Api::login(&s, "admin", &s.admin_password()).await;
     let op = admin.add_user(&s, "op", "long-password", "operator").await;
@@ -2012,6 +2012,69 @@ async fn agents_enroll_back_up_full_and_incremental_through_the_endpoint_and_rev
     assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), std::fs::read(src.join("big.bin")).unwrap());
     assert_eq!(std::fs::read(root.join("small.txt")).unwrap(), b"changed on the agent");
     check_repo(&s);
+
+    // Restore jobs run on agents: the agent's own snapshot, verified…
+    for (body, want) in [
+        (
+            json!({"name": "r", "type": "restore", "repository": repo, "options": {"snapshot": "latest", "target": "/tmp/x"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "r", "type": "restore", "agent": agent_id, "repository": repo, "options": {"snapshot": "latest", "target": "rel/x"}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "r", "type": "restore", "agent": agent_id, "repository": repo, "options": {"snapshot": "latest", "target": "/a/../b"}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "r", "type": "restore", "agent": agent_id, "repository": repo, "options": {"target": "/tmp/x"}}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (st, b) = admin.call(Method::POST, "/api/v1/jobs", Some(body.clone())).await;
+        assert_error(st, &b, want, &body.to_string());
+    }
+    let run_job = |id: i64| {
+        let admin = &admin;
+        async move {
+            let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), None).await;
+            admin.wait_run(run["run_id"].as_i64().unwrap()).await
+        }
+    };
+    let own_target = s.dir.path().join("agent-restore-job");
+    let restore_job = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "web1-restore", "type": "restore", "agent": agent_id, "repository": repo,
+                        "options": {"snapshot": &snap[..12], "target": own_target, "verify": true}})),
+        )
+        .await;
+    let r = run_job(restore_job["id"].as_i64().unwrap()).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("verified"), "{r}");
+    let root = own_target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), std::fs::read(src.join("big.bin")).unwrap());
+    // …and, for an admin, another machine's latest snapshot onto a second agent.
+    let (web2, _web2_state, web2_process) = enrolled_agent(&s, &admin, "web2").await;
+    let cross_target = s.dir.path().join("cross-restore");
+    let cross = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "web1-to-web2", "type": "restore", "agent": web2, "repository": repo,
+                        "options": {"snapshot": "latest", "source_agent": agent_id, "target": cross_target}})),
+        )
+        .await;
+    let r = run_job(cross["id"].as_i64().unwrap()).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", r["id"]), None).await;
+    assert!(log["log"].as_str().unwrap().contains(&format!("restore of snapshot {}", &snap[..8])), "{log}");
+    assert!(log["log"].as_str().unwrap().contains("(cross-machine)"), "{log}");
+    let root = cross_target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(root.join("small.txt")).unwrap(), b"changed on the agent");
+    drop(web2_process);
 
     // Revoked: refused at once; its queued run fails for want of an agent.
     let r = admin.ok(Method::POST, &format!("/api/v1/agents/{agent_id}/revoke"), None).await;

@@ -17,12 +17,26 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
             format!("job type {} is not supported by this server version", spec.kind.as_str()),
         ));
     }
-    if spec.agent.is_some() && spec.kind != bams_catalog::JobKind::Backup {
+    use bams_catalog::JobKind;
+    if spec.agent.is_some() && !matches!(spec.kind, JobKind::Backup | JobKind::Restore) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unsupported",
-            format!("agents run backup jobs; a {} job runs on the server (\"agent\": null)", spec.kind.as_str()),
+            format!(
+                "agents run backup and restore jobs; a {} job runs on the server (\"agent\": null)",
+                spec.kind.as_str()
+            ),
         ));
+    }
+    if spec.kind == JobKind::Restore {
+        if spec.agent.is_none() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported",
+                "a restore job runs on an agent: set \"agent\" (restores on the server host: POST /api/v1/snapshots/{id}/restore)",
+            ));
+        }
+        bams_director::agents::RestoreSpec::from_options(&spec.options).map_err(ApiError::bad_request)?;
     }
     if let Some(r) = &spec.retention {
         let ret: bams_store::forget::Retention =
