@@ -21,6 +21,7 @@ packages=(
   qemu-utils qemu-block-extra     # qemu-img reads a LUN over iSCSI in the tests
   lvm2                            # vgs/lvs on machines with device-mapper (fixtures elsewhere)
   systemd-journal-remote          # writes real journal files that the log tests read with journalctl
+  python3-aiosmtpd                # a real SMTP server (STARTTLS) for the notification tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then

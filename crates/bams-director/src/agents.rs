@@ -341,6 +341,7 @@ impl Director {
         };
         cat.append_log(run, &format!("{} {}: {message}\n", stamp(), status.as_str())).await?;
         cat.finish_run(run, status, &stats, &message).await?;
+        self.notify_ended(run);
         metrics::counter!("bams_runs_total", "kind" => "backup", "status" => status.as_str()).increment(1);
         Ok(())
     }
@@ -376,6 +377,7 @@ impl Director {
             let msg = format!("agent lost: no heartbeat for {} s (killed, hung or cut off)", silent_ms / 1000);
             let _ = cat.append_log(r.id, &format!("{} failed: {msg}\n", stamp())).await;
             cat.finish_run(r.id, RunStatus::Failed, &RunStats::default(), &msg).await?;
+            self.notify_ended(r.id);
         }
         for r in cat.stale_agent_runs(wait_ms).await? {
             let name = match r.agent_id {
@@ -385,6 +387,7 @@ impl Director {
             let msg = format!("agent {name} did not come for the run within {} s (offline?)", wait_ms / 1000);
             let _ = cat.append_log(r.id, &format!("{} failed: {msg}\n", stamp())).await;
             cat.finish_run(r.id, RunStatus::Failed, &RunStats::default(), &msg).await?;
+            self.notify_ended(r.id);
         }
         Ok(())
     }

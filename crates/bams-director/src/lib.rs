@@ -5,6 +5,7 @@
 
 pub mod agents;
 mod exec;
+pub mod notify;
 mod repos;
 mod runner;
 pub mod schedule;

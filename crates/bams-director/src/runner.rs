@@ -29,6 +29,8 @@ pub struct DirectorOptions {
     pub agent_silence: Duration,
     /// A queued agent run whose agent does not come for it within this fails.
     pub agent_wait: Duration,
+    /// Who hears about ended runs.
+    pub notifications: crate::notify::NotifyConfig,
 }
 
 /// Cancellation state of one executing run.
@@ -48,11 +50,13 @@ pub struct Director {
     wake: Notify,
     idle: Notify,
     extra: std::sync::RwLock<HashMap<&'static str, Arc<dyn crate::KindExecutor>>>,
+    notifier: Arc<crate::notify::Notifier>,
 }
 
 impl Director {
     /// A director over `repos` (and its catalog).
     pub fn new(repos: Arc<RepoPool>, opts: DirectorOptions) -> Arc<Self> {
+        let notifier = Arc::new(crate::notify::Notifier::new(opts.notifications.clone(), &opts.server_id));
         Arc::new(Self {
             repos,
             slots: Arc::new(Semaphore::new(opts.max_concurrent.max(1))),
@@ -62,6 +66,7 @@ impl Director {
             wake: Notify::new(),
             idle: Notify::new(),
             extra: std::sync::RwLock::new(HashMap::new()),
+            notifier,
         })
     }
 
@@ -78,6 +83,20 @@ impl Director {
     /// Whether this server runs jobs of `kind`.
     pub fn supports(&self, kind: bams_catalog::JobKind) -> bool {
         crate::SUPPORTED_JOB_KINDS.contains(&kind) || self.executor(kind).is_some()
+    }
+
+    /// Tell the configured webhooks and mailboxes that run `id` ended (in the background: a
+    /// slow mail server never holds up the director).
+    pub fn notify_ended(&self, id: i64) {
+        let (cat, notifier) = (self.catalog().clone(), self.notifier.clone());
+        tokio::spawn(async move {
+            let Ok(run) = cat.get_run(id).await else { return };
+            let job = match run.job_id {
+                Some(j) => cat.get_job(j).await.ok(),
+                None => None,
+            };
+            notifier.run_ended(&run, job.as_ref()).await;
+        });
     }
 
     /// The catalog.
@@ -253,6 +272,7 @@ impl Director {
         if let Err(e) = cat.finish_run(run.id, status, &stats, &message).await {
             warn!(run = run.id, error = %e, "could not record the end of a run");
         }
+        self.notify_ended(run.id);
         metrics::counter!("bams_runs_total", "kind" => run.kind.as_str(), "status" => status.as_str()).increment(1);
         metrics::histogram!("bams_run_duration_seconds", "kind" => run.kind.as_str())
             .record(started.elapsed().as_secs_f64());

@@ -46,6 +46,8 @@ pub struct Config {
     pub agent_heartbeat_timeout_secs: u64,
     /// Seconds a queued job waits for its agent to come for it before it fails.
     pub agent_wait_secs: u64,
+    /// Webhooks and e-mail when runs end.
+    pub notifications: bams_director::notify::NotifyConfig,
     /// Seconds running jobs get to finish on SIGTERM before they checkpoint and stop.
     pub shutdown_timeout_secs: u64,
     /// Largest accepted request body (bytes) for API calls.
@@ -84,6 +86,7 @@ impl Default for Config {
             run_missed: true,
             agent_heartbeat_timeout_secs: 60,
             agent_wait_secs: 3600,
+            notifications: bams_director::notify::NotifyConfig::default(),
             shutdown_timeout_secs: 60,
             max_body_bytes: 2 << 20,
             max_object_bytes: 256 << 20,
@@ -117,6 +120,16 @@ const KEYS: &[&str] = &[
     "run_missed",
     "agent_heartbeat_timeout_secs",
     "agent_wait_secs",
+    "notifications.on",
+    "notifications.webhooks",
+    "notifications.email.smtp_host",
+    "notifications.email.smtp_port",
+    "notifications.email.security",
+    "notifications.email.username",
+    "notifications.email.password",
+    "notifications.email.from",
+    "notifications.email.to",
+    "notifications.email.ca_cert",
     "shutdown_timeout_secs",
     "max_body_bytes",
     "max_object_bytes",
@@ -170,7 +183,13 @@ impl Config {
                         | "tape.dir"
                         | "iscsi.backend"
                         | "iscsi.scst_config"
-                        | "logs.journal_directory",
+                        | "logs.journal_directory"
+                        | "notifications.email.smtp_host"
+                        | "notifications.email.security"
+                        | "notifications.email.username"
+                        | "notifications.email.password"
+                        | "notifications.email.from"
+                        | "notifications.email.ca_cert",
                         _,
                     ) => serde_yaml::Value::String(v),
                     (_, value) => value,
@@ -205,6 +224,7 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("tls.cert and tls.key must be set together");
         }
+        self.notifications.validate().map_err(|e| anyhow::anyhow!(e))?;
         if self.max_concurrent_jobs == 0 {
             bail!("max_concurrent_jobs must be at least 1");
         }

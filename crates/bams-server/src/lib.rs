@@ -133,6 +133,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
             run_missed: config.run_missed,
             agent_silence: Duration::from_secs(config.agent_heartbeat_timeout_secs.max(1)),
             agent_wait: Duration::from_secs(config.agent_wait_secs.max(1)),
+            notifications: config.notifications.clone(),
         },
     );
     let runner: Arc<dyn bams_appliance::runner::CommandRunner> = Arc::new(bams_appliance::runner::SystemRunner);

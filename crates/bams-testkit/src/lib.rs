@@ -261,3 +261,64 @@ impl Drop for TgtDaemon {
         let _ = self.child.wait();
     }
 }
+
+/// A real SMTP server (aiosmtpd, Debian's python3-aiosmtpd) on 127.0.0.1 that requires
+/// STARTTLS with the given certificate and stores what it receives in a Maildir.
+pub struct SmtpServer {
+    child: std::process::Child,
+    port: u16,
+    maildir: std::path::PathBuf,
+}
+
+impl SmtpServer {
+    /// Start it with `cert`/`key` (PEM), delivering into `maildir`.
+    pub fn start(cert: &std::path::Path, key: &std::path::Path, maildir: &std::path::Path) -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new("/usr/bin/python3")
+                .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+                .arg("--tlscert")
+                .arg(cert)
+                .arg("--tlskey")
+                .arg(key)
+                .arg(maildir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start aiosmtpd (run scripts/setup-dev.sh)");
+            let mut s = Self { child, port, maildir: maildir.to_path_buf() };
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(20) {
+                if let Ok(Some(_)) = s.child.try_wait() {
+                    break; // the port was taken: try another
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return s;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+        panic!("aiosmtpd did not start in 5 attempts");
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The messages received so far (raw RFC 5322 text).
+    pub fn messages(&self) -> Vec<String> {
+        std::fs::read_dir(self.maildir.join("new"))
+            .map(|d| d.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

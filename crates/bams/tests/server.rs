@@ -480,11 +480,10 @@ async fn api_end_to_end_on_sqlite() {
     assert_eq!(page["items"].as_array().unwrap().len() as u64, before, "{page}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_serves_the_api_and_remote_clients() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key, ca) = (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
-    let d = dir.path();
+/// A test CA and a certificate for 127.0.0.1/localhost signed by it, made with openssl in
+/// `d`: (cert, key, ca).
+fn test_certificates(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (cert, key, ca) = (d.join("cert.pem"), d.join("key.pem"), d.join("ca.pem"));
     std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
         .unwrap();
     let steps: [Vec<&str>; 3] = [
@@ -545,6 +544,13 @@ async fn tls_serves_the_api_and_remote_clients() {
             .expect("openssl (scripts/setup-dev.sh installs it)");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
+    (cert, key, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_the_api_and_remote_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = test_certificates(dir.path());
     let s =
         Server::start_with(None, &[("BAMS_TLS_CERT", cert.to_str().unwrap()), ("BAMS_TLS_KEY", key.to_str().unwrap())]);
     let pem = std::fs::read(&ca).unwrap();
@@ -2175,4 +2181,100 @@ async fn agents_killed_or_cut_off_mid_backup_end_their_runs_in_a_defined_state_a
     assert!(!r["message"].as_str().unwrap_or_default().is_empty(), "{r}");
     check_repo(&s);
     drop(agent);
+}
+
+/// A webhook receiver on 127.0.0.1: answers 500 to the first request and 200 after, and keeps
+/// every body it got.
+fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().flatten().enumerate().take(50) {
+            let mut reader = BufReader::new(stream);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            seen.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+            let status = if n == 0 { "500 Internal Server Error" } else { "200 OK" };
+            let _ = reader
+                .get_mut()
+                .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes());
+        }
+    });
+    (port, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_sends_the_webhook_with_retries_and_an_email_over_starttls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = test_certificates(dir.path());
+    let smtp = bams_testkit::SmtpServer::start(&cert, &key, &dir.path().join("maildir"));
+    let (hook_port, hooks) = webhook_receiver();
+    let webhooks = format!("[\"http://127.0.0.1:{hook_port}/hook\"]");
+    let smtp_port = smtp.port().to_string();
+    let s = Server::start_with(
+        None,
+        &[
+            ("BAMS_NOTIFICATIONS_WEBHOOKS", webhooks.as_str()),
+            ("BAMS_NOTIFICATIONS_EMAIL_SMTP_HOST", "127.0.0.1"),
+            ("BAMS_NOTIFICATIONS_EMAIL_SMTP_PORT", smtp_port.as_str()),
+            ("BAMS_NOTIFICATIONS_EMAIL_FROM", "bams@test.local"),
+            ("BAMS_NOTIFICATIONS_EMAIL_TO", "[\"ops@test.local\"]"),
+            ("BAMS_NOTIFICATIONS_EMAIL_CA_CERT", ca.to_str().unwrap()),
+            ("BAMS_AGENT_WAIT_SECS", "2"),
+        ],
+    );
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let (st, b) = admin
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "x", "type": "backup", "paths": ["/tmp"], "repository": 1,
+                        "options": {"notify": {"webhooks": ["ftp://nope"]}}})),
+        )
+        .await;
+    assert_error(st, &b, StatusCode::BAD_REQUEST, "a webhook that is not http(s)");
+    // A job whose agent never comes for it fails (a machine that is switched off).
+    let agent = admin.ok(Method::POST, "/api/v1/agents", Some(json!({"name": "laptop"}))).await;
+    let job = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "broken", "type": "backup", "agent": agent["id"], "paths": ["/home"], "repository": 1,
+                        "options": {"notify": {"email": ["owner@test.local"]}}})),
+        )
+        .await;
+    let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{}/run", job["id"]), None).await;
+    let r = admin.wait_run(run["run_id"].as_i64().unwrap()).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let start = Instant::now();
+    loop {
+        let (bodies, mails) = (hooks.lock().unwrap().clone(), smtp.messages());
+        if bodies.len() >= 2 && !mails.is_empty() {
+            // The first POST was answered 500 and retried with the same notification.
+            let n: Value = serde_json::from_str(&bodies[1]).unwrap();
+            assert_eq!((n["event"].as_str(), n["job"].as_str()), (Some("failure"), Some("broken")), "{n}");
+            assert_eq!(n["run"]["id"], r["id"]);
+            assert_eq!(bodies[0], bodies[1]);
+            let mail = &mails[0];
+            assert!(mail.contains("Subject: [BAMS] broken: run") && mail.contains("FAILED"), "{mail}");
+            assert!(mail.contains("ops@test.local") && mail.contains("owner@test.local"), "{mail}");
+            assert!(mail.contains("X-Peer") || mail.contains("Received") || mail.contains("Status: failed"), "{mail}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "webhook bodies {bodies:?}, mails {mails:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -28,6 +28,7 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
             ),
         ));
     }
+    bams_director::notify::JobNotify::from_options(&spec.options).map_err(ApiError::bad_request)?;
     if spec.kind == JobKind::Restore {
         if spec.agent.is_none() {
             return Err(ApiError::new(
