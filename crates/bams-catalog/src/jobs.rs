@@ -248,8 +248,10 @@ const SCHEDULE_COLS: &str = "id, job_id, cron, timezone, level, enabled, next_ru
 
 fn validate_job(spec: &JobSpec) -> Result<()> {
     validate_name("job", &spec.name)?;
-    if spec.kind == JobKind::Backup && spec.paths.is_empty() {
-        return Err(CatalogError::Invalid("a backup job needs at least one path".into()));
+    // A backup reads paths, or the output of its dump command (`options.hooks.stdin`).
+    let streams = spec.options.get("hooks").and_then(|h| h.get("stdin")).is_some_and(|s| !s.is_null());
+    if spec.kind == JobKind::Backup && spec.paths.is_empty() && !streams {
+        return Err(CatalogError::Invalid("a backup job needs at least one path (or options.hooks.stdin)".into()));
     }
     for p in &spec.paths {
         if !p.starts_with('/') || p.split('/').any(|c| c == "..") || p.contains('\0') {

@@ -65,6 +65,74 @@ pub struct Assignment {
     /// Restore: re-read every file and compare it with the snapshot.
     #[serde(default)]
     pub verify: bool,
+    /// Commands before and after the backup, and a command whose output is backed up.
+    #[serde(default)]
+    pub hooks: Hooks,
+}
+
+/// A command the agent runs: an argument vector (never a shell string) and a time limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Seconds before it is killed (default 600).
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_timeout() -> u64 {
+    600
+}
+
+/// A command whose standard output is the backup (a database dump).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StdinCommand {
+    /// The command.
+    #[serde(flatten)]
+    pub command: Command,
+    /// File name of the stream in the snapshot.
+    pub name: String,
+}
+
+/// A backup job's commands (`options.hooks`), as Bareos' RunBeforeJob/RunAfterJob and bpipe.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hooks {
+    /// Run in order before the backup; one that fails (or times out) fails the run.
+    pub before: Vec<Command>,
+    /// Run in order after it, whatever happened (`BAMS_RUN_STATUS` is `ok` or `failed`); a
+    /// failure is a warning.
+    pub after: Vec<Command>,
+    /// Back up this command's output instead of paths.
+    pub stdin: Option<StdinCommand>,
+}
+
+impl Hooks {
+    /// A job's `options.hooks`, checked.
+    pub fn from_options(o: &serde_json::Map<String, serde_json::Value>, paths: &[String]) -> Result<Self, String> {
+        let Some(v) = o.get("hooks") else { return Ok(Self::default()) };
+        let h: Self = serde_json::from_value(v.clone()).map_err(|e| format!("options.hooks: {e}"))?;
+        let all = h.before.iter().chain(&h.after).chain(h.stdin.iter().map(|s| &s.command));
+        for c in all {
+            if c.argv.is_empty() || c.argv[0].is_empty() {
+                return Err("options.hooks: a command needs argv: [program, args…]".into());
+            }
+            if c.timeout_secs == 0 || c.timeout_secs > 86_400 {
+                return Err("options.hooks: timeout_secs must be 1-86400".into());
+            }
+        }
+        if let Some(s) = &h.stdin {
+            if !paths.is_empty() {
+                return Err("options.hooks.stdin backs up a command's output: the job takes no paths".into());
+            }
+            if s.name.is_empty() || s.name.contains('/') {
+                return Err("options.hooks.stdin.name must be a file name".into());
+            }
+        }
+        Ok(h)
+    }
 }
 
 /// A restore job's options (`options` of a `restore` job for an agent).
@@ -233,6 +301,7 @@ impl Director {
             target: None,
             include: Vec::new(),
             verify: false,
+            hooks: Hooks::from_options(&job.options, &job.paths)?,
         })
     }
 
@@ -291,6 +360,7 @@ impl Director {
             target: Some(spec.target),
             include: spec.include,
             verify: spec.verify,
+            hooks: Hooks::default(),
         })
     }
 

@@ -337,10 +337,91 @@ fn work(
     handle: tokio::runtime::Handle,
 ) -> Result<Finish> {
     match a.kind.as_str() {
-        "backup" => backup(state, a, st, agent_pacer, handle),
+        "backup" => {
+            for c in &a.hooks.before {
+                run_command(c, "before", "", st).context("a command before the backup failed")?;
+            }
+            let r = backup(state, a, st, agent_pacer, handle);
+            let status = if r.is_ok() { "ok" } else { "failed" };
+            let mut r = r;
+            for c in &a.hooks.after {
+                if let Err(e) = run_command(c, "after", status, st) {
+                    st.warn(&format!("{e:#}"));
+                    if let Ok(f) = r.as_mut() {
+                        f.message = format!("{}; warning: a command after the backup failed: {e:#}", f.message);
+                    }
+                }
+            }
+            r
+        }
         "restore" => restore(state, a, st, handle),
         other => bail!("this agent version cannot run {other:?} work"),
     }
+}
+
+/// Collect up to 64 KiB of a child's output on a thread (so a chatty command never blocks).
+fn drain(r: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(r) = r {
+            use std::io::Read;
+            let _ = r.take(64 << 10).read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// A running dump command whose output is being backed up, and its watchdog.
+struct DumpStream {
+    child: std::process::Child,
+    stderr: std::thread::JoinHandle<String>,
+    deadline: std::time::Instant,
+    /// Tells the watchdog the command ended.
+    done: Arc<AtomicBool>,
+    /// Set by the watchdog when it killed the command at its deadline.
+    fired: Arc<AtomicBool>,
+    name: String,
+    secs: u64,
+}
+
+/// Wait for `child` at most until `deadline`; kill it then.
+fn wait_until(child: &mut std::process::Child, deadline: std::time::Instant, what: &str) -> Result<()> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if status.success() {
+                return Ok(());
+            }
+            bail!("{what} exited with {status}");
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} timed out and was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run a job's command (an argument vector, no shell) with its time limit; its output goes to
+/// the run log.
+fn run_command(c: &bams_director::agents::Command, phase: &str, status: &str, st: &RunState) -> Result<()> {
+    let what = format!("{phase} command {:?}", c.argv[0]);
+    let mut child = std::process::Command::new(&c.argv[0])
+        .args(&c.argv[1..])
+        .env("BAMS_RUN_STATUS", status)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let waited = wait_until(&mut child, std::time::Instant::now() + Duration::from_secs(c.timeout_secs), &what);
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    if let Ok(mut l) = st.log.lock() {
+        l.extend(out.lines().chain(err.lines()).take(200).map(|line| format!("{phase}: {line}")));
+        l.push(format!("{what}: {}", if waited.is_ok() { "ok" } else { "failed" }));
+    }
+    waited.map_err(|e| anyhow::anyhow!("{e}: {}", err.trim()))
 }
 
 /// Restore a snapshot (possibly another machine's) into a directory of this machine.
@@ -404,6 +485,46 @@ fn backup(
     let key = hex::decode(&a.key_hex).context("repository key from the server")?;
     let repo = bams_store::Repository::open(backend, handle, &key).context("opening the repository")?;
     let mut opts = BackupOptions::paths(a.paths.iter().map(PathBuf::from).collect());
+    // A dump command's output is the backup: it streams into the repository as it runs.
+    let mut dump = None;
+    if let Some(s) = &a.hooks.stdin {
+        let mut child = std::process::Command::new(&s.command.argv[0])
+            .args(&s.command.argv[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting the dump command {:?}", s.command.argv[0]))?;
+        let out = child.stdout.take().context("dump command output")?;
+        let err = drain(child.stderr.take());
+        opts.source = bams_store::archiver::Source::Stdin { reader: Box::new(out), name: s.name.clone() };
+        let deadline = std::time::Instant::now() + Duration::from_secs(s.command.timeout_secs);
+        // A hung dump is killed at its deadline, which ends the stream (and fails the run).
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let (watchdog_done, fired) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (flag, fire) = (watchdog_done.clone(), fired.clone());
+        std::thread::spawn(move || {
+            while std::time::Instant::now() < deadline {
+                if flag.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !flag.load(Ordering::Relaxed) {
+                fire.store(true, Ordering::Relaxed);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        });
+        dump = Some(DumpStream {
+            child,
+            stderr: err,
+            deadline,
+            done: watchdog_done,
+            fired,
+            name: s.command.argv[0].clone(),
+            secs: s.command.timeout_secs,
+        });
+    }
     opts.excludes = a.excludes.clone();
     opts.one_file_system = a.one_file_system;
     opts.tags = a.tags.clone();
@@ -412,7 +533,25 @@ fn backup(
         Some(p) => ParentChoice::Id(bams_store::Id::from_hex(p).context("parent snapshot id")?),
         None => ParentChoice::None,
     };
-    let r = bams_store::archiver::backup(&repo, opts, st)?;
+    let r = bams_store::archiver::backup(&repo, opts, st);
+    if let Some(DumpStream { mut child, stderr: err, deadline, done, fired, name, secs }) = dump {
+        let waited = wait_until(&mut child, deadline, &format!("dump command {name:?}"));
+        done.store(true, Ordering::Relaxed);
+        let err = err.join().unwrap_or_default();
+        let waited = match waited {
+            Err(_) if fired.load(Ordering::Relaxed) => {
+                Err(anyhow::anyhow!("dump command {name:?} timed out after {secs} s and was killed"))
+            }
+            other => other,
+        };
+        if let Err(e) = waited {
+            // The snapshot (if written) holds a cut stream: the run fails and says so.
+            let snap =
+                r.as_ref().map(|r| format!(" (snapshot {} holds what it wrote)", r.id.short())).unwrap_or_default();
+            bail!("{e}{snap}: {}", err.trim());
+        }
+    }
+    let r = r?;
     let s = &r.snapshot.summary;
     let mut message = format!(
         "snapshot {} from agent: {} files, {} bytes read, {} new",

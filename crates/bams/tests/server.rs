@@ -2278,3 +2278,114 @@ async fn a_failed_run_sends_the_webhook_with_retries_and_an_email_over_starttls(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_jobs_run_commands_around_the_backup_and_back_up_a_dump_stream() {
+    let s = Server::start(None);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let (agent, _state, _agent) = enrolled_agent(&s, &admin, "db2").await;
+    let marks = s.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let sh = |script: String| json!({"argv": ["/bin/sh", "-c", script], "timeout_secs": 30});
+    let job = |name: &str, hooks: Value| json!({"name": name, "type": "backup", "agent": agent, "paths": [], "repository": 1, "options": {"hooks": hooks}});
+
+    // Bad hooks are refused when the job is created.
+    for (body, want) in [
+        (
+            json!({"name": "h", "type": "backup", "paths": ["/tmp"], "repository": 1, "options": {"hooks": {"before": [{"argv": ["/bin/true"]}]}}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "h", "type": "backup", "agent": agent, "paths": ["/tmp"], "repository": 1, "options": {"hooks": {"stdin": {"argv": ["/bin/echo"], "name": "x"}}}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (job("h", json!({"before": [{"argv": []}]})), StatusCode::BAD_REQUEST),
+        (job("h", json!({"stdin": {"argv": ["/bin/echo"], "name": "a/b"}})), StatusCode::BAD_REQUEST),
+        (job("h", json!({"before": [{"argv": ["/bin/true"], "timeout_secs": 0}]})), StatusCode::BAD_REQUEST),
+    ] {
+        let (st, b) = admin.call(Method::POST, "/api/v1/jobs", Some(body.clone())).await;
+        assert_error(st, &b, want, &body.to_string());
+    }
+    let run = |id: i64| {
+        let admin = &admin;
+        async move {
+            let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), None).await;
+            admin.wait_run(run["run_id"].as_i64().unwrap()).await
+        }
+    };
+
+    // Before, a dump streamed into the snapshot, after (told the outcome).
+    let dump = "echo 'CREATE TABLE t (x int);'; echo 'INSERT INTO t VALUES (1);'";
+    let good = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(job(
+                "pg",
+                json!({
+                    "before": [sh(format!("echo ready > {}/before", marks.display()))],
+                    "after": [sh(format!("echo $BAMS_RUN_STATUS > {}/after", marks.display()))],
+                    "stdin": {"argv": ["/bin/sh", "-c", dump], "name": "db.sql", "timeout_secs": 60}
+                }),
+            )),
+        )
+        .await;
+    let r = run(good["id"].as_i64().unwrap()).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(std::fs::read_to_string(marks.join("before")).unwrap(), "ready\n");
+    assert_eq!(std::fs::read_to_string(marks.join("after")).unwrap(), "ok\n");
+    let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", r["id"]), None).await;
+    assert!(log["log"].as_str().unwrap().contains("before command \"/bin/sh\": ok"), "{log}");
+    let target = s.dir.path().join("dump-restore");
+    let out = s
+        .cmd(&[
+            "-r",
+            s.data().join("repo").to_str().unwrap(),
+            "--key-file",
+            s.data().join("keys/default.key").to_str().unwrap(),
+            "restore",
+            r["snapshot_id"].as_str().unwrap(),
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(target.join("db.sql")).unwrap(),
+        "CREATE TABLE t (x int);\nINSERT INTO t VALUES (1);\n"
+    );
+
+    // A failing command before the backup fails the run (and the after command hears it).
+    let bad = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(job(
+                "pg-bad",
+                json!({
+                    "before": [sh("echo 'database is down' >&2; exit 3".into())],
+                    "after": [sh(format!("echo $BAMS_RUN_STATUS > {}/after-bad", marks.display()))],
+                    "stdin": {"argv": ["/bin/echo", "never"], "name": "db.sql"}
+                }),
+            )),
+        )
+        .await;
+    let r = run(bad["id"].as_i64().unwrap()).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let m = r["message"].as_str().unwrap();
+    assert!(m.contains("before the backup failed") && m.contains("database is down"), "{r}");
+    // A dump that hangs is killed at its time limit and the run fails.
+    let hung = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(job("pg-hung", json!({"stdin": {"argv": ["/bin/sleep", "30"], "name": "db.sql", "timeout_secs": 1}}))),
+        )
+        .await;
+    let started = Instant::now();
+    let r = run(hung["id"].as_i64().unwrap()).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("timed out"), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(25), "the hung dump was not killed");
+}

@@ -29,6 +29,15 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
         ));
     }
     bams_director::notify::JobNotify::from_options(&spec.options).map_err(ApiError::bad_request)?;
+    let hooks =
+        bams_director::agents::Hooks::from_options(&spec.options, &spec.paths).map_err(ApiError::bad_request)?;
+    if hooks != bams_director::agents::Hooks::default() && spec.agent.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported",
+            "options.hooks run on agents: set \"agent\"",
+        ));
+    }
     if spec.kind == JobKind::Restore {
         if spec.agent.is_none() {
             return Err(ApiError::new(
