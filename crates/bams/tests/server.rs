@@ -1987,9 +1987,23 @@ async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refu
     let a = admin.ok(Method::GET, &format!("/api/v1/agents/{agent_id}"), None).await;
     assert_eq!((a["status"].as_str(), a["online"].as_bool()), (Some("active"), Some(true)), "{a}");
 
-    // Incremental: based on the Full, only the change travels.
+    // Incremental: based on the Full, only the change travels; its log is followed live.
     std::fs::write(src.join("small.txt"), b"changed on the agent").unwrap();
-    let incr = run_level("incremental").await;
+    let queued =
+        admin.ok(Method::POST, &format!("/api/v1/jobs/{}/run", job["id"]), Some(json!({"level": "incremental"}))).await;
+    let token = admin.token.clone().unwrap();
+    let mut ws = ws_connect(&s, &token, &format!("/api/v1/runs/{}/log/stream", queued["run_id"])).await.unwrap();
+    let mut streamed = String::new();
+    let end = loop {
+        let ev = next_entry(&mut ws).await;
+        match ev["log"].as_str() {
+            Some(text) => streamed += text,
+            None => break ev,
+        }
+    };
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert!(streamed.contains("assigned to agent web1") && streamed.contains("succeeded:"), "{streamed}");
+    let incr = admin.wait_run(queued["run_id"].as_i64().unwrap()).await;
     assert_eq!(incr["status"], "succeeded", "{incr}");
     assert_eq!(incr["level"], "incremental");
     assert!(incr["new_bytes"].as_i64().unwrap() < 1 << 20, "only the change is new: {incr}");

@@ -10,6 +10,7 @@ pub mod iscsi;
 pub mod jobs;
 pub mod logs;
 pub mod repos;
+pub mod run_stream;
 pub mod snapshots;
 pub mod tape;
 pub mod tape_media;
@@ -104,6 +105,7 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(agents::poll))
         .routes(routes!(agents::events))
         .routes(routes!(agents::finish))
+        .routes(routes!(run_stream::stream))
         .routes(routes!(tape_media::list_pools, tape_media::create_pool))
         .routes(routes!(tape_media::get_pool, tape_media::update_pool, tape_media::delete_pool))
         .routes(routes!(tape_media::list_volumes))
