@@ -62,6 +62,7 @@ pub(crate) async fn execute(d: &Arc<Director>, run: &Run, ctl: &Arc<RunControl>)
             JobKind::Forget => forget(d, &job, repo, &log).await,
             JobKind::Prune => prune(repo, &log).await,
             JobKind::Check => check(&job, repo, &log).await,
+            JobKind::Verify => verify(d, run, &job, repo, &log).await,
             JobKind::Copy => copy(d, &job, repo, progress, &log).await,
             other => match d.executor(other) {
                 Some(exec) => plugged(exec, job, repo, tx.clone()).await,
@@ -289,6 +290,86 @@ async fn check(job: &Job, repo: Arc<Repository>, log: &impl Fn(String)) -> ExecR
     } else {
         ReadData::None
     };
+    check_with(repo, read, log).await
+}
+
+/// Verify job: re-hash a share of the packs, or restore a snapshot to scratch space and
+/// compare every file with it.
+async fn verify(
+    d: &Director,
+    run: &Run,
+    job: &Job,
+    repo: Arc<Repository>,
+    log: &impl Fn(String),
+) -> ExecResult<Outcome> {
+    match crate::VerifyMode::from_options(&job.options)? {
+        crate::VerifyMode::ReadDataSubset(p) => {
+            log(format!("re-reading {p}% of the packs"));
+            check_with(repo, ReadData::Subset(p), log).await
+        }
+        crate::VerifyMode::Restore(source) => {
+            let snap = match source {
+                Some(name) => {
+                    let jobs = d.catalog().list_jobs().await.map_err(|e| e.to_string())?;
+                    let src = jobs.iter().find(|j| j.name == name).ok_or(format!("no job named {name:?}"))?;
+                    let last = d.catalog().last_successful_backup(src.id, false).await.map_err(|e| e.to_string())?;
+                    last.and_then(|r| r.snapshot_id).ok_or(format!("job {name:?} has no successful backup yet"))?
+                }
+                None => "latest".to_string(),
+            };
+            let scratch = d.repos.scratch_dir().join(format!("verify-run-{}", run.id));
+            log(format!("restoring snapshot {} into {} to compare it", &snap[..snap.len().min(12)], scratch.display()));
+            let target = scratch.clone();
+            let r = blocking(move || {
+                let entry = repo.find_snapshot(&snap)?;
+                let _lock = bams_store::lock::acquire(&repo, false, "verify", std::time::Duration::from_secs(60))?;
+                let index = repo.load_index()?;
+                let (root, root_path) =
+                    bams_store::restorer::resolve_subtree(&repo, &index, &entry.snapshot.tree, None)?;
+                let mut opts = bams_store::restorer::RestoreOptions::new(&target);
+                opts.verify = true;
+                opts.owners = false;
+                let r = bams_store::restorer::restore(
+                    &repo,
+                    &index,
+                    &root,
+                    &root_path,
+                    &opts,
+                    &bams_store::archiver::NoProgress,
+                )?;
+                Ok((entry.id, r))
+            })
+            .await;
+            // The scratch copy goes whatever happened.
+            let _ = std::fs::remove_dir_all(&scratch);
+            let (id, r) = r?;
+            for e in &r.errors {
+                log(format!("error: {e}"));
+            }
+            let message = format!(
+                "snapshot {} restored and compared: {} files, {} bytes, {} verified, {} error(s)",
+                id.short(),
+                r.files,
+                r.bytes,
+                r.verified,
+                r.errors.len()
+            );
+            if !r.errors.is_empty() {
+                return Err(message);
+            }
+            Ok(Outcome {
+                stats: RunStats {
+                    files: i64::try_from(r.files).unwrap_or(i64::MAX),
+                    bytes: i64::try_from(r.bytes).unwrap_or(i64::MAX),
+                    ..Default::default()
+                },
+                message,
+            })
+        }
+    }
+}
+
+async fn check_with(repo: Arc<Repository>, read: ReadData, log: &impl Fn(String)) -> ExecResult<Outcome> {
     let r = blocking(move || bams_store::check::check(&repo, read, &|| {})).await?;
     for p in &r.problems {
         log(format!("{}: {}: {}", p.severity, p.object, p.message));

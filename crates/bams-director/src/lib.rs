@@ -32,11 +32,50 @@ pub trait KindExecutor: Send + Sync {
 pub const SUPPORTED_JOB_KINDS: &[bams_catalog::JobKind] = &[
     bams_catalog::JobKind::Backup,
     bams_catalog::JobKind::Restore,
+    bams_catalog::JobKind::Verify,
     bams_catalog::JobKind::Forget,
     bams_catalog::JobKind::Prune,
     bams_catalog::JobKind::Check,
     bams_catalog::JobKind::Copy,
 ];
+
+/// How a verify job verifies (`options`): `{"mode": "read-data-subset", "percent": 10}` re-reads
+/// and re-hashes a random share of the packs; `{"mode": "restore", "job": NAME}` restores the
+/// latest snapshot of backup job NAME (default: the newest snapshot) into scratch space on the
+/// server, re-reading every file against the snapshot, then deletes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VerifyMode {
+    /// Re-hash `percent` % of the packs.
+    ReadDataSubset(f64),
+    /// Restore and compare.
+    Restore(Option<String>),
+}
+
+impl VerifyMode {
+    /// A verify job's options, checked.
+    pub fn from_options(o: &serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        for k in o.keys() {
+            if !matches!(k.as_str(), "mode" | "percent" | "job" | "notify") {
+                return Err(format!("verify options: unknown key {k:?} (mode, percent, job)"));
+            }
+        }
+        match o.get("mode").and_then(serde_json::Value::as_str).unwrap_or("read-data-subset") {
+            "read-data-subset" => {
+                let p = o.get("percent").map_or(Some(10.0), serde_json::Value::as_f64);
+                match p {
+                    Some(p) if p > 0.0 && p <= 100.0 => Ok(Self::ReadDataSubset(p)),
+                    _ => Err("options.percent must be a number in (0, 100]".into()),
+                }
+            }
+            "restore" => match o.get("job") {
+                None => Ok(Self::Restore(None)),
+                Some(serde_json::Value::String(j)) => Ok(Self::Restore(Some(j.clone()))),
+                Some(_) => Err("options.job must be a backup job's name".into()),
+            },
+            other => Err(format!("options.mode must be read-data-subset or restore, not {other:?}")),
+        }
+    }
+}
 
 /// The destination of a copy job: `options.target_repository` (a registered repository id),
 /// refused when missing or equal to the source.

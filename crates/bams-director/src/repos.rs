@@ -43,6 +43,11 @@ impl RepoPool {
         Self { catalog, keys_dir: data_dir.join("keys"), open: Mutex::new(HashMap::new()) }
     }
 
+    /// Scratch space of the server (restore-and-compare verify jobs), under the data dir.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.keys_dir.parent().unwrap_or(Path::new(".")).join("scratch")
+    }
+
     /// The catalog this pool reads.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog

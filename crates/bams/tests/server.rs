@@ -2403,3 +2403,70 @@ async fn agent_jobs_run_commands_around_the_backup_and_back_up_a_dump_stream() {
     assert!(r["message"].as_str().unwrap().contains("timed out"), "{r}");
     assert!(started.elapsed() < Duration::from_secs(25), "the hung dump was not killed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_jobs_rehash_packs_or_restore_and_compare_and_catch_corruption() {
+    let s = Server::start(None);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let src = s.dir.path().join("vsrc");
+    write_tree(&src);
+    random_file(&src.join("big.bin"), 2 << 20, 77);
+    let make = |body: Value| {
+        let admin = &admin;
+        async move { admin.ok(Method::POST, "/api/v1/jobs", Some(body)).await["id"].as_i64().unwrap() }
+    };
+    let run = |id: i64| {
+        let admin = &admin;
+        async move {
+            let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), None).await;
+            admin.wait_run(run["run_id"].as_i64().unwrap()).await
+        }
+    };
+    let backup = make(json!({"name": "files", "type": "backup", "paths": [src], "repository": 1})).await;
+    assert_eq!(run(backup).await["status"], "succeeded");
+    for (options, says) in [
+        (json!({"mode": "sideways"}), "options.mode"),
+        (json!({"mode": "read-data-subset", "percent": 0}), "options.percent"),
+        (json!({"mode": "restore", "job": 5}), "options.job"),
+        (json!({"colour": 1}), "unknown key"),
+    ] {
+        let (st, b) = admin
+            .call(
+                Method::POST,
+                "/api/v1/jobs",
+                Some(json!({"name": "v", "type": "verify", "repository": 1, "options": options})),
+            )
+            .await;
+        assert_error(st, &b, StatusCode::BAD_REQUEST, &options.to_string());
+        assert!(b["error"]["message"].as_str().unwrap().contains(says), "{b}");
+    }
+    let subset =
+        make(json!({"name": "v-all", "type": "verify", "repository": 1, "options": {"mode": "read-data-subset", "percent": 100}}))
+            .await;
+    let compare = make(
+        json!({"name": "v-cmp", "type": "verify", "repository": 1, "options": {"mode": "restore", "job": "files"}}),
+    )
+    .await;
+    let r = run(subset).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let r = run(compare).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("restored and compared"), "{r}");
+    assert!(r["bytes"].as_i64().unwrap() >= 2 << 20, "{r}");
+    assert!(!s.data().join(format!("scratch/verify-run-{}", r["id"])).exists(), "the scratch copy is removed");
+
+    // A damaged pack is caught by both kinds of verify.
+    let mut packs = Vec::new();
+    for d in std::fs::read_dir(s.data().join("repo/data")).unwrap().flatten() {
+        packs.extend(std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.path()));
+    }
+    let biggest = packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(biggest, bytes).unwrap();
+    let r = run(subset).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let r = run(compare).await;
+    assert_eq!(r["status"], "failed", "{r}");
+}

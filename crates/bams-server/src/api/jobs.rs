@@ -38,6 +38,9 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
             "options.hooks run on agents: set \"agent\"",
         ));
     }
+    if spec.kind == JobKind::Verify {
+        bams_director::VerifyMode::from_options(&spec.options).map_err(ApiError::bad_request)?;
+    }
     if spec.kind == JobKind::Restore {
         if spec.agent.is_none() {
             return Err(ApiError::new(
