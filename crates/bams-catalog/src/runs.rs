@@ -307,8 +307,9 @@ impl Catalog {
     }
 
     /// Claim the oldest queued run of `agent` for it (the agent asked for work through
-    /// `server_id`); its heartbeat starts now. A disabled or revoked agent gets nothing, even
-    /// from a poll that started before it was revoked.
+    /// `server_id`). Its first heartbeat acknowledges it ([`Self::requeue_unacknowledged`]).
+    /// A disabled or revoked agent gets nothing, even from a poll that started before it was
+    /// revoked.
     pub async fn claim_agent_run(&self, agent: i64, server_id: &str) -> Result<Option<Run>> {
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -316,7 +317,7 @@ impl Catalog {
         };
         let now = now_ms();
         let sql = format!(
-            "UPDATE runs SET status = 'running', server_id = $1, started_at = $2, heartbeat_at = $2 \
+            "UPDATE runs SET status = 'running', server_id = $1, started_at = $2, heartbeat_at = NULL \
              WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' \
              AND r.agent_id = $3 ORDER BY r.id LIMIT 1{lock}) \
              AND EXISTS (SELECT 1 FROM agents a WHERE a.id = $3 AND a.status = 'active') RETURNING {RUN_COLS}"
@@ -343,12 +344,27 @@ impl Catalog {
     /// Agent runs that stopped giving signs of life `silent_ms` ago (a killed or hung agent).
     pub async fn silent_agent_runs(&self, silent_ms: i64) -> Result<Vec<Run>> {
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLS} FROM runs WHERE status = 'running' AND agent_id IS NOT NULL AND heartbeat_at < $1"
+            "SELECT {RUN_COLS} FROM runs WHERE status = 'running' AND agent_id IS NOT NULL \
+             AND heartbeat_at IS NOT NULL AND heartbeat_at < $1"
         ))
         .bind(now_ms() - silent_ms)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(Run::from_row).collect()
+    }
+
+    /// Put back in the queue the agent runs claimed `ack_ms` ago and never acknowledged (the
+    /// answer to the poll went to an agent that had died meanwhile); returns their ids.
+    pub async fn requeue_unacknowledged(&self, ack_ms: i64) -> Result<Vec<i64>> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE runs SET status = 'queued', server_id = NULL, started_at = NULL \
+             WHERE status = 'running' AND agent_id IS NOT NULL AND heartbeat_at IS NULL AND started_at < $1 \
+             RETURNING id",
+        )
+        .bind(now_ms() - ack_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// Queued agent runs older than `waited_ms` (their agent never came to take them).

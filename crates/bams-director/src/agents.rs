@@ -439,10 +439,16 @@ impl Director {
         }
     }
 
-    /// Fail agent runs whose agent went silent (killed, hung, disconnected) and queued agent
-    /// runs whose agent never came for them.
+    /// Queue again assignments never acknowledged (an agent acknowledges with its first
+    /// report, at once: one silent for `silent_ms` since it was claimed went to an agent that
+    /// died), fail agent runs whose agent went silent (killed, hung, disconnected), and fail
+    /// queued agent runs whose agent never came for them.
     pub(crate) async fn reap_agent_runs(&self, silent_ms: i64, wait_ms: i64) -> Result<(), bams_catalog::CatalogError> {
         let cat = self.catalog();
+        for id in cat.requeue_unacknowledged(silent_ms).await? {
+            let line = "the agent did not acknowledge the assignment (it went away): queued again";
+            let _ = cat.append_log(id, &format!("{} {line}\n", stamp())).await;
+        }
         for r in cat.silent_agent_runs(silent_ms).await? {
             let msg = format!("agent lost: no heartbeat for {} s (killed, hung or cut off)", silent_ms / 1000);
             let _ = cat.append_log(r.id, &format!("{} failed: {msg}\n", stamp())).await;

@@ -70,7 +70,7 @@ pub fn run(out: Out, a: AgentArgs) -> Result<u8> {
                 .with_context(|| format!("reading {} (enroll first: bams agent enroll)", path.display()))?;
             let state: AgentState =
                 serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
-            rt.block_on(serve(Arc::new(state), a.limit_upload))
+            rt.block_on(serve(Arc::new(state), a.limit_upload, a.max_jobs))
         }
     }
 }
@@ -161,7 +161,7 @@ impl Api {
     }
 }
 
-async fn serve(state: Arc<AgentState>, limit_upload: Option<u64>) -> Result<u8> {
+async fn serve(state: Arc<AgentState>, limit_upload: Option<u64>, max_jobs: u32) -> Result<u8> {
     let client = http(state.ca_cert.as_deref(), Duration::from_secs(POLL_WAIT + 15))?;
     let pacer = limit_upload.filter(|l| *l > 0).map(Pacer::new);
     let api = Arc::new(Api { state: state.clone(), client, pacer });
@@ -172,13 +172,25 @@ async fn serve(state: Arc<AgentState>, limit_upload: Option<u64>) -> Result<u8> 
         wait_secs: POLL_WAIT,
     };
     let mut backoff = Duration::from_secs(1);
+    // Runs in progress: work is asked for only while fewer than `max_jobs` run.
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_jobs as usize));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { bail!("agent shutting down") };
         match api.post::<_, PollReply>("/agent/poll", &poll).await {
             Ok(reply) => {
                 backoff = Duration::from_secs(1);
+                let mut slot = Some(slot);
                 for a in reply.assignments {
                     tracing::info!(run = a.run_id, job = %a.job, "run assigned");
-                    tokio::spawn(execute(api.clone(), a));
+                    let permit = match slot.take() {
+                        Some(p) => p,
+                        None => slots.clone().acquire_owned().await?,
+                    };
+                    let api = api.clone();
+                    tokio::spawn(async move {
+                        execute(api, a).await;
+                        drop(permit);
+                    });
                 }
             }
             Err(CallError::Refused(m)) => {
@@ -236,7 +248,14 @@ impl RunState {
 async fn execute(api: Arc<Api>, a: Assignment) {
     let run = a.run_id;
     let st = Arc::new(RunState::default());
-    st.log.lock().map(|mut l| l.push(format!("agent on {} starts", bams_store::host::hostname()))).ok();
+    // The first report acknowledges the assignment (else the server queues it again).
+    let hello = Events { log: vec![format!("agent on {} starts", bams_store::host::hostname())], ..Events::default() };
+    if let Err(CallError::Gone(m) | CallError::Refused(m)) =
+        api.post::<_, EventsReply>(&format!("/agent/runs/{run}/events"), &hello).await
+    {
+        tracing::warn!(run, error = %m, "the server no longer assigns this run");
+        return;
+    }
     let work = {
         let (st, api, handle) = (st.clone(), api.clone(), tokio::runtime::Handle::current());
         tokio::task::spawn_blocking(move || work(&api.state, &a, &st, api.pacer.as_ref(), handle))

@@ -101,6 +101,9 @@ pub struct AgentArgs {
     /// one in options.bandwidth_limit)
     #[arg(long, env = "BAMS_AGENT_LIMIT_UPLOAD")]
     pub limit_upload: Option<u64>,
+    /// Runs this agent executes at once; it asks for more work only below this
+    #[arg(long, env = "BAMS_AGENT_MAX_JOBS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_jobs: u32,
     #[command(subcommand)]
     pub cmd: Option<AgentCmd>,
 }

@@ -1855,10 +1855,16 @@ struct AgentProcess(std::process::Child);
 impl AgentProcess {
     /// Start `bams agent` with the credential in `state`, logging to `<state>/agent.log`.
     fn start(state: &Path) -> Self {
+        Self::start_with(state, &[])
+    }
+
+    /// The same with more arguments.
+    fn start_with(state: &Path, args: &[&str]) -> Self {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(state.join("agent.log")).unwrap();
         Self(
             Command::new(env!("CARGO_BIN_EXE_bams"))
                 .args(["agent", "--state-dir", state.to_str().unwrap()])
+                .args(args)
                 .stdout(std::process::Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -1867,8 +1873,8 @@ impl AgentProcess {
     }
 }
 
-/// Create agent `name`, enroll it into `<server dir>/<name>` and start it.
-async fn enrolled_agent(s: &Server, admin: &Api, name: &str) -> (i64, PathBuf, AgentProcess) {
+/// Create agent `name`, enroll it into `<server dir>/<name>` and start it with `args`.
+async fn enrolled_agent(s: &Server, admin: &Api, name: &str, args: &[&str]) -> (i64, PathBuf, AgentProcess) {
     let created = admin.ok(Method::POST, "/api/v1/agents", Some(json!({"name": name}))).await;
     let state = s.dir.path().join(name);
     let out = Command::new(env!("CARGO_BIN_EXE_bams"))
@@ -1877,7 +1883,7 @@ async fn enrolled_agent(s: &Server, admin: &Api, name: &str) -> (i64, PathBuf, A
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let agent = AgentProcess::start(&state);
+    let agent = AgentProcess::start_with(&state, args);
     (created["id"].as_i64().unwrap(), state, agent)
 }
 
@@ -2077,7 +2083,7 @@ async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refu
     let root = own_target.join(src.strip_prefix("/").unwrap());
     assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), std::fs::read(src.join("big.bin")).unwrap());
     // …and, for an admin, another machine's latest snapshot onto a second agent.
-    let (web2, _web2_state, web2_process) = enrolled_agent(&s, &admin, "web2").await;
+    let (web2, _web2_state, web2_process) = enrolled_agent(&s, &admin, "web2", &[]).await;
     let cross_target = s.dir.path().join("cross-restore");
     let cross = admin
         .ok(
@@ -2125,7 +2131,7 @@ async fn agents_killed_or_cut_off_mid_backup_end_their_runs_in_a_defined_state_a
     const LIMIT: u64 = 20_000_000;
     let mut s = Server::start_with(None, &[("BAMS_AGENT_HEARTBEAT_TIMEOUT_SECS", "4")]);
     let admin = Api::login(&s, "admin", &s.admin_password()).await;
-    let (agent_id, state, agent) = enrolled_agent(&s, &admin, "db1").await;
+    let (agent_id, state, agent) = enrolled_agent(&s, &admin, "db1", &[]).await;
     let src = s.dir.path().join("db1-src");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..24 {
@@ -2168,11 +2174,24 @@ async fn agents_killed_or_cut_off_mid_backup_end_their_runs_in_a_defined_state_a
     assert_eq!(r["status"], "failed", "{r}");
     assert!(r["message"].as_str().unwrap().contains("agent lost"), "{r}");
 
-    // Restarted, the next run reuses the packs that were stored and sends only the rest.
-    let agent = AgentProcess::start(&state);
+    // An assignment that goes to an agent which dies before starting it (here: taken by hand
+    // and never acknowledged) is queued again; the restarted agent runs it, reusing the packs
+    // that were stored and sending only the rest.
     let run =
         admin.ok(Method::POST, &format!("/api/v1/jobs/{}/run", job["id"]), None).await["run_id"].as_i64().unwrap();
+    let credential: Value = serde_json::from_slice(&std::fs::read(state.join("agent.json")).unwrap()).unwrap();
+    let as_agent = Api {
+        http: reqwest::Client::new(),
+        base: s.url(""),
+        token: credential["credential"].as_str().map(String::from),
+    };
+    let poll = json!({"hostname": "h", "version": "v", "wait_secs": 5});
+    let taken = as_agent.ok(Method::POST, "/api/v1/agent/poll", Some(poll)).await;
+    assert_eq!(taken["assignments"][0]["run_id"].as_i64(), Some(run), "{taken}");
+    let agent = AgentProcess::start(&state);
     let r = admin.wait_run(run).await;
+    let log = admin.ok(Method::GET, &format!("/api/v1/runs/{run}/log"), None).await;
+    assert!(log["log"].as_str().unwrap().contains("did not acknowledge"), "{log}");
     assert_eq!(r["status"], "succeeded", "{r}\n{}", std::fs::read_to_string(state.join("agent.log")).unwrap());
     assert!(r["message"].as_str().unwrap().contains("reused"), "{r}");
     let total = 24 * (10 << 20);
@@ -2297,7 +2316,8 @@ async fn a_failed_run_sends_the_webhook_with_retries_and_an_email_over_starttls(
 async fn agent_jobs_run_commands_around_the_backup_and_back_up_a_dump_stream() {
     let s = Server::start(None);
     let admin = Api::login(&s, "admin", &s.admin_password()).await;
-    let (agent, _state, _agent) = enrolled_agent(&s, &admin, "db2").await;
+    // This machine runs one job at a time.
+    let (agent, _state, _agent) = enrolled_agent(&s, &admin, "db2", &["--max-jobs", "1"]).await;
     let marks = s.dir.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let sh = |script: String| json!({"argv": ["/bin/sh", "-c", script], "timeout_secs": 30});
@@ -2402,6 +2422,22 @@ async fn agent_jobs_run_commands_around_the_backup_and_back_up_a_dump_stream() {
     assert_eq!(r["status"], "failed", "{r}");
     assert!(r["message"].as_str().unwrap().contains("timed out"), "{r}");
     assert!(started.elapsed() < Duration::from_secs(25), "the hung dump was not killed");
+
+    // --max-jobs 1: two queued runs of this agent run one after the other.
+    let slow = |name: &str| {
+        job(name, json!({"before": [sh("sleep 1".into())], "stdin": {"argv": ["/bin/echo", "x"], "name": "x"}}))
+    };
+    let (a, b) = (make_job(&admin, slow("one")).await, make_job(&admin, slow("two")).await);
+    let ra = admin.ok(Method::POST, &format!("/api/v1/jobs/{a}/run"), None).await["run_id"].as_i64().unwrap();
+    let rb = admin.ok(Method::POST, &format!("/api/v1/jobs/{b}/run"), None).await["run_id"].as_i64().unwrap();
+    let (ra, rb) = (admin.wait_run(ra).await, admin.wait_run(rb).await);
+    assert_eq!((ra["status"].as_str(), rb["status"].as_str()), (Some("succeeded"), Some("succeeded")));
+    let (first, second) = if ra["started_at"].as_str() < rb["started_at"].as_str() { (&ra, &rb) } else { (&rb, &ra) };
+    assert!(second["started_at"].as_str() >= first["finished_at"].as_str(), "ran at once: {ra} {rb}");
+}
+
+async fn make_job(admin: &Api, body: Value) -> i64 {
+    admin.ok(Method::POST, "/api/v1/jobs", Some(body)).await["id"].as_i64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
