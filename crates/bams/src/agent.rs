@@ -80,6 +80,8 @@ async fn enroll(out: Out, dir: &Path, server: &str, token: &str, ca_cert: Option
     if !(server.starts_with("https://") || server.starts_with("http://")) {
         bail!("--server must be an http:// or https:// URL, not {server:?}");
     }
+    // Kept absolute: the agent may run from another directory (its unit's).
+    let ca_cert = ca_cert.map(|c| std::path::absolute(&c).unwrap_or(c));
     let client = http(ca_cert.as_deref(), Duration::from_secs(30))?;
     let body = serde_json::json!({
         "token": token,

@@ -2506,3 +2506,52 @@ async fn verify_jobs_rehash_packs_or_restore_and_compare_and_catch_corruption() 
     let r = run(compare).await;
     assert_eq!(r["status"], "failed", "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_enroll_and_back_up_over_tls_trusting_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = test_certificates(dir.path());
+    let s =
+        Server::start_with(None, &[("BAMS_TLS_CERT", cert.to_str().unwrap()), ("BAMS_TLS_KEY", key.to_str().unwrap())]);
+    let pem = std::fs::read(&ca).unwrap();
+    let http =
+        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap()).build().unwrap();
+    let base = format!("https://127.0.0.1:{}", s.port);
+    let mut admin = Api { http, base: base.clone(), token: None };
+    let login = admin
+        .ok(Method::POST, "/api/v1/auth/login", Some(json!({"username": "admin", "password": s.admin_password()})))
+        .await;
+    admin.token = login["token"].as_str().map(String::from);
+    let created = admin.ok(Method::POST, "/api/v1/agents", Some(json!({"name": "tls1"}))).await;
+    let state = dir.path().join("tls-agent");
+    let enroll = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bams"));
+        c.args(["agent", "enroll", "--server", &base, "--state-dir", state.to_str().unwrap()])
+            .args(extra)
+            .env("BAMS_ENROLLMENT_TOKEN", created["enrollment_token"].as_str().unwrap());
+        c.output().unwrap()
+    };
+    // Without the CA the certificate is not trusted, and nothing is sent.
+    assert!(!enroll(&[]).status.success(), "an untrusted server must be refused");
+    let out = enroll(&["--ca-cert", ca.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _agent = AgentProcess::start(&state);
+    let src = dir.path().join("tls-src");
+    write_tree(&src);
+    let job = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "tls", "type": "backup", "agent": created["id"], "paths": [src], "repository": 1})),
+        )
+        .await;
+    let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{}/run", job["id"]), None).await;
+    let r = admin.wait_run(run["run_id"].as_i64().unwrap()).await;
+    assert_eq!(
+        r["status"],
+        "succeeded",
+        "{r}\n{}",
+        std::fs::read_to_string(state.join("agent.log")).unwrap_or_default()
+    );
+    check_repo(&s);
+}
