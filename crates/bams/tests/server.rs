@@ -547,16 +547,23 @@ fn test_certificates(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (cert, key, ca)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_serves_the_api_and_remote_clients() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key, ca) = test_certificates(dir.path());
+/// A server on HTTPS with a certificate of a private CA made in `d`, and a client trusting
+/// that CA: (server, client, base URL, CA file).
+fn tls_server(d: &Path) -> (Server, reqwest::Client, String, PathBuf) {
+    let (cert, key, ca) = test_certificates(d);
     let s =
         Server::start_with(None, &[("BAMS_TLS_CERT", cert.to_str().unwrap()), ("BAMS_TLS_KEY", key.to_str().unwrap())]);
     let pem = std::fs::read(&ca).unwrap();
     let http =
         reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap()).build().unwrap();
     let base = format!("https://127.0.0.1:{}", s.port);
+    (s, http, base, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_the_api_and_remote_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, http, base, ca) = tls_server(dir.path());
     let health = http.get(format!("{base}/healthz")).send().await.expect("https request");
     assert_eq!(health.status(), StatusCode::OK);
     assert!(
@@ -2510,13 +2517,7 @@ async fn verify_jobs_rehash_packs_or_restore_and_compare_and_catch_corruption() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_enroll_and_back_up_over_tls_trusting_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, ca) = test_certificates(dir.path());
-    let s =
-        Server::start_with(None, &[("BAMS_TLS_CERT", cert.to_str().unwrap()), ("BAMS_TLS_KEY", key.to_str().unwrap())]);
-    let pem = std::fs::read(&ca).unwrap();
-    let http =
-        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap()).build().unwrap();
-    let base = format!("https://127.0.0.1:{}", s.port);
+    let (s, http, base, ca) = tls_server(dir.path());
     let mut admin = Api { http, base: base.clone(), token: None };
     let login = admin
         .ok(Method::POST, "/api/v1/auth/login", Some(json!({"username": "admin", "password": s.admin_password()})))

@@ -77,19 +77,24 @@ pub async fn stream_log(
     let Ok(ws) = ws else {
         return Err(ApiError::bad_request("this route needs a WebSocket upgrade"));
     };
-    let permit = st.log_followers.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "too_many_followers",
-            format!("at most {} log followers at once", st.config.logs.max_stream_clients),
-        )
-    })?;
+    let permit = follower_permit(&st)?;
     Ok(ws
         .on_upgrade(move |socket| async move {
             follow(st, service, grep, socket).await;
             drop(permit);
         })
         .into_response())
+}
+
+/// A place among the WebSocket log followers (service logs and run logs share the limit).
+pub(crate) fn follower_permit(st: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    st.log_followers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_followers",
+            format!("at most {} log followers at once", st.config.logs.max_stream_clients),
+        )
+    })
 }
 
 async fn follow(st: AppState, service: String, grep: Option<String>, mut socket: WebSocket) {

@@ -43,14 +43,7 @@ pub async fn stream(
     let Ok(ws) = ws else {
         return Err(ApiError::bad_request("this route needs a WebSocket upgrade"));
     };
-    // Followers of service logs and of runs share one limit.
-    let permit = st.log_followers.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "too_many_followers",
-            format!("at most {} log followers at once", st.config.logs.max_stream_clients),
-        )
-    })?;
+    let permit = super::logs::follower_permit(&st)?;
     Ok(ws
         .on_upgrade(move |socket| async move {
             follow(st, id, socket).await;
