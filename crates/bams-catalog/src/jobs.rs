@@ -163,7 +163,19 @@ pub struct Job {
     pub updated_at: i64,
 }
 
+/// Priorities a job may have (`options.priority`; higher runs first).
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -100..=100;
+
 impl Job {
+    /// `options.priority` (0 when absent), clamped to [`PRIORITY_RANGE`].
+    pub fn priority(&self) -> i64 {
+        self.options
+            .get("priority")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0)
+            .clamp(*PRIORITY_RANGE.start(), *PRIORITY_RANGE.end())
+    }
+
     fn from_row(r: &AnyRow) -> Result<Self> {
         Ok(Self {
             id: r.i64("id")?,

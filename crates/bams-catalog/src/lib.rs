@@ -31,7 +31,7 @@ pub use audit::{AuditEntry, AuditFilter, NewAudit};
 pub use disks::DiskRecord;
 pub use error::{CatalogError, Result};
 pub use iscsi::IscsiRecord;
-pub use jobs::{Job, JobKind, JobSpec, Level, Schedule, ScheduleSpec};
+pub use jobs::{Job, JobKind, JobSpec, Level, Schedule, ScheduleSpec, PRIORITY_RANGE};
 pub use repos::{validate_name, Repository};
 pub use row::time_ms;
 pub use runs::{Dashboard, NewRun, Run, RunFilter, RunStats, RunStatus};

@@ -275,8 +275,8 @@ impl Catalog {
     pub async fn queue_run(&self, new: &NewRun) -> Result<Run> {
         let job = self.get_job(new.job_id).await?;
         let row = sqlx::query(&format!(
-            "INSERT INTO runs (job_id, kind, level, status, triggered_by, queued_at, agent_id) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6) RETURNING {RUN_COLS}"
+            "INSERT INTO runs (job_id, kind, level, status, triggered_by, queued_at, agent_id, priority, repository_id) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8) RETURNING {RUN_COLS}"
         ))
         .bind(job.id)
         .bind(job.kind.as_str())
@@ -284,6 +284,8 @@ impl Catalog {
         .bind(&new.triggered_by)
         .bind(now_ms())
         .bind(job.agent)
+        .bind(job.priority())
+        .bind(job.repository)
         .fetch_one(&self.pool)
         .await?;
         Run::from_row(&row)
@@ -293,6 +295,12 @@ impl Catalog {
     /// PostgreSQL: `FOR UPDATE SKIP LOCKED`, so concurrent servers each get a different run;
     /// SQLite serializes writers, and the `status = 'queued'` guard makes the claim exact.
     pub async fn claim_run(&self, server_id: &str) -> Result<Option<Run>> {
+        self.claim_run_limited(server_id, 0).await
+    }
+
+    /// [`Self::claim_run`] in priority order (higher first, then oldest), skipping runs whose
+    /// repository already has `per_repository` running runs (0: no limit).
+    pub async fn claim_run_limited(&self, server_id: &str, per_repository: i64) -> Result<Option<Run>> {
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -300,9 +308,12 @@ impl Catalog {
         let sql = format!(
             "UPDATE runs SET status = 'running', server_id = $1, started_at = $2 \
              WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' \
-             AND r.agent_id IS NULL ORDER BY r.id LIMIT 1{lock}) RETURNING {RUN_COLS}"
+             AND r.agent_id IS NULL AND ($3 = 0 OR r.repository_id IS NULL OR (SELECT COUNT(*) FROM runs x \
+             WHERE x.status = 'running' AND x.repository_id = r.repository_id) < $3) \
+             ORDER BY r.priority DESC, r.id LIMIT 1{lock}) RETURNING {RUN_COLS}"
         );
-        let row = sqlx::query(&sql).bind(server_id).bind(now_ms()).fetch_optional(&self.pool).await?;
+        let row =
+            sqlx::query(&sql).bind(server_id).bind(now_ms()).bind(per_repository).fetch_optional(&self.pool).await?;
         row.as_ref().map(Run::from_row).transpose()
     }
 
@@ -319,7 +330,7 @@ impl Catalog {
         let sql = format!(
             "UPDATE runs SET status = 'running', server_id = $1, started_at = $2, heartbeat_at = NULL \
              WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' \
-             AND r.agent_id = $3 ORDER BY r.id LIMIT 1{lock}) \
+             AND r.agent_id = $3 ORDER BY r.priority DESC, r.id LIMIT 1{lock}) \
              AND EXISTS (SELECT 1 FROM agents a WHERE a.id = $3 AND a.status = 'active') RETURNING {RUN_COLS}"
         );
         let row = sqlx::query(&sql).bind(server_id).bind(now).bind(agent).fetch_optional(&self.pool).await?;

@@ -21,6 +21,8 @@ pub struct DirectorOptions {
     pub server_id: String,
     /// Runs executed at once by this server.
     pub max_concurrent: usize,
+    /// Runs at once on one repository, across servers (0: no limit).
+    pub max_concurrent_per_repository: usize,
     /// How often schedules and the queue are polled.
     pub tick: Duration,
     /// Fire schedules missed while the server was down (once) instead of skipping them.
@@ -234,7 +236,8 @@ impl Director {
         }
         while !self.stopping.load(Ordering::SeqCst) {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else { break };
-            let Some(run) = self.catalog().claim_run(&self.opts.server_id).await? else { break };
+            let per_repo = i64::try_from(self.opts.max_concurrent_per_repository).unwrap_or(0);
+            let Some(run) = self.catalog().claim_run_limited(&self.opts.server_id, per_repo).await? else { break };
             let ctl = Arc::new(RunControl::default());
             self.controls().insert(run.id, ctl.clone());
             let me = self.clone();

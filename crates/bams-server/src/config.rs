@@ -38,6 +38,8 @@ pub struct Config {
     pub server_id: String,
     /// Jobs this server runs at once.
     pub max_concurrent_jobs: usize,
+    /// Jobs running at once on one repository, across all servers (0: no limit).
+    pub max_concurrent_per_repository: usize,
     /// Seconds between scheduler/queue polls.
     pub scheduler_interval_secs: f64,
     /// Run schedules missed while the server was down (once each).
@@ -82,6 +84,7 @@ impl Default for Config {
             log_format: "text".into(),
             server_id: String::new(),
             max_concurrent_jobs: 2,
+            max_concurrent_per_repository: 0,
             scheduler_interval_secs: 5.0,
             run_missed: true,
             agent_heartbeat_timeout_secs: 60,
@@ -116,6 +119,7 @@ const KEYS: &[&str] = &[
     "log_format",
     "server_id",
     "max_concurrent_jobs",
+    "max_concurrent_per_repository",
     "scheduler_interval_secs",
     "run_missed",
     "agent_heartbeat_timeout_secs",

@@ -129,6 +129,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
         DirectorOptions {
             server_id: config.server_id.clone(),
             max_concurrent: config.max_concurrent_jobs,
+            max_concurrent_per_repository: config.max_concurrent_per_repository,
             tick: Duration::from_secs_f64(config.scheduler_interval_secs),
             run_missed: config.run_missed,
             agent_silence: Duration::from_secs(config.agent_heartbeat_timeout_secs.max(1)),

@@ -2556,3 +2556,63 @@ async fn agents_enroll_and_back_up_over_tls_trusting_a_private_ca() {
     );
     check_repo(&s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_runs_start_by_priority_and_within_the_per_repository_limit() {
+    let s = Server::start_with(None, &[("BAMS_MAX_CONCURRENT_JOBS", "2"), ("BAMS_MAX_CONCURRENT_PER_REPOSITORY", "1")]);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let (big, small) = (s.dir.path().join("big"), s.dir.path().join("small"));
+    std::fs::create_dir_all(&big).unwrap();
+    random_file(&big.join("data.bin"), 100 << 20, 5);
+    write_tree(&small);
+    let other = admin
+        .ok(
+            Method::POST,
+            "/api/v1/repositories",
+            Some(json!({"name": "other", "url": s.data().join("other"), "password": "other-pass"})),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let (st, b) = admin
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(
+                json!({"name": "p", "type": "backup", "paths": [small], "repository": 1, "options": {"priority": 500}}),
+            ),
+        )
+        .await;
+    assert_error(st, &b, StatusCode::BAD_REQUEST, "priority out of range");
+    let job = |name: &str, path: &Path, repo: i64, priority: i64| json!({"name": name, "type": "backup", "paths": [path], "repository": repo, "options": {"priority": priority}});
+    let blocker = make_job(&admin, job("blocker", &big, 1, 0)).await;
+    let low = make_job(&admin, job("low", &small, 1, 0)).await;
+    let high = make_job(&admin, job("high", &small, 1, 50)).await;
+    let elsewhere = make_job(&admin, job("elsewhere", &small, other, 0)).await;
+    let queue = |id: i64| {
+        let admin = &admin;
+        async move { admin.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), None).await["run_id"].as_i64().unwrap() }
+    };
+    let b = queue(blocker).await;
+    let start = Instant::now();
+    while admin.ok(Method::GET, &format!("/api/v1/runs/{b}"), None).await["status"] != "running" {
+        assert!(start.elapsed() < Duration::from_secs(30), "the blocker did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (l, h, e) = (queue(low).await, queue(high).await, queue(elsewhere).await);
+    let (b, l, h, e) =
+        (admin.wait_run(b).await, admin.wait_run(l).await, admin.wait_run(h).await, admin.wait_run(e).await);
+    for r in [&b, &l, &h, &e] {
+        assert_eq!(r["status"], "succeeded", "{r}");
+    }
+    let at = |r: &Value, k: &str| r[k].as_str().unwrap().to_string();
+    // One run at a time on repository 1: the others waited for the blocker, the higher
+    // priority went first; the other repository's run did not wait.
+    assert!(
+        at(&l, "started_at") >= at(&b, "finished_at") && at(&h, "started_at") >= at(&b, "finished_at"),
+        "{b}\n{l}\n{h}"
+    );
+    assert!(at(&h, "started_at") < at(&l, "started_at"), "priority 50 before 0:\n{h}\n{l}");
+    assert!(at(&l, "started_at") >= at(&h, "finished_at"), "one at a time per repository:\n{h}\n{l}");
+    assert!(at(&e, "started_at") < at(&b, "finished_at"), "another repository is not held up:\n{e}\n{b}");
+}

@@ -29,6 +29,13 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
         ));
     }
     bams_director::notify::JobNotify::from_options(&spec.options).map_err(ApiError::bad_request)?;
+    if let Some(p) = spec.options.get("priority") {
+        if !p.as_i64().is_some_and(|p| bams_catalog::PRIORITY_RANGE.contains(&p)) {
+            return Err(ApiError::bad_request(
+                "options.priority must be an integer from -100 to 100 (higher runs first)",
+            ));
+        }
+    }
     let hooks =
         bams_director::agents::Hooks::from_options(&spec.options, &spec.paths).map_err(ApiError::bad_request)?;
     if hooks != bams_director::agents::Hooks::default() && spec.agent.is_none() {
