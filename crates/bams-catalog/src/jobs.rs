@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
 use crate::error::{named_conflict, CatalogError, Result};
+use crate::pools::{Pool, PoolRef};
 use crate::repos::validate_name;
 use crate::row::{to_json, RowExt};
 use crate::{now_ms, Catalog};
@@ -77,6 +78,16 @@ impl Level {
         serde_json::from_value(serde_json::Value::String(s.into()))
             .map_err(|_| CatalogError::Invalid(format!("unknown level {s:?}")))
     }
+
+    /// How much a level reads: Full > Differential > Incremental. When schedules collide
+    /// the run takes the highest.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Incremental => 0,
+            Self::Differential => 1,
+            Self::Full => 2,
+        }
+    }
 }
 
 /// A job as created or updated through the API.
@@ -97,8 +108,12 @@ pub struct JobSpec {
     /// Exclude patterns.
     #[serde(default)]
     pub excludes: Vec<String>,
-    /// Repository id.
-    pub repository: i64,
+    /// Repository id; may be omitted when `pool` is given (the pool's repository is used).
+    #[serde(default)]
+    pub repository: Option<i64>,
+    /// Pool (id or name) the job writes into: its repository, retention and limits apply.
+    #[serde(default)]
+    pub pool: Option<PoolRef>,
     /// Cron expression (5 or 6 fields) for a first schedule, optional.
     #[serde(default)]
     pub schedule: Option<String>,
@@ -141,8 +156,10 @@ pub struct Job {
     pub paths: Vec<String>,
     /// Exclude patterns.
     pub excludes: Vec<String>,
-    /// Repository id.
+    /// Repository id (the pool's when the job has one).
     pub repository: i64,
+    /// Pool id, when the job writes into a pool.
+    pub pool: Option<i64>,
     /// Default level.
     pub level: Level,
     /// Retention policy.
@@ -185,6 +202,7 @@ impl Job {
             paths: r.json("paths")?,
             excludes: r.json("excludes")?,
             repository: r.i64("repository_id")?,
+            pool: r.opt_i64("pool_id")?,
             level: Level::parse(&r.str("level")?)?,
             retention: r.opt_json("retention")?,
             options: r.json("options")?,
@@ -254,8 +272,8 @@ impl Schedule {
     }
 }
 
-const JOB_COLS: &str = "id, name, kind, agent_id, repository_id, paths, excludes, level, retention, options, enabled, \
-                        created_at, updated_at";
+const JOB_COLS: &str = "id, name, kind, agent_id, repository_id, pool_id, paths, excludes, level, retention, options, \
+                        enabled, created_at, updated_at";
 const SCHEDULE_COLS: &str = "id, job_id, cron, timezone, level, enabled, next_run_at, last_run_at";
 
 fn validate_job(spec: &JobSpec) -> Result<()> {
@@ -280,12 +298,20 @@ fn validate_job(spec: &JobSpec) -> Result<()> {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// Bind a job definition as `$1`..`$10` (the order both INSERT and UPDATE use).
-fn bind_spec<'q>(q: AnyQuery<'q>, spec: &'q JobSpec) -> AnyQuery<'q> {
+/// Where a job writes: its repository and, when it names one, its pool.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    repository: i64,
+    pool: Option<i64>,
+}
+
+/// Bind a job definition as `$1`..`$11` (the order both INSERT and UPDATE use).
+fn bind_spec<'q>(q: AnyQuery<'q>, spec: &'q JobSpec, t: Target) -> AnyQuery<'q> {
     q.bind(&spec.name)
         .bind(spec.kind.as_str())
         .bind(spec.agent)
-        .bind(spec.repository)
+        .bind(t.repository)
+        .bind(t.pool)
         .bind(to_json(&spec.paths))
         .bind(to_json(&spec.excludes))
         .bind(spec.level.as_str())
@@ -295,17 +321,46 @@ fn bind_spec<'q>(q: AnyQuery<'q>, spec: &'q JobSpec) -> AnyQuery<'q> {
 }
 
 impl Catalog {
+    /// The repository (and pool) a job spec writes into: the pool's repository when it names
+    /// a pool — a `repository` given as well must be that one.
+    pub async fn job_target(&self, spec: &JobSpec) -> Result<(i64, Option<Pool>)> {
+        match (&spec.pool, spec.repository) {
+            (None, None) => Err(CatalogError::Invalid("a job needs a repository or a pool".into())),
+            (None, Some(r)) => {
+                self.get_repository(r).await?;
+                Ok((r, None))
+            }
+            (Some(p), r) => {
+                let pool = self.find_pool(p).await?;
+                if r.is_some_and(|r| r != pool.repository) {
+                    return Err(CatalogError::Invalid(format!(
+                        "pool {:?} writes into repository {}, not {}: give the pool alone",
+                        pool.name,
+                        pool.repository,
+                        r.unwrap_or_default()
+                    )));
+                }
+                Ok((pool.repository, Some(pool)))
+            }
+        }
+    }
+
+    async fn resolve_target(&self, spec: &JobSpec) -> Result<Target> {
+        let (repository, pool) = self.job_target(spec).await?;
+        Ok(Target { repository, pool: pool.map(|p| p.id) })
+    }
+
     /// Create a job (the caller adds its schedule, if any, with [`Catalog::create_schedule`]).
     pub async fn create_job(&self, spec: &JobSpec) -> Result<Job> {
         validate_job(spec)?;
-        self.get_repository(spec.repository).await?;
+        let target = self.resolve_target(spec).await?;
         let now = now_ms();
         let sql = format!(
-            "INSERT INTO jobs (name, kind, agent_id, repository_id, paths, excludes, level, retention, options, \
-             enabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+            "INSERT INTO jobs (name, kind, agent_id, repository_id, pool_id, paths, excludes, level, retention, \
+             options, enabled, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
              RETURNING {JOB_COLS}"
         );
-        let r = bind_spec(sqlx::query(&sql), spec).bind(now).fetch_one(&self.pool).await;
+        let r = bind_spec(sqlx::query(&sql), spec, target).bind(now).fetch_one(&self.pool).await;
         let row = named_conflict(r.map_err(Into::into), || format!("job {:?} already exists", spec.name))?;
         Job::from_row(&row)
     }
@@ -314,11 +369,11 @@ impl Catalog {
     pub async fn update_job(&self, id: i64, spec: &JobSpec) -> Result<Job> {
         validate_job(spec)?;
         self.get_job(id).await?;
-        self.get_repository(spec.repository).await?;
-        let sql =
-            "UPDATE jobs SET name = $1, kind = $2, agent_id = $3, repository_id = $4, paths = $5, excludes = $6, \
-                   level = $7, retention = $8, options = $9, enabled = $10, updated_at = $11 WHERE id = $12";
-        let r = bind_spec(sqlx::query(sql), spec).bind(now_ms()).bind(id).execute(&self.pool).await;
+        let target = self.resolve_target(spec).await?;
+        let sql = "UPDATE jobs SET name = $1, kind = $2, agent_id = $3, repository_id = $4, pool_id = $5, paths = $6, \
+                   excludes = $7, level = $8, retention = $9, options = $10, enabled = $11, updated_at = $12 \
+                   WHERE id = $13";
+        let r = bind_spec(sqlx::query(sql), spec, target).bind(now_ms()).bind(id).execute(&self.pool).await;
         named_conflict(r.map_err(Into::into), || format!("job {:?} already exists", spec.name))?;
         self.get_job(id).await
     }
@@ -413,7 +468,7 @@ impl Catalog {
         rows.iter().map(Schedule::from_row).collect()
     }
 
-    /// Move a schedule's next run (compare-and-set, like [`Catalog::fire_schedule`]) without
+    /// Move a schedule's next run (compare-and-set, like [`Catalog::fire_schedules`]) without
     /// queueing a run: used to skip runs missed while the server was down.
     pub async fn reschedule(&self, id: i64, expected: Option<i64>, next_run_at: Option<i64>) -> Result<bool> {
         Ok(sqlx::query("UPDATE schedules SET next_run_at = $1 WHERE id = $2 AND next_run_at = $3")
@@ -426,35 +481,50 @@ impl Catalog {
             == 1)
     }
 
-    /// Fire a due schedule exactly once across all servers: advance `next_run_at` only if it
-    /// still holds the value this server read (compare-and-set) and queue the run in the same
-    /// transaction. Returns the queued run's id, or `None` when another server won.
-    pub async fn fire_schedule(&self, s: &Schedule, next_run_at: Option<i64>, now: i64) -> Result<Option<i64>> {
-        let job = self.get_job(s.job).await?;
-        let mut tx = self.pool.begin().await?;
-        let won =
-            sqlx::query("UPDATE schedules SET next_run_at = $1, last_run_at = $2 WHERE id = $3 AND next_run_at = $4")
-                .bind(next_run_at)
-                .bind(now)
-                .bind(s.id)
-                .bind(s.next_run_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-        if !won {
-            tx.rollback().await?;
-            return Ok(None);
+    /// Fire the due schedules of one job exactly once across all servers: advance each one's
+    /// `next_run_at` only if it still holds the value this server read (compare-and-set) and
+    /// queue one run in the same transaction. Several schedules due together (a monthly Full
+    /// and a daily Incremental on the 1st, or runs missed while the server was down) queue a
+    /// single run at the highest of their levels, as Bareos does. Returns the queued run's id,
+    /// or `None` when another server won.
+    pub async fn fire_schedules(&self, due: &[(Schedule, Option<i64>)], now: i64) -> Result<Option<i64>> {
+        let Some((first, _)) = due.first() else { return Ok(None) };
+        if due.iter().any(|(s, _)| s.job != first.job) {
+            return Err(CatalogError::Invalid("schedules of different jobs fired together".into()));
         }
-        let level = s.level.unwrap_or(job.level);
+        let job = self.get_job(first.job).await?;
+        let mut tx = self.pool.begin().await?;
+        for (s, next_run_at) in due {
+            let won = sqlx::query(
+                "UPDATE schedules SET next_run_at = $1, last_run_at = $2 WHERE id = $3 AND next_run_at = $4",
+            )
+            .bind(*next_run_at)
+            .bind(now)
+            .bind(s.id)
+            .bind(s.next_run_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !won {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        let level = due.iter().map(|(s, _)| s.level.unwrap_or(job.level)).max_by_key(|l| l.rank()).unwrap_or(job.level);
+        let scheduled_for = due.iter().filter_map(|(s, _)| s.next_run_at).min();
         let (run_id,): (i64,) = sqlx::query_as(
-            "INSERT INTO runs (job_id, kind, level, status, triggered_by, queued_at) \
-             VALUES ($1, $2, $3, 'queued', 'schedule', $4) RETURNING id",
+            "INSERT INTO runs (job_id, kind, level, status, triggered_by, queued_at, scheduled_for, agent_id, \
+             priority, repository_id) VALUES ($1, $2, $3, 'queued', 'schedule', $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(job.id)
         .bind(job.kind.as_str())
-        .bind(level.as_str())
+        .bind((job.kind == JobKind::Backup).then(|| level.as_str()))
         .bind(now)
+        .bind(scheduled_for)
+        .bind(job.agent)
+        .bind(job.priority())
+        .bind(job.repository)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;

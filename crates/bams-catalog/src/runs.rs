@@ -73,6 +73,10 @@ pub struct Run {
     #[serde(with = "crate::time_ms")]
     #[schema(value_type = String, format = DateTime)]
     pub queued_at: i64,
+    /// When a scheduled run was due (the scheduling delay is `started_at` minus this).
+    #[serde(with = "crate::time_ms::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub scheduled_for: Option<i64>,
     /// When it started.
     #[serde(with = "crate::time_ms::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -110,6 +114,8 @@ struct RunRecord {
     #[serde(default)]
     agent_id: Option<i64>,
     queued_at: i64,
+    #[serde(default)]
+    scheduled_for: Option<i64>,
     started_at: Option<i64>,
     finished_at: Option<i64>,
     files: i64,
@@ -134,6 +140,7 @@ impl TryFrom<RunRecord> for Run {
             server_id: r.server_id,
             agent_id: r.agent_id,
             queued_at: r.queued_at,
+            scheduled_for: r.scheduled_for,
             started_at: r.started_at,
             finished_at: r.finished_at,
             files: r.files,
@@ -157,6 +164,7 @@ const RUN_COL_LIST: &[&str] = &[
     "server_id",
     "agent_id",
     "queued_at",
+    "scheduled_for",
     "started_at",
     "finished_at",
     "files",
@@ -187,6 +195,7 @@ impl Run {
             server_id: r.opt_str("server_id")?,
             agent_id: r.opt_i64("agent_id")?,
             queued_at: r.i64("queued_at")?,
+            scheduled_for: r.opt_i64("scheduled_for")?,
             started_at: r.opt_i64("started_at")?,
             finished_at: r.opt_i64("finished_at")?,
             files: r.i64("files")?,
@@ -262,8 +271,8 @@ pub struct Dashboard {
     pub last_failures: Vec<Run>,
 }
 
-const RUN_COLS: &str = "id, job_id, kind, level, status, triggered_by, server_id, agent_id, queued_at, started_at, \
-                        finished_at, files, bytes, new_bytes, errors, snapshot_id, message, cancel_requested";
+const RUN_COLS: &str = "id, job_id, kind, level, status, triggered_by, server_id, agent_id, queued_at, \
+                        scheduled_for, started_at, finished_at, files, bytes, new_bytes, errors, snapshot_id, message, cancel_requested";
 
 const HOUR_MS: i64 = 3_600_000;
 

@@ -65,7 +65,7 @@ async fn scenario(cat: &Catalog) {
     assert!(matches!(cat.create_job(&bad).await, Err(CatalogError::Invalid(_))));
     let mut no_repo = spec.clone();
     no_repo.name = "norepo".into();
-    no_repo.repository = 999;
+    no_repo.repository = Some(999);
     assert!(matches!(cat.create_job(&no_repo).await, Err(CatalogError::NotFound(_))));
     assert!(matches!(cat.delete_repository(repo.id).await, Err(CatalogError::Conflict(_))), "repository in use");
     let mut renamed = spec.clone();
@@ -89,9 +89,12 @@ async fn scenario(cat: &Catalog) {
     assert_eq!(sched.timezone, "UTC");
     let due = cat.due_schedules(now_ms()).await.unwrap();
     assert_eq!(due.len(), 1);
-    let fired = cat.fire_schedule(&due[0], Some(now_ms() + 86_400_000), now_ms()).await.unwrap();
+    let fired = cat.fire_schedules(&[(due[0].clone(), Some(now_ms() + 86_400_000))], now_ms()).await.unwrap();
     assert!(fired.is_some());
-    assert!(cat.fire_schedule(&due[0], Some(now_ms() + 86_400_000), now_ms()).await.unwrap().is_none(), "fires once");
+    assert!(
+        cat.fire_schedules(&[(due[0].clone(), Some(now_ms() + 86_400_000))], now_ms()).await.unwrap().is_none(),
+        "fires once"
+    );
     assert!(cat.due_schedules(now_ms()).await.unwrap().is_empty());
 
     // Runs: queue, claim, log, finish, page, cancel, interrupt.
@@ -205,6 +208,93 @@ async fn scenario(cat: &Catalog) {
     cat.delete_repository(repo.id).await.unwrap();
 }
 
+/// Pools as job targets, and schedules of one job that fall due together.
+async fn pools_and_schedules(cat: &Catalog) {
+    let r1 = cat.add_repository("local", "/srv/local", "/k1").await.unwrap();
+    let r2 = cat.add_repository("offsite", "s3://b/p", "/k2").await.unwrap();
+    let spec = |v: serde_json::Value| -> PoolSpec { serde_json::from_value(v).unwrap() };
+    let pool = cat
+        .create_pool(&spec(serde_json::json!({"name": "nightly", "repository": r1.id,
+            "retention": {"keep_daily": 7}, "max_snapshots": 100})))
+        .await
+        .unwrap();
+    assert_eq!((pool.repository, pool.jobs, pool.max_snapshots), (r1.id, 0, Some(100)));
+    for bad in [
+        serde_json::json!({"name": "nightly", "repository": r2.id}),
+        serde_json::json!({"name": "second", "repository": r1.id}),
+    ] {
+        assert!(matches!(cat.create_pool(&spec(bad)).await, Err(CatalogError::Conflict(_))));
+    }
+    for bad in [
+        serde_json::json!({"name": "x", "repository": r2.id, "max_bytes": 0}),
+        serde_json::json!({"name": "42", "repository": r2.id}),
+        serde_json::json!({"name": "x", "repository": r2.id, "retention": [1]}),
+    ] {
+        assert!(matches!(cat.create_pool(&spec(bad)).await, Err(CatalogError::Invalid(_))));
+    }
+    assert!(matches!(
+        cat.create_pool(&spec(serde_json::json!({"name": "x", "repository": 999}))).await,
+        Err(CatalogError::NotFound(_))
+    ));
+
+    // A job names the pool (by name or id) and writes into its repository.
+    let (agent, _) = cat.create_agent("db1").await.unwrap();
+    let job_spec = |v: serde_json::Value| -> JobSpec { serde_json::from_value(v).unwrap() };
+    let job = cat
+        .create_job(&job_spec(serde_json::json!({"name": "db1", "type": "backup", "paths": ["/var/lib"],
+            "pool": "nightly", "agent": agent.id})))
+        .await
+        .unwrap();
+    assert_eq!((job.repository, job.pool), (r1.id, Some(pool.id)));
+    assert!(matches!(
+        cat.create_job(&job_spec(serde_json::json!({"name": "j2", "type": "backup", "paths": ["/a"],
+            "pool": pool.id, "repository": r2.id})))
+            .await,
+        Err(CatalogError::Invalid(_))
+    ));
+    assert!(matches!(
+        cat.create_job(&job_spec(serde_json::json!({"name": "j3", "type": "backup", "paths": ["/a"], "pool": "nope"})))
+            .await,
+        Err(CatalogError::NotFound(_))
+    ));
+    assert!(matches!(
+        cat.create_job(&job_spec(serde_json::json!({"name": "j4", "type": "backup", "paths": ["/a"]}))).await,
+        Err(CatalogError::Invalid(_))
+    ));
+    assert_eq!(cat.get_pool(pool.id).await.unwrap().jobs, 1);
+    assert!(matches!(cat.delete_pool(pool.id).await, Err(CatalogError::Conflict(_))), "in use");
+    // Moving the pool moves its jobs.
+    let moved =
+        cat.update_pool(pool.id, &spec(serde_json::json!({"name": "nightly", "repository": r2.id}))).await.unwrap();
+    assert_eq!((moved.repository, moved.max_snapshots), (r2.id, None));
+    assert_eq!(cat.get_job(job.id).await.unwrap().repository, r2.id);
+    assert_eq!(cat.pool_of_repository(r2.id).await.unwrap().map(|p| p.id), Some(pool.id));
+    assert!(cat.pool_of_repository(r1.id).await.unwrap().is_none());
+
+    // A monthly Full and a daily Incremental due together queue one run, a Full, for the
+    // job's agent; the scheduling delay can be read from it.
+    let due_at = now_ms() - 500;
+    for (cron, level) in [("0 3 1 * *", Level::Full), ("0 3 * * *", Level::Incremental)] {
+        let s = ScheduleSpec { job: job.id, cron: cron.into(), timezone: None, level: Some(level), enabled: true };
+        cat.create_schedule(&s, Some(due_at)).await.unwrap();
+    }
+    let due: Vec<_> =
+        cat.due_schedules(now_ms()).await.unwrap().into_iter().map(|s| (s, Some(now_ms() + 86_400_000))).collect();
+    assert_eq!(due.len(), 2);
+    let run = cat.fire_schedules(&due, now_ms()).await.unwrap().expect("fired");
+    assert!(cat.fire_schedules(&due, now_ms()).await.unwrap().is_none(), "fires once");
+    let run = cat.get_run(run).await.unwrap();
+    assert_eq!((run.level, run.agent_id, run.scheduled_for), (Some(Level::Full), Some(agent.id), Some(due_at)));
+    assert_eq!(cat.list_runs(&RunFilter { job: Some(job.id), ..Default::default() }).await.unwrap().items.len(), 1);
+    while let Some(other) = cat.claim_run("server-a").await.unwrap() {
+        assert_ne!(other.id, run.id, "an agent's scheduled run is not the server's");
+    }
+
+    cat.delete_job(job.id).await.unwrap();
+    cat.delete_pool(pool.id).await.unwrap();
+    assert!(matches!(cat.get_pool(pool.id).await, Err(CatalogError::NotFound(_))));
+}
+
 #[tokio::test]
 async fn catalog_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
@@ -212,6 +302,7 @@ async fn catalog_on_sqlite() {
     let cat = Catalog::open(&url).await.unwrap();
     assert_eq!(cat.backend(), Backend::Sqlite);
     scenario(&cat).await;
+    pools_and_schedules(&cat).await;
     // Reopening runs no migration twice and keeps the data.
     drop(cat);
     let cat = Catalog::open(&url).await.unwrap();
@@ -224,6 +315,7 @@ async fn catalog_on_postgres() {
     let cat = Catalog::open(&pg.url()).await.unwrap();
     assert_eq!(cat.backend(), Backend::Postgres);
     scenario(&cat).await;
+    pools_and_schedules(&cat).await;
 }
 
 /// Two servers over one catalog: every due schedule fires once and every run is claimed once.
@@ -242,7 +334,7 @@ async fn no_double_runs(a: Catalog, b: Catalog) {
     let worker = |cat: Catalog, name: &'static str| async move {
         let mut fired = Vec::new();
         for s in cat.due_schedules(now_ms()).await.unwrap() {
-            if let Some(run) = cat.fire_schedule(&s, Some(now_ms() + 60_000), now_ms()).await.unwrap() {
+            if let Some(run) = cat.fire_schedules(&[(s.clone(), Some(now_ms() + 60_000))], now_ms()).await.unwrap() {
                 fired.push(run);
             }
         }

@@ -272,6 +272,9 @@ impl Director {
         if job.kind == JobKind::Restore {
             return self.prepare_restore(agent, run, &job, rec.name, key, repo).await;
         }
+        if let Some(pool) = self.pool_of(&job).await? {
+            self.ensure_room(&pool, &repo).await?;
+        }
         let lines = Mutex::new(vec![format!("backup job {:?} assigned to agent {}", job.name, agent.name)]);
         let log = |l: String| lines.lock().map(|mut v| v.push(l)).unwrap_or(());
         let (parent, level) = choose_parent(self, run, &job, &repo, &log).await;
@@ -430,9 +433,9 @@ impl Director {
         };
         let summary = SnapshotSummary::from_snapshot(job.repository, &snap.id, &snap.snapshot);
         self.catalog().add_snapshot(&summary).await.map_err(|e| e.to_string())?;
-        match &job.retention {
+        match self.retention_of(&job).await? {
             Some(ret) => {
-                let removed = apply_retention(self, &job, &repo, ret, Some(job.name.clone())).await?;
+                let removed = apply_retention(self, &job, &repo, &ret, Some(job.name.clone())).await?;
                 Ok(format!("retention removed {removed} snapshot(s)"))
             }
             None => Ok(String::new()),

@@ -146,6 +146,9 @@ async fn backup(
     progress: RunProgress,
     log: &impl Fn(String),
 ) -> ExecResult<Outcome> {
+    if let Some(pool) = d.pool_of(job).await? {
+        d.ensure_room(&pool, &repo).await?;
+    }
     let (parent, level) = choose_parent(d, run, job, &repo, log).await;
     if Some(level) != run.level {
         let _ = d.catalog().set_run_level(run.id, level).await;
@@ -176,8 +179,8 @@ async fn backup(
         message = format!("partial: {} file(s) unreadable; {message}", r.warnings.len());
     }
     log(message.clone());
-    if let Some(ret) = &job.retention {
-        let removed = apply_retention(d, job, &repo, ret, Some(job.name.clone())).await?;
+    if let Some(ret) = d.retention_of(job).await? {
+        let removed = apply_retention(d, job, &repo, &ret, Some(job.name.clone())).await?;
         log(format!("retention removed {removed} snapshot(s)"));
     }
     Ok(Outcome {
@@ -221,9 +224,9 @@ pub(crate) async fn apply_retention(
 }
 
 async fn forget(d: &Arc<Director>, job: &Job, repo: Arc<Repository>, log: &impl Fn(String)) -> ExecResult<Outcome> {
-    let ret = job.retention.as_ref().ok_or("a forget job needs a retention policy")?;
+    let ret = d.retention_of(job).await?.ok_or("a forget job needs a retention policy (its own or its pool's)")?;
     let removed =
-        apply_retention(d, job, &repo, ret, job.options.get("job").and_then(|v| v.as_str()).map(str::to_string))
+        apply_retention(d, job, &repo, &ret, job.options.get("job").and_then(|v| v.as_str()).map(str::to_string))
             .await?;
     let message = format!("removed {removed} snapshot(s)");
     log(message.clone());
@@ -252,8 +255,22 @@ async fn copy(
     progress: RunProgress,
     log: &impl Fn(String),
 ) -> ExecResult<Outcome> {
-    let target = crate::copy_target(job.repository, &job.options)?;
+    let (target, pool) = match crate::copy_target(Some(job.repository), &job.options)? {
+        crate::CopyTarget::Repository(r) => (r, d.catalog().pool_of_repository(r).await.map_err(|e| e.to_string())?),
+        crate::CopyTarget::Pool(p) => {
+            let pool = d.catalog().find_pool(&p).await.map_err(|e| e.to_string())?;
+            (pool.repository, Some(pool))
+        }
+    };
+    if target == job.repository {
+        return Err("the copy's target is its source repository".into());
+    }
     let dst = d.repos.get(target).await.map_err(|e| e.to_string())?;
+    if let Some(pool) = &pool {
+        d.ensure_room(pool, &dst).await?;
+        log(format!("copying into pool {:?} (repository {target})", pool.name));
+    }
+    let dst_for_retention = dst.clone();
     let host = job.options.get("host").and_then(|v| v.as_str()).map(str::to_string);
     let tag = job.options.get("tag").and_then(|v| v.as_str()).map(str::to_string);
     let report = blocking(move || {
@@ -276,6 +293,12 @@ async fn copy(
         if report.rehashed { " (re-hashed)" } else { "" }
     );
     log(message.clone());
+    if let Some(ret) = pool.and_then(|p| p.retention) {
+        let mut target_job = job.clone();
+        target_job.repository = target;
+        let removed = apply_retention(d, &target_job, &dst_for_retention, &ret, None).await?;
+        log(format!("the target pool's retention removed {removed} snapshot(s)"));
+    }
     Ok(Outcome {
         stats: RunStats { bytes: i64::try_from(report.bytes_added).unwrap_or(i64::MAX), ..Default::default() },
         message,

@@ -6,10 +6,12 @@
 pub mod agents;
 mod exec;
 pub mod notify;
+mod pools;
 mod repos;
 mod runner;
 pub mod schedule;
 
+pub use pools::PoolUsage;
 pub use repos::{RepoPool, RepoPoolError};
 pub use runner::{Director, DirectorOptions};
 
@@ -77,15 +79,37 @@ impl VerifyMode {
     }
 }
 
-/// The destination of a copy job: `options.target_repository` (a registered repository id),
-/// refused when missing or equal to the source.
-pub fn copy_target(spec_repository: i64, options: &serde_json::Map<String, serde_json::Value>) -> Result<i64, String> {
-    let target = options
-        .get("target_repository")
-        .and_then(serde_json::Value::as_i64)
-        .ok_or("a copy job needs options.target_repository: the id of the destination repository")?;
-    if target == spec_repository {
-        return Err("a copy job's target_repository must differ from its repository".into());
+/// The destination of a copy job, as its options name it: `options.target_pool` (a pool's id
+/// or name: its limits and retention apply) or `options.target_repository` (a repository id).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CopyTarget {
+    /// A registered repository.
+    Repository(i64),
+    /// A pool.
+    Pool(bams_catalog::PoolRef),
+}
+
+/// Read a copy job's destination from its options; refused when missing, when both are
+/// given, or when it is the source repository itself.
+pub fn copy_target(
+    source: Option<i64>,
+    options: &serde_json::Map<String, serde_json::Value>,
+) -> Result<CopyTarget, String> {
+    match (options.get("target_repository"), options.get("target_pool")) {
+        (Some(_), Some(_)) => Err("a copy job names target_repository or target_pool, not both".into()),
+        (None, None) => Err(
+            "a copy job needs options.target_pool (a pool's id or name) or options.target_repository (a repository id)"
+                .into(),
+        ),
+        (Some(r), None) => {
+            let r = r.as_i64().ok_or("options.target_repository must be a repository id")?;
+            if Some(r) == source {
+                return Err("a copy job's target_repository must differ from its repository".into());
+            }
+            Ok(CopyTarget::Repository(r))
+        }
+        (None, Some(p)) => serde_json::from_value(p.clone())
+            .map(CopyTarget::Pool)
+            .map_err(|_| "options.target_pool must be a pool's id or name".into()),
     }
-    Ok(target)
 }

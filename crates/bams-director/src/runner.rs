@@ -213,6 +213,8 @@ impl Director {
         let now = bams_catalog::now_ms();
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         self.reap_agent_runs(ms(self.opts.agent_silence), ms(self.opts.agent_wait)).await?;
+        // One run per job and tick: schedules due together fire as one, at the highest level.
+        let mut by_job: std::collections::BTreeMap<i64, Vec<_>> = std::collections::BTreeMap::new();
         for s in self.catalog().due_schedules(now).await? {
             let next = match schedule::next_after(&s.cron, &s.timezone, now) {
                 Ok(t) => Some(t),
@@ -221,8 +223,11 @@ impl Director {
                     None
                 }
             };
-            if let Some(run) = self.catalog().fire_schedule(&s, next, now).await? {
-                info!(schedule = s.id, job = s.job, run, "schedule fired");
+            by_job.entry(s.job).or_default().push((s, next));
+        }
+        for (job, due) in by_job {
+            if let Some(run) = self.catalog().fire_schedules(&due, now).await? {
+                info!(job, run, schedules = due.len(), "schedule fired");
             }
         }
         // Pass cancel requests to what we run.

@@ -378,6 +378,11 @@ async fn scenario(s: &Server) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     admin.ok(Method::DELETE, &format!("/api/v1/schedules/{}", sched["id"]), None).await;
+    // What the schedule queued before it went ends first.
+    let runs = viewer.ok(Method::GET, &format!("/api/v1/runs?job={jid}&limit=50"), None).await;
+    for r in runs["items"].as_array().unwrap() {
+        viewer.wait_run(r["id"].as_i64().unwrap()).await;
+    }
     // Retention runs after each backup: keep_last 1 leaves one snapshot of this job.
     let spec =
         json!({"name": "src", "type": "backup", "paths": [src], "repository": repo, "retention": {"keep_last": 1}});
@@ -2615,4 +2620,312 @@ async fn queued_runs_start_by_priority_and_within_the_per_repository_limit() {
     assert!(at(&h, "started_at") < at(&l, "started_at"), "priority 50 before 0:\n{h}\n{l}");
     assert!(at(&l, "started_at") >= at(&h, "finished_at"), "one at a time per repository:\n{h}\n{l}");
     assert!(at(&e, "started_at") < at(&b, "finished_at"), "another repository is not held up:\n{e}\n{b}");
+}
+
+/// Every regular file under `root`, by relative path, with its content.
+fn tree_contents(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    walk_all(root)
+        .into_iter()
+        .map(|p| (p.strip_prefix(root).unwrap().to_path_buf(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+fn walk_all(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_all(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Restore `snapshot` of the server's default repository into `target` with the CLI.
+fn restore_default(s: &Server, snapshot: &str, target: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bams"))
+        .args([
+            "-r",
+            s.data().join("repo").to_str().unwrap(),
+            "--key-file",
+            s.data().join("keys/default.key").to_str().unwrap(),
+            "restore",
+            snapshot,
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore {snapshot}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_on_schedules_run_full_incremental_differential_into_a_pool_and_restore_each() {
+    let s = Server::start(None);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let repo = admin.ok(Method::GET, "/api/v1/repositories", None).await[0]["id"].as_i64().unwrap();
+    let pool = admin
+        .ok(
+            Method::POST,
+            "/api/v1/pools",
+            Some(json!({"name": "nightly", "repository": repo, "retention": {"keep_last": 10}})),
+        )
+        .await;
+    let mut agents = Vec::new();
+    for (i, name) in ["db1", "web1"].into_iter().enumerate() {
+        let (id, _state, process) = enrolled_agent(&s, &admin, name, &[]).await;
+        let src = s.dir.path().join(format!("{name}-data"));
+        write_tree(&src);
+        random_file(&src.join("big.bin"), 2 << 20, 40 + i as u64);
+        // One names the pool by name, the other by id.
+        let pool_ref = if i == 0 { json!("nightly") } else { pool["id"].clone() };
+        let job = admin
+            .ok(
+                Method::POST,
+                "/api/v1/jobs",
+                Some(json!({"name": format!("{name}-files"), "type": "backup", "agent": id, "paths": [src], "pool": pool_ref})),
+            )
+            .await;
+        assert_eq!((job["pool"].as_i64(), job["repository"].as_i64()), (pool["id"].as_i64(), Some(repo)));
+        agents.push((job["id"].as_i64().unwrap(), src, process));
+    }
+
+    // Three nights: Full, then Incremental, then Differential, with changes in between. Each
+    // night both jobs get a schedule of that level firing every second, removed once it fired.
+    let mut expected: Vec<(String, BTreeMap<PathBuf, Vec<u8>>)> = Vec::new();
+    let mut last_run = [0i64; 2];
+    let mut full_snapshots = [String::new(), String::new()];
+    for (night, level) in ["full", "incremental", "differential"].into_iter().enumerate() {
+        for (i, (_, src, _)) in agents.iter().enumerate() {
+            match night {
+                1 => {
+                    std::fs::write(src.join("a.txt"), format!("night 1 on agent {i}")).unwrap();
+                    random_file(&src.join("sub/new.bin"), 300_000, 60 + i as u64);
+                }
+                2 => {
+                    std::fs::remove_file(src.join("sub/b.bin")).unwrap();
+                    std::fs::write(src.join("c.txt"), format!("night 2 on agent {i}")).unwrap();
+                }
+                _ => {}
+            }
+        }
+        let mut schedules = Vec::new();
+        for (job, _, _) in &agents {
+            let sched = admin
+                .ok(Method::POST, "/api/v1/schedules", Some(json!({"job": job, "cron": "* * * * * *", "level": level})))
+                .await;
+            schedules.push(sched["id"].as_i64().unwrap());
+        }
+        // The first run each schedule queued; then the schedules go.
+        let mut runs_tonight = Vec::new();
+        for (i, (job, _, _)) in agents.iter().enumerate() {
+            let start = Instant::now();
+            let run = loop {
+                let runs = admin.ok(Method::GET, &format!("/api/v1/runs?job={job}"), None).await;
+                let first = runs["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|r| r["id"].as_i64())
+                    .filter(|&id| id > last_run[i])
+                    .min();
+                if let Some(id) = first {
+                    break id;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "night {night}: the schedule of job {job} did not fire"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            runs_tonight.push(run);
+        }
+        for id in &schedules {
+            admin.ok(Method::DELETE, &format!("/api/v1/schedules/{id}"), None).await;
+        }
+        for (i, (_, src, _)) in agents.iter().enumerate() {
+            let run = runs_tonight[i];
+            let r = admin.wait_run(run).await;
+            assert_eq!((r["status"].as_str(), r["level"].as_str()), (Some("succeeded"), Some(level)), "{r}");
+            assert_eq!(r["triggered_by"], "schedule");
+            let due = chrono::DateTime::parse_from_rfc3339(r["scheduled_for"].as_str().unwrap()).unwrap();
+            let started = chrono::DateTime::parse_from_rfc3339(r["started_at"].as_str().unwrap()).unwrap();
+            assert!(started >= due, "{r}");
+            let snap = r["snapshot_id"].as_str().unwrap().to_string();
+            let log = admin.ok(Method::GET, &format!("/api/v1/runs/{run}/log"), None).await["log"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            match level {
+                "full" => full_snapshots[i] = snap.clone(),
+                // The Differential's parent is the Full, not the Incremental in between.
+                "differential" => assert!(
+                    log.contains(&format!("differential based on snapshot {}", &full_snapshots[i][..12])),
+                    "{log}"
+                ),
+                _ => assert!(log.contains("incremental based on snapshot"), "{log}"),
+            }
+            assert!(log.contains("retention removed 0 snapshot(s)"), "the pool's retention ran: {log}");
+            last_run[i] = run;
+            expected.push((snap, tree_contents(src)));
+        }
+        // A second that began before the schedules were deleted may have queued one more run
+        // of the same level: it must succeed too before the next night.
+        for (i, (job, _, _)) in agents.iter().enumerate() {
+            let runs = admin.ok(Method::GET, &format!("/api/v1/runs?job={job}"), None).await;
+            let newer: Vec<_> =
+                runs["items"].as_array().unwrap().iter().filter(|r| r["id"].as_i64().unwrap() > last_run[i]).collect();
+            for r in newer {
+                let r = admin.wait_run(r["id"].as_i64().unwrap()).await;
+                assert_eq!(r["status"], "succeeded", "{r}");
+                last_run[i] = last_run[i].max(r["id"].as_i64().unwrap());
+            }
+        }
+    }
+
+    // Every snapshot restores byte-identical to the tree as it was that night.
+    assert_eq!(expected.len(), 6);
+    for (n, (snap, files)) in expected.iter().enumerate() {
+        let target = s.dir.path().join(format!("restore-{n}"));
+        restore_default(&s, snap, &target);
+        let (_, src, _) = &agents[n % 2];
+        let restored = tree_contents(&target.join(src.strip_prefix("/").unwrap()));
+        assert_eq!(restored.keys().collect::<Vec<_>>(), files.keys().collect::<Vec<_>>(), "snapshot {n}");
+        assert!(restored == *files, "snapshot {n} ({snap}) differs from the tree it was taken of");
+    }
+    check_repo(&s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_give_jobs_their_retention_and_limits_and_copy_jobs_a_target() {
+    let s = Server::start(None);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let op = admin.add_user(&s, "op", "long-password", "operator").await;
+    let repo = admin.ok(Method::GET, "/api/v1/repositories", None).await[0]["id"].as_i64().unwrap();
+    let offsite = admin
+        .ok(Method::POST, "/api/v1/repositories", Some(json!({"name": "offsite", "url": s.dir.path().join("offsite")})))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+
+    // Bad input is refused with a reason; only admins change pools.
+    let (st, b) = op.call(Method::POST, "/api/v1/pools", Some(json!({"name": "daily", "repository": repo}))).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "operator creates a pool");
+    for (body, want) in [
+        (json!({"name": "daily", "repository": 999}), StatusCode::NOT_FOUND),
+        (json!({"name": "daily", "repository": repo, "retention": {"keep_last": "two"}}), StatusCode::BAD_REQUEST),
+        (json!({"name": "daily", "repository": repo, "max_bytes": -1}), StatusCode::BAD_REQUEST),
+        (json!({"name": "../daily", "repository": repo}), StatusCode::BAD_REQUEST),
+        (json!({"name": "daily", "repository": repo, "volumes": 3}), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (st, b) = admin.call(Method::POST, "/api/v1/pools", Some(body.clone())).await;
+        assert_error(st, &b, want, &body.to_string());
+    }
+    let daily = admin
+        .ok(
+            Method::POST,
+            "/api/v1/pools",
+            Some(json!({"name": "daily", "repository": repo, "retention": {"keep_last": 2}, "description": "on-site"})),
+        )
+        .await;
+    let (st, b) = admin.call(Method::POST, "/api/v1/pools", Some(json!({"name": "other", "repository": repo}))).await;
+    assert_error(st, &b, StatusCode::CONFLICT, "a second pool on one repository");
+    let vault = admin
+        .ok(
+            Method::POST,
+            "/api/v1/pools",
+            Some(json!({"name": "vault", "repository": offsite, "retention": {"keep_last": 1}})),
+        )
+        .await;
+    let listed = admin.ok(Method::GET, "/api/v1/pools", None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    // A backup job in the pool inherits its retention.
+    let src = s.dir.path().join("src");
+    write_tree(&src);
+    let job = make_job(&admin, json!({"name": "files", "type": "backup", "paths": [src], "pool": "daily"})).await;
+    for (bad, want) in [
+        (json!({"name": "x", "type": "backup", "paths": [src], "pool": "nope"}), StatusCode::NOT_FOUND),
+        (
+            json!({"name": "x", "type": "backup", "paths": [src], "pool": "daily", "repository": offsite}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "type": "copy", "pool": "daily", "options": {"target_pool": "daily"}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "type": "copy", "pool": "daily", "options": {"target_pool": "vault", "target_repository": offsite}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "type": "copy", "pool": "daily", "options": {"target_pool": "nope"}}),
+            StatusCode::NOT_FOUND,
+        ),
+        (json!({"name": "x", "type": "backup", "paths": [src]}), StatusCode::BAD_REQUEST),
+    ] {
+        let (st, b) = admin.call(Method::POST, "/api/v1/jobs", Some(bad.clone())).await;
+        assert_error(st, &b, want, &bad.to_string());
+    }
+    let run = |id: i64| {
+        let admin = &admin;
+        async move {
+            let r = admin.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), None).await;
+            admin.wait_run(r["run_id"].as_i64().unwrap()).await
+        }
+    };
+    for n in 0..3 {
+        std::fs::write(src.join("a.txt"), format!("version {n}")).unwrap();
+        let r = run(job).await;
+        assert_eq!(r["status"], "succeeded", "{r}");
+    }
+    let log = admin.ok(Method::GET, "/api/v1/runs?limit=1", None).await["items"][0]["id"].as_i64().unwrap();
+    let log = admin.ok(Method::GET, &format!("/api/v1/runs/{log}/log"), None).await;
+    assert!(log["log"].as_str().unwrap().contains("retention removed 1 snapshot(s)"), "{log}");
+    let status = admin.ok(Method::GET, &format!("/api/v1/pools/{}", daily["id"]), None).await;
+    assert_eq!((status["usage"]["snapshots"].as_u64(), status["jobs"].as_i64()), (Some(2), Some(1)), "{status}");
+    assert!(status["usage"]["stored_bytes"].as_u64().unwrap() > 0 && status["full"].is_null(), "{status}");
+
+    // At its snapshot limit the pool refuses the next backup with the reason.
+    let mut spec = json!({"name": "daily", "repository": repo, "max_snapshots": 3});
+    admin.ok(Method::PUT, &format!("/api/v1/pools/{}", daily["id"]), Some(spec.clone())).await;
+    assert_eq!(run(job).await["status"], "succeeded");
+    let refused = run(job).await;
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("pool \"daily\" is full: 3 snapshots, max_snapshots 3"),
+        "{refused}"
+    );
+    let status = admin.ok(Method::GET, &format!("/api/v1/pools/{}", daily["id"]), None).await;
+    assert!(status["full"].as_str().is_some_and(|f| f.contains("is full")), "{status}");
+    spec["max_snapshots"] = json!(10);
+    admin.ok(Method::PUT, &format!("/api/v1/pools/{}", daily["id"]), Some(spec)).await;
+
+    // A copy job into the vault pool: the vault's retention applies to what arrived.
+    let copy = make_job(
+        &admin,
+        json!({"name": "offsite", "type": "copy", "pool": "daily", "options": {"target_pool": "vault"}}),
+    )
+    .await;
+    let r = run(copy).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("copied 3 snapshot(s)"), "{r}");
+    let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", r["id"]), None).await;
+    assert!(log["log"].as_str().unwrap().contains("the target pool's retention removed 2 snapshot(s)"), "{log}");
+    let status = admin.ok(Method::GET, &format!("/api/v1/pools/{}", vault["id"]), None).await;
+    assert_eq!(status["usage"]["snapshots"], 1, "{status}");
+
+    // Pools in use are not deleted; their repositories survive them.
+    for id in [&daily["id"], &vault["id"]] {
+        let (st, b) = admin.call(Method::DELETE, &format!("/api/v1/pools/{id}"), None).await;
+        assert_error(st, &b, StatusCode::CONFLICT, "a pool in use");
+    }
+    admin.ok(Method::DELETE, &format!("/api/v1/jobs/{copy}"), None).await;
+    admin.ok(Method::DELETE, &format!("/api/v1/pools/{}", vault["id"]), None).await;
+    let (st, _) = admin.call(Method::GET, &format!("/api/v1/pools/{}", vault["id"]), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    admin.ok(Method::GET, &format!("/api/v1/repositories/{offsite}"), None).await;
+    check_repo(&s);
 }

@@ -66,6 +66,9 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
     if spec.kind == bams_catalog::JobKind::Copy {
         bams_director::copy_target(spec.repository, &spec.options).map_err(ApiError::bad_request)?;
     }
+    if spec.pool.is_some() && matches!(spec.kind, JobKind::Restore) {
+        return Err(ApiError::bad_request("a restore job reads a repository: give \"repository\", not \"pool\""));
+    }
     if let Some(exec) = st.director.executor(spec.kind) {
         exec.validate(spec).map_err(ApiError::bad_request)?;
     }
@@ -83,6 +86,22 @@ async fn check_agent(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
             st.catalog.get_agent(id).await.map_err(|_| ApiError::bad_request(format!("agent {id} does not exist")))?;
         if a.status == bams_catalog::AgentStatus::Revoked {
             return Err(ApiError::bad_request(format!("agent {} is revoked", a.name)));
+        }
+    }
+    Ok(())
+}
+
+/// The job's repository or pool, and a copy job's destination, must exist (404 otherwise,
+/// as for every reference to a missing object).
+async fn check_target(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
+    let (source, _) = st.catalog.job_target(spec).await?;
+    if spec.kind == bams_catalog::JobKind::Copy {
+        let target = match bams_director::copy_target(Some(source), &spec.options).map_err(ApiError::bad_request)? {
+            bams_director::CopyTarget::Repository(r) => st.catalog.get_repository(r).await?.id,
+            bams_director::CopyTarget::Pool(p) => st.catalog.find_pool(&p).await?.repository,
+        };
+        if target == source {
+            return Err(ApiError::bad_request("a copy job's target must differ from its source repository"));
         }
     }
     Ok(())
@@ -113,10 +132,7 @@ pub async fn create_job(
     caller.require(Role::Admin)?;
     validate_spec(&st, &spec)?;
     check_agent(&st, &spec).await?;
-    if spec.kind == bams_catalog::JobKind::Copy {
-        let target = bams_director::copy_target(spec.repository, &spec.options).map_err(ApiError::bad_request)?;
-        st.catalog.get_repository(target).await?;
-    }
+    check_target(&st, &spec).await?;
     let job = st.catalog.create_job(&spec).await?;
     if let Some(cron) = &spec.schedule {
         let s = ScheduleSpec {
@@ -154,6 +170,7 @@ pub async fn update_job(
     if spec.schedule.is_some() {
         return Err(ApiError::bad_request("change schedules through /api/v1/schedules"));
     }
+    check_target(&st, &spec).await?;
     Ok(Json(st.catalog.update_job(id, &spec).await?))
 }
 

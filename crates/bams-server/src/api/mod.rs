@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod iscsi;
 pub mod jobs;
 pub mod logs;
+pub mod pools;
 pub mod repos;
 pub mod run_stream;
 pub mod snapshots;
@@ -76,6 +77,8 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::list_jobs, jobs::create_job))
         .routes(routes!(jobs::get_job, jobs::update_job, jobs::delete_job))
         .routes(routes!(jobs::run_job))
+        .routes(routes!(pools::list_pools, pools::create_pool))
+        .routes(routes!(pools::get_pool, pools::update_pool, pools::delete_pool))
         .routes(routes!(jobs::list_schedules, jobs::create_schedule))
         .routes(routes!(jobs::get_schedule, jobs::delete_schedule))
         .routes(routes!(jobs::list_runs))
