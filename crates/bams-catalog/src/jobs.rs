@@ -468,6 +468,18 @@ impl Catalog {
         rows.iter().map(Schedule::from_row).collect()
     }
 
+    /// When the next enabled schedule of an enabled job falls due (the director sleeps until
+    /// then at most).
+    pub async fn next_schedule_due(&self) -> Result<Option<i64>> {
+        let (due,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(s.next_run_at) FROM schedules s JOIN jobs j ON j.id = s.job_id \
+             WHERE s.enabled = 1 AND j.enabled = 1",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(due)
+    }
+
     /// Move a schedule's next run (compare-and-set, like [`Catalog::fire_schedules`]) without
     /// queueing a run: used to skip runs missed while the server was down.
     pub async fn reschedule(&self, id: i64, expected: Option<i64>, next_run_at: Option<i64>) -> Result<bool> {

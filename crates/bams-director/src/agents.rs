@@ -448,9 +448,13 @@ impl Director {
     /// queued agent runs whose agent never came for them.
     pub(crate) async fn reap_agent_runs(&self, silent_ms: i64, wait_ms: i64) -> Result<(), bams_catalog::CatalogError> {
         let cat = self.catalog();
-        for id in cat.requeue_unacknowledged(silent_ms).await? {
+        let requeued = cat.requeue_unacknowledged(silent_ms).await?;
+        for id in &requeued {
             let line = "the agent did not acknowledge the assignment (it went away): queued again";
-            let _ = cat.append_log(id, &format!("{} {line}\n", stamp())).await;
+            let _ = cat.append_log(*id, &format!("{} {line}\n", stamp())).await;
+        }
+        if !requeued.is_empty() {
+            self.agent_work().notify_waiters();
         }
         for r in cat.silent_agent_runs(silent_ms).await? {
             let msg = format!("agent lost: no heartbeat for {} s (killed, hung or cut off)", silent_ms / 1000);

@@ -50,6 +50,7 @@ pub struct Director {
     running: Mutex<HashMap<i64, Arc<RunControl>>>,
     stopping: AtomicBool,
     wake: Notify,
+    agent_work: Notify,
     idle: Notify,
     extra: std::sync::RwLock<HashMap<&'static str, Arc<dyn crate::KindExecutor>>>,
     notifier: Arc<crate::notify::Notifier>,
@@ -66,6 +67,7 @@ impl Director {
             running: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             wake: Notify::new(),
+            agent_work: Notify::new(),
             idle: Notify::new(),
             extra: std::sync::RwLock::new(HashMap::new()),
             notifier,
@@ -135,6 +137,14 @@ impl Director {
     /// Claim queued work now instead of at the next tick (after `POST /jobs/{id}/run`).
     pub fn wake(&self) {
         self.wake.notify_one();
+        self.agent_work.notify_waiters();
+    }
+
+    /// Notified whenever this server queues work an agent may take (a fired schedule, a
+    /// manual run, a requeued assignment): waiting long-polls look at once instead of at
+    /// their next one-second check.
+    pub fn agent_work(&self) -> &Notify {
+        &self.agent_work
     }
 
     /// Stop claiming; wait up to `deadline` for running jobs, then ask them to checkpoint
@@ -202,8 +212,18 @@ impl Director {
             if let Err(e) = self.tick().await {
                 warn!(error = %e, "director tick failed");
             }
+            // Sleep one tick, or less when a schedule falls due sooner: schedules fire on
+            // time whatever the polling interval (multi-server: another server's new schedule
+            // is seen at the next tick at the latest).
+            let nap = match self.catalog().next_schedule_due().await {
+                Ok(Some(due)) => {
+                    let ms = u64::try_from(due - bams_catalog::now_ms()).unwrap_or(0);
+                    self.opts.tick.min(Duration::from_millis(ms))
+                }
+                _ => self.opts.tick,
+            };
             tokio::select! {
-                () = tokio::time::sleep(self.opts.tick) => {}
+                () = tokio::time::sleep(nap) => {}
                 () = self.wake.notified() => {}
             }
         }
@@ -225,10 +245,15 @@ impl Director {
             };
             by_job.entry(s.job).or_default().push((s, next));
         }
+        let mut fired = false;
         for (job, due) in by_job {
             if let Some(run) = self.catalog().fire_schedules(&due, now).await? {
                 info!(job, run, schedules = due.len(), "schedule fired");
+                fired = true;
             }
+        }
+        if fired {
+            self.agent_work.notify_waiters();
         }
         // Pass cancel requests to what we run.
         let ids: Vec<i64> = self.controls().keys().copied().collect();

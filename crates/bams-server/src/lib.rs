@@ -186,7 +186,6 @@ pub async fn prepare(config: Config) -> Result<Server> {
         iscsi,
         iscsi_policy: Arc::new(iscsi_policy),
         log_followers,
-        agent_work: Arc::new(tokio::sync::Notify::new()),
         limiter: Arc::new(auth::LoginLimiter::default()),
         auth_cache: Arc::new(auth::AuthCache::default()),
         metrics: metrics::install(),

@@ -29,8 +29,6 @@ pub struct AppState {
     pub iscsi: Arc<dyn bams_appliance::iscsi::IscsiBackend>,
     /// Where LUN backing files and devices may come from.
     pub iscsi_policy: Arc<bams_appliance::iscsi::PathPolicy>,
-    /// Woken when a run is queued, so agents waiting in a long-poll take it at once.
-    pub agent_work: Arc<tokio::sync::Notify>,
     /// Permits for WebSocket log followers (`logs.max_stream_clients`).
     pub log_followers: Arc<tokio::sync::Semaphore>,
     /// Recently verified credentials.

@@ -171,6 +171,10 @@ pub async fn poll(State(st): State<AppState>, caller: Caller, Json(p): Json<Poll
     st.catalog.agent_seen(agent.id, &p.hostname, &p.version).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(p.wait_secs).min(MAX_WAIT);
     loop {
+        // Registered before looking, so work queued while we look still wakes us.
+        let woken = st.director.agent_work().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         if let Some(a) = st.director.next_agent_assignment(&agent).await? {
             tracing::info!(agent = %agent.name, run = a.run_id, "run assigned to agent");
             return Ok(Json(PollReply { assignments: vec![a] }));
@@ -181,7 +185,7 @@ pub async fn poll(State(st): State<AppState>, caller: Caller, Json(p): Json<Poll
         }
         // Woken by a run queued on this server; runs queued elsewhere are seen within a second.
         tokio::select! {
-            () = st.agent_work.notified() => {}
+            () = woken => {}
             () = tokio::time::sleep((deadline - now).min(Duration::from_secs(1))) => {}
         }
     }

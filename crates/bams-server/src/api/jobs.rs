@@ -216,7 +216,6 @@ pub async fn run_job(
         .queue_run(&NewRun { job_id: id, level: req.level, triggered_by: format!("manual:{}", caller.user.username) })
         .await?;
     st.director.wake();
-    st.agent_work.notify_waiters();
     Ok((StatusCode::ACCEPTED, Json(RunQueued { run_id: run.id })))
 }
 
