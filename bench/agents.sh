@@ -10,15 +10,16 @@
 #    p50/p99/max, target p99 < 2 s.
 # 2. One agent's backup of the bench tree (bench/run.sh's dataset, or /usr/share) through the
 #    server, against the same backup run locally with `bams backup` (fresh repositories, page
-#    cache warm, best of two rounds). Target: remote throughput ≥ 0.8× local.
+#    cache warm, best of three rounds). Target: remote throughput ≥ 0.8× local.
 #
 # Needs scripts/setup-dev.sh (sqlite3, curl, jq, python3). Every process started here is bound
 # to 127.0.0.1 and stopped on exit; every wait is bounded.
-# Usage: bench/agents.sh [AGENTS] [MINUTES]
+# Usage: bench/agents.sh [AGENTS] [MINUTES]      (PARTS="2" runs part 2 only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100}
 MINUTES=${2:-10}
+PARTS=${PARTS:-1 2}
 TREE=${TREE:-/var/tmp/bams-bench/tree}
 [ -d "$TREE" ] || TREE=/usr/share
 cargo build --release --locked -q -p bams
@@ -28,11 +29,12 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now_ms() { date +%s%3N; }
+pass() { python3 -c "print('PASS' if $1 else 'FAIL')"; }
 
 start_server() { # name; sets URL, SPID, TOKEN, REPO
   local name=$1 port; port=$(free_port)
@@ -70,6 +72,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 
 # ---------------- part 1: N agents, scheduled every minute ----------------
+if [[ " $PARTS " == *" 1 "* ]]; then
 echo "== part 1: $N agents, a backup each every minute for $MINUTES minutes"
 start_server many
 AGENT_PIDS=()
@@ -128,7 +131,6 @@ expected=$(( N * MINUTES ))
 for p in "${AGENT_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 kill "$SPID" 2>/dev/null || true
 
-pass() { python3 -c "print('PASS' if $1 else 'FAIL')"; }
 cat <<EOF
 
 | part 1: $N agents × $MINUTES min | value |
@@ -142,12 +144,15 @@ cat <<EOF
 | catalog size | ${catalog_kb} KiB |
 | repository size | ${repo_mb} MiB |
 EOF
+fi
 
 # ---------------- part 2: one agent remote vs local ----------------
+[[ " $PARTS " == *" 2 "* ]] || exit 0
 echo "== part 2: one agent's backup of $TREE vs the same backup run locally"
 warm() { find "$TREE" -type f -print0 | xargs -0 cat >/dev/null 2>&1 || true; }
 best_local=999999; best_remote=999999
-for round in 1 2; do
+ROUNDS=${ROUNDS:-3}
+for round in $(seq 1 "$ROUNDS"); do
   warm
   rm -rf "$WORK/local$round"
   BAMS_PASSWORD=bench "$BAMS" -q -r "$WORK/local$round" repo init >/dev/null
@@ -180,7 +185,7 @@ print(f'{b / ($best_local / 1000):.0f} {b / ($best_remote / 1000):.0f} {$best_lo
 
 cat <<EOF
 
-| part 2: $(( bytes / 1048576 )) MiB tree | time (best of 2) | throughput |
+| part 2: $(( bytes / 1048576 )) MiB tree | time (best of $ROUNDS) | throughput |
 | --- | --- | --- |
 | local \`bams backup\` | $(( best_local )) ms | ${local_mbs} MiB/s |
 | agent → server | $(( best_remote )) ms | ${remote_mbs} MiB/s |

@@ -418,6 +418,27 @@ impl Catalog {
         Schedule::from_row(&row)
     }
 
+    /// Replace a schedule (cron, time zone, level, enabled; it may move to another job) with
+    /// its next due time recomputed by the director.
+    pub async fn update_schedule(&self, id: i64, spec: &ScheduleSpec, next_run_at: Option<i64>) -> Result<Schedule> {
+        self.get_schedule(id).await?;
+        self.get_job(spec.job).await?;
+        sqlx::query(
+            "UPDATE schedules SET job_id = $1, cron = $2, timezone = $3, level = $4, enabled = $5, next_run_at = $6 \
+             WHERE id = $7",
+        )
+        .bind(spec.job)
+        .bind(&spec.cron)
+        .bind(spec.timezone.clone().unwrap_or_else(|| "UTC".into()))
+        .bind(spec.level.map(|l| l.as_str()))
+        .bind(i64::from(spec.enabled))
+        .bind(next_run_at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.get_schedule(id).await
+    }
+
     /// Schedules, all or of one job.
     pub async fn list_schedules(&self, job: Option<i64>) -> Result<Vec<Schedule>> {
         let rows = match job {

@@ -50,4 +50,4 @@ pub mod tree;
 
 pub use error::{Error, ErrorKind, Result};
 pub use id::Id;
-pub use repo::Repository;
+pub use repo::{Repository, Unlocked};

@@ -571,6 +571,8 @@ async fn tls_serves_the_api_and_remote_clients() {
     let (s, http, base, ca) = tls_server(dir.path());
     let health = http.get(format!("{base}/healthz")).send().await.expect("https request");
     assert_eq!(health.status(), StatusCode::OK);
+    // ALPN picks HTTP/2 over TLS (agents and remote clients use the same reqwest client).
+    assert_eq!(health.version(), reqwest::Version::HTTP_2);
     assert!(
         reqwest::get(format!("http://127.0.0.1:{}/healthz", s.port)).await.map_or(true, |r| !r.status().is_success()),
         "plain HTTP must not be served"
@@ -2697,6 +2699,7 @@ async fn two_agents_on_schedules_run_full_incremental_differential_into_a_pool_a
     let mut expected: Vec<(String, BTreeMap<PathBuf, Vec<u8>>)> = Vec::new();
     let mut last_run = [0i64; 2];
     let mut full_snapshots = [String::new(), String::new()];
+    let mut schedules: Vec<i64> = Vec::new();
     for (night, level) in ["full", "incremental", "differential"].into_iter().enumerate() {
         for (i, (_, src, _)) in agents.iter().enumerate() {
             match night {
@@ -2711,14 +2714,18 @@ async fn two_agents_on_schedules_run_full_incremental_differential_into_a_pool_a
                 _ => {}
             }
         }
-        let mut schedules = Vec::new();
-        for (job, _, _) in &agents {
-            let sched = admin
-                .ok(Method::POST, "/api/v1/schedules", Some(json!({"job": job, "cron": "* * * * * *", "level": level})))
-                .await;
-            schedules.push(sched["id"].as_i64().unwrap());
+        // Night 0 creates each job's schedule; later nights change its level and enable it.
+        for (i, (job, _, _)) in agents.iter().enumerate() {
+            let spec = json!({"job": job, "cron": "* * * * * *", "level": level});
+            if night == 0 {
+                let sched = admin.ok(Method::POST, "/api/v1/schedules", Some(spec)).await;
+                schedules.push(sched["id"].as_i64().unwrap());
+            } else {
+                let sched = admin.ok(Method::PUT, &format!("/api/v1/schedules/{}", schedules[i]), Some(spec)).await;
+                assert_eq!((sched["level"].as_str(), sched["enabled"].as_bool()), (Some(level), Some(true)));
+            }
         }
-        // The first run each schedule queued; then the schedules go.
+        // The first run each schedule queued; then the schedules are switched off.
         let mut runs_tonight = Vec::new();
         for (i, (job, _, _)) in agents.iter().enumerate() {
             let start = Instant::now();
@@ -2742,8 +2749,9 @@ async fn two_agents_on_schedules_run_full_incremental_differential_into_a_pool_a
             };
             runs_tonight.push(run);
         }
-        for id in &schedules {
-            admin.ok(Method::DELETE, &format!("/api/v1/schedules/{id}"), None).await;
+        for (i, id) in schedules.iter().enumerate() {
+            let off = json!({"job": agents[i].0, "cron": "* * * * * *", "level": level, "enabled": false});
+            admin.ok(Method::PUT, &format!("/api/v1/schedules/{id}"), Some(off)).await;
         }
         for (i, (_, src, _)) in agents.iter().enumerate() {
             let run = runs_tonight[i];
@@ -2783,6 +2791,23 @@ async fn two_agents_on_schedules_run_full_incremental_differential_into_a_pool_a
                 last_run[i] = last_run[i].max(r["id"].as_i64().unwrap());
             }
         }
+    }
+
+    for (body, path, want) in [
+        (
+            json!({"job": agents[0].0, "cron": "61 * * * *"}),
+            format!("/api/v1/schedules/{}", schedules[0]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"job": 999, "cron": "0 3 * * *"}),
+            format!("/api/v1/schedules/{}", schedules[0]),
+            StatusCode::NOT_FOUND,
+        ),
+        (json!({"job": agents[0].0, "cron": "0 3 * * *"}), "/api/v1/schedules/999".to_string(), StatusCode::NOT_FOUND),
+    ] {
+        let (st, b) = admin.call(Method::PUT, &path, Some(body.clone())).await;
+        assert_error(st, &b, want, &body.to_string());
     }
 
     // Every snapshot restores byte-identical to the tree as it was that night.
@@ -2928,4 +2953,43 @@ async fn pools_give_jobs_their_retention_and_limits_and_copy_jobs_a_target() {
     assert_eq!(st, StatusCode::NOT_FOUND);
     admin.ok(Method::GET, &format!("/api/v1/repositories/{offsite}"), None).await;
     check_repo(&s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_missed_while_the_server_was_down_runs_once_on_start_unless_turned_off() {
+    for run_missed in [true, false] {
+        let flag = run_missed.to_string();
+        let mut s = Server::start_with(None, &[("BAMS_RUN_MISSED", flag.as_str())]);
+        let admin = Api::login(&s, "admin", &s.admin_password()).await;
+        let src = s.dir.path().join("src");
+        write_tree(&src);
+        let job = make_job(&admin, json!({"name": "nightly", "type": "backup", "paths": [src], "repository": 1})).await;
+        // Due once a day, 3 s from now; the server is down at that moment.
+        let due = chrono::Utc::now() + chrono::Duration::seconds(3);
+        let cron = due.format("%-S %-M %-H * * *").to_string();
+        let sched = admin.ok(Method::POST, "/api/v1/schedules", Some(json!({"job": job, "cron": cron}))).await;
+        s.kill9();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        s.spawn();
+        let admin = Api::login(&s, "admin", &s.admin_password()).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let runs = admin.ok(Method::GET, &format!("/api/v1/runs?job={job}"), None).await;
+        let runs = runs["items"].as_array().unwrap();
+        let after = admin.ok(Method::GET, &format!("/api/v1/schedules/{}", sched["id"]), None).await;
+        let next = chrono::DateTime::parse_from_rfc3339(after["next_run_at"].as_str().unwrap()).unwrap();
+        assert!(next > chrono::Utc::now() + chrono::Duration::hours(23), "moved to tomorrow: {after}");
+        if run_missed {
+            assert_eq!(runs.len(), 1, "the missed run, once: {runs:?}");
+            let r = admin.wait_run(runs[0]["id"].as_i64().unwrap()).await;
+            assert_eq!(
+                (r["status"].as_str(), r["triggered_by"].as_str()),
+                (Some("succeeded"), Some("schedule")),
+                "{r}"
+            );
+            let due_at = chrono::DateTime::parse_from_rfc3339(r["scheduled_for"].as_str().unwrap()).unwrap();
+            assert_eq!(due_at.timestamp(), due.timestamp(), "{r}");
+        } else {
+            assert!(runs.is_empty(), "run_missed: false skips it: {runs:?}");
+        }
+    }
 }

@@ -107,10 +107,14 @@ async fn check_target(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
     Ok(())
 }
 
+/// When a schedule spec next falls due from now (400 for a bad cron or time zone).
+fn next_due(spec: &ScheduleSpec) -> ApiResult<i64> {
+    let tz = spec.timezone.as_deref().unwrap_or("UTC");
+    bams_director::schedule::next_after(&spec.cron, tz, bams_catalog::now_ms()).map_err(ApiError::bad_request)
+}
+
 async fn add_schedule(st: &AppState, spec: &ScheduleSpec) -> ApiResult<Schedule> {
-    let tz = spec.timezone.clone().unwrap_or_else(|| "UTC".into());
-    let next =
-        bams_director::schedule::next_after(&spec.cron, &tz, bams_catalog::now_ms()).map_err(ApiError::bad_request)?;
+    let next = next_due(spec)?;
     let s = st.catalog.create_schedule(spec, Some(next)).await?;
     st.director.wake();
     Ok(s)
@@ -255,6 +259,21 @@ pub async fn get_schedule(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Schedule>> {
     Ok(Json(st.catalog.get_schedule(id).await?))
+}
+
+/// Replace a schedule (cron, time zone, level, enabled); its next run is recomputed from now.
+#[utoipa::path(put, path = "/api/v1/schedules/{id}", tag = "schedules", params(("id" = i64, Path)), request_body = ScheduleSpec, responses((status = 200, body = Schedule)))]
+pub async fn update_schedule(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Json(spec): Json<ScheduleSpec>,
+) -> ApiResult<Json<Schedule>> {
+    caller.require(Role::Admin)?;
+    let next = next_due(&spec)?;
+    let s = st.catalog.update_schedule(id, &spec, Some(next)).await?;
+    st.director.wake();
+    Ok(Json(s))
 }
 
 /// Delete a schedule.

@@ -80,7 +80,7 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(pools::list_pools, pools::create_pool))
         .routes(routes!(pools::get_pool, pools::update_pool, pools::delete_pool))
         .routes(routes!(jobs::list_schedules, jobs::create_schedule))
-        .routes(routes!(jobs::get_schedule, jobs::delete_schedule))
+        .routes(routes!(jobs::get_schedule, jobs::update_schedule, jobs::delete_schedule))
         .routes(routes!(jobs::list_runs))
         .routes(routes!(jobs::get_run))
         .routes(routes!(jobs::run_log))

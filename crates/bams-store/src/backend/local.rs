@@ -63,7 +63,13 @@ fn list_dir(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<()> {
             continue;
         }
         let path = entry.path();
-        let meta = entry.metadata().map_err(|e| Error::io(path.display(), e))?;
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            // Removed since the directory was read (another client's lock going away): it is
+            // simply not there any more.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(path.display(), e)),
+        };
         if meta.is_dir() {
             list_dir(root, &path, out)?;
         } else if let Ok(rel) = path.strip_prefix(root) {
