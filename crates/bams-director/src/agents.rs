@@ -238,6 +238,31 @@ pub enum AgentRunError {
     Catalog(#[from] bams_catalog::CatalogError),
 }
 
+impl Assignment {
+    /// Work that reads snapshot `snapshot` of a repository (restore, verify); the caller sets
+    /// target, include and verify.
+    fn reading(kind: &str, run_id: i64, repository: String, key: &[u8], job: &str, snapshot: String) -> Self {
+        Self {
+            run_id,
+            kind: kind.into(),
+            repository,
+            key_hex: hex::encode(key),
+            paths: Vec::new(),
+            excludes: Vec::new(),
+            one_file_system: false,
+            tags: Vec::new(),
+            job: job.to_string(),
+            parent: None,
+            bandwidth_limit: 0,
+            snapshot: Some(snapshot),
+            target: None,
+            include: Vec::new(),
+            verify: false,
+            hooks: Hooks::default(),
+        }
+    }
+}
+
 impl Director {
     /// Claim the next queued run of `agent` and turn it into an assignment (the level is
     /// mapped onto a parent here, as for local runs). A run that cannot be prepared ends as
@@ -262,8 +287,11 @@ impl Director {
         let cat = self.catalog();
         let job_id = run.job_id.ok_or("the run's job was deleted")?;
         let job = cat.get_job(job_id).await.map_err(|e| e.to_string())?;
-        if !matches!(job.kind, JobKind::Backup | JobKind::Restore) {
-            return Err(format!("agents run backup and restore jobs; {} jobs run on the server", job.kind.as_str()));
+        if !matches!(job.kind, JobKind::Backup | JobKind::Restore | JobKind::Verify) {
+            return Err(format!(
+                "agents run backup, restore and verify jobs; {} jobs run on the server",
+                job.kind.as_str()
+            ));
         }
         let rec = cat.get_repository(job.repository).await.map_err(|e| e.to_string())?;
         let key = std::fs::read(&rec.key_file).map_err(|e| format!("key file of repository {}: {e}", rec.name))?;
@@ -271,6 +299,9 @@ impl Director {
         let repo = self.repos.get(job.repository).await.map_err(|e| e.to_string())?;
         if job.kind == JobKind::Restore {
             return self.prepare_restore(agent, run, &job, rec.name, key, repo).await;
+        }
+        if job.kind == JobKind::Verify {
+            return self.prepare_verify(agent, run, &job, rec.name, key, repo).await;
         }
         if let Some(pool) = self.pool_of(&job).await? {
             self.ensure_room(&pool, &repo).await?;
@@ -348,23 +379,48 @@ impl Director {
         );
         let _ = self.catalog().append_log(run.id, &text).await;
         Ok(Assignment {
-            run_id: run.id,
-            kind: "restore".into(),
-            repository,
-            key_hex: hex::encode(key),
-            paths: Vec::new(),
-            excludes: Vec::new(),
-            one_file_system: false,
-            tags: Vec::new(),
-            job: job.name.clone(),
-            parent: None,
-            bandwidth_limit: 0,
-            snapshot: Some(snap.id.to_hex()),
             target: Some(spec.target),
             include: spec.include,
             verify: spec.verify,
-            hooks: Hooks::default(),
+            ..Assignment::reading("restore", run.id, repository, &key, &job.name, snap.id.to_hex())
         })
+    }
+
+    /// A verify on `agent`: the agent restores the snapshot into scratch space of its own,
+    /// re-reads every file against the snapshot, and removes the copy. The snapshot is the
+    /// last backup of `options.job`, or the agent's newest.
+    async fn prepare_verify(
+        &self,
+        agent: &Agent,
+        run: &Run,
+        job: &Job,
+        repository: String,
+        key: Vec<u8>,
+        repo: Arc<bams_store::Repository>,
+    ) -> Result<Assignment, String> {
+        let snapshot = match crate::VerifyMode::from_options(&job.options)? {
+            crate::VerifyMode::Restore(Some(name)) => self.last_snapshot_of_job(&name).await?,
+            crate::VerifyMode::Restore(None) => {
+                let host = agent.hostname.clone().unwrap_or_default();
+                let (snaps, _) = tokio::task::spawn_blocking(move || repo.snapshots())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                let newest = snaps.iter().filter(|s| s.snapshot.host == host).max_by_key(|s| s.snapshot.time);
+                newest.map(|s| s.id.to_hex()).ok_or(format!("agent {} has no snapshot to verify", agent.name))?
+            }
+            crate::VerifyMode::ReadDataSubset(_) => {
+                return Err("re-hashing packs runs on the server (\"agent\": null)".into());
+            }
+        };
+        let text = format!(
+            "{} agent {} restores snapshot {} into scratch space and compares it\n",
+            crate::runner::stamp(),
+            agent.name,
+            &snapshot[..snapshot.len().min(12)]
+        );
+        let _ = self.catalog().append_log(run.id, &text).await;
+        Ok(Assignment { verify: true, ..Assignment::reading("verify", run.id, repository, &key, &job.name, snapshot) })
     }
 
     /// Progress and log lines of a running agent run; answers whether to cancel.
@@ -415,7 +471,7 @@ impl Director {
         cat.append_log(run, &format!("{} {}: {message}\n", stamp(), status.as_str())).await?;
         cat.finish_run(run, status, &stats, &message).await?;
         self.notify_ended(run);
-        metrics::counter!("bams_runs_total", "kind" => "backup", "status" => status.as_str()).increment(1);
+        metrics::counter!("bams_runs_total", "kind" => r.kind.as_str(), "status" => status.as_str()).increment(1);
         Ok(())
     }
 

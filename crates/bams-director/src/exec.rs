@@ -332,12 +332,7 @@ async fn verify(
         }
         crate::VerifyMode::Restore(source) => {
             let snap = match source {
-                Some(name) => {
-                    let jobs = d.catalog().list_jobs().await.map_err(|e| e.to_string())?;
-                    let src = jobs.iter().find(|j| j.name == name).ok_or(format!("no job named {name:?}"))?;
-                    let last = d.catalog().last_successful_backup(src.id, false).await.map_err(|e| e.to_string())?;
-                    last.and_then(|r| r.snapshot_id).ok_or(format!("job {name:?} has no successful backup yet"))?
-                }
+                Some(name) => d.last_snapshot_of_job(&name).await?,
                 None => "latest".to_string(),
             };
             let scratch = d.repos.scratch_dir().join(format!("verify-run-{}", run.id));
@@ -389,6 +384,16 @@ async fn verify(
                 message,
             })
         }
+    }
+}
+
+impl Director {
+    /// The snapshot of the last successful backup of the job named `name` (verify jobs).
+    pub(crate) async fn last_snapshot_of_job(&self, name: &str) -> ExecResult<String> {
+        let jobs = self.catalog().list_jobs().await.map_err(|e| e.to_string())?;
+        let src = jobs.iter().find(|j| j.name == name).ok_or(format!("no job named {name:?}"))?;
+        let last = self.catalog().last_successful_backup(src.id, false).await.map_err(|e| e.to_string())?;
+        last.and_then(|r| r.snapshot_id).ok_or(format!("job {name:?} has no successful backup yet"))
     }
 }
 

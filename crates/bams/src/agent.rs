@@ -429,6 +429,7 @@ fn work(
             r
         }
         "restore" => restore(state, a, st, handle),
+        "verify" => verify(state, a, st, handle),
         other => bail!("this agent version cannot run {other:?} work"),
     }
 }
@@ -496,6 +497,29 @@ fn run_command(c: &bams_director::agents::Command, phase: &str, status: &str, st
         l.push(format!("{what}: {}", if waited.is_ok() { "ok" } else { "failed" }));
     }
     waited.map_err(|e| anyhow::anyhow!("{e}: {}", err.trim()))
+}
+
+/// Verify a snapshot on this machine: restore it into a scratch directory (private, under
+/// the system's temporary directory), re-read every file against the snapshot, remove the copy.
+fn verify(state: &AgentState, a: &Assignment, st: &RunState, handle: tokio::runtime::Handle) -> Result<Finish> {
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("bams-verify-{}-", a.run_id))
+        .tempdir()
+        .context("creating scratch space for the verify")?;
+    let mut restore_as = a.clone();
+    restore_as.target = Some(scratch.path().to_string_lossy().into_owned());
+    restore_as.verify = true;
+    let r = restore(state, &restore_as, st, handle);
+    // The scratch copy goes whatever happened (TempDir removes it on drop; errors are logged).
+    if let Err(e) = scratch.close() {
+        st.warn(&format!("removing the scratch copy: {e}"));
+    }
+    let mut f = r?;
+    f.message = format!("compared on the agent: {}", f.message);
+    if f.errors > 0 {
+        f.ok = false;
+    }
+    Ok(f)
 }
 
 /// Restore a snapshot (possibly another machine's) into a directory of this machine.

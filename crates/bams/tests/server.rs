@@ -2034,20 +2034,7 @@ async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refu
 
     // The snapshot restores byte-identical from the repository.
     let target = s.dir.path().join("agent-restore");
-    let out = Command::new(env!("CARGO_BIN_EXE_bams"))
-        .args([
-            "-r",
-            s.data().join("repo").to_str().unwrap(),
-            "--key-file",
-            s.data().join("keys/default.key").to_str().unwrap(),
-            "restore",
-            snap,
-            "--target",
-            target.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    restore_default(&s, snap, &target);
     let root = target.join(src.strip_prefix("/").unwrap());
     assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), std::fs::read(src.join("big.bin")).unwrap());
     assert_eq!(std::fs::read(root.join("small.txt")).unwrap(), b"changed on the agent");
@@ -2792,6 +2779,30 @@ async fn two_agents_on_schedules_run_full_incremental_differential_into_a_pool_a
             }
         }
     }
+
+    // An agent verifies its last backup on its own machine: restore to scratch, compare.
+    let db1 = admin.ok(Method::GET, "/api/v1/agents", None).await;
+    let db1 = db1["items"].as_array().unwrap().iter().find(|a| a["name"] == "db1").unwrap()["id"].clone();
+    let (st, b) = admin
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "v", "type": "verify", "agent": db1, "pool": "nightly"})),
+        )
+        .await;
+    assert_error(st, &b, StatusCode::UNPROCESSABLE_ENTITY, "re-hashing packs on an agent");
+    let verify = make_job(
+        &admin,
+        json!({"name": "db1-verify", "type": "verify", "agent": db1, "pool": "nightly",
+               "options": {"mode": "restore", "job": "db1-files"}}),
+    )
+    .await;
+    let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{verify}/run"), None).await;
+    let r = admin.wait_run(run["run_id"].as_i64().unwrap()).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let message = r["message"].as_str().unwrap();
+    assert!(message.starts_with("compared on the agent") && message.contains("verified"), "{r}");
+    assert!(message.contains(&expected[4].0[..8]), "the last backup of db1-files was verified: {r}");
 
     for (body, path, want) in [
         (

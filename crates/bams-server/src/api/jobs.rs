@@ -18,12 +18,12 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
         ));
     }
     use bams_catalog::JobKind;
-    if spec.agent.is_some() && !matches!(spec.kind, JobKind::Backup | JobKind::Restore) {
+    if spec.agent.is_some() && !matches!(spec.kind, JobKind::Backup | JobKind::Restore | JobKind::Verify) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unsupported",
             format!(
-                "agents run backup and restore jobs; a {} job runs on the server (\"agent\": null)",
+                "agents run backup, restore and verify jobs; a {} job runs on the server (\"agent\": null)",
                 spec.kind.as_str()
             ),
         ));
@@ -46,7 +46,14 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
         ));
     }
     if spec.kind == JobKind::Verify {
-        bams_director::VerifyMode::from_options(&spec.options).map_err(ApiError::bad_request)?;
+        let mode = bams_director::VerifyMode::from_options(&spec.options).map_err(ApiError::bad_request)?;
+        if spec.agent.is_some() && matches!(mode, bams_director::VerifyMode::ReadDataSubset(_)) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported",
+                "an agent verifies by restoring and comparing ({\"mode\": \"restore\"}); re-hashing packs runs on the server",
+            ));
+        }
     }
     if spec.kind == JobKind::Restore {
         if spec.agent.is_none() {
