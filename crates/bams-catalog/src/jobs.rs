@@ -296,7 +296,7 @@ fn validate_job(spec: &JobSpec) -> Result<()> {
     Ok(())
 }
 
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 /// Where a job writes: its repository and, when it names one, its pool.
 #[derive(Debug, Clone, Copy)]
@@ -318,6 +318,16 @@ fn bind_spec<'q>(q: AnyQuery<'q>, spec: &'q JobSpec, t: Target) -> AnyQuery<'q> 
         .bind(spec.retention.as_ref().map(to_json))
         .bind(to_json(&spec.options))
         .bind(i64::from(spec.enabled))
+}
+
+/// Bind a schedule as `$1`..`$6` (the order both INSERT and UPDATE use).
+fn bind_schedule<'q>(q: AnyQuery<'q>, spec: &'q ScheduleSpec, next_run_at: Option<i64>) -> AnyQuery<'q> {
+    q.bind(spec.job)
+        .bind(&spec.cron)
+        .bind(spec.timezone.clone().unwrap_or_else(|| "UTC".into()))
+        .bind(spec.level.map(|l| l.as_str()))
+        .bind(i64::from(spec.enabled))
+        .bind(next_run_at)
 }
 
 impl Catalog {
@@ -403,18 +413,11 @@ impl Catalog {
     /// Add a schedule; `next_run_at` comes from the director's cron evaluation.
     pub async fn create_schedule(&self, spec: &ScheduleSpec, next_run_at: Option<i64>) -> Result<Schedule> {
         self.get_job(spec.job).await?;
-        let row = sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO schedules (job_id, cron, timezone, level, enabled, next_run_at) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING {SCHEDULE_COLS}"
-        ))
-        .bind(spec.job)
-        .bind(&spec.cron)
-        .bind(spec.timezone.clone().unwrap_or_else(|| "UTC".into()))
-        .bind(spec.level.map(|l| l.as_str()))
-        .bind(i64::from(spec.enabled))
-        .bind(next_run_at)
-        .fetch_one(&self.pool)
-        .await?;
+        );
+        let row = bind_schedule(sqlx::query(&sql), spec, next_run_at).fetch_one(&self.pool).await?;
         Schedule::from_row(&row)
     }
 
@@ -423,19 +426,9 @@ impl Catalog {
     pub async fn update_schedule(&self, id: i64, spec: &ScheduleSpec, next_run_at: Option<i64>) -> Result<Schedule> {
         self.get_schedule(id).await?;
         self.get_job(spec.job).await?;
-        sqlx::query(
-            "UPDATE schedules SET job_id = $1, cron = $2, timezone = $3, level = $4, enabled = $5, next_run_at = $6 \
-             WHERE id = $7",
-        )
-        .bind(spec.job)
-        .bind(&spec.cron)
-        .bind(spec.timezone.clone().unwrap_or_else(|| "UTC".into()))
-        .bind(spec.level.map(|l| l.as_str()))
-        .bind(i64::from(spec.enabled))
-        .bind(next_run_at)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        let sql = "UPDATE schedules SET job_id = $1, cron = $2, timezone = $3, level = $4, enabled = $5, \
+                   next_run_at = $6 WHERE id = $7";
+        bind_schedule(sqlx::query(sql), spec, next_run_at).bind(id).execute(&self.pool).await?;
         self.get_schedule(id).await
     }
 

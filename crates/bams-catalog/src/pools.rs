@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
 use crate::error::{named_conflict, CatalogError, Result};
+use crate::jobs::AnyQuery;
 use crate::repos::validate_name;
 use crate::row::{to_json, RowExt};
 use crate::{now_ms, Catalog};
@@ -124,6 +125,16 @@ fn validate_pool(spec: &PoolSpec) -> Result<()> {
     Ok(())
 }
 
+/// Bind a pool definition as `$1`..`$6` (the order both INSERT and UPDATE use).
+fn bind_pool<'q>(q: AnyQuery<'q>, spec: &'q PoolSpec) -> AnyQuery<'q> {
+    q.bind(&spec.name)
+        .bind(spec.repository)
+        .bind(spec.retention.as_ref().map(to_json))
+        .bind(spec.max_bytes)
+        .bind(spec.max_snapshots)
+        .bind(&spec.description)
+}
+
 fn taken(spec: &PoolSpec) -> impl FnOnce() -> String + '_ {
     move || format!("pool {:?} already exists, or repository {} already has a pool", spec.name, spec.repository)
 }
@@ -134,19 +145,9 @@ impl Catalog {
         validate_pool(spec)?;
         self.get_repository(spec.repository).await?;
         let now = now_ms();
-        let r = sqlx::query(
-            "INSERT INTO pools (name, repository_id, retention, max_bytes, max_snapshots, description, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
-        )
-        .bind(&spec.name)
-        .bind(spec.repository)
-        .bind(spec.retention.as_ref().map(to_json))
-        .bind(spec.max_bytes)
-        .bind(spec.max_snapshots)
-        .bind(&spec.description)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await;
+        let sql = "INSERT INTO pools (name, repository_id, retention, max_bytes, max_snapshots, description, \
+                   created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id";
+        let r = bind_pool(sqlx::query(sql), spec).bind(now).fetch_one(&self.pool).await;
         let row = named_conflict(r.map_err(Into::into), taken(spec))?;
         self.get_pool(row.i64("id")?).await
     }
@@ -158,20 +159,9 @@ impl Catalog {
         self.get_pool(id).await?;
         self.get_repository(spec.repository).await?;
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query(
-            "UPDATE pools SET name = $1, repository_id = $2, retention = $3, max_bytes = $4, max_snapshots = $5, \
-             description = $6, updated_at = $7 WHERE id = $8",
-        )
-        .bind(&spec.name)
-        .bind(spec.repository)
-        .bind(spec.retention.as_ref().map(to_json))
-        .bind(spec.max_bytes)
-        .bind(spec.max_snapshots)
-        .bind(&spec.description)
-        .bind(now_ms())
-        .bind(id)
-        .execute(&mut *tx)
-        .await;
+        let sql = "UPDATE pools SET name = $1, repository_id = $2, retention = $3, max_bytes = $4, \
+                   max_snapshots = $5, description = $6, updated_at = $7 WHERE id = $8";
+        let r = bind_pool(sqlx::query(sql), spec).bind(now_ms()).bind(id).execute(&mut *tx).await;
         named_conflict(r.map_err(Into::into), taken(spec))?;
         sqlx::query("UPDATE jobs SET repository_id = $1 WHERE pool_id = $2")
             .bind(spec.repository)

@@ -238,6 +238,24 @@ pub enum AgentRunError {
     Catalog(#[from] bams_catalog::CatalogError),
 }
 
+/// Every snapshot of `repo` (read on a blocking thread).
+async fn all_snapshots(repo: Arc<bams_store::Repository>) -> Result<Vec<bams_store::snapshot::SnapshotEntry>, String> {
+    let (snaps, _) = tokio::task::spawn_blocking(move || repo.snapshots())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(snaps)
+}
+
+/// The newest of `snaps` taken on `agent`'s machine (its reported host name).
+fn newest_of<'a>(
+    snaps: &'a [bams_store::snapshot::SnapshotEntry],
+    agent: &Agent,
+) -> Option<&'a bams_store::snapshot::SnapshotEntry> {
+    let host = agent.hostname.as_deref().unwrap_or_default();
+    snaps.iter().filter(|s| s.snapshot.host == host).max_by_key(|s| s.snapshot.time)
+}
+
 impl Assignment {
     /// Work that reads snapshot `snapshot` of a repository (restore, verify); the caller sets
     /// target, include and verify.
@@ -355,15 +373,15 @@ impl Director {
             Some(id) => self.catalog().get_agent(id).await.map_err(|e| format!("source agent: {e}"))?,
             None => agent.clone(),
         };
-        let (snaps, _) = tokio::task::spawn_blocking(move || repo.snapshots())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let snaps = all_snapshots(repo).await?;
         let snap = if spec.snapshot == "latest" {
-            let host = source.hostname.clone().unwrap_or_default();
-            snaps.iter().filter(|s| s.snapshot.host == host).max_by_key(|s| s.snapshot.time).cloned().ok_or_else(
-                || format!("agent {} (host {host}) has no snapshot in repository {repository}", source.name),
-            )?
+            newest_of(&snaps, &source).cloned().ok_or_else(|| {
+                format!(
+                    "agent {} (host {}) has no snapshot in repository {repository}",
+                    source.name,
+                    source.hostname.as_deref().unwrap_or_default()
+                )
+            })?
         } else {
             bams_store::repo::resolve_snapshot(&snaps, &spec.snapshot).cloned().map_err(|e| e.to_string())?
         };
@@ -401,12 +419,8 @@ impl Director {
         let snapshot = match crate::VerifyMode::from_options(&job.options)? {
             crate::VerifyMode::Restore(Some(name)) => self.last_snapshot_of_job(&name).await?,
             crate::VerifyMode::Restore(None) => {
-                let host = agent.hostname.clone().unwrap_or_default();
-                let (snaps, _) = tokio::task::spawn_blocking(move || repo.snapshots())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                let newest = snaps.iter().filter(|s| s.snapshot.host == host).max_by_key(|s| s.snapshot.time);
+                let snaps = all_snapshots(repo).await?;
+                let newest = newest_of(&snaps, agent);
                 newest.map(|s| s.id.to_hex()).ok_or(format!("agent {} has no snapshot to verify", agent.name))?
             }
             crate::VerifyMode::ReadDataSubset(_) => {

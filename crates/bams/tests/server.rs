@@ -164,6 +164,12 @@ impl Api {
         v
     }
 
+    /// Run job `id` now (with `body`, e.g. a level override) and wait for the run to end.
+    async fn run_job(&self, id: i64, body: Option<Value>) -> Value {
+        let run = self.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), body).await;
+        self.wait_run(run["run_id"].as_i64().unwrap()).await
+    }
+
     async fn wait_run(&self, id: i64) -> Value {
         let start = Instant::now();
         loop {
@@ -1987,13 +1993,7 @@ async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refu
             ),
         )
         .await;
-    let run_level = |level: &'static str| {
-        let (admin, id) = (&admin, job["id"].as_i64().unwrap());
-        async move {
-            let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), Some(json!({"level": level}))).await;
-            admin.wait_run(run["run_id"].as_i64().unwrap()).await
-        }
-    };
+    let run_level = |level: &'static str| admin.run_job(job["id"].as_i64().unwrap(), Some(json!({"level": level})));
     let full = run_level("full").await;
     assert_eq!(
         full["status"],
@@ -2062,13 +2062,7 @@ async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refu
         let (st, b) = admin.call(Method::POST, "/api/v1/jobs", Some(body.clone())).await;
         assert_error(st, &b, want, &body.to_string());
     }
-    let run_job = |id: i64| {
-        let admin = &admin;
-        async move {
-            let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), None).await;
-            admin.wait_run(run["run_id"].as_i64().unwrap()).await
-        }
-    };
+    let run_job = |id: i64| admin.run_job(id, None);
     let own_target = s.dir.path().join("agent-restore-job");
     let restore_job = admin
         .ok(
@@ -2341,13 +2335,7 @@ async fn agent_jobs_run_commands_around_the_backup_and_back_up_a_dump_stream() {
         let (st, b) = admin.call(Method::POST, "/api/v1/jobs", Some(body.clone())).await;
         assert_error(st, &b, want, &body.to_string());
     }
-    let run = |id: i64| {
-        let admin = &admin;
-        async move {
-            let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), None).await;
-            admin.wait_run(run["run_id"].as_i64().unwrap()).await
-        }
-    };
+    let run = |id: i64| admin.run_job(id, None);
 
     // Before, a dump streamed into the snapshot, after (told the outcome).
     let dump = "echo 'CREATE TABLE t (x int);'; echo 'INSERT INTO t VALUES (1);'";
@@ -2452,13 +2440,7 @@ async fn verify_jobs_rehash_packs_or_restore_and_compare_and_catch_corruption() 
         let admin = &admin;
         async move { admin.ok(Method::POST, "/api/v1/jobs", Some(body)).await["id"].as_i64().unwrap() }
     };
-    let run = |id: i64| {
-        let admin = &admin;
-        async move {
-            let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), None).await;
-            admin.wait_run(run["run_id"].as_i64().unwrap()).await
-        }
-    };
+    let run = |id: i64| admin.run_job(id, None);
     let backup = make(json!({"name": "files", "type": "backup", "paths": [src], "repository": 1})).await;
     assert_eq!(run(backup).await["status"], "succeeded");
     for (options, says) in [
@@ -2797,8 +2779,7 @@ async fn two_agents_on_schedules_run_full_incremental_differential_into_a_pool_a
                "options": {"mode": "restore", "job": "db1-files"}}),
     )
     .await;
-    let run = admin.ok(Method::POST, &format!("/api/v1/jobs/{verify}/run"), None).await;
-    let r = admin.wait_run(run["run_id"].as_i64().unwrap()).await;
+    let r = admin.run_job(verify, None).await;
     assert_eq!(r["status"], "succeeded", "{r}");
     let message = r["message"].as_str().unwrap();
     assert!(message.starts_with("compared on the agent") && message.contains("verified"), "{r}");
@@ -2905,13 +2886,7 @@ async fn pools_give_jobs_their_retention_and_limits_and_copy_jobs_a_target() {
         let (st, b) = admin.call(Method::POST, "/api/v1/jobs", Some(bad.clone())).await;
         assert_error(st, &b, want, &bad.to_string());
     }
-    let run = |id: i64| {
-        let admin = &admin;
-        async move {
-            let r = admin.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), None).await;
-            admin.wait_run(r["run_id"].as_i64().unwrap()).await
-        }
-    };
+    let run = |id: i64| admin.run_job(id, None);
     for n in 0..3 {
         std::fs::write(src.join("a.txt"), format!("version {n}")).unwrap();
         let r = run(job).await;
