@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages BAMS needs to build, test and benchmark on Debian 12.
 # Idempotent: safe to run again; `apt-get update` runs first as apt needs fresh lists.
+#
+# Robust to newer versions that a machine image already carries (backports, point releases):
+# a package that is already installed is left as it is and not asked for again, and
+# `qemu-block-extra` (whose bookworm version pins `qemu-utils` to 7.2) is only installed when
+# the `qemu-img` on the machine lacks the iSCSI protocol. A package apt cannot install is
+# named in the error instead of failing the whole list silently.
 set -euo pipefail
 
 packages=(
@@ -18,10 +24,12 @@ packages=(
   bacula-sd                       # `bacula-sd -t` validates generated storage daemon configs
   mtx mt-st                       # tape changers and drives (a missing changer is tested for real)
   tgt libiscsi-bin                # iSCSI target daemon, and iscsi-ls as a userspace initiator
-  qemu-utils qemu-block-extra     # qemu-img reads a LUN over iSCSI in the tests
+  qemu-utils                      # qemu-img reads a LUN over iSCSI in the tests
   lvm2                            # vgs/lvs on machines with device-mapper (fixtures elsewhere)
   systemd-journal-remote          # writes real journal files that the log tests read with journalctl
   python3-aiosmtpd                # a real SMTP server (STARTTLS) for the notification tests
+  bsdutils                        # script(1): a pseudo-terminal for the progress-bar tests
+  mmdebstrap                      # clean Debian roots for the setup and package tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -31,7 +39,40 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+
+# True when dpkg has the package fully installed (any version: a newer one is kept).
+installed() {
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]
+}
+
+missing=()
+for p in "${packages[@]}"; do
+  installed "$p" || missing+=("$p")
+done
+
+install_missing() {
+  [ "$#" -eq 0 ] && return 0
+  if ! apt-get install -y -qq --no-install-recommends "$@" >/dev/null; then
+    # One at a time, so the error names the package apt cannot install.
+    local failed=()
+    for p in "$@"; do
+      installed "$p" || apt-get install -y -qq --no-install-recommends "$p" >/dev/null || failed+=("$p")
+    done
+    if [ "${#failed[@]}" -gt 0 ]; then
+      echo "setup-dev.sh: apt cannot install: ${failed[*]}" >&2
+      exit 1
+    fi
+  fi
+}
+install_missing "${missing[@]}"
+
+# qemu-img must speak iSCSI (the iSCSI tests read LUNs with it). Newer qemu-utils builds have it
+# built in; bookworm's 7.2 needs the qemu-block-extra module package.
+if ! qemu-img --help | grep -qw iscsi; then
+  install_missing qemu-block-extra
+  qemu-img --help | grep -qw iscsi || { echo "setup-dev.sh: qemu-img has no iSCSI support" >&2; exit 1; }
+fi
+
 # A real S3-compatible server for tests: moto's server mode, from PyPI, in its own venv.
 if [ ! -x /opt/bams-venv/bin/python3 ] || ! /opt/bams-venv/bin/python3 -c 'import moto.server' 2>/dev/null; then
   python3 -m venv /opt/bams-venv
