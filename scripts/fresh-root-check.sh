@@ -35,14 +35,23 @@ trap cleanup EXIT
 bind() { mkdir -p "$root$2"; mount --bind "$1" "$root$2"; mounts+=("$root$2"); }
 
 t0=$(date +%s)
-mmdebstrap --quiet --variant=apt bookworm "$root"
+mmdebstrap --quiet --variant=apt --include=ca-certificates bookworm "$root"
 echo "fresh-root-check: bookworm root in $(($(date +%s) - t0)) s"
 mount -t proc proc "$root/proc"; mounts+=("$root/proc")
 bind /sys /sys
 bind /dev /dev
 mount -t devpts devpts "$root/dev/pts" 2>/dev/null && mounts+=("$root/dev/pts") || true
 cp /etc/resolv.conf "$root/etc/resolv.conf"
-in_root() { chroot "$root" /usr/bin/env -i HOME=/root PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin CI="${CI:-}" "$@"; }
+in_root() {
+  chroot "$root" /usr/bin/env -i HOME=/root PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    CI="${CI:-}" SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt "$@"
+}
+# The machine's own trust anchors (a site CA in front of the package registries is common).
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  in_root update-ca-certificates >/dev/null 2>&1
+fi
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
 
 if [ "$like_host" -eq 1 ]; then
   ( cd "$root/tmp" && dpkg-repack qemu-utils >/dev/null 2>&1 || { apt-get install -y -qq dpkg-repack >/dev/null && dpkg-repack qemu-utils >/dev/null; } )
