@@ -69,7 +69,7 @@ in_root bash -c 'cd /src && bash scripts/setup-dev.sh'
 echo "fresh-root-check: setup-dev.sh took $(($(date +%s) - t0)) s"
 in_root dpkg-query -W -f='${Package}\n' | sort >"$root/tmp/after"
 echo "fresh-root-check: it installed $(comm -13 "$root/tmp/before" "$root/tmp/after" | wc -l) packages; asked for: $(grep -oE '^  [a-z0-9.+ -]+#' "$src/scripts/setup-dev.sh" | tr -d '#' | xargs)"
-echo "fresh-root-check: qemu-block-extra: $(in_root dpkg-query -W -f='${Version}' qemu-block-extra 2>/dev/null || echo 'not installed')"
+echo "fresh-root-check: qemu-img $(in_root qemu-img --version | head -1 | awk '{print $3}'), qemu-block-extra: $(in_root dpkg-query -W -f='${db:Status-Status} ${Version}' qemu-block-extra 2>/dev/null | grep '^installed' || echo 'not installed')"
 
 if [ "$server" -eq 1 ]; then
   in_root bash -c 'cd /src && cargo build --release --locked -p bams -q'

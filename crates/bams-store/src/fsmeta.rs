@@ -6,7 +6,6 @@ use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use crate::error::{Error, Result};
 use crate::tree::{Node, NodeKind, RawName, Xattr};
 
 /// Caches uid/gid → name lookups (NSS calls are slow).
@@ -113,63 +112,20 @@ pub struct ApplyOptions {
     pub numeric_owner: bool,
 }
 
-fn to_timespec(ns: i64) -> nix::sys::time::TimeSpec {
-    nix::sys::time::TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
-}
-
-/// Apply owner, xattrs (incl. ACLs), mode and times to a restored path; returns warnings.
-pub fn apply_metadata(path: &Path, node: &Node, opts: ApplyOptions) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let is_link = node.kind == NodeKind::Symlink;
-    if opts.owners {
-        let uid = (!opts.numeric_owner)
-            .then(|| node.user.as_deref().and_then(|u| nix::unistd::User::from_name(u).ok().flatten()).map(|u| u.uid))
-            .flatten()
-            .unwrap_or_else(|| node.uid.into());
-        let gid = (!opts.numeric_owner)
-            .then(|| node.group.as_deref().and_then(|g| nix::unistd::Group::from_name(g).ok().flatten()).map(|g| g.gid))
-            .flatten()
-            .unwrap_or_else(|| node.gid.into());
-        if let Err(e) =
-            nix::unistd::fchownat(None, path, Some(uid), Some(gid), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-        {
-            if e != nix::errno::Errno::EPERM {
-                warnings.push(format!("{}: chown: {e}", path.display()));
-            }
-        }
-    }
-    for x in &node.xattrs {
-        let Ok(value) = hex::decode(&x.value) else {
-            continue;
-        };
-        if let Err(e) = xattr::set(path, x.name.as_os_str(), &value) {
-            warnings.push(format!("{}: xattr {}: {e}", path.display(), x.name.display()));
-        }
-    }
-    if !is_link {
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode)) {
-            warnings.push(format!("{}: chmod: {e}", path.display()));
-        }
-    }
-    let times = [to_timespec(node.atime_ns), to_timespec(node.mtime_ns)];
-    if let Err(e) =
-        nix::sys::stat::utimensat(None, path, &times[0], &times[1], nix::sys::stat::UtimensatFlags::NoFollowSymlink)
-    {
-        warnings.push(format!("{}: set times: {e}", path.display()));
-    }
-    warnings
-}
-
-/// Create a device node or FIFO.
-pub fn make_special(path: &Path, node: &Node) -> Result<()> {
-    use nix::sys::stat::{mknod, Mode, SFlag};
-    let kind = match node.kind {
-        NodeKind::Blockdev => SFlag::S_IFBLK,
-        NodeKind::Chardev => SFlag::S_IFCHR,
-        NodeKind::Fifo => SFlag::S_IFIFO,
-        _ => return Ok(()),
-    };
-    mknod(path, kind, Mode::from_bits_truncate(node.mode), node.rdev.unwrap_or(0))
-        .map_err(|e| Error::io(path.display(), std::io::Error::from(e)))
+/// The owner to restore for `node`: names first (the ids may differ on this machine), the
+/// numeric ids when a name is unknown here or `numeric_owner` is set.
+pub fn owner_ids(node: &Node, opts: ApplyOptions) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
+    let uid = (!opts.numeric_owner)
+        .then(|| {
+            node.user.as_deref().and_then(|u| nix::unistd::User::from_name(u).ok().flatten()).map(|u| u.uid.as_raw())
+        })
+        .flatten()
+        .unwrap_or(node.uid);
+    let gid = (!opts.numeric_owner)
+        .then(|| {
+            node.group.as_deref().and_then(|g| nix::unistd::Group::from_name(g).ok().flatten()).map(|g| g.gid.as_raw())
+        })
+        .flatten()
+        .unwrap_or(node.gid);
+    (Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))
 }

@@ -45,6 +45,7 @@ pub mod pipeline;
 pub mod prune;
 pub mod repo;
 pub mod restorer;
+pub mod safe_fs;
 pub mod snapshot;
 pub mod tree;
 

@@ -7,7 +7,6 @@
 //! authenticate damages only the files that use it: they are reported, the rest is restored.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -16,11 +15,12 @@ use std::sync::Mutex;
 use crate::archiver::Progress;
 use crate::error::{Error, ErrorKind, Result};
 use crate::exclude::PathMatcher;
-use crate::fsmeta::{apply_metadata, make_special, ApplyOptions};
+use crate::fsmeta::ApplyOptions;
 use crate::id::Id;
 use crate::index::{BlobLocation, MasterIndex};
 use crate::pack::pack_key;
 use crate::repo::Repository;
+use crate::safe_fs::TargetDir;
 use crate::tree::{Node, NodeKind, Tree};
 
 /// What to restore and how.
@@ -74,6 +74,7 @@ pub struct RestoreResult {
 }
 
 struct PlannedFile {
+    /// Relative to the target.
     path: PathBuf,
     node: Node,
     damaged: bool,
@@ -106,7 +107,7 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreResult> {
     let include = if opts.include.is_empty() { None } else { Some(PathMatcher::new(&opts.include)?) };
-    fs::create_dir_all(&opts.target).map_err(|e| Error::io(opts.target.display(), e))?;
+    let target = TargetDir::open(&opts.target).map_err(|e| Error::io(opts.target.display(), e))?;
     let mut result = RestoreResult::default();
     let mut files: Vec<PlannedFile> = Vec::new();
     let mut dirs: Vec<(PathBuf, Node, usize)> = Vec::new();
@@ -114,6 +115,7 @@ pub fn restore(
     let mut hardlinks: HashMap<(u64, u64), PathBuf> = HashMap::new();
 
     let mut planner = Planner {
+        target: &target,
         repo,
         index,
         include: include.as_ref(),
@@ -123,41 +125,40 @@ pub fn restore(
         hardlinks: &mut hardlinks,
         result: &mut result,
     };
-    planner.tree(root, Path::new(root_path), &opts.target, 0, false)?;
+    planner.tree(root, Path::new(root_path), Path::new(""), 0, false)?;
 
-    write_content(repo, index, &mut files, opts, progress, &mut result);
+    write_content(repo, index, &target, &mut files, opts, progress, &mut result);
     // A file with content that could not be read must not pass for the original: it keeps
     // what was restored (useful for salvage) under a name that says it is incomplete.
     for f in files.iter().filter(|f| f.damaged) {
-        let mut marked = f.path.clone().into_os_string();
-        marked.push(INCOMPLETE_SUFFIX);
-        match std::fs::rename(&f.path, &marked) {
-            Ok(()) => result.errors.push(format!(
+        let shown = target.display(&f.path);
+        match target.add_suffix(&f.path, INCOMPLETE_SUFFIX) {
+            Ok(marked) => result.errors.push(format!(
                 "{}: content incomplete, kept as {}",
-                f.path.display(),
-                std::path::Path::new(&marked).display()
+                shown.display(),
+                target.display(&marked).display()
             )),
-            Err(e) => result.errors.push(format!("{}: content incomplete and not renamed: {e}", f.path.display())),
+            Err(e) => result.errors.push(format!("{}: content incomplete and not renamed: {e}", shown.display())),
         }
     }
 
     let apply = ApplyOptions { owners: opts.owners, numeric_owner: opts.numeric_owner };
-    for f in &files {
-        result.warnings.extend(apply_metadata(&f.path, &f.node, apply));
+    for f in files.iter().filter(|f| !f.damaged) {
+        result.warnings.extend(target.apply_metadata(&f.path, &f.node, apply));
     }
     for (path, node) in &others {
-        result.warnings.extend(apply_metadata(path, node, apply));
+        result.warnings.extend(target.apply_metadata(path, node, apply));
     }
     dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
     for (path, node, _) in &dirs {
-        result.warnings.extend(apply_metadata(path, node, apply));
+        result.warnings.extend(target.apply_metadata(path, node, apply));
     }
 
     if opts.verify {
         for f in files.iter().filter(|f| !f.damaged) {
-            match verify_file(repo, index, &f.path, &f.node) {
+            match verify_file(repo, index, &target, &f.path, &f.node) {
                 Ok(()) => result.verified += 1,
-                Err(e) => result.errors.push(format!("verify {}: {e}", f.path.display())),
+                Err(e) => result.errors.push(format!("verify {}: {e}", target.display(&f.path).display())),
             }
         }
     }
@@ -167,15 +168,15 @@ pub fn restore(
 }
 
 /// Refuse names that would escape the target directory.
+/// Trees are checked when decoded; checked again here because a restore is where a bad name
+/// would do harm.
 fn safe_name(node: &Node) -> Result<&std::ffi::OsStr> {
-    let n = &node.name.0;
-    if n.is_empty() || n == b"." || n == b".." || n.contains(&b'/') || n.contains(&0) {
-        return Err(Error::corrupt(format!("refusing unsafe file name {:?} in snapshot", node.name.display())));
-    }
+    crate::tree::check_name(&node.name)?;
     Ok(node.name.as_os_str())
 }
 
 struct Planner<'a> {
+    target: &'a TargetDir,
     repo: &'a Repository,
     index: &'a MasterIndex,
     include: Option<&'a PathMatcher>,
@@ -204,7 +205,10 @@ impl Planner<'_> {
             let sel = selected || self.include.is_none_or(|inc| inc.matches(&sp, node.kind == NodeKind::Dir));
             if node.kind == NodeKind::Dir {
                 let pre = self.dirs.len();
-                fs::create_dir_all(&dp).map_err(|e| Error::io(dp.display(), e))?;
+                if let Err(e) = self.target.ensure_dir(&dp) {
+                    self.result.errors.push(format!("{}: {e}", self.target.display(&dp).display()));
+                    continue;
+                }
                 let inner = match node.subtree {
                     Some(sub) => self.tree(&sub, &sp, &dp, depth + 1, sel)?,
                     None => false,
@@ -213,7 +217,7 @@ impl Planner<'_> {
                     self.dirs.push((dp, node, depth));
                     any = true;
                 } else {
-                    let _ = fs::remove_dir(&dp);
+                    self.target.remove_empty_dir(&dp);
                     self.dirs.truncate(pre);
                 }
                 continue;
@@ -223,39 +227,35 @@ impl Planner<'_> {
             }
             any = true;
             if let Err(e) = self.leaf(&dp, node) {
-                self.result.errors.push(format!("{}: {e}", dp.display()));
+                self.result.errors.push(format!("{}: {e}", self.target.display(&dp).display()));
             }
         }
         Ok(any)
     }
 
-    fn leaf(&mut self, dp: &Path, node: Node) -> Result<()> {
-        if fs::symlink_metadata(dp).is_ok_and(|m| !m.is_dir()) {
-            fs::remove_file(dp).map_err(|e| Error::io(dp.display(), e))?;
-        }
+    fn leaf(&mut self, dp: &Path, node: Node) -> std::io::Result<()> {
         match node.kind {
             NodeKind::File => {
                 if node.links > 1 {
                     let key = (node.device_id, node.inode);
                     if let Some(first) = self.hardlinks.get(&key) {
-                        fs::hard_link(first, dp).map_err(|e| Error::io(dp.display(), e))?;
+                        self.target.hard_link(first, dp)?;
                         self.result.others += 1;
                         return Ok(());
                     }
                     self.hardlinks.insert(key, dp.to_path_buf());
                 }
-                let f = File::create(dp).map_err(|e| Error::io(dp.display(), e))?;
-                f.set_len(node.size).map_err(|e| Error::io(dp.display(), e))?;
+                self.target.create_file(dp, node.size)?;
                 self.files.push(PlannedFile { path: dp.to_path_buf(), node, damaged: false });
             }
             NodeKind::Symlink => {
                 let target = node.link_target.clone().unwrap_or_default();
-                std::os::unix::fs::symlink(target.as_os_str(), dp).map_err(|e| Error::io(dp.display(), e))?;
+                self.target.symlink(target.as_os_str(), dp)?;
                 self.others.push((dp.to_path_buf(), node));
                 self.result.others += 1;
             }
             NodeKind::Blockdev | NodeKind::Chardev | NodeKind::Fifo => {
-                make_special(dp, &node)?;
+                self.target.make_special(dp, &node)?;
                 self.others.push((dp.to_path_buf(), node));
                 self.result.others += 1;
             }
@@ -291,6 +291,7 @@ const MAX_GAP: u64 = 1024 * 1024;
 fn write_content(
     repo: &Repository,
     index: &MasterIndex,
+    target: &TargetDir,
     files: &mut [PlannedFile],
     opts: &RestoreOptions,
     progress: &dyn Progress,
@@ -302,7 +303,9 @@ fn write_content(
         let mut offset = 0u64;
         for id in &f.node.content {
             let Some(loc) = index.get(id) else {
-                result.errors.push(format!("{}: blob {id} is missing from the index", f.path.display()));
+                result
+                    .errors
+                    .push(format!("{}: blob {id} is missing from the index", target.display(&f.path).display()));
                 f.damaged = true;
                 break;
             };
@@ -324,7 +327,7 @@ fn write_content(
             s.spawn(|| loop {
                 let next = packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
                 let Some((pack, blobs)) = next else { break };
-                restore_pack(repo, &pack, &blobs, files_ro, progress, &bytes, &errors);
+                restore_pack(repo, target, &pack, &blobs, files_ro, progress, &bytes, &errors);
             });
         }
     });
@@ -337,8 +340,10 @@ fn write_content(
     result.bytes = bytes.into_inner();
 }
 
+#[allow(clippy::too_many_arguments)]
 fn restore_pack(
     repo: &Repository,
+    target: &TargetDir,
     pack: &Id,
     blobs: &PackPlan,
     files: &[PlannedFile],
@@ -351,7 +356,7 @@ fn restore_pack(
         let mut seen = std::collections::HashSet::new();
         for p in placements {
             if seen.insert(p.file) {
-                errs.push((Some(p.file), format!("{}: {msg}", files[p.file].path.display())));
+                errs.push((Some(p.file), format!("{}: {msg}", target.display(&files[p.file].path).display())));
             }
         }
     };
@@ -392,7 +397,7 @@ fn restore_pack(
                 Ok(data) => {
                     for p in placements {
                         let f = &files[p.file];
-                        if let Err(e) = write_at(&f.path, &data, p.offset, f.node.sparse) {
+                        if let Err(e) = write_at(target, &f.path, &data, p.offset, f.node.sparse) {
                             fail(std::slice::from_ref(p), e.to_string());
                         } else {
                             bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -412,9 +417,9 @@ const SPARSE_BLOCK: usize = 4096;
 /// Appended to the name of a restored file whose content could not be read completely.
 pub const INCOMPLETE_SUFFIX: &str = ".bams-incomplete";
 
-fn write_at(path: &Path, data: &[u8], offset: u64, sparse: bool) -> Result<()> {
-    let f = OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path.display(), e))?;
-    let io = |e| Error::io(path.display(), e);
+fn write_at(target: &TargetDir, path: &Path, data: &[u8], offset: u64, sparse: bool) -> Result<()> {
+    let io = |e| Error::io(target.display(path).display(), e);
+    let f = target.open_write(path).map_err(io)?;
     if !sparse {
         return f.write_all_at(data, offset).map_err(io);
     }
@@ -442,19 +447,19 @@ fn write_at(path: &Path, data: &[u8], offset: u64, sparse: bool) -> Result<()> {
 }
 
 /// Re-read a restored file and compare every chunk's keyed hash with the snapshot.
-fn verify_file(repo: &Repository, index: &MasterIndex, path: &Path, node: &Node) -> Result<()> {
-    let mut f = File::open(path).map_err(|e| Error::io(path.display(), e))?;
+fn verify_file(repo: &Repository, index: &MasterIndex, target: &TargetDir, path: &Path, node: &Node) -> Result<()> {
+    let mut f = target.open_read(path).map_err(|e| Error::io(target.display(path).display(), e))?;
     let mut buf = Vec::new();
     for id in &node.content {
         let loc = index.get(id).ok_or_else(|| Error::not_found(format!("blob {id}")))?;
         buf.resize(loc.raw_len as usize, 0);
-        f.read_exact(&mut buf).map_err(|e| Error::io(path.display(), e))?;
+        f.read_exact(&mut buf).map_err(|e| Error::io(target.display(path).display(), e))?;
         if repo.key().blob_id(&buf) != *id {
             return Err(Error::corrupt("content differs from the snapshot"));
         }
     }
     let mut rest = [0u8; 1];
-    if f.read(&mut rest).map_err(|e| Error::io(path.display(), e))? != 0 {
+    if f.read(&mut rest).map_err(|e| Error::io(target.display(path).display(), e))? != 0 {
         return Err(Error::corrupt("file is longer than in the snapshot"));
     }
     Ok(())

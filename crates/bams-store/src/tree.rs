@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::Id;
 
 /// What kind of filesystem object a node is.
@@ -148,6 +148,16 @@ pub struct Node {
     pub sparse: bool,
 }
 
+/// Refuse a name that is not exactly one path component: empty, `.`, `..`, or holding `/` or
+/// NUL would let a restore or a mount reach outside the directory the entry belongs to.
+pub fn check_name(name: &RawName) -> Result<()> {
+    let n = &name.0;
+    if n.is_empty() || n == b"." || n == b".." || n.contains(&b'/') || n.contains(&0) {
+        return Err(Error::corrupt(format!("unsafe file name {:?} in tree", name.display())));
+    }
+    Ok(())
+}
+
 /// A directory listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
@@ -161,9 +171,19 @@ impl Tree {
         Ok(serde_json::to_vec(self)?)
     }
 
-    /// Parse a tree blob's plaintext.
+    /// Parse a tree blob's plaintext. A tree is untrusted input (anyone holding the key, or a
+    /// damaged writer, can craft one): every name must be one safe path component and names
+    /// must be strictly increasing, so no tree can hold two entries of the same name (which a
+    /// restore would apply one over the other, e.g. a symlink and then a directory through it).
     pub fn decode(data: &[u8]) -> Result<Self> {
-        Ok(serde_json::from_slice(data)?)
+        let tree: Self = serde_json::from_slice(data)?;
+        for (i, node) in tree.nodes.iter().enumerate() {
+            check_name(&node.name)?;
+            if i > 0 && tree.nodes[i - 1].name >= node.name {
+                return Err(Error::corrupt(format!("tree lists {:?} twice or out of order", node.name.display())));
+            }
+        }
+        Ok(tree)
     }
 
     /// Entry by exact name (nodes are sorted, so binary search).
