@@ -4,9 +4,9 @@
 #
 # Robust to newer versions that a machine image already carries (backports, point releases):
 # a package that is already installed is left as it is and not asked for again, and
-# `qemu-block-extra` (whose bookworm version pins `qemu-utils` to 7.2) is only installed when
-# the `qemu-img` on the machine lacks the iSCSI protocol. A package apt cannot install is
-# named in the error instead of failing the whole list silently.
+# `qemu-block-extra` (pinned to exactly its `qemu-utils` version) is installed only when
+# `qemu-img` cannot load its iSCSI module, in the version of the `qemu-utils` present. A
+# package apt cannot install is named in the error instead of failing the whole list.
 set -euo pipefail
 
 packages=(
@@ -66,11 +66,37 @@ install_missing() {
 }
 install_missing "${missing[@]}"
 
-# qemu-img must speak iSCSI (the iSCSI tests read LUNs with it). Newer qemu-utils builds have it
-# built in; bookworm's 7.2 needs the qemu-block-extra module package.
-if ! qemu-img --help | grep -qw iscsi; then
-  install_missing qemu-block-extra
-  qemu-img --help | grep -qw iscsi || { echo "setup-dev.sh: qemu-img has no iSCSI support" >&2; exit 1; }
+# qemu-img must speak iSCSI (the iSCSI tests read LUNs with it). It does through the
+# block-iscsi module of qemu-block-extra, whose version must equal qemu-utils' exactly:
+# bookworm's 7.2 cannot go beside a preinstalled newer qemu-utils (a backport), so take the
+# module from wherever that qemu-utils came from. `qemu-img --help` lists iscsi either way;
+# only opening an iscsi:// URL shows whether the module loads.
+qemu_iscsi_ok() {
+  local out
+  out="$(timeout 20 qemu-img info iscsi://127.0.0.1:1/iqn.2000-01.io.bams:probe/0 2>&1 || true)"
+  ! grep -qiE 'unable to load module|unknown protocol|not whitelisted' <<<"$out"
+}
+if ! qemu_iscsi_ok; then
+  want="$(dpkg-query -W -f='${Version}' qemu-utils)"
+  if ! apt-cache madison qemu-block-extra | awk '{print $3}' | grep -qxF "$want"; then
+    case "$want" in
+      *~bpo12*)
+        # The preinstalled qemu-utils is a bookworm backport: add that suite (apt never picks
+        # a backport unless asked by version, as below).
+        cat >/etc/apt/sources.list.d/bams-bookworm-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+        apt-get update -qq
+        ;;
+    esac
+  fi
+  apt-get install -y -qq --no-install-recommends "qemu-block-extra=$want" >/dev/null ||
+    { echo "setup-dev.sh: cannot install qemu-block-extra $want to match qemu-utils $want" >&2; exit 1; }
+  qemu_iscsi_ok || { echo "setup-dev.sh: qemu-img still cannot load its iSCSI module" >&2; exit 1; }
 fi
 
 # A real S3-compatible server for tests: moto's server mode, from PyPI, in its own venv.

@@ -208,6 +208,82 @@ pub fn device_names(config: &str) -> Vec<String> {
     out
 }
 
+/// What a hidden secret reads as in configs shown to users.
+pub const REDACTED: &str = "\"***\"";
+
+/// Is this directive a secret? Bacula directive names are case- and space-insensitive
+/// (`Password`, `TLS Key Password`, `PKI Keypair`…).
+fn secret_directive(key: &str) -> bool {
+    let k: String = key.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+    k.ends_with("password") || k == "pkikeypair" || k.ends_with("secret")
+}
+
+/// The config with every secret directive's value replaced by `"***"`, for showing it.
+pub fn redact_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        match body.split_once('=') {
+            Some((key, _)) if !key.trim_start().starts_with('#') && secret_directive(key) => {
+                out.push_str(key.trim_end());
+                out.push_str(" = ");
+                out.push_str(REDACTED);
+                out.push_str(&line[body.len()..]);
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
+/// A config sent back after editing a redacted view: each `"***"` secret is put back from
+/// `current` (the installed file) by directive position within its resource name, so an
+/// operator can change devices without ever seeing or retyping passwords. A secret with no
+/// counterpart stays `"***"`, which `bacula-sd -t` accepts but no director will match: it is
+/// refused here instead.
+pub fn restore_secrets(edited: &str, current: &str, director_password: &str) -> Result<String, ApplianceError> {
+    let secrets: Vec<(String, String)> = current
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (!k.trim_start().starts_with('#') && secret_directive(k)).then(|| (norm(k), v.trim().to_string()))
+        })
+        .collect();
+    let mut used = vec![false; secrets.len()];
+    let mut out = String::with_capacity(edited.len());
+    for line in edited.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        match body.split_once('=') {
+            Some((key, value)) if secret_directive(key) && value.trim() == REDACTED => {
+                let found = secrets.iter().enumerate().find(|(i, (k, _))| !used[*i] && *k == norm(key));
+                let value = match found {
+                    Some((i, (_, v))) => {
+                        used[i] = true;
+                        v.clone()
+                    }
+                    None if norm(key) == "password" => quoted(director_password)?,
+                    None => {
+                        return Err(ApplianceError::Invalid(format!(
+                            "{} = \"***\" has no stored secret to stand for; give the value",
+                            key.trim()
+                        )))
+                    }
+                };
+                out.push_str(key.trim_end());
+                out.push_str(" = ");
+                out.push_str(&value);
+                out.push_str(&line[body.len()..]);
+            }
+            _ => out.push_str(line),
+        }
+    }
+    Ok(out)
+}
+
+fn norm(key: &str) -> String {
+    key.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +321,19 @@ mod tests {
         // The stock Debian file parses too.
         let stock = "Device {\n  Name = FileChgr1-Dev1\n  Media Type = File1\n}\nAutochanger {\n  Name = X\n}\n";
         assert_eq!(device_names(stock), ["FileChgr1-Dev1"]);
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_restored() {
+        let text = "Director {\n  Name = bams-dir\n  Password = \"s3cret\"\n}\n# Password = \"comment\"\nStorage {\n  TLS Key Password=\"k\"\n}\n";
+        let shown = redact_secrets(text);
+        assert!(!shown.contains("s3cret") && !shown.contains("\"k\""), "{shown}");
+        assert!(shown.contains("Password = \"***\"") && shown.contains("TLS Key Password = \"***\""));
+        assert!(shown.contains("# Password = \"comment\""), "comments stay");
+        let back = restore_secrets(&shown, text, "other").expect("restore");
+        assert!(back.contains("Password = \"s3cret\"") && back.contains("TLS Key Password = \"k\""), "{back}");
+        let fresh = restore_secrets("Director {\n  Password = \"***\"\n}\n", "", "dirpw").expect("fresh");
+        assert!(fresh.contains("Password = \"dirpw\""));
+        assert!(restore_secrets("Storage {\n TLS Key Password = \"***\"\n}\n", "", "x").is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! BIGINT columns, flags are 0/1 BIGINTs and lists are JSON text; each backend has its own
 //! migration directory only because identity columns are spelled differently.
 
+mod acl;
 mod agents;
 mod audit;
 mod disks;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use acl::AclEntry;
 pub use agents::{Agent, AgentStatus, ENROLL_TTL_MS};
 pub use audit::{AuditEntry, AuditFilter, NewAudit};
 pub use disks::DiskRecord;

@@ -90,6 +90,10 @@ pub struct SnapshotFilter {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Only these repositories (set by the server from the caller's permissions).
+    #[serde(skip)]
+    #[param(ignore)]
+    pub within: Option<Vec<i64>>,
 }
 
 const SNAP_COLS: &str = "repository_id, id, time, host, paths, tags, parent, files, bytes, new_bytes, partial, job";
@@ -125,6 +129,13 @@ impl Catalog {
         let mut f = Filter::default();
         if let Some(r) = filter.repository {
             f.push("repository_id = {}", Arg::I64(r));
+        }
+        if let Some(ids) = &filter.within {
+            if ids.is_empty() {
+                return Ok(Page { items: Vec::new(), next_cursor: None });
+            }
+            let args: Vec<String> = ids.iter().map(|id| f.next_arg(Arg::I64(*id))).collect();
+            f.push_raw(&format!("repository_id IN ({})", args.join(", ")));
         }
         if let Some(h) = &filter.host {
             f.push("host = {}", Arg::Str(h.clone()));

@@ -62,6 +62,8 @@ impl RepoPool {
         password: Option<&str>,
         create: bool,
     ) -> Result<bams_catalog::Repository, RepoPoolError> {
+        // Names become key file paths: check everything before touching the file system.
+        bams_catalog::validate_name("repository", name)?;
         check_location(url)?;
         let backend = bams_store::backend::from_location(url)?;
         if self.catalog.get_repository_by_name(name).await.is_ok() {
@@ -206,6 +208,11 @@ fn random_key() -> Vec<u8> {
 /// Local repositories must be absolute paths without `..`; `s3://bucket/prefix` takes its
 /// credentials from the server's environment (`AWS_*`).
 fn check_location(url: &str) -> Result<(), RepoPoolError> {
+    if url.is_empty() || url.len() > 1024 || url.chars().any(char::is_control) {
+        return Err(RepoPoolError::Invalid(format!(
+            "repository URL {url:?}: 1-1024 characters, no control characters"
+        )));
+    }
     if url.starts_with("s3://") {
         return Ok(());
     }

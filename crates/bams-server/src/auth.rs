@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
@@ -11,10 +11,11 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bams_catalog::{Authenticated, NewAudit, Role, TokenKind, TokenScope, User};
+use bams_catalog::{AclEntry, Authenticated, NewAudit, Role, TokenKind, TokenScope, User};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiResult, Json};
+use crate::policy::{self, Grants, On, Privs};
 use crate::state::AppState;
 
 /// Cookie carrying the session token.
@@ -33,20 +34,79 @@ pub struct Caller {
     pub scope: TokenScope,
     /// Came with the session cookie (not a bearer header).
     pub via_cookie: bool,
+    /// Global role and ACL entries.
+    pub grants: Grants,
 }
 
 impl Caller {
-    /// Refuse unless the caller's role is at least `role`.
-    pub fn require(&self, role: Role) -> ApiResult<()> {
-        if self.user.role >= role {
+    /// Privileges on an object path.
+    pub fn privs_at(&self, path: &str) -> Privs {
+        self.grants.at(path)
+    }
+
+    /// Refuse unless the caller holds one of `privs` on `path`.
+    pub fn require_on(&self, privs: Privs, path: &str) -> ApiResult<()> {
+        if self.grants.at(path).any_of(privs) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!(
-                "this needs the {role} role; {} is {}",
-                self.user.username, self.user.role
-            )))
+            Err(denied(&self.user, privs, path))
         }
     }
+
+    /// Is this the caller's own user?
+    pub fn is_self(&self, user_id: i64) -> bool {
+        self.user.id == user_id
+    }
+
+    /// Privileges on a repository: its own path, and the path of the pool that targets it.
+    /// Entries on either decide (their union); without any, the global role.
+    pub async fn repository_privs(&self, st: &AppState, repo: &bams_catalog::Repository) -> ApiResult<Privs> {
+        let mut paths = vec![policy::repository_path(&repo.name)];
+        if let Some(pool) = st.catalog.list_pools().await?.into_iter().find(|p| p.repository == repo.id) {
+            paths.push(policy::pool_path(&pool.name));
+        }
+        Ok(self.grants.at_any(&paths))
+    }
+
+    /// Refuse unless the caller holds one of `privs` on the repository.
+    pub async fn require_repository(
+        &self,
+        st: &AppState,
+        privs: Privs,
+        repo: &bams_catalog::Repository,
+    ) -> ApiResult<()> {
+        if self.repository_privs(st, repo).await?.any_of(privs) {
+            Ok(())
+        } else {
+            Err(denied(&self.user, privs, &policy::repository_path(&repo.name)))
+        }
+    }
+}
+
+impl Caller {
+    /// Privileges on a pool: its own path and its repository's (entries on either decide).
+    pub async fn pool_privs(&self, st: &AppState, pool: &bams_catalog::Pool) -> ApiResult<Privs> {
+        let repo = st.catalog.get_repository(pool.repository).await?;
+        Ok(self.grants.at_any(&[policy::pool_path(&pool.name), policy::repository_path(&repo.name)]))
+    }
+
+    /// Refuse unless the caller holds one of `privs` on the pool.
+    pub async fn require_pool(&self, st: &AppState, privs: Privs, pool: &bams_catalog::Pool) -> ApiResult<()> {
+        if self.pool_privs(st, pool).await?.any_of(privs) {
+            Ok(())
+        } else {
+            Err(denied(&self.user, privs, &policy::pool_path(&pool.name)))
+        }
+    }
+}
+
+fn denied(user: &User, privs: Privs, path: &str) -> ApiError {
+    ApiError::forbidden(format!(
+        "this needs {} on {path}; {} (role {}) does not have it there",
+        privs.names().join(" or "),
+        user.username,
+        user.role
+    ))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -54,12 +114,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         parts.extensions.get::<Caller>().cloned().ok_or_else(|| ApiError::unauthorized("authentication required"))
     }
-}
-
-/// Routes reachable without credentials.
-fn is_public(path: &str) -> bool {
-    // Enrollment is authenticated by its one-time token, in the handler.
-    matches!(path, "/healthz" | "/api/v1/auth/login" | "/api/v1/agents/enroll")
 }
 
 fn is_mutation(m: &Method) -> bool {
@@ -70,37 +124,6 @@ fn is_mutation(m: &Method) -> bool {
 /// deletes and overwrites.
 fn append_only_allowed(path: &str) -> bool {
     path.starts_with("/api/v1/repo/")
-}
-
-/// The least role a route needs, in one table so the policy can be read (and tested) at
-/// once. Handlers add finer checks (e.g. a user may change their own password).
-pub fn required_role(method: &Method, route: &str) -> Role {
-    let read = matches!(*method, Method::GET | Method::HEAD);
-    if route.starts_with("/api/v1/repo/") {
-        return Role::Operator; // backup clients; append-only limits are in the handlers
-    }
-    match (read, route) {
-        (true, "/api/v1/users" | "/api/v1/audit" | "/api/v1/diagnostics/bundle") => Role::Admin,
-        (true, _) => Role::Viewer,
-        (false, "/api/v1/auth/logout" | "/api/v1/tokens" | "/api/v1/tokens/{id}") => Role::Viewer,
-        (false, "/api/v1/users/{id}") if *method == Method::PATCH => Role::Viewer,
-        (
-            false,
-            "/api/v1/jobs/{id}/run"
-            | "/api/v1/runs/{id}/cancel"
-            | "/api/v1/snapshots/{id}/restore"
-            | "/api/v1/snapshots/sync"
-            | "/api/v1/tape/inventory"
-            | "/api/v1/tape/transfer"
-            | "/api/v1/agent/poll"
-            | "/api/v1/agent/runs/{id}/events"
-            | "/api/v1/agent/runs/{id}/finish"
-            | "/api/v1/tape/drives/{id}/load"
-            | "/api/v1/tape/drives/{id}/unload"
-            | "/api/v1/tape/volumes/{barcode}",
-        ) => Role::Operator,
-        (false, _) => Role::Admin,
-    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -114,12 +137,15 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     })
 }
 
+/// A verified credential, its user's ACL entries, and when it was verified.
+type CachedAuth = (Authenticated, Arc<Vec<AclEntry>>, Instant);
+
 /// Successful authentications remembered for one second, so a busy API client costs one
 /// catalog lookup per second instead of one per request. Any local change to users or tokens
 /// clears it at once; a revocation made on another server of a scale-out group takes effect
 /// here within the TTL.
 pub struct AuthCache {
-    entries: Mutex<HashMap<[u8; 32], (Authenticated, Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], CachedAuth>>,
 }
 
 const AUTH_TTL: Duration = Duration::from_secs(1);
@@ -131,21 +157,21 @@ impl Default for AuthCache {
 }
 
 impl AuthCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Authenticated, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], CachedAuth>> {
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get(&self, key: &[u8; 32]) -> Option<Authenticated> {
+    fn get(&self, key: &[u8; 32]) -> Option<(Authenticated, Arc<Vec<AclEntry>>)> {
         let map = self.lock();
-        map.get(key).filter(|(_, at)| at.elapsed() < AUTH_TTL).map(|(a, _)| a.clone())
+        map.get(key).filter(|(_, _, at)| at.elapsed() < AUTH_TTL).map(|(a, acl, _)| (a.clone(), acl.clone()))
     }
 
-    fn put(&self, key: [u8; 32], a: Authenticated) {
+    fn put(&self, key: [u8; 32], a: Authenticated, acl: Arc<Vec<AclEntry>>) {
         let mut map = self.lock();
         if map.len() >= 10_000 {
-            map.retain(|_, (_, at)| at.elapsed() < AUTH_TTL);
+            map.retain(|_, (_, _, at)| at.elapsed() < AUTH_TTL);
         }
-        map.insert(key, (a, Instant::now()));
+        map.insert(key, (a, acl, Instant::now()));
     }
 
     /// Forget everything (after a user or token changed).
@@ -154,16 +180,15 @@ impl AuthCache {
     }
 }
 
-async fn authenticate(st: &AppState, secret: &str) -> ApiResult<Option<Authenticated>> {
+async fn authenticate(st: &AppState, secret: &str) -> ApiResult<Option<(Authenticated, Arc<Vec<AclEntry>>)>> {
     let key = *blake3::hash(secret.as_bytes()).as_bytes();
-    if let Some(a) = st.auth_cache.get(&key) {
-        return Ok(Some(a));
+    if let Some(found) = st.auth_cache.get(&key) {
+        return Ok(Some(found));
     }
-    let found = st.catalog.authenticate(secret).await?;
-    if let Some(a) = &found {
-        st.auth_cache.put(key, a.clone());
-    }
-    Ok(found)
+    let Some(a) = st.catalog.authenticate(secret).await? else { return Ok(None) };
+    let acl = Arc::new(st.catalog.list_acl(Some(a.user.id)).await?);
+    st.auth_cache.put(key, a.clone(), acl.clone());
+    Ok(Some((a, acl)))
 }
 
 /// Middleware: authenticate, enforce CSRF and token scope, audit mutations.
@@ -176,7 +201,10 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
 
     let mut username: Option<String> = None;
     let outcome: Result<(), ApiError> = async {
-        if is_public(&path) {
+        // Fail closed: a route without a rule in the policy table is refused.
+        let rule = policy::rule_for(method.as_str(), &route)
+            .ok_or_else(|| ApiError::forbidden(format!("no access policy for {method} {route}")))?;
+        if rule.on == On::Public {
             return Ok(());
         }
         let (secret, via_cookie) = match (bearer(req.headers()), cookie(req.headers(), SESSION_COOKIE)) {
@@ -186,7 +214,7 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
                 return Err(ApiError::unauthorized("authentication required: log in or send a bearer token"))
             }
         };
-        let Authenticated { user, token, csrf } = authenticate(&st, &secret)
+        let (Authenticated { user, token, csrf }, acl) = authenticate(&st, &secret)
             .await?
             .ok_or_else(|| ApiError::unauthorized("invalid, expired or revoked credentials"))?;
         username = Some(user.username.clone());
@@ -199,16 +227,31 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
         if token.scope == TokenScope::AppendOnly && !append_only_allowed(&path) {
             return Err(ApiError::forbidden("an append-only token may only use the repository endpoint"));
         }
-        if path.starts_with("/api/v1/agent/") && token.scope != TokenScope::Agent {
+        if rule.on == On::Agent && token.scope != TokenScope::Agent {
             return Err(ApiError::forbidden("only an agent credential may use /api/v1/agent/"));
         }
-        if token.scope == TokenScope::Agent && !append_only_allowed(&path) && !path.starts_with("/api/v1/agent/") {
+        if token.scope == TokenScope::Agent && !append_only_allowed(&path) && rule.on != On::Agent {
             return Err(ApiError::forbidden(
                 "an agent credential may only use the repository endpoint and /api/v1/agent/",
             ));
         }
-        let caller = Caller { user, token_id: token.id, scope: token.scope, via_cookie };
-        caller.require(required_role(&method, &route))?;
+        let grants = Grants::new(user.role, acl);
+        let allowed = match rule.on {
+            On::Public | On::Own | On::SelfOr(_) | On::Agent => true,
+            On::Path(p) => grants.at(p).any_of(rule.privs),
+            On::Repository | On::Pool => {
+                grants.anywhere_below("/repositories", rule.privs) || grants.anywhere_below("/pools", rule.privs)
+            }
+        };
+        if !allowed {
+            let on = match rule.on {
+                On::Path(p) => p,
+                On::Pool => "/pools",
+                _ => "/repositories",
+            };
+            return Err(denied(&user, rule.privs, on));
+        }
+        let caller = Caller { user, token_id: token.id, scope: token.scope, via_cookie, grants };
         req.extensions_mut().insert(caller);
         Ok(())
     }
@@ -219,7 +262,10 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
         Err(e) => e.into_response(),
     };
     if mutation
-        && (route.starts_with("/api/v1/users") || route.starts_with("/api/v1/tokens") || route == "/api/v1/auth/logout")
+        && (route.starts_with("/api/v1/users")
+            || route.starts_with("/api/v1/tokens")
+            || route.starts_with("/api/v1/acl")
+            || route == "/api/v1/auth/logout")
     {
         st.auth_cache.clear();
     }

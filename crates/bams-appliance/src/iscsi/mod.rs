@@ -114,15 +114,22 @@ pub struct PathPolicy {
     pub dirs: Vec<PathBuf>,
     /// Device patterns (`/dev/sd*`) that may back a LUN.
     pub devices: Vec<String>,
+    /// Never exported, even inside an allowed directory: the data directory's own files
+    /// (catalog, passwords) and its `keys/`.
+    pub protected: Option<PathBuf>,
 }
 
 impl PathPolicy {
-    /// Check a LUN's backing path: absolute, no `..`, inside an allowed directory or matching
-    /// an allowed device pattern, and existing as a regular file or block device.
+    /// Check a LUN's backing path: absolute, no `..`, and — after resolving every symlink —
+    /// inside an allowed directory or matching an allowed device pattern, not one of BAMS's
+    /// own files, and a regular file or block device. Returns the resolved path, which is
+    /// what gets exported (a link swapped later cannot redirect the LUN).
     pub fn check(&self, path: &str) -> Result<PathBuf, ApplianceError> {
         let p = clean_absolute(path)?;
-        let in_dir = self.dirs.iter().any(|d| p.starts_with(d));
-        let is_dev = self.devices.iter().any(|g| glob_match(g, path));
+        let real = std::fs::canonicalize(&p).map_err(|e| ApplianceError::Invalid(format!("{path}: {e}")))?;
+        let canon = |d: &PathBuf| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+        let in_dir = self.dirs.iter().any(|d| real.starts_with(canon(d)));
+        let is_dev = real.to_str().is_some_and(|r| self.devices.iter().any(|g| glob_match(g, r)));
         if !in_dir && !is_dev {
             return Err(ApplianceError::Invalid(format!(
                 "{path} is outside the allowed LUN paths ({}; devices {})",
@@ -130,9 +137,16 @@ impl PathPolicy {
                 self.devices.join(", ")
             )));
         }
+        if let Some(data) = self.protected.as_ref().map(canon) {
+            if real.parent() == Some(data.as_path()) || real.starts_with(data.join("keys")) {
+                return Err(ApplianceError::Invalid(format!(
+                    "{path} is one of BAMS's own files and is never exported"
+                )));
+            }
+        }
         use std::os::unix::fs::FileTypeExt;
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(p),
+        match std::fs::metadata(&real) {
+            Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(real),
             Ok(_) => Err(ApplianceError::Invalid(format!("{path} is neither a regular file nor a block device"))),
             Err(e) => Err(ApplianceError::Invalid(format!("{path}: {e}"))),
         }
@@ -384,10 +398,11 @@ impl IscsiConfig {
         })
     }
 
-    /// The LUN path policy: `allowed_dirs` (default: the data dir) and the disk device patterns.
+    /// The LUN path policy: `allowed_dirs` (default: `<data_dir>/luns`, not the data dir
+    /// itself, which holds key files) and the disk device patterns.
     pub fn policy(&self, data_dir: &Path, devices: &[String]) -> PathPolicy {
-        let dirs = if self.allowed_dirs.is_empty() { vec![data_dir.to_path_buf()] } else { self.allowed_dirs.clone() };
-        PathPolicy { dirs, devices: devices.to_vec() }
+        let dirs = if self.allowed_dirs.is_empty() { vec![data_dir.join("luns")] } else { self.allowed_dirs.clone() };
+        PathPolicy { dirs, devices: devices.to_vec(), protected: Some(data_dir.to_path_buf()) }
     }
 }
 
@@ -428,11 +443,44 @@ mod tests {
     }
 
     #[test]
+    fn lun_paths_are_checked_after_resolving_links() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let luns = data.path().join("luns");
+        std::fs::create_dir_all(data.path().join("keys")).expect("keys");
+        std::fs::create_dir_all(&luns).expect("luns");
+        std::fs::write(data.path().join("keys/default.key"), b"k").expect("key");
+        std::fs::write(luns.join("ok.img"), b"x").expect("img");
+        std::os::unix::fs::symlink("/etc/passwd", luns.join("passwd.img")).expect("link");
+        std::os::unix::fs::symlink(data.path().join("keys/default.key"), luns.join("key.img")).expect("link");
+        let config = IscsiConfig::default();
+        let policy = config.policy(data.path(), &["/dev/sd*".to_string()]);
+        assert_eq!(
+            policy.check(&luns.join("ok.img").display().to_string()).expect("ok"),
+            luns.join("ok.img").canonicalize().expect("c")
+        );
+        for (p, says) in [
+            (luns.join("passwd.img"), "outside the allowed"),
+            (luns.join("key.img"), "outside the allowed"),
+            (data.path().join("keys/default.key"), "outside the allowed"),
+        ] {
+            let e = policy.check(&p.display().to_string()).expect_err("refused");
+            assert!(e.to_string().contains(says), "{}: {e}", p.display());
+        }
+        // Even an operator who allows the whole data directory does not export its secrets.
+        let wide =
+            PathPolicy { dirs: vec![data.path().to_path_buf()], devices: vec![], protected: Some(data.path().into()) };
+        let e = wide.check(&luns.join("key.img").display().to_string()).expect_err("refused");
+        assert!(e.to_string().contains("never exported"), "{e}");
+        assert!(wide.check(&luns.join("ok.img").display().to_string()).is_ok());
+    }
+
+    #[test]
     fn specs_are_checked_before_anything_is_stored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let img = dir.path().join("a.img");
         std::fs::write(&img, b"x").expect("write");
-        let policy = PathPolicy { dirs: vec![dir.path().to_path_buf()], devices: vec!["/dev/sd*".into()] };
+        let policy =
+            PathPolicy { dirs: vec![dir.path().to_path_buf()], devices: vec!["/dev/sd*".into()], protected: None };
         let lun = |n: u32, p: &Path| LunSpec { lun: n, path: p.display().to_string(), readonly: true };
         let mut ok =
             TargetSpec { luns: vec![lun(2, &img)], initiators: vec!["ALL".into(), "10.0.0.5".into()], chap: None };

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path, Query};
+use crate::policy::Privs;
 use crate::state::AppState;
 
 /// Object key parameter.
@@ -40,6 +41,9 @@ pub struct ListedObject {
     pub modified_ms: Option<i64>,
 }
 
+/// Reading objects serves backup clients (index, keys, parent trees) and restores.
+const READ: Privs = Privs::DATASTORE_BACKUP.union(Privs::DATASTORE_READ);
+
 const TOP_LEVEL: &[&str] = &["config", "keys/", "data/", "index/", "snapshots/", "locks/"];
 
 fn check_key(key: &str) -> ApiResult<()> {
@@ -56,8 +60,15 @@ fn check_key(key: &str) -> ApiResult<()> {
     }
 }
 
-async fn backend(st: &AppState, name: &str) -> ApiResult<(i64, bams_store::backend::DynBackend)> {
+/// The named repository's backend, once the caller holds one of `privs` on it.
+async fn backend(
+    st: &AppState,
+    caller: &Caller,
+    name: &str,
+    privs: Privs,
+) -> ApiResult<(i64, bams_store::backend::DynBackend)> {
     let rec = st.catalog.get_repository_by_name(name).await?;
+    caller.require_repository(st, privs, &rec).await?;
     Ok((rec.id, bams_store::backend::from_location(&rec.url)?))
 }
 
@@ -90,14 +101,14 @@ fn resync(st: &AppState, id: i64, key: &str) {
 #[utoipa::path(get, path = "/api/v1/repo/{name}/list", tag = "repository endpoint", params(("name" = String, Path), PrefixParam), responses((status = 200, body = [ListedObject])))]
 pub async fn list_objects(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(name): Path<String>,
     Query(p): Query<PrefixParam>,
 ) -> ApiResult<Json<Vec<ListedObject>>> {
     if p.prefix.contains("..") {
         return Err(ApiError::bad_request("invalid prefix"));
     }
-    let (_, b) = backend(&st, &name).await?;
+    let (_, b) = backend(&st, &caller, &name, READ).await?;
     let items = b.list(&p.prefix).await?;
     Ok(Json(
         items
@@ -118,13 +129,13 @@ pub async fn list_objects(
 #[utoipa::path(get, path = "/api/v1/repo/{name}/object", tag = "repository endpoint", params(("name" = String, Path), KeyParam), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 206, body = Vec<u8>), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_object(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(name): Path<String>,
     Query(k): Query<KeyParam>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     check_key(&k.key)?;
-    let (_, b) = backend(&st, &name).await?;
+    let (_, b) = backend(&st, &caller, &name, READ).await?;
     let (status, data) = match parse_range(&headers)? {
         Some((offset, len)) => (StatusCode::PARTIAL_CONTENT, b.get_range(&k.key, offset, len).await?),
         None => (StatusCode::OK, b.get(&k.key).await?),
@@ -136,12 +147,12 @@ pub async fn get_object(
 #[utoipa::path(head, path = "/api/v1/repo/{name}/object", tag = "repository endpoint", params(("name" = String, Path), KeyParam), responses((status = 200), (status = 404)))]
 pub async fn head_object(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(name): Path<String>,
     Query(k): Query<KeyParam>,
 ) -> ApiResult<Response> {
     check_key(&k.key)?;
-    let (_, b) = backend(&st, &name).await?;
+    let (_, b) = backend(&st, &caller, &name, READ).await?;
     let Some(info) = b.head(&k.key).await? else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
@@ -166,7 +177,7 @@ pub async fn put_object(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     check_key(&k.key)?;
-    let (id, b) = backend(&st, &name).await?;
+    let (id, b) = backend(&st, &caller, &name, Privs::DATASTORE_BACKUP).await?;
     if caller.scope.append_only() && !k.key.starts_with("locks/") && b.head(&k.key).await?.is_some() {
         return Err(ApiError::conflict(format!("append-only token: {} exists and cannot be overwritten", k.key)));
     }
@@ -187,7 +198,13 @@ pub async fn delete_object(
     if caller.scope.append_only() && !k.key.starts_with("locks/") {
         return Err(ApiError::forbidden(format!("append-only token: deleting {} is not allowed", k.key)));
     }
-    let (id, b) = backend(&st, &name).await?;
+    // Backup clients remove their own locks; removing anything else is pruning.
+    let needs = if k.key.starts_with("locks/") {
+        Privs::DATASTORE_BACKUP.union(Privs::DATASTORE_PRUNE)
+    } else {
+        Privs::DATASTORE_PRUNE
+    };
+    let (id, b) = backend(&st, &caller, &name, needs).await?;
     b.delete(&k.key).await?;
     resync(&st, id, &k.key);
     Ok(StatusCode::NO_CONTENT)

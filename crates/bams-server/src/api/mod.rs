@@ -1,6 +1,7 @@
 //! The REST API: every `/api/v1` route is registered through utoipa-axum's `routes!`, so the
 //! OpenAPI document is generated from the same handlers the router serves.
 
+pub mod acl;
 pub mod agents;
 pub mod bacula;
 pub mod diag;
@@ -65,6 +66,10 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(users::list_tokens, users::create_token))
         .routes(routes!(users::revoke_token))
         .routes(routes!(users::list_audit))
+        .routes(routes!(acl::list_acl, acl::set_acl))
+        .routes(routes!(acl::delete_acl))
+        .routes(routes!(acl::list_roles))
+        .routes(routes!(acl::my_permissions))
         .routes(routes!(repos::list_repositories, repos::create_repository))
         .routes(routes!(repos::get_repository, repos::delete_repository))
         .routes(routes!(repos::repository_stats))

@@ -2,12 +2,13 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use bams_catalog::{Pool, PoolSpec, Role};
+use bams_catalog::{Pool, PoolSpec};
 use bams_director::PoolUsage;
 use serde::Serialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path};
+use crate::policy::Privs;
 use crate::state::AppState;
 
 /// A pool with its usage, read from its repository.
@@ -33,8 +34,14 @@ fn check_retention(spec: &PoolSpec) -> ApiResult<()> {
 
 /// List pools.
 #[utoipa::path(get, path = "/api/v1/pools", tag = "pools", responses((status = 200, body = [Pool])))]
-pub async fn list_pools(State(st): State<AppState>, _caller: Caller) -> ApiResult<Json<Vec<Pool>>> {
-    Ok(Json(st.catalog.list_pools().await?))
+pub async fn list_pools(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Pool>>> {
+    let mut out = Vec::new();
+    for pool in st.catalog.list_pools().await? {
+        if caller.pool_privs(&st, &pool).await?.any_of(Privs::DATASTORE_AUDIT) {
+            out.push(pool);
+        }
+    }
+    Ok(Json(out))
 }
 
 /// Create a pool on a registered repository.
@@ -44,15 +51,16 @@ pub async fn create_pool(
     caller: Caller,
     Json(spec): Json<PoolSpec>,
 ) -> ApiResult<(StatusCode, Json<Pool>)> {
-    caller.require(Role::Admin)?;
     check_retention(&spec)?;
+    caller.require_repository(&st, Privs::DATASTORE_MODIFY, &st.catalog.get_repository(spec.repository).await?).await?;
     Ok((StatusCode::CREATED, Json(st.catalog.create_pool(&spec).await?)))
 }
 
 /// One pool with its usage.
 #[utoipa::path(get, path = "/api/v1/pools/{id}", tag = "pools", params(("id" = i64, Path)), responses((status = 200, body = PoolStatus)))]
-pub async fn get_pool(State(st): State<AppState>, _caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<PoolStatus>> {
+pub async fn get_pool(State(st): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<PoolStatus>> {
     let pool = st.catalog.get_pool(id).await?;
+    caller.require_pool(&st, Privs::DATASTORE_AUDIT, &pool).await?;
     let repo = st.repos.get(pool.repository).await?;
     let usage = tokio::task::spawn_blocking(move || PoolUsage::of(&repo)).await??;
     let full = usage.full_reason(&pool);
@@ -67,16 +75,16 @@ pub async fn update_pool(
     Path(id): Path<i64>,
     Json(spec): Json<PoolSpec>,
 ) -> ApiResult<Json<Pool>> {
-    caller.require(Role::Admin)?;
     check_retention(&spec)?;
-    st.catalog.get_pool(id).await?;
+    caller.require_pool(&st, Privs::DATASTORE_MODIFY, &st.catalog.get_pool(id).await?).await?;
+    caller.require_repository(&st, Privs::DATASTORE_MODIFY, &st.catalog.get_repository(spec.repository).await?).await?;
     Ok(Json(st.catalog.update_pool(id, &spec).await?))
 }
 
 /// Delete a pool (refused while jobs use it; its repository stays).
 #[utoipa::path(delete, path = "/api/v1/pools/{id}", tag = "pools", params(("id" = i64, Path)), responses((status = 204), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn delete_pool(State(st): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<StatusCode> {
-    caller.require(Role::Admin)?;
+    caller.require_pool(&st, Privs::DATASTORE_MODIFY, &st.catalog.get_pool(id).await?).await?;
     st.catalog.delete_pool(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

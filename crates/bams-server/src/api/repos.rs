@@ -2,11 +2,12 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use bams_catalog::{Repository, Role};
+use bams_catalog::Repository;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::{ApiResult, Json, Path};
+use crate::policy::Privs;
 use crate::state::AppState;
 
 /// Register or create a repository.
@@ -53,18 +54,23 @@ pub struct RepositoryStats {
 
 /// List repositories.
 #[utoipa::path(get, path = "/api/v1/repositories", tag = "repositories", responses((status = 200, body = [Repository])))]
-pub async fn list_repositories(State(st): State<AppState>, _caller: Caller) -> ApiResult<Json<Vec<Repository>>> {
-    Ok(Json(st.catalog.list_repositories().await?))
+pub async fn list_repositories(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Repository>>> {
+    let mut out = Vec::new();
+    for repo in st.catalog.list_repositories().await? {
+        if caller.repository_privs(&st, &repo).await?.any_of(Privs::DATASTORE_AUDIT) {
+            out.push(repo);
+        }
+    }
+    Ok(Json(out))
 }
 
 /// Register (and by default create) a repository.
 #[utoipa::path(post, path = "/api/v1/repositories", tag = "repositories", request_body = NewRepository, responses((status = 201, body = Repository)))]
 pub async fn create_repository(
     State(st): State<AppState>,
-    caller: Caller,
+    _caller: Caller,
     Json(r): Json<NewRepository>,
 ) -> ApiResult<(StatusCode, Json<Repository>)> {
-    caller.require(Role::Admin)?;
     let rec = st.repos.register(&r.name, &r.url, r.password.as_deref(), r.create).await?;
     Ok((StatusCode::CREATED, Json(rec)))
 }
@@ -73,10 +79,12 @@ pub async fn create_repository(
 #[utoipa::path(get, path = "/api/v1/repositories/{id}", tag = "repositories", params(("id" = i64, Path)), responses((status = 200, body = Repository)))]
 pub async fn get_repository(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<Repository>> {
-    Ok(Json(st.catalog.get_repository(id).await?))
+    let repo = st.catalog.get_repository(id).await?;
+    caller.require_repository(&st, Privs::DATASTORE_AUDIT, &repo).await?;
+    Ok(Json(repo))
 }
 
 /// Unregister a repository (its data stays on disk). Refused while jobs use it.
@@ -86,7 +94,7 @@ pub async fn delete_repository(
     caller: Caller,
     Path(id): Path<i64>,
 ) -> ApiResult<StatusCode> {
-    caller.require(Role::Admin)?;
+    caller.require_repository(&st, Privs::DATASTORE_MODIFY, &st.catalog.get_repository(id).await?).await?;
     st.catalog.delete_repository(id).await?;
     st.repos.evict(id);
     Ok(StatusCode::NO_CONTENT)
@@ -96,10 +104,11 @@ pub async fn delete_repository(
 #[utoipa::path(get, path = "/api/v1/repositories/{id}/stats", tag = "repositories", params(("id" = i64, Path)), responses((status = 200, body = RepositoryStats)))]
 pub async fn repository_stats(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<RepositoryStats>> {
     let rec = st.catalog.get_repository(id).await?;
+    caller.require_repository(&st, Privs::DATASTORE_AUDIT, &rec).await?;
     let repo = st.repos.get(id).await?;
     let s = tokio::task::spawn_blocking(move || {
         let index = repo.load_index()?;

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use bams_catalog::{Page, Role, SnapshotFilter, SnapshotSummary};
+use bams_catalog::{Page, SnapshotFilter, SnapshotSummary};
 use bams_store::browse::{self, Entry, Lookup};
 use bams_store::restorer::{self, RestoreOptions};
 use bams_store::tree::NodeKind;
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path, Query};
+use crate::policy::Privs;
 use crate::state::AppState;
 
 /// Which repository a snapshot route works on.
@@ -127,12 +128,14 @@ pub struct ChangeEntry {
     pub path: String,
 }
 
-async fn repo_for(st: &AppState, id: Option<i64>) -> ApiResult<(i64, Arc<Repository>)> {
-    let id = match id {
-        Some(id) => id,
-        None => st.catalog.get_repository_by_name("default").await?.id,
+/// The repository a request names (or `default`), once the caller holds `privs` on it.
+async fn repo_for(st: &AppState, caller: &Caller, id: Option<i64>, privs: Privs) -> ApiResult<(i64, Arc<Repository>)> {
+    let rec = match id {
+        Some(id) => st.catalog.get_repository(id).await?,
+        None => st.catalog.get_repository_by_name("default").await?,
     };
-    Ok((id, st.repos.get(id).await?))
+    caller.require_repository(st, privs, &rec).await?;
+    Ok((rec.id, st.repos.get(rec.id).await?))
 }
 
 fn snapshot_id(spec: &str) -> ApiResult<&str> {
@@ -146,9 +149,26 @@ fn snapshot_id(spec: &str) -> ApiResult<&str> {
 #[utoipa::path(get, path = "/api/v1/snapshots", tag = "snapshots", params(SnapshotFilter), responses((status = 200, body = Page<SnapshotSummary>)))]
 pub async fn list_snapshots(
     State(st): State<AppState>,
-    _caller: Caller,
-    Query(f): Query<SnapshotFilter>,
+    caller: Caller,
+    Query(mut f): Query<SnapshotFilter>,
 ) -> ApiResult<Json<Page<SnapshotSummary>>> {
+    match f.repository {
+        Some(id) => {
+            caller.require_repository(&st, Privs::DATASTORE_AUDIT, &st.catalog.get_repository(id).await?).await?
+        }
+        None => {
+            let mut within = Vec::new();
+            let all = st.catalog.list_repositories().await?;
+            for repo in &all {
+                if caller.repository_privs(&st, repo).await?.any_of(Privs::DATASTORE_AUDIT) {
+                    within.push(repo.id);
+                }
+            }
+            if within.len() < all.len() {
+                f.within = Some(within);
+            }
+        }
+    }
     Ok(Json(st.catalog.list_snapshots(&f).await?))
 }
 
@@ -159,8 +179,7 @@ pub async fn sync_snapshots(
     caller: Caller,
     Query(p): Query<RepoParam>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    caller.require(Role::Operator)?;
-    let (id, _) = repo_for(&st, p.repository).await?;
+    let (id, _) = repo_for(&st, &caller, p.repository, Privs::DATASTORE_BACKUP).await?;
     let (n, _) = st.repos.refresh_snapshots(id).await?;
     Ok(Json(serde_json::json!({ "repository": id, "snapshots": n })))
 }
@@ -169,12 +188,12 @@ pub async fn sync_snapshots(
 #[utoipa::path(get, path = "/api/v1/snapshots/{id}/tree", tag = "snapshots", params(("id" = String, Path), BrowseParams), responses((status = 200, body = [TreeEntry])))]
 pub async fn browse_tree(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<BrowseParams>,
 ) -> ApiResult<Json<Vec<TreeEntry>>> {
     let spec = snapshot_id(&id)?.to_string();
-    let (_, repo) = repo_for(&st, q.repository).await?;
+    let (_, repo) = repo_for(&st, &caller, q.repository, Privs::DATASTORE_READ).await?;
     let path = q.path.unwrap_or_else(|| "/".into());
     browse::path_components(&path)?;
     let entries = tokio::task::spawn_blocking(move || -> bams_store::Result<Vec<TreeEntry>> {
@@ -200,12 +219,12 @@ pub async fn browse_tree(
 #[utoipa::path(get, path = "/api/v1/snapshots/{id}/file", tag = "snapshots", params(("id" = String, Path), BrowseParams), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>)))]
 pub async fn download_file(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<BrowseParams>,
 ) -> ApiResult<Response> {
     let spec = snapshot_id(&id)?.to_string();
-    let (_, repo) = repo_for(&st, q.repository).await?;
+    let (_, repo) = repo_for(&st, &caller, q.repository, Privs::DATASTORE_READ).await?;
     let path = q.path.ok_or_else(|| ApiError::bad_request("give the file's path with ?path="))?;
     let (node, index) = {
         let repo = repo.clone();
@@ -248,11 +267,11 @@ pub async fn download_file(
 #[utoipa::path(get, path = "/api/v1/snapshots/diff", tag = "snapshots", params(DiffParams), responses((status = 200, body = [ChangeEntry])))]
 pub async fn diff_snapshots(
     State(st): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Query(q): Query<DiffParams>,
 ) -> ApiResult<Json<Vec<ChangeEntry>>> {
     let (a, b) = (snapshot_id(&q.from)?.to_string(), snapshot_id(&q.to)?.to_string());
-    let (_, repo) = repo_for(&st, q.repository).await?;
+    let (_, repo) = repo_for(&st, &caller, q.repository, Privs::DATASTORE_READ).await?;
     let changes = tokio::task::spawn_blocking(move || -> bams_store::Result<Vec<ChangeEntry>> {
         let (sa, sb) = (repo.find_snapshot(&a)?, repo.find_snapshot(&b)?);
         let index = repo.load_index()?;
@@ -271,10 +290,9 @@ pub async fn restore_snapshot(
     Path(id): Path<String>,
     Json(r): Json<RestoreRequest>,
 ) -> ApiResult<Json<RestoreResponse>> {
-    caller.require(Role::Operator)?;
     let spec = snapshot_id(&id)?.to_string();
+    let (_, repo) = repo_for(&st, &caller, r.repository, Privs::DATASTORE_READ).await?;
     let target = restore_target(&st.config.restore_roots, &r.target)?;
-    let (_, repo) = repo_for(&st, r.repository).await?;
     let sub = r.path.clone();
     let tgt = target.clone();
     let result = tokio::task::spawn_blocking(move || -> bams_store::Result<_> {

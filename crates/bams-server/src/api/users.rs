@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path, Query};
+use crate::policy::Privs;
 use crate::state::AppState;
 
 /// New user.
@@ -36,7 +37,7 @@ pub struct UserPatch {
 /// List users.
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", responses((status = 200, body = [User])))]
 pub async fn list_users(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
-    caller.require(Role::Admin)?;
+    caller.require_on(Privs::SYS_ADMIN, "/system")?;
     Ok(Json(st.catalog.list_users().await?))
 }
 
@@ -47,7 +48,7 @@ pub async fn create_user(
     caller: Caller,
     Json(u): Json<NewUser>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
-    caller.require(Role::Admin)?;
+    caller.require_on(Privs::SYS_ADMIN, "/system")?;
     Ok((StatusCode::CREATED, Json(st.catalog.create_user(&u.username, &u.password, u.role).await?)))
 }
 
@@ -55,7 +56,7 @@ pub async fn create_user(
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", params(("id" = i64, Path)), responses((status = 200, body = User)))]
 pub async fn get_user(State(st): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<User>> {
     if caller.user.id != id {
-        caller.require(Role::Admin)?;
+        caller.require_on(Privs::SYS_ADMIN, "/system")?;
     }
     Ok(Json(st.catalog.get_user(id).await?))
 }
@@ -70,7 +71,7 @@ pub async fn update_user(
 ) -> ApiResult<Json<User>> {
     let own_password_only = caller.user.id == id && p.role.is_none() && p.disabled.is_none();
     if !own_password_only {
-        caller.require(Role::Admin)?;
+        caller.require_on(Privs::SYS_ADMIN, "/system")?;
     }
     let user = st.catalog.get_user(id).await?;
     if let Some(pw) = &p.password {
@@ -82,7 +83,7 @@ pub async fn update_user(
 /// Delete a user and their tokens.
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", params(("id" = i64, Path)), responses((status = 204)))]
 pub async fn delete_user(State(st): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<StatusCode> {
-    caller.require(Role::Admin)?;
+    caller.require_on(Privs::SYS_ADMIN, "/system")?;
     st.catalog.delete_user(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -115,7 +116,7 @@ pub struct CreatedToken {
 /// List API tokens (yours; admins see everyone's).
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = [AuthToken])))]
 pub async fn list_tokens(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<AuthToken>>> {
-    let who = if caller.user.role == Role::Admin { None } else { Some(caller.user.id) };
+    let who = if caller.privs_at("/system").any_of(Privs::SYS_ADMIN) { None } else { Some(caller.user.id) };
     Ok(Json(st.catalog.list_tokens(who).await?))
 }
 
@@ -134,7 +135,7 @@ pub async fn create_token(
     }
     let owner = match t.user_id {
         Some(u) if u != caller.user.id => {
-            caller.require(Role::Admin)?;
+            caller.require_on(Privs::SYS_ADMIN, "/system")?;
             st.catalog.get_user(u).await?.id
         }
         _ => caller.user.id,
@@ -149,7 +150,7 @@ pub async fn create_token(
 pub async fn revoke_token(State(st): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<StatusCode> {
     let t = st.catalog.get_token(id).await?;
     if t.user_id != caller.user.id {
-        caller.require(Role::Admin)?;
+        caller.require_on(Privs::SYS_ADMIN, "/system")?;
     }
     st.catalog.revoke_token(id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -162,6 +163,6 @@ pub async fn list_audit(
     caller: Caller,
     Query(f): Query<AuditFilter>,
 ) -> ApiResult<Json<Page<AuditEntry>>> {
-    caller.require(Role::Admin)?;
+    caller.require_on(Privs::SYS_ADMIN, "/system")?;
     Ok(Json(st.catalog.list_audit(&f).await?))
 }
