@@ -113,3 +113,54 @@ impl Catalog {
         Ok(())
     }
 }
+
+/// Lock rows older than this are leftovers of crashed clients (a held lock is rewritten,
+/// under a new name, every few minutes).
+const ENDPOINT_LOCK_TTL_MS: i64 = 24 * 3600 * 1000;
+
+impl Catalog {
+    /// Remember that `token_id` wrote lock object `key` in a repository.
+    pub async fn record_endpoint_lock(&self, repository: i64, key: &str, token_id: i64) -> Result<()> {
+        let now = now_ms();
+        sqlx::query("DELETE FROM endpoint_locks WHERE created_at < $1")
+            .bind(now - ENDPOINT_LOCK_TTL_MS)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM endpoint_locks WHERE repository_id = $1 AND lock_key = $2")
+            .bind(repository)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO endpoint_locks (repository_id, lock_key, token_id, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(repository)
+        .bind(key)
+        .bind(token_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Did `token_id` write lock object `key`?
+    pub async fn endpoint_lock_owned(&self, repository: i64, key: &str, token_id: i64) -> Result<bool> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT token_id FROM endpoint_locks WHERE repository_id = $1 AND lock_key = $2")
+                .bind(repository)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.is_some_and(|(t,)| t == token_id))
+    }
+
+    /// Forget a lock object once it is deleted.
+    pub async fn forget_endpoint_lock(&self, repository: i64, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM endpoint_locks WHERE repository_id = $1 AND lock_key = $2")
+            .bind(repository)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -225,6 +225,9 @@ pub fn backup(repo: &Repository, opts: BackupOptions, progress: &dyn Progress) -
         program: format!("bams {}", env!("CARGO_PKG_VERSION")),
         summary,
     };
+    // A lock that could not be refreshed may look stale to a prune by now: do not publish a
+    // snapshot that depends on packs such a prune may have judged unreferenced.
+    lock.ensure_held()?;
     let id = repo.save_snapshot(&snapshot)?;
     Ok(BackupResult { id, snapshot, warnings, recovered_packs })
 }

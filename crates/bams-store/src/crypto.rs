@@ -87,7 +87,7 @@ impl MasterKey {
         let mut buf = Vec::with_capacity(body.len() + SEAL_OVERHEAD);
         buf.push(flag);
         buf.extend_from_slice(body);
-        Ok(seal_with(&self.cipher, &buf))
+        seal_with(&self.cipher, &buf)
     }
 
     /// Decrypt and decompress; `what` names the object in the error.
@@ -121,14 +121,21 @@ fn compress(plain: &[u8], level: i32) -> Result<Vec<u8>> {
     })
 }
 
-/// Largest plaintext we accept from one frame (blobs are ≤ 16 MiB; index files can be larger).
-const MAX_DECOMPRESSED: usize = 1 << 30;
+/// Largest plaintext accepted from one object: blobs are ≤ 16 MiB, index files and trees of
+/// huge directories stay well below this. A frame that claims or yields more is refused, so a
+/// crafted object cannot make a reader allocate without bound.
+pub const MAX_DECOMPRESSED: usize = 256 << 20;
 
 fn decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let size = zstd::zstd_safe::get_frame_content_size(data).ok().flatten();
-    let Some(size) = size.and_then(|s| usize::try_from(s).ok()).filter(|s| *s <= MAX_DECOMPRESSED) else {
-        return zstd::stream::decode_all(data);
+    let too_big = || std::io::Error::other(format!("more than {MAX_DECOMPRESSED} bytes once decompressed"));
+    let Some(size) = zstd::zstd_safe::get_frame_content_size(data).ok().flatten() else {
+        // No size in the frame header: stream it, stopping one byte past the limit.
+        use std::io::Read;
+        let mut out = Vec::new();
+        zstd::stream::read::Decoder::new(data)?.take(MAX_DECOMPRESSED as u64 + 1).read_to_end(&mut out)?;
+        return if out.len() > MAX_DECOMPRESSED { Err(too_big()) } else { Ok(out) };
     };
+    let size = usize::try_from(size).ok().filter(|s| *s <= MAX_DECOMPRESSED).ok_or_else(too_big)?;
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -139,15 +146,17 @@ fn decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
     })
 }
 
-fn seal_with(cipher: &Aes256Gcm, plain: &[u8]) -> Vec<u8> {
+fn seal_with(cipher: &Aes256Gcm, plain: &[u8]) -> Result<Vec<u8>> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::thread_rng().fill_bytes(&mut nonce);
-    // Encryption with a valid key and in-memory buffers cannot fail.
-    let ct = cipher.encrypt(Nonce::from_slice(&nonce), plain).unwrap_or_default();
+    // Only a plaintext beyond AES-GCM's limit (64 GiB) fails; never store an empty stand-in.
+    let ct = cipher
+        .encrypt(Nonce::from_slice(&nonce), plain)
+        .map_err(|_| Error::new(ErrorKind::Other, format!("encryption of {} bytes failed", plain.len())))?;
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
-    out
+    Ok(out)
 }
 
 fn open_with(cipher: &Aes256Gcm, sealed: &[u8]) -> Option<Vec<u8>> {
@@ -167,6 +176,24 @@ pub struct KdfParams {
     pub t_cost: u32,
     /// Lanes.
     pub p_cost: u32,
+}
+
+impl KdfParams {
+    /// Upper bounds a slot's parameters must respect before any key derivation: a planted key
+    /// slot asking for terabytes of memory or years of passes is refused, not obeyed.
+    pub const MAX: Self = Self { m_cost: 4 << 20, t_cost: 64, p_cost: 16 };
+
+    /// Within [`Self::MAX`]?
+    pub fn check(&self) -> Result<()> {
+        let max = Self::MAX;
+        if self.m_cost > max.m_cost || self.t_cost > max.t_cost || self.p_cost > max.p_cost {
+            return Err(Error::corrupt(format!(
+                "key slot KDF parameters {}KiB/{}/{} exceed the limits {}KiB/{}/{}",
+                self.m_cost, self.t_cost, self.p_cost, max.m_cost, max.t_cost, max.p_cost
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for KdfParams {
@@ -212,6 +239,7 @@ pub struct KeySlot {
 }
 
 fn derive_kek(secret: &[u8], salt: &[u8], params: KdfParams) -> Result<Aes256Gcm> {
+    params.check()?;
     let argon_params = argon2::Params::new(params.m_cost, params.t_cost, params.p_cost, Some(32))
         .map_err(|e| Error::invalid(format!("bad KDF parameters: {e}")))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
@@ -228,7 +256,7 @@ impl KeySlot {
         let mut salt = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut salt);
         let kek = derive_kek(secret, &salt, params)?;
-        let wrapped = seal_with(&kek, &master.to_bytes());
+        let wrapped = seal_with(&kek, &master.to_bytes())?;
         Ok(Self {
             version: 1,
             kind,
@@ -280,6 +308,26 @@ mod tests {
         assert_eq!(key.open(&bad, &"t").unwrap_err().kind(), ErrorKind::Corrupt);
         let other = MasterKey::generate();
         assert!(other.open(&sealed, &"t").is_err());
+    }
+
+    #[test]
+    fn decompression_and_kdf_are_bounded() {
+        // A frame without a stated size that inflates past the limit is refused.
+        let big = vec![0u8; MAX_DECOMPRESSED + 1];
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        enc.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut enc, &big).unwrap();
+        let frame = enc.finish().unwrap();
+        assert!(zstd::zstd_safe::get_frame_content_size(&frame).ok().flatten().is_none());
+        assert!(decompress(&frame).is_err());
+        let stated = zstd::bulk::compress(&big, 1).unwrap();
+        assert!(decompress(&stated).is_err());
+        let key = MasterKey::generate();
+        let mut slot =
+            KeySlot::wrap(&key, b"pw", SlotKind::Password, "", KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 }).unwrap();
+        slot.params.m_cost = u32::MAX;
+        let e = slot.unwrap_key(b"pw").map(|_| ()).expect_err("refused before deriving");
+        assert!(e.to_string().contains("exceed the limits"), "{e}");
     }
 
     #[test]

@@ -4,8 +4,14 @@
 //! (2) write index files for the packs kept as they are; (3) delete the old index files;
 //! (4) delete obsolete packs. Stopping anywhere leaves every snapshot readable: before (3) old
 //! and new indexes both point at existing packs; after (3) only unreferenced packs remain,
-//! which the next prune deletes. Packs that no index lists are deleted only when older than a
-//! grace period, so a pack uploaded by a backup whose lock went stale is never raced.
+//! which the next prune deletes.
+//!
+//! Two-phase by age: a pack no snapshot references is deleted (or, partly used, repacked) only
+//! when it is older than a grace period, whether an index lists it or not. A running backup
+//! indexes its packs every 32 packs but references them only when its snapshot is written at
+//! the end, so its young packs look unreferenced; they are kept until they are old enough that
+//! their writer, had it still been running, would have refreshed a lock prune waits for. Ages
+//! are read on the backend's clock (against prune's own lock object), not the local one.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -26,7 +32,8 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// Repack a pack when more than this share of it (percent) is unused.
     pub max_unused_percent: f64,
-    /// Keep unindexed packs younger than this.
+    /// Keep packs younger than this (indexed or not) whatever their use: they may belong to
+    /// a backup still writing.
     pub grace: Duration,
     /// Wait this long for backups holding shared locks.
     pub lock_wait: Duration,
@@ -56,6 +63,8 @@ pub struct PruneReport {
     pub packs_repacked: usize,
     /// Unindexed leftovers deleted.
     pub unindexed_deleted: usize,
+    /// Unreferenced or partly used packs kept because they are younger than the grace period.
+    pub packs_too_young: usize,
     /// Blobs copied into new packs.
     pub blobs_repacked: usize,
     /// Bytes freed (stored size).
@@ -86,7 +95,15 @@ pub fn used_blobs(repo: &Repository, index: &MasterIndex) -> Result<HashSet<Id>>
 
 /// Run prune.
 pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
-    let _lock = crate::lock::acquire(repo, true, "prune", opts.lock_wait)?;
+    let lock = crate::lock::acquire(repo, true, "prune", opts.lock_wait)?;
+    let now = lock.backend_now().unwrap_or_else(SystemTime::now);
+    let ages: HashMap<Id, Option<Duration>> = repo
+        .list_packs()?
+        .into_iter()
+        .map(|(pid, info)| (pid, info.modified.map(|m| now.duration_since(m).unwrap_or_default())))
+        .collect();
+    // Unknown age (a backend without times) counts as old only when nothing else is known.
+    let old = |pid: &Id| ages.get(pid).copied().flatten().is_none_or(|age| age > opts.grace);
     let files = repo.load_index_files()?;
     let mut index = MasterIndex::default();
     for (_, f) in &files {
@@ -116,7 +133,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         let total: u64 = entries.iter().map(|e| u64::from(e.length)).sum();
         let live_bytes: u64 = live.iter().map(|e| u64::from(e.length)).sum();
         let unused_pct = if total == 0 { 100.0 } else { (total - live_bytes) as f64 * 100.0 / total as f64 };
-        if live.is_empty() {
+        if (live.is_empty() || unused_pct > opts.max_unused_percent) && !old(&pid) {
+            report.packs_too_young += 1;
+            report.bytes_used += total;
+            keep.packs.push((pid, entries.clone()));
+        } else if live.is_empty() {
             delete.push(pid);
             report.packs_deleted += 1;
             report.bytes_freed += total;
@@ -131,14 +152,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
             keep.packs.push((pid, entries.clone()));
         }
     }
-    let now = SystemTime::now();
     let mut unindexed = Vec::new();
     for (pid, info) in repo.list_packs()? {
-        if packs.contains_key(&pid) {
-            continue;
-        }
-        let old = info.modified.and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age > opts.grace);
-        if old {
+        // Unindexed packs need a known age: they may be a running backup's newest.
+        let known_old = ages.get(&pid).copied().flatten().is_some_and(|age| age > opts.grace);
+        if !packs.contains_key(&pid) && known_old {
             unindexed.push(pid);
             report.bytes_freed += info.size;
         }
@@ -190,6 +208,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     for pid in delete.iter().chain(repack.iter().map(|(p, _)| p)).chain(unindexed.iter()) {
         repo.delete(&pack_key(pid))?;
     }
+    drop(lock);
     crate::lock::remove_stale(repo)?;
     Ok(report)
 }

@@ -180,7 +180,16 @@ impl Repository {
         let raw = Self::read_config(&backend, &rt)?;
         let slots = Self::read_slots(&backend, &rt)?;
         for (slot_id, slot) in slots {
-            if let Some(key) = slot.unwrap_key(secret)? {
+            // A slot that cannot be used (unknown KDF, limits exceeded) is skipped, not fatal:
+            // another slot may open the repository.
+            let unwrapped = match slot.unwrap_key(secret) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!("skipping key slot {slot_id}: {e}");
+                    None
+                }
+            };
+            if let Some(key) = unwrapped {
                 let config = Self::open_config(&key, &raw)?;
                 return Ok(Self {
                     tree_packs: Default::default(),
@@ -260,9 +269,16 @@ impl Repository {
             let name = obj.key.trim_start_matches("keys/");
             let Ok(id) = Id::from_hex(name) else { continue };
             let bytes = rt.block_on(backend.get(&obj.key))?;
-            let slot: KeySlot =
-                serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(format!("key slot {id}: {e}")))?;
-            out.push((id, slot));
+            // Damaged or planted slots are reported and skipped: they must not lock out the
+            // slots that work.
+            if Id::hash_of(&bytes) != id {
+                tracing::warn!("skipping key slot {id}: content does not match its name");
+                continue;
+            }
+            match serde_json::from_slice::<KeySlot>(&bytes) {
+                Ok(slot) => out.push((id, slot)),
+                Err(e) => tracing::warn!("skipping key slot {id}: {e}"),
+            }
         }
         Ok(out)
     }
@@ -538,11 +554,19 @@ impl Repository {
         Ok(out)
     }
 
-    /// The lookup over all index files.
+    /// The lookup over all index files. An index file that cannot be read or decoded is
+    /// reported and skipped (its blobs are then simply unknown: a backup stores them again, a
+    /// restore names what it lacks), so one bad object does not stop every reader. Prune and
+    /// check use [`Self::load_index_files`], which fails on it instead.
     pub fn load_index(&self) -> Result<MasterIndex> {
+        let ids = self.index_ids()?;
+        let plains = self.load_many_sealed("index", &ids);
         let mut mi = MasterIndex::default();
-        for (_, f) in self.load_index_files()? {
-            mi.add_file(&f);
+        for (id, plain) in ids.into_iter().zip(plains) {
+            match plain.and_then(|p| IndexFile::decode(&p, &id.to_hex())) {
+                Ok(f) => mi.add_file(&f),
+                Err(e) => tracing::warn!("skipping index file {id}: {e}"),
+            }
         }
         mi.finalize();
         Ok(mi)

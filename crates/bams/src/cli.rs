@@ -336,6 +336,9 @@ pub struct ForgetArgs {
     /// Run prune afterwards
     #[arg(long)]
     pub prune: bool,
+    /// With --prune: keep packs younger than this (see `bams prune --grace`)
+    #[arg(long, default_value = "1h", value_parser = parse_grace)]
+    pub grace: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -370,6 +373,28 @@ pub struct PruneArgs {
     /// Repack packs with more than this percentage unused
     #[arg(long, default_value_t = 5.0)]
     pub max_unused: f64,
+    /// Keep packs younger than this (`0`, `90s`, `30min`, `2h`, `1d`): they may belong to a
+    /// backup still running whose lock went stale
+    #[arg(long, default_value = "1h", value_parser = parse_grace)]
+    pub grace: std::time::Duration,
+}
+
+/// `0`, or a number with `s`, `min`, `h` or `d`.
+pub fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("bad duration {s:?}: use e.g. 0, 90s, 30min, 2h, 1d");
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: u64 = s[..split].parse().map_err(|_| bad())?;
+    let unit = match &s[split..] {
+        "s" => 1,
+        "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit).map(std::time::Duration::from_secs).ok_or_else(bad)
 }
 
 #[derive(Args, Debug)]

@@ -144,7 +144,12 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Copy(a) => copy(g, out, &a),
         Command::Prune(a) => {
             let s = session::open(g)?;
-            let opts = PruneOptions { dry_run: a.dry_run, max_unused_percent: a.max_unused, ..Default::default() };
+            let opts = PruneOptions {
+                dry_run: a.dry_run,
+                max_unused_percent: a.max_unused,
+                grace: a.grace,
+                ..Default::default()
+            };
             run_prune(&s, out, &opts)?;
             Ok(exit::OK)
         }
@@ -487,7 +492,7 @@ fn forget(g: &crate::cli::Global, out: Out, a: crate::cli::ForgetArgs) -> Result
         ));
     }
     if a.prune && !a.dry_run {
-        run_prune(&s, out, &PruneOptions::default())?;
+        run_prune(&s, out, &PruneOptions { grace: a.grace, ..Default::default() })?;
     }
     Ok(exit::OK)
 }

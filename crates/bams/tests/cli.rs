@@ -480,7 +480,8 @@ fn forget_and_prune_keep_what_snapshots_need_even_beside_a_backup() {
     }
     let bk =
         env.cmd(&["backup", "--json", other.to_str().expect("utf8")]).stdout(Stdio::piped()).spawn().expect("spawn");
-    let pr = env.run(&["forget", "--keep-last", "1", "--host", &hostname(), "--prune"]);
+    // Grace 0: the concurrent backup is protected by its lock alone (prune waits for it).
+    let pr = env.run(&["forget", "--keep-last", "1", "--host", &hostname(), "--prune", "--grace", "0"]);
     let bk = bk.wait_with_output().expect("wait");
     assert!(pr.status.success(), "{}", String::from_utf8_lossy(&pr.stderr));
     assert!(bk.status.success(), "{}", String::from_utf8_lossy(&bk.stderr));

@@ -1014,6 +1014,19 @@ async fn remote_clients_back_up_through_the_endpoint_and_append_only_tokens_cann
         .send()
         .await
         .unwrap();
+    assert_eq!(put.status(), StatusCode::FORBIDDEN, "append-only writes config");
+    // Overwriting an existing object (same name, same bytes) is refused too.
+    let listed = raw.ok(Method::GET, "/api/v1/repo/remote/list?prefix=snapshots/", None).await;
+    let key = listed[0]["key"].as_str().unwrap().to_string();
+    let (_, bytes) = raw.raw(Method::GET, &format!("/api/v1/repo/remote/object?key={key}")).await;
+    let put = raw
+        .http
+        .put(s.url(&format!("/api/v1/repo/remote/object?key={key}")))
+        .bearer_auth(&append)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), StatusCode::CONFLICT, "append-only overwrite");
     let (st, b) = raw.call(Method::GET, "/api/v1/jobs", None).await;
     assert_error(st, &b, StatusCode::FORBIDDEN, "append-only token outside the endpoint");
@@ -1028,11 +1041,63 @@ async fn remote_clients_back_up_through_the_endpoint_and_append_only_tokens_cann
         "nothing was removed"
     );
 
+    // Hostile writes: keys and config are the owner's; a body that is not what its name says
+    // is refused; junk under a matching name is skipped by every reader.
+    let put_raw = |key: String, body: Vec<u8>, token: String| {
+        let http = raw.http.clone();
+        let url = s.url(&format!("/api/v1/repo/remote/object?key={key}"));
+        async move { http.put(url).bearer_auth(token).body(body).send().await.unwrap() }
+    };
+    let junk = b"junk that decrypts to nothing".to_vec();
+    let junk_id = blake3::hash(&junk).to_hex().to_string();
+    for key in [format!("keys/{junk_id}"), "config".to_string()] {
+        let r = put_raw(key.clone(), junk.clone(), append.clone()).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "append-only writes {key}");
+    }
+    let r = put_raw("config".into(), junk.clone(), full.clone()).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT, "config is never replaced, whoever asks");
+    let wrong = "0".repeat(64);
+    for key in [format!("index/{wrong}"), format!("data/ff/{junk_id}"), format!("snapshots/{}", &junk_id[..10])] {
+        let r = put_raw(key.clone(), junk.clone(), append.clone()).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{key}");
+    }
+    for dir in ["index", "snapshots", "locks"] {
+        let r = put_raw(format!("{dir}/{junk_id}"), junk.clone(), append.clone()).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "a well-named object is stored: {dir}");
+    }
+    std::fs::write(src.join("round.txt"), "after the junk").unwrap();
+    let out = bams_remote(&s, &append, &["backup", src_s]);
+    assert!(out.status.success(), "backup beside junk: {}", String::from_utf8_lossy(&out.stderr));
+    let out = bams_remote(&s, &append, &["--json", "snapshots"]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().len(), 3);
+    // A restricted credential removes only the locks it wrote: not the junk lock of the
+    // other... nor one written by the full token.
+    let other_lock = b"a lock the full token wrote".to_vec();
+    let other_id = blake3::hash(&other_lock).to_hex().to_string();
+    assert_eq!(put_raw(format!("locks/{other_id}"), other_lock, full.clone()).await.status(), StatusCode::CREATED);
+    let (st, b) = raw.call(Method::DELETE, &format!("/api/v1/repo/remote/object?key=locks/{other_id}"), None).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "deleting another client's lock");
+    let own_lock = b"my own lock".to_vec();
+    let own_id = blake3::hash(&own_lock).to_hex().to_string();
+    assert_eq!(put_raw(format!("locks/{own_id}"), own_lock, append.clone()).await.status(), StatusCode::CREATED);
+    let (st, b) = raw.call(Method::DELETE, &format!("/api/v1/repo/remote/object?key=locks/{own_id}"), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "own lock: {b}");
+    let full_api = Api { token: Some(full.clone()), ..Api::anon(&s) };
+    for key in [
+        format!("locks/{other_id}"),
+        format!("locks/{junk_id}"),
+        format!("index/{junk_id}"),
+        format!("snapshots/{junk_id}"),
+    ] {
+        let (st, b) = full_api.call(Method::DELETE, &format!("/api/v1/repo/remote/object?key={key}"), None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{key}: {b}");
+    }
+
     // The server's catalog learned about the client's snapshots.
     let start = Instant::now();
     loop {
         let page = admin.ok(Method::GET, &format!("/api/v1/snapshots?repository={}", repo["id"]), None).await;
-        if page["items"].as_array().unwrap().len() == 2 {
+        if page["items"].as_array().unwrap().len() == 3 {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "catalog never saw the remote snapshots: {page}");

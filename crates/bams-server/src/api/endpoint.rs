@@ -1,14 +1,24 @@
 //! The repository endpoint: remote clients (`bams -r bams://host:4848/<name>`) read and write
 //! a registered repository's objects through the server. Objects arrive sealed, so the server
-//! never sees plaintext. An append-only token may add objects but never delete or overwrite
-//! them (lock files excepted, which clients must create, refresh and remove), so a compromised
-//! client cannot destroy the backups it made.
+//! never sees plaintext, but it checks what it can: every object but `config` is named by the
+//! BLAKE3 hash of its bytes, so an upload whose bytes do not match its name is refused, and
+//! `config` is never replaced. An append-only or agent credential may add objects but never
+//! delete or overwrite them, nor write `keys/` or `config`; of the lock files it must create,
+//! refresh and remove, it may remove only its own. So a compromised client cannot destroy the
+//! backups it made, nor plant objects that break others' reads.
+//!
+//! Uploads stream into a temporary file under `<data_dir>/uploads` while being hashed, and are
+//! handed to the repository from there (a link or in-kernel copy for local repositories):
+//! memory stays bounded whatever the object size and the number of uploads at once.
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bams_catalog::TokenScope;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path, Query};
@@ -167,21 +177,95 @@ pub async fn head_object(
         .into_response())
 }
 
+/// An upload received into a temporary file: its path (removed on drop), hash and size.
+struct Upload {
+    file: tempfile::TempPath,
+    hash: blake3::Hash,
+}
+
+/// Stream a request body into `<data_dir>/uploads`, hashing it; refuse more than `max` bytes.
+async fn receive(st: &AppState, body: Body, max: usize) -> ApiResult<Upload> {
+    let dir = st.config.data_dir.join("uploads");
+    let io = |e: std::io::Error| ApiError::internal(format!("{}: {e}", dir.display()));
+    tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+    let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(&dir).map_err(io)?.into_temp_path();
+    let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0usize;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload cut short: {e}")))?;
+        size += chunk.len();
+        if size > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("objects are limited to {max} bytes (max_object_bytes)"),
+            ));
+        }
+        hasher.update(&chunk);
+        out.write_all(&chunk).await.map_err(io)?;
+    }
+    out.flush().await.map_err(io)?;
+    Ok(Upload { file: tmp, hash: hasher.finalize() })
+}
+
+/// Every object but `config` is named by the hash of its bytes (`data/<2 hex>/<id>` with the
+/// id's first two digits): refuse an upload that is not what its name says.
+fn check_content(key: &str, hash: &blake3::Hash) -> ApiResult<()> {
+    if key == "config" {
+        return Ok(());
+    }
+    let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let shaped = name.len() == 64
+        && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && match dir.split_once('/') {
+            Some(("data", fan)) => fan.len() == 2 && name.starts_with(fan),
+            None => matches!(dir, "keys" | "index" | "snapshots" | "locks"),
+            _ => false,
+        };
+    if !shaped {
+        return Err(ApiError::bad_request(format!("object key {key:?} is not <kind>/<64-hex id>")));
+    }
+    if hash.to_hex().as_str() != name {
+        return Err(ApiError::bad_request(format!("{key}: content does not match its name")));
+    }
+    Ok(())
+}
+
 /// Store an object (atomically, durably).
-#[utoipa::path(put, path = "/api/v1/repo/{name}/object", tag = "repository endpoint", params(("name" = String, Path), KeyParam), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 201), (status = 409, body = crate::error::ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/repo/{name}/object", tag = "repository endpoint", params(("name" = String, Path), KeyParam), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 201), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
 pub async fn put_object(
     State(st): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     Query(k): Query<KeyParam>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<StatusCode> {
     check_key(&k.key)?;
+    let restricted = caller.scope.append_only();
+    if restricted && (k.key == "config" || k.key.starts_with("keys/")) {
+        return Err(ApiError::forbidden(format!(
+            "{} credentials may not write {}: keys and config are the repository owner's",
+            if caller.scope == TokenScope::Agent { "agent" } else { "append-only" },
+            k.key
+        )));
+    }
     let (id, b) = backend(&st, &caller, &name, Privs::DATASTORE_BACKUP).await?;
-    if caller.scope.append_only() && !k.key.starts_with("locks/") && b.head(&k.key).await?.is_some() {
+    let exists = b.head(&k.key).await?.is_some();
+    if exists && k.key == "config" {
+        return Err(ApiError::conflict("the repository's config exists and is never replaced"));
+    }
+    if exists && restricted && !k.key.starts_with("locks/") {
         return Err(ApiError::conflict(format!("append-only token: {} exists and cannot be overwritten", k.key)));
     }
-    b.put(&k.key, body).await?;
+    let upload = receive(&st, body, st.config.max_object_bytes).await?;
+    check_content(&k.key, &upload.hash)?;
+    if restricted && k.key.starts_with("locks/") {
+        st.catalog.record_endpoint_lock(id, &k.key, caller.token_id).await?;
+    }
+    b.put_file(&k.key, &upload.file).await?;
+    drop(upload);
     resync(&st, id, &k.key);
     Ok(StatusCode::CREATED)
 }
@@ -195,7 +279,8 @@ pub async fn delete_object(
     Query(k): Query<KeyParam>,
 ) -> ApiResult<StatusCode> {
     check_key(&k.key)?;
-    if caller.scope.append_only() && !k.key.starts_with("locks/") {
+    let restricted = caller.scope.append_only();
+    if restricted && !k.key.starts_with("locks/") {
         return Err(ApiError::forbidden(format!("append-only token: deleting {} is not allowed", k.key)));
     }
     // Backup clients remove their own locks; removing anything else is pruning.
@@ -205,7 +290,16 @@ pub async fn delete_object(
         Privs::DATASTORE_PRUNE
     };
     let (id, b) = backend(&st, &caller, &name, needs).await?;
+    if restricted && !st.catalog.endpoint_lock_owned(id, &k.key, caller.token_id).await? {
+        return Err(ApiError::forbidden(format!(
+            "{}: a restricted credential may remove only the locks it wrote",
+            k.key
+        )));
+    }
     b.delete(&k.key).await?;
+    if k.key.starts_with("locks/") {
+        st.catalog.forget_endpoint_lock(id, &k.key).await?;
+    }
     resync(&st, id, &k.key);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -144,19 +144,25 @@ impl WriteBackend for LocalBackend {
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let path = self.path(key)?;
         Self::blocking(move || {
-            let dir = path.parent().ok_or_else(|| Error::invalid("object without directory"))?;
-            fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
-            let tmp = dir.join(format!("{TMP_PREFIX}{}", crate::id::Id::random().short()));
-            let write = || -> std::io::Result<()> {
-                let mut f = fs::File::create(&tmp)?;
+            install(&path, |tmp| {
+                let mut f = fs::File::create(tmp)?;
                 f.write_all(&data)?;
-                f.sync_all()?;
-                fs::rename(&tmp, &path)?;
-                fs::File::open(dir)?.sync_all()
-            };
-            write().map_err(|e| {
-                let _ = fs::remove_file(&tmp);
-                Error::io(path.display(), e)
+                f.sync_all()
+            })
+        })
+        .await
+    }
+
+    async fn put_file(&self, key: &str, src: &Path) -> Result<()> {
+        let path = self.path(key)?;
+        let src = src.to_path_buf();
+        Self::blocking(move || {
+            install(&path, |tmp| {
+                // Same filesystem: a second name for the same bytes; else an in-kernel copy.
+                if fs::hard_link(&src, tmp).is_err() {
+                    fs::copy(&src, tmp)?;
+                }
+                fs::File::open(tmp)?.sync_all()
             })
         })
         .await
@@ -171,6 +177,48 @@ impl WriteBackend for LocalBackend {
         })
         .await
     }
+}
+
+/// Write an object through a temporary file next to it: `fill` writes and syncs the
+/// temporary file, which is then renamed into place and the directory synced.
+fn install(path: &Path, fill: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| Error::invalid("object without directory"))?;
+    create_dirs_durably(dir).map_err(|e| Error::io(dir.display(), e))?;
+    let tmp = dir.join(format!("{TMP_PREFIX}{}", crate::id::Id::random().short()));
+    let write = || -> std::io::Result<()> {
+        fill(&tmp)?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io(path.display(), e)
+    })
+}
+
+/// `create_dir_all`, then fsync the parent of every directory it created: a new `data/ab/`
+/// must itself survive a crash, or the pack inside it is lost while its index survives.
+fn create_dirs_durably(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.exists() {
+        missing.push(cur.to_path_buf());
+        match cur.parent() {
+            Some(p) => cur = p,
+            None => break,
+        }
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        if let Some(parent) = d.parent() {
+            fs::File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// Remove leftover temporary files older than `max_age` (after crashes); returns how many.

@@ -51,6 +51,13 @@ pub trait ReadBackend: Send + Sync + 'static {
 pub trait WriteBackend: ReadBackend {
     /// Store an object durably (on return it survives a crash).
     async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Store the content of a local file as an object (the file is left in place). Backends
+    /// that can take it without reading it into memory (a local directory: a link or an
+    /// in-kernel copy) do; the rest read it whole, so callers bound its size.
+    async fn put_file(&self, key: &str, path: &std::path::Path) -> Result<()> {
+        let data = tokio::fs::read(path).await.map_err(|e| crate::Error::io(path.display(), e))?;
+        self.put(key, Bytes::from(data)).await
+    }
     /// Remove an object; removing a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
 }
