@@ -26,6 +26,22 @@ pub struct NewAudit {
     pub result: String,
     /// Client address.
     pub remote_addr: Option<String>,
+    /// The object the request created, changed or removed.
+    pub object: Option<AuditObject>,
+}
+
+/// What a mutating request acted on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AuditObject {
+    /// Kind (`user`, `job`, `repository`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its id, when it has one.
+    pub id: Option<String>,
+    /// Its name, when it has one.
+    pub name: Option<String>,
+    /// Fields the request set (names only: values, secrets among them, are never recorded).
+    pub changes: Vec<String>,
 }
 
 /// A recorded request.
@@ -51,6 +67,8 @@ pub struct AuditEntry {
     pub result: String,
     /// Client address.
     pub remote_addr: Option<String>,
+    /// The object acted on.
+    pub object: Option<AuditObject>,
 }
 
 impl AuditEntry {
@@ -65,6 +83,15 @@ impl AuditEntry {
             status: r.i64("status")?,
             result: r.str("result")?,
             remote_addr: r.opt_str("remote_addr")?,
+            object: match r.opt_str("object_type")? {
+                Some(kind) => Some(AuditObject {
+                    kind,
+                    id: r.opt_str("object_id")?,
+                    name: r.opt_str("object_name")?,
+                    changes: r.opt_str("changes")?.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default(),
+                }),
+                None => None,
+            },
         })
     }
 }
@@ -94,14 +121,18 @@ fn parse_time(name: &str, s: &str) -> Result<i64> {
         .map_err(|e| CatalogError::Invalid(format!("{name}: not an RFC 3339 time: {e}")))
 }
 
-const AUDIT_COLS: &str = "id, time, username, method, route, target, status, result, remote_addr";
+const AUDIT_COLS: &str =
+    "id, time, username, method, route, target, status, result, remote_addr, object_type, object_id, object_name, changes";
 
 impl Catalog {
     /// Record a request.
     pub async fn audit(&self, e: &NewAudit) -> Result<()> {
+        let o = e.object.clone().unwrap_or_default();
+        let some = |v: String| (!v.is_empty()).then_some(v);
         sqlx::query(
-            "INSERT INTO audit (time, username, method, route, target, status, result, remote_addr) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO audit (time, username, method, route, target, status, result, remote_addr, \
+             object_type, object_id, object_name, changes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(e.time)
         .bind(e.username.clone())
@@ -111,9 +142,18 @@ impl Catalog {
         .bind(i64::from(e.status))
         .bind(&e.result)
         .bind(e.remote_addr.clone())
+        .bind(some(o.kind))
+        .bind(o.id)
+        .bind(o.name)
+        .bind((!o.changes.is_empty()).then(|| serde_json::to_string(&o.changes).unwrap_or_default()))
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Remove audit entries older than `before` (Unix ms); returns how many.
+    pub async fn purge_audit(&self, before: i64) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM audit WHERE time < $1").bind(before).execute(&self.pool).await?.rows_affected())
     }
 
     /// Audit entries, newest first.

@@ -30,7 +30,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use acl::AclEntry;
 pub use agents::{Agent, AgentStatus, ENROLL_TTL_MS};
-pub use audit::{AuditEntry, AuditFilter, NewAudit};
+pub use audit::{AuditEntry, AuditFilter, AuditObject, NewAudit};
 pub use disks::DiskRecord;
 pub use error::{CatalogError, Result};
 pub use iscsi::IscsiRecord;

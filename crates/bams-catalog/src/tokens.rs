@@ -238,6 +238,20 @@ impl Catalog {
     }
 
     /// Drop expired and revoked sessions (housekeeping).
+    /// End every session of a user but `keep` (after a password change).
+    pub async fn revoke_sessions(&self, user_id: i64, keep: Option<i64>) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND kind = 'session' AND revoked_at IS NULL AND id <> $3",
+        )
+        .bind(now_ms())
+        .bind(user_id)
+        .bind(keep.unwrap_or(-1))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Remove sessions that expired or were revoked; returns how many.
     pub async fn purge_sessions(&self) -> Result<u64> {
         Ok(sqlx::query("DELETE FROM tokens WHERE kind = 'session' AND (revoked_at IS NOT NULL OR expires_at <= $1)")
             .bind(now_ms())

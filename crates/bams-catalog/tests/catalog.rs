@@ -185,12 +185,20 @@ async fn scenario(cat: &Catalog) {
             status: 201,
             result: "ok".into(),
             remote_addr: Some("127.0.0.1".into()),
+            object: Some(bams_catalog::AuditObject {
+                kind: "job".into(),
+                id: Some(i.to_string()),
+                name: Some(format!("job{i}")),
+                changes: vec!["name".into(), "paths".into()],
+            }),
         })
         .await
         .unwrap();
     }
     let a = cat.list_audit(&AuditFilter { user: Some("admin".into()), ..Default::default() }).await.unwrap();
     assert_eq!(a.items.len(), 2);
+    let o = a.items[0].object.clone().unwrap();
+    assert_eq!((o.kind.as_str(), o.name.as_deref(), o.changes.len()), ("job", Some("job2"), 2));
     let r = cat
         .list_audit(&AuditFilter {
             route: Some("/api/v1/jo".into()),

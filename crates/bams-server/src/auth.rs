@@ -257,8 +257,45 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
     }
     .await;
 
+    // What the request changes, for the audit log: the object from the route (and the
+    // answer), the fields from a JSON body (names only).
+    let audited = mutation && !route.starts_with("/api/v1/repo/") && route != "/api/v1/auth/login";
+    let mut object = audited.then(|| route_object(&route, &path));
     let response = match outcome {
-        Ok(()) => next.run(req).await,
+        Ok(()) => {
+            let mut too_large = false;
+            if let (Some(o), true) = (object.as_mut(), is_json(req.headers())) {
+                let (parts, body) = req.into_parts();
+                let bytes = match axum::body::to_bytes(body, st.config.max_body_bytes).await {
+                    Ok(b) => b,
+                    Err(_) => {
+                        too_large = true;
+                        Default::default()
+                    }
+                };
+                o.changes = json_fields(&bytes);
+                req = Request::from_parts(parts, axum::body::Body::from(bytes));
+            }
+            let response = if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("request bodies are limited to {} bytes (max_body_bytes)", st.config.max_body_bytes),
+                )
+                .into_response()
+            } else {
+                next.run(req).await
+            };
+            match object.as_mut() {
+                Some(o) if response.status().is_success() && is_json(response.headers()) => {
+                    let (parts, body) = response.into_parts();
+                    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                    name_object(o, &bytes);
+                    Response::from_parts(parts, axum::body::Body::from(bytes))
+                }
+                _ => response,
+            }
+        }
         Err(e) => e.into_response(),
     };
     if mutation
@@ -289,6 +326,7 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
             status: status.as_u16(),
             result: result.into(),
             remote_addr: remote,
+            object,
         };
         if let Err(e) = st.catalog.audit(&entry).await {
             tracing::error!(error = %e, "could not write the audit log");
@@ -297,63 +335,143 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
     response
 }
 
+fn is_json(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// The object a route acts on: its kind from the route's first part (`/api/v1/jobs/{id}/run`
+/// → `job`), its id from the route's first parameter in the concrete path.
+fn route_object(route: &str, path: &str) -> bams_catalog::AuditObject {
+    let parts: Vec<&str> = route.trim_start_matches("/api/v1/").split('/').collect();
+    let kind = match parts.first().copied().unwrap_or_default() {
+        "users" => "user",
+        "tokens" => "token",
+        "acl" => "acl entry",
+        "repositories" => "repository",
+        "snapshots" => "snapshot",
+        "jobs" => "job",
+        "schedules" => "schedule",
+        "runs" => "run",
+        "pools" => "pool",
+        "agents" => "agent",
+        "disk" => "disk repository",
+        "iscsi" => "iscsi target",
+        "tape" => match parts.get(1).copied() {
+            Some("pools") => "tape pool",
+            Some("volumes") => "tape volume",
+            Some("drives") => "tape drive",
+            _ => "tape library",
+        },
+        "bacula" => "bacula",
+        "auth" => "session",
+        other => other,
+    };
+    let concrete: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
+    let id = parts.iter().zip(&concrete).find(|(r, _)| r.starts_with('{')).map(|(_, c)| (*c).to_string());
+    bams_catalog::AuditObject { kind: kind.to_string(), id, name: None, changes: Vec::new() }
+}
+
+/// Top-level field names of a JSON object body, sorted (values are never kept).
+fn json_fields(body: &[u8]) -> Vec<String> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(m)) => {
+            let mut keys: Vec<String> = m.keys().take(64).map(|k| k.chars().take(64).collect()).collect();
+            keys.sort();
+            keys
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Fill the object's id and name from the JSON answer (`id`, then `name`/`username`/`iqn`).
+fn name_object(o: &mut bams_catalog::AuditObject, body: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return };
+    let text = |k: &str| match &v[k] {
+        serde_json::Value::String(s) => Some(s.chars().take(200).collect::<String>()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    if o.id.is_none() {
+        o.id = text("id").or_else(|| text("run_id"));
+    }
+    o.name = ["name", "username", "iqn", "barcode"].iter().find_map(|k| text(k));
+}
+
 /// The user name a login attempt used (for the audit log).
 #[derive(Clone)]
 struct LoginName(String);
 
-/// Brake on password guessing: per user name and per client address, a few failures in a
-/// window lock further attempts until the window ends.
+/// Brake on password guessing, without handing anyone a way to lock others out: failures are
+/// counted per (user name, client address) and per client address, and after a few free
+/// attempts each further try must wait a delay that doubles with every failure (1 s, 2 s, 4 s,
+/// … up to 5 min). A guesser slows down only itself; the real user, from their own address,
+/// logs in as usual. Counts are forgotten after an hour without failures or on success.
 pub struct LoginLimiter {
     entries: Mutex<HashMap<String, (u32, Instant)>>,
-    window: Duration,
-    max_per_user: u32,
-    max_per_addr: u32,
 }
+
+/// Failures allowed before delays start: per (user, address), and per address across names.
+const FREE_PER_USER: u32 = 3;
+const FREE_PER_ADDR: u32 = 10;
+const MAX_DELAY: Duration = Duration::from_secs(300);
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 impl Default for LoginLimiter {
     fn default() -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-            window: Duration::from_secs(900),
-            max_per_user: 5,
-            max_per_addr: 20,
-        }
+        Self { entries: Mutex::new(HashMap::new()) }
     }
+}
+
+/// How long after the last failure the next attempt must wait.
+fn delay(failures: u32, free: u32) -> Duration {
+    if failures < free {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(1u64 << (failures - free).min(9)).min(MAX_DELAY)
 }
 
 impl LoginLimiter {
     fn keys(user: &str, addr: &str) -> [(String, u32); 2] {
-        [(format!("u:{user}"), 0), (format!("a:{addr}"), 1)]
+        [(format!("u:{addr}\0{user}"), FREE_PER_USER), (format!("a:{addr}"), FREE_PER_ADDR)]
     }
 
-    /// Seconds until the caller may try again, if locked.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, Instant)>> {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Seconds until this client may try this user again, if it must wait.
     fn locked(&self, user: &str, addr: &str) -> Option<u64> {
-        let map = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Self::keys(user, addr).iter().find_map(|(k, kind)| {
-            let (n, since) = map.get(k)?;
-            let max = if *kind == 0 { self.max_per_user } else { self.max_per_addr };
-            let left = self.window.checked_sub(since.elapsed())?;
-            (*n >= max).then_some(left.as_secs().max(1))
-        })
+        let map = self.lock();
+        Self::keys(user, addr)
+            .iter()
+            .filter_map(|(k, free)| {
+                let (n, last) = map.get(k)?;
+                delay(*n, *free).checked_sub(last.elapsed()).filter(|d| !d.is_zero())
+            })
+            .max()
+            .map(|d| d.as_secs().max(1))
     }
 
     fn failed(&self, user: &str, addr: &str) {
-        let mut map = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.lock();
         if map.len() > 100_000 {
-            let window = self.window;
-            map.retain(|_, (_, since)| since.elapsed() < window);
+            map.retain(|_, (_, last)| last.elapsed() < FORGET_AFTER);
         }
         for (k, _) in Self::keys(user, addr) {
             let e = map.entry(k).or_insert((0, Instant::now()));
-            if e.1.elapsed() >= self.window {
-                *e = (0, Instant::now());
+            if e.1.elapsed() >= FORGET_AFTER {
+                e.0 = 0;
             }
-            e.0 += 1;
+            e.0 = e.0.saturating_add(1);
+            e.1 = Instant::now();
         }
     }
 
-    fn succeeded(&self, user: &str) {
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&format!("u:{user}"));
+    fn succeeded(&self, user: &str, addr: &str) {
+        let mut map = self.lock();
+        for (k, _) in Self::keys(user, addr) {
+            map.remove(&k);
+        }
     }
 }
 
@@ -400,7 +518,7 @@ async fn login_inner(st: &AppState, addr: &str, req: LoginRequest) -> ApiResult<
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
-            format!("too many failed logins; try again in {secs} s"),
+            format!("too many failed logins from this address; try again in {secs} s"),
         );
         e.details = Some(serde_json::json!({ "retry_after_secs": secs }));
         return Err(e);
@@ -409,7 +527,7 @@ async fn login_inner(st: &AppState, addr: &str, req: LoginRequest) -> ApiResult<
         st.limiter.failed(&req.username, addr);
         return Err(ApiError::unauthorized("wrong user name or password"));
     };
-    st.limiter.succeeded(&req.username);
+    st.limiter.succeeded(&req.username, addr);
     let ttl = Duration::from_secs(st.config.session_hours.max(1) * 3600);
     let expires = bams_catalog::now_ms() + ttl.as_millis() as i64;
     let (_, secret, csrf) =

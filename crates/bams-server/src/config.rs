@@ -58,6 +58,8 @@ pub struct Config {
     pub max_object_bytes: usize,
     /// Session lifetime in hours.
     pub session_hours: u64,
+    /// Days audit entries are kept (0: forever).
+    pub audit_retention_days: u64,
     /// Directories the API may restore into; empty = `<data_dir>/restores`.
     pub restore_roots: Vec<PathBuf>,
     /// Block devices disk repositories may format (`*` wildcards); empty = none.
@@ -94,6 +96,7 @@ impl Default for Config {
             max_body_bytes: 2 << 20,
             max_object_bytes: 256 << 20,
             session_hours: 12,
+            audit_retention_days: 365,
             restore_roots: Vec::new(),
             disk_devices: vec!["/dev/sd*".into(), "/dev/vd*".into(), "/dev/xvd*".into(), "/dev/nvme*n*".into()],
             bacula_sd_config: PathBuf::from("/etc/bacula/bacula-sd.conf"),
@@ -138,6 +141,7 @@ const KEYS: &[&str] = &[
     "max_body_bytes",
     "max_object_bytes",
     "session_hours",
+    "audit_retention_days",
     "bacula_sd_config",
     "tape.library",
     "tape.changer",

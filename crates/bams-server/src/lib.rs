@@ -197,6 +197,27 @@ pub async fn prepare(config: Config) -> Result<Server> {
     Ok(Server { state, router })
 }
 
+/// Hourly: drop expired and revoked sessions, and audit entries past `audit_retention_days`.
+async fn housekeeping(st: AppState) {
+    loop {
+        match st.catalog.purge_sessions().await {
+            Ok(n) if n > 0 => info!(sessions = n, "purged expired sessions"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not purge expired sessions"),
+        }
+        let days = st.config.audit_retention_days;
+        if days > 0 {
+            let before = bams_catalog::now_ms() - i64::try_from(days).unwrap_or(i64::MAX / 86_400_000) * 86_400_000;
+            match st.catalog.purge_audit(before).await {
+                Ok(n) if n > 0 => info!(entries = n, days, "purged old audit entries"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "could not purge the audit log"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -221,6 +242,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let director = server.state.director.clone();
     let timeout = Duration::from_secs(server.state.config.shutdown_timeout_secs);
     let loop_handle = director.start().await?;
+    let housekeeping = tokio::spawn(housekeeping(server.state.clone()));
     let app = server.router.into_make_service_with_connect_info::<SocketAddr>();
     match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
@@ -254,6 +276,7 @@ pub async fn serve(config: Config) -> Result<()> {
     info!("no longer accepting requests; waiting for running jobs");
     director.shutdown(timeout).await;
     loop_handle.abort();
+    housekeeping.abort();
     server.state.catalog.close().await;
     info!("server stopped");
     Ok(())

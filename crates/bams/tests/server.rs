@@ -743,6 +743,94 @@ async fn authorization_follows_the_policy_table_on_every_route() {
     assert!(checked >= 300, "the matrix covered only {checked} requests");
 }
 
+/// Password guessing slows the guesser down without locking the account; changing one's own
+/// password needs the current one and ends the other sessions; the audit log names what each
+/// request changed (never the values); expired sessions and old audit rows are purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_resist_guessing_and_takeover_and_the_audit_names_objects() {
+    let mut s = Server::start(None);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    // A guesser at 127.0.0.1 hammers "admin" until delays start...
+    let anon = Api::anon(&s);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let body = json!({"username": "admin", "password": "wrong-guess"});
+        statuses.push(anon.call(Method::POST, "/api/v1/auth/login", Some(body)).await.0);
+    }
+    assert_eq!(statuses[0], StatusCode::UNAUTHORIZED);
+    assert_eq!(*statuses.last().unwrap(), StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    // ...while the real admin, from another address, logs in at once.
+    let elsewhere =
+        reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+    let r = elsewhere
+        .post(s.url("/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": s.admin_password()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the account is not locked for others");
+
+    // Own password: the current one is required, and other sessions end.
+    let op = admin.add_user(&s, "op", "operator-pw-1", "operator").await;
+    let op2 = Api::login(&s, "op", "operator-pw-1").await;
+    let op_id = op.ok(Method::GET, "/api/v1/auth/me", None).await["id"].as_i64().unwrap();
+    let me = format!("/api/v1/users/{op_id}");
+    let (st, b) = op.call(Method::PATCH, &me, Some(json!({"password": "operator-pw-2"}))).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "no current password");
+    let (st, b) =
+        op.call(Method::PATCH, &me, Some(json!({"password": "operator-pw-2", "current_password": "nope-nope"}))).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "wrong current password");
+    op.ok(Method::PATCH, &me, Some(json!({"password": "operator-pw-2", "current_password": "operator-pw-1"}))).await;
+    op.ok(Method::GET, "/api/v1/auth/me", None).await;
+    assert_eq!(op2.call(Method::GET, "/api/v1/auth/me", None).await.0, StatusCode::UNAUTHORIZED, "other session ended");
+    Api::login(&s, "op", "operator-pw-2").await;
+    // An admin resets someone else's password without theirs; all their sessions end.
+    admin.ok(Method::PATCH, &me, Some(json!({"password": "operator-pw-3"}))).await;
+    assert_eq!(op.call(Method::GET, "/api/v1/auth/me", None).await.0, StatusCode::UNAUTHORIZED);
+
+    // The audit log names the objects and the fields, never the secrets.
+    let job = admin
+        .ok(Method::POST, "/api/v1/jobs", Some(json!({"name": "audited", "type": "check", "repository": 1})))
+        .await;
+    let entries = audited(&admin, "/api/v1/users/{id}").await;
+    let patch = entries.iter().find(|e| e["method"] == "PATCH" && e["result"] == "ok").unwrap();
+    assert_eq!(patch["object"]["type"], "user");
+    assert_eq!(patch["object"]["id"], op_id.to_string());
+    assert_eq!(patch["object"]["name"], "op");
+    assert_eq!(patch["object"]["changes"], json!(["password"]));
+    let created = audited(&admin, "/api/v1/users").await;
+    let created = created.iter().find(|e| e["method"] == "POST").unwrap();
+    assert_eq!((created["object"]["name"].as_str(), created["object"]["type"].as_str()), (Some("op"), Some("user")));
+    assert_eq!(created["object"]["changes"], json!(["password", "role", "username"]));
+    let jobs = audited(&admin, "/api/v1/jobs").await;
+    assert_eq!(jobs[0]["object"]["id"], job["id"].to_string());
+    assert_eq!(jobs[0]["object"]["name"], "audited");
+    let all = admin.ok(Method::GET, "/api/v1/audit?limit=500", None).await.to_string();
+    for secret in ["operator-pw-1", "operator-pw-2", "operator-pw-3", "wrong-guess"] {
+        assert!(!all.contains(secret), "the audit log holds {secret}");
+    }
+
+    // Housekeeping on start: sessions past their expiry and audit rows past the retention go.
+    let db = s.data().join("catalog.db");
+    s.kill9();
+    let sql = "UPDATE audit SET time = time - 400*86400000 WHERE route = '/api/v1/jobs'; \
+               UPDATE tokens SET expires_at = 1 WHERE kind = 'session';";
+    let out = Command::new("sqlite3").arg(&db).arg(sql).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.spawn();
+    let count = |q: &str| {
+        let out = Command::new("sqlite3").arg(&db).arg(q).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse::<i64>().unwrap()
+    };
+    let start = Instant::now();
+    while count("SELECT COUNT(*) FROM tokens WHERE kind = 'session'") > 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "expired sessions were not purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count("SELECT COUNT(*) FROM audit WHERE route = '/api/v1/jobs'"), 0, "old audit rows purged");
+    assert!(count("SELECT COUNT(*) FROM audit") > 0, "recent ones kept");
+}
+
 /// The reproductions from the security review, and their neighbours, written by hand (not
 /// derived from the policy table): a viewer reads no backed-up content and no secret; ACL
 /// entries grant and withdraw per repository.

@@ -32,6 +32,8 @@ pub struct UserPatch {
     pub disabled: Option<bool>,
     /// New password.
     pub password: Option<String>,
+    /// Your current password: needed to change your own.
+    pub current_password: Option<String>,
 }
 
 /// List users.
@@ -75,7 +77,18 @@ pub async fn update_user(
     }
     let user = st.catalog.get_user(id).await?;
     if let Some(pw) = &p.password {
+        if caller.is_self(id) {
+            // A stolen session must not be enough to take the account over.
+            let current = p.current_password.as_deref().unwrap_or_default();
+            if st.catalog.check_login(&user.username, current).await?.is_none() {
+                return Err(ApiError::forbidden("give your current password (current_password) to change it"));
+            }
+        }
         st.catalog.set_password(&user.username, pw).await?;
+        // Every other session of that user ends; API tokens stay (revoke them separately).
+        let keep = caller.is_self(id).then_some(caller.token_id);
+        st.catalog.revoke_sessions(id, keep).await?;
+        st.auth_cache.clear();
     }
     Ok(Json(st.catalog.update_user(id, p.role, p.disabled).await?))
 }
