@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::runner::{Cmd, CommandRunner};
 use crate::ApplianceError;
 
+/// Journal entries a grep scans at most (streamed: only matches are kept).
+pub const GREP_SCAN: usize = 200_000;
+
 /// Largest `lines` a request may ask for.
 pub const MAX_LINES: usize = 10_000;
 /// Bytes read from the end of a log file at most.
@@ -225,10 +228,33 @@ pub async fn read(
     let lines = q.lines.clamp(1, MAX_LINES);
     let mut out = Vec::new();
     if let Some(unit) = &src.unit {
-        // journalctl cannot grep everywhere (it needs PCRE2); ask for more and filter here.
-        let ask = if q.grep.is_some() { (lines * 20).min(200_000) } else { lines };
-        match runner.run(&journal_cmd(cfg, unit, ask, q.since_micros, false)).await {
-            Ok(o) => out.extend(o.stdout.lines().filter_map(parse_journal_line)),
+        // journalctl cannot grep everywhere (it needs PCRE2): with a grep, read up to
+        // GREP_SCAN entries as a stream and keep only the last `lines` that match, so memory
+        // stays bounded by the answer, not by what was scanned.
+        let result = if q.grep.is_some() {
+            match runner.lines(&journal_cmd(cfg, unit, GREP_SCAN, q.since_micros, false)).await {
+                Ok(mut rx) => {
+                    let mut kept = std::collections::VecDeque::with_capacity(lines.min(1024));
+                    while let Some(line) = rx.recv().await {
+                        if let Some(e) = parse_journal_line(&line).filter(|e| q.accepts(e)) {
+                            if kept.len() == lines {
+                                kept.pop_front();
+                            }
+                            kept.push_back(e);
+                        }
+                    }
+                    Ok(kept.into_iter().collect::<Vec<_>>())
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            runner
+                .run(&journal_cmd(cfg, unit, lines, q.since_micros, false))
+                .await
+                .map(|o| o.stdout.lines().filter_map(parse_journal_line).collect())
+        };
+        match result {
+            Ok(entries) => out.extend(entries),
             // No journal on this machine (containers): the file, if any, still answers.
             Err(crate::runner::RunError::NotInstalled { .. }) if src.file.is_some() => {}
             Err(e) if src.file.is_none() => return Err(e.into()),

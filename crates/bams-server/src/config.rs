@@ -54,6 +54,10 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// Largest accepted request body (bytes) for API calls.
     pub max_body_bytes: usize,
+    /// Seconds a client has to send a request's headers (slow clients are disconnected).
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may stall before the request fails with 408.
+    pub body_idle_timeout_secs: u64,
     /// Largest object accepted by the repository endpoint (bytes).
     pub max_object_bytes: usize,
     /// Session lifetime in hours.
@@ -94,6 +98,8 @@ impl Default for Config {
             notifications: bams_director::notify::NotifyConfig::default(),
             shutdown_timeout_secs: 60,
             max_body_bytes: 2 << 20,
+            header_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
             max_object_bytes: 256 << 20,
             session_hours: 12,
             audit_retention_days: 365,
@@ -139,6 +145,8 @@ const KEYS: &[&str] = &[
     "notifications.email.ca_cert",
     "shutdown_timeout_secs",
     "max_body_bytes",
+    "header_timeout_secs",
+    "body_idle_timeout_secs",
     "max_object_bytes",
     "session_hours",
     "audit_retention_days",

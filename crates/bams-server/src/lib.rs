@@ -40,19 +40,21 @@ pub fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .route("/healthz", get(healthz))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))
         .route_layer(axum::middleware::from_fn(metrics::track));
-    let router = harden(router, state.config.max_body_bytes).with_state(state);
+    let idle = Duration::from_secs(state.config.body_idle_timeout_secs.max(1));
+    let router = harden(router, state.config.max_body_bytes, idle).with_state(state);
     (router, doc)
 }
 
 /// What every response path gets: JSON 404/405, a body size limit, and panics turned into a
 /// 500 JSON error (the process keeps serving).
-fn harden<S: Clone + Send + Sync + 'static>(router: Router<S>, max_body: usize) -> Router<S> {
+fn harden<S: Clone + Send + Sync + 'static>(router: Router<S>, max_body: usize, body_idle: Duration) -> Router<S> {
     router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(body_idle, body_idle_timeout))
         // An oversized body is refused unread, so the connection cannot carry another request:
         // say so, or a client reusing it from its pool sees the next request fail mid-way.
         .layer(axum::middleware::map_response(|mut r: Response| async move {
@@ -65,6 +67,26 @@ fn harden<S: Clone + Send + Sync + 'static>(router: Router<S>, max_body: usize) 
             tracing::error!("a request handler panicked");
             ApiError::internal("the server hit a bug handling this request; it has been logged").into_response()
         }))
+}
+
+/// A request body that stops arriving for `body_idle_timeout_secs` ends with an error, so a
+/// client cannot hold a request (and its handler) open by sending nothing.
+async fn body_idle_timeout(
+    State(idle): State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use futures_util::StreamExt;
+    let (parts, body) = req.into_parts();
+    let stream = futures_util::stream::unfold(Some(body.into_data_stream()), move |state| async move {
+        let mut s = state?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(item)) => Some((item.map_err(std::io::Error::other), Some(s))),
+            Ok(None) => None,
+            Err(_) => Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request body stalled")), None)),
+        }
+    });
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from_stream(stream))).await
 }
 
 async fn healthz(State(st): State<AppState>) -> Response {
@@ -197,6 +219,20 @@ pub async fn prepare(config: Config) -> Result<Server> {
     Ok(Server { state, router })
 }
 
+/// A client has `header_timeout` to send a request's headers: a connection that trickles
+/// them in (slowloris) is closed instead of holding a task forever.
+fn limit_connections(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header_timeout: Duration,
+) {
+    b.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(60))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(256);
+}
+
 /// Hourly: drop expired and revoked sessions, and audit entries past `audit_retention_days`.
 async fn housekeeping(st: AppState) {
     loop {
@@ -241,36 +277,37 @@ pub async fn serve(config: Config) -> Result<()> {
     let server = prepare(config).await?;
     let director = server.state.director.clone();
     let timeout = Duration::from_secs(server.state.config.shutdown_timeout_secs);
+    let server_header_timeout = server.state.config.header_timeout_secs;
     let loop_handle = director.start().await?;
     let housekeeping = tokio::spawn(housekeeping(server.state.clone()));
     let app = server.router.into_make_service_with_connect_info::<SocketAddr>();
+    let header_timeout = Duration::from_secs(server_header_timeout.max(1));
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        h.graceful_shutdown(Some(timeout));
+    });
+    // Bind before announcing, so "listening" is only printed once the port is ours.
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    listener.set_nonblocking(true).context("configuring the listening socket")?;
+    let bound = listener.local_addr().context("reading the bound address")?;
     match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                h.graceful_shutdown(Some(timeout));
-            });
-            // Bind before announcing, so "listening" is only printed once the port is ours.
-            let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-            listener.set_nonblocking(true).context("configuring the listening socket")?;
-            println!("bams server listening on https://{addr}");
-            axum_server::from_tcp_rustls(listener, rustls).handle(handle).serve(app).await.context("serving HTTPS")?;
+            let mut server = axum_server::from_tcp_rustls(listener, rustls);
+            limit_connections(server.http_builder(), header_timeout);
+            println!("bams server listening on https://{bound} (TLS on)");
+            server.handle(handle).serve(app).await.context("serving HTTPS")?;
         }
         _ => {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-            let shown = if addr.ip().is_unspecified() {
-                format!("http://127.0.0.1:{}", addr.port())
-            } else {
-                format!("http://{addr}")
-            };
-            println!("bams server listening on {shown}");
-            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+            let mut server = axum_server::from_tcp(listener);
+            limit_connections(server.http_builder(), header_timeout);
+            println!("bams server listening on http://{bound} (TLS off)");
+            server.handle(handle).serve(app).await.context("serving HTTP")?;
         }
     }
     info!("no longer accepting requests; waiting for running jobs");
@@ -296,7 +333,24 @@ mod tests {
         async fn boom() -> &'static str {
             panic!("handler bug")
         }
-        let app = harden(Router::new().route("/boom", get(boom)), 1024);
+        // A body that stops arriving ends the request instead of holding it open.
+        let echo = harden(
+            Router::new().route("/echo", axum::routing::post(|b: String| async move { b })),
+            1024,
+            Duration::from_millis(200),
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+        tx.send(Ok(bytes::Bytes::from_static(b"first part"))).await.expect("send");
+        let stalled = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+        let started = std::time::Instant::now();
+        let resp = echo
+            .oneshot(Request::post("/echo").body(Body::from_stream(stalled)).expect("request"))
+            .await
+            .expect("response");
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+        assert!(started.elapsed() < Duration::from_secs(5), "the stalled body was waited on");
+        drop(tx);
+        let app = harden(Router::new().route("/boom", get(boom)), 1024, Duration::from_secs(60));
         let resp =
             app.clone().oneshot(Request::get("/boom").body(Body::empty()).expect("request")).await.expect("response");
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);

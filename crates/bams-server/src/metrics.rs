@@ -33,7 +33,20 @@ pub async fn track(req: Request, next: Next) -> Response {
     let route =
         req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
+    let code = resp.status().as_u16();
+    let reason = match code {
+        400 => Some("bad_request"),
+        401 => Some("unauthorized"),
+        403 => Some("forbidden"),
+        408 => Some("timeout"),
+        413 => Some("too_large"),
+        429 => Some("too_many_requests"),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        metrics::counter!("bams_http_rejected_total", "reason" => reason, "route" => route.clone()).increment(1);
+    }
+    let status = code.to_string();
     metrics::histogram!("bams_http_request_duration_seconds", "method" => method, "route" => route, "status" => status)
         .record(start.elapsed().as_secs_f64());
     resp

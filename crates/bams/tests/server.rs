@@ -743,6 +743,38 @@ async fn authorization_follows_the_policy_table_on_every_route() {
     assert!(checked >= 300, "the matrix covered only {checked} requests");
 }
 
+/// A client that trickles its headers or stalls its body is cut off, not waited on forever;
+/// refusals are counted in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_refusals_are_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start_with(None, &[("BAMS_HEADER_TIMEOUT_SECS", "1"), ("BAMS_BODY_IDLE_TIMEOUT_SECS", "1")]);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a connection trickling its headers was kept open");
+    assert!(buf.is_empty() || String::from_utf8_lossy(&buf).contains("408"), "{}", String::from_utf8_lossy(&buf));
+    // A body that stalls half-way.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await.unwrap();
+    let head = format!(
+        "POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":",
+        admin.token.as_ref().unwrap()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await.expect("answered").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    // Refusals show in the metrics.
+    let anon = Api::anon(&s);
+    assert_eq!(anon.call(Method::GET, "/api/v1/jobs", None).await.0, StatusCode::UNAUTHORIZED);
+    let metrics = admin.http.get(s.url("/metrics")).bearer_auth(admin.token.as_ref().unwrap()).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("bams_http_rejected_total{reason=\"unauthorized\""), "{text}");
+}
+
 /// Password guessing slows the guesser down without locking the account; changing one's own
 /// password needs the current one and ends the other sessions; the audit log names what each
 /// request changed (never the values); expired sessions and old audit rows are purged.
