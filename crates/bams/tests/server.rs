@@ -1882,14 +1882,35 @@ async fn logs_from_a_real_journal_and_files_streams_and_a_redacted_diagnostics_b
         ],
     );
     let app_log = tmp.path().join("app.log");
-    std::fs::write(&app_log, "2026-11-23T10:00:00Z first line\n2026-11-23T10:00:01Z second line\n").unwrap();
+    // Secrets planted where an operator's logs and config carry them.
+    let planted = [
+        "Log-pass-s3cret",
+        "Query-tok3n-value",
+        "bams_t_00112233445566778899aabbccddeeff",
+        "Smtp-pass-s3cret",
+        "T0HOOK/B0HOOK/Hook-s3cret-path",
+    ];
+    std::fs::write(
+        &app_log,
+        format!(
+            "2026-11-23T10:00:00Z first line\n2026-11-23T10:00:01Z second line\n\
+             2026-11-23T10:00:02Z login retry password={} failed\n\
+             2026-11-23T10:00:03Z GET /cb?id=7&access_token={} 200\n\
+             2026-11-23T10:00:04Z client sent Authorization: Bearer {}\n",
+            planted[0], planted[1], planted[2]
+        ),
+    )
+    .unwrap();
     let cfg = tmp.path().join("config.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "logs:\n  journal_directory: {}\n  max_stream_clients: 1\n  services:\n    bacula-sd: {{unit: bacula-sd.service}}\n    app: {{file: {}}}\n",
+            "logs:\n  journal_directory: {}\n  max_stream_clients: 1\n  services:\n    bacula-sd: {{unit: bacula-sd.service}}\n    app: {{file: {}}}\n\
+             notifications:\n  webhooks: [\"https://hooks.example.org/services/{}\"]\n  email:\n    smtp_host: mail.example.org\n    password: {}\n",
             journal.display(),
-            app_log.display()
+            app_log.display(),
+            planted[4],
+            planted[3]
         ),
     )
     .unwrap();
@@ -1988,9 +2009,11 @@ async fn logs_from_a_real_journal_and_files_streams_and_a_redacted_diagnostics_b
     assert!(files["bams-diagnostics/iscsi.json"].contains("diaguser"));
     let director = std::fs::read_to_string(s.data().join("bacula-director.password")).unwrap();
     let everything: String = files.values().cloned().collect();
-    for secret in [chap_secret, s.admin_password().as_str(), director.trim()] {
-        assert!(!everything.contains(secret), "a secret is in the diagnostics bundle");
+    for secret in [chap_secret, s.admin_password().as_str(), director.trim()].into_iter().chain(planted) {
+        assert!(!everything.contains(secret), "{secret} is in the diagnostics bundle");
     }
+    assert!(files["bams-diagnostics/config.yaml"].contains("https://hooks.example.org/***"), "webhook host kept");
+    assert!(files["bams-diagnostics/logs/app.log"].contains("second line"), "ordinary lines kept");
     let viewer_token = {
         admin
             .ok(

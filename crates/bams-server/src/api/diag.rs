@@ -3,7 +3,11 @@
 //! redacted, recent logs of every allow-listed service, catalog statistics, disk, tape and
 //! iSCSI state, system facts. It is compressed while it is sent (no temp file, constant
 //! memory for the archive), and it never contains a secret: passwords in URLs, keys named
-//! like secrets, CHAP secrets and the Bacula director password stay out.
+//! like secrets, CHAP secrets and the Bacula director password stay out; webhook URLs keep
+//! only their host (their path is often the secret); and every file, logs included, passes
+//! through [`redact_text`] before it is packed (URL credentials and secret-like query
+//! parameters, `Bearer`/`Basic` credentials, `key=value` pairs whose key names a secret, and
+//! BAMS tokens).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -29,9 +33,13 @@ pub fn redact_url(s: &str) -> String {
     }
 }
 
-/// Redact every secret in a config tree: values under keys that name a secret, and
-/// passwords inside URLs anywhere.
+/// Redact every secret in a config tree: values under keys that name a secret, webhook URLs
+/// down to their host, and secrets inside any other string.
 pub fn redact(v: &mut serde_yaml::Value) {
+    redact_under(v, "");
+}
+
+fn redact_under(v: &mut serde_yaml::Value, parent: &str) {
     match v {
         serde_yaml::Value::Mapping(m) => {
             for (k, val) in m.iter_mut() {
@@ -39,14 +47,63 @@ pub fn redact(v: &mut serde_yaml::Value) {
                 if ["password", "secret", "token", "credential"].iter().any(|w| key.contains(w)) && !val.is_null() {
                     *val = serde_yaml::Value::String("***".into());
                 } else {
-                    redact(val);
+                    redact_under(val, &key);
                 }
             }
         }
-        serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(redact),
-        serde_yaml::Value::String(s) => *s = redact_url(s),
+        serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(|x| redact_under(x, parent)),
+        serde_yaml::Value::String(s) if parent.contains("webhook") => *s = url_host_only(s),
+        serde_yaml::Value::String(s) => *s = redact_text(s),
         _ => {}
     }
+}
+
+/// `https://hooks.example/services/T0/B0/XYZ?x=1` → `https://hooks.example/***`.
+fn url_host_only(s: &str) -> String {
+    match s.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+            format!("{scheme}://{host}/***")
+        }
+        None => "***".into(),
+    }
+}
+
+/// Secret-shaped text in free text (log lines, configs, command output), replaced by `***`.
+pub fn redact_text(s: &str) -> String {
+    let mut out = std::borrow::Cow::Borrowed(s);
+    for (re, with) in redaction_rules() {
+        if let std::borrow::Cow::Owned(changed) = re.replace_all(&out, *with) {
+            out = std::borrow::Cow::Owned(changed);
+        }
+    }
+    out.into_owned()
+}
+
+/// The patterns of [`redact_text`] (compiled once; a pattern that does not compile is a bug
+/// the unit test catches).
+fn redaction_rules() -> &'static [(regex::Regex, &'static str)] {
+    use std::sync::OnceLock;
+    static RULES: OnceLock<Vec<(regex::Regex, &'static str)>> = OnceLock::new();
+    RULES.get_or_init(|| {
+        let secretish = r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|auth|signature|sig|session)";
+        [
+            // scheme://user:password@host
+            (r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+):[^@\s/]+@", "$1:***@"),
+            // ?token=… &api_key=… (query strings, form bodies)
+            (&format!(r"(?i)([?&;][A-Za-z0-9_.-]*{secretish}[A-Za-z0-9_.-]*=)[^&\s#;]*"), "${1}***"),
+            // Authorization: Bearer … / Basic …
+            (r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}", "$1 ***"),
+            // password=…, "secret": "…", token: …
+            (&format!(r#"(?i)([A-Za-z0-9_.-]*{secretish}[A-Za-z0-9_.-]*["']?\s*[=:]\s*["']?)[^\s"',;&]+"#), "${1}***"),
+            // BAMS session, API and enrollment tokens
+            (r"\bbams_[tse]_[0-9a-f]{16,}", "bams_***"),
+        ]
+        .into_iter()
+        .filter_map(|(re, with)| regex::Regex::new(re).ok().map(|r| (r, with)))
+        .collect()
+    })
 }
 
 fn json(v: &impl serde::Serialize) -> Vec<u8> {
@@ -133,7 +190,11 @@ async fn gather(st: &AppState) -> ApiResult<Vec<(String, Vec<u8>)>> {
     files.push(("iscsi.json".into(), or_error(targets.map_err(|e| e.message))));
     files.push(("iscsi-sessions.json".into(), or_error(st.iscsi.sessions().await)));
     files.push(("system.txt".into(), system_facts(st).into_bytes()));
-    Ok(files)
+    // A last pass over everything: logs and command output carry whatever was written there.
+    Ok(files
+        .into_iter()
+        .map(|(name, data)| (name, redact_text(&String::from_utf8_lossy(&data)).into_bytes()))
+        .collect())
 }
 
 /// A channel's sending half as a `Write`: the archive is compressed on a blocking thread and
@@ -206,5 +267,29 @@ mod tests {
         }
         assert!(text.contains("postgres://bams:***@db:5432/bams") && text.contains("user: me"), "{text}");
         assert_eq!(redact_url("s3://bucket/x"), "s3://bucket/x");
+    }
+
+    #[test]
+    fn secrets_in_free_text_are_redacted() {
+        assert_eq!(redaction_rules().len(), 5, "every redaction pattern compiles");
+        let cases = [
+            ("postgres://bams:Pg-s3cret@db/bams", "Pg-s3cret"),
+            ("GET /hook?user=x&access_token=Tok3n-value&x=1", "Tok3n-value"),
+            ("Authorization: Bearer abcdefgh12345678", "abcdefgh12345678"),
+            ("login ok password=Hunter2-pass user=admin", "Hunter2-pass"),
+            (r#"{"smtp_password": "Mail-s3cret"}"#, "Mail-s3cret"),
+            ("enrolled with bams_e_0123456789abcdef0123", "0123456789abcdef0123"),
+            ("BAMS_PASSWORD=Env-secret-1 bams backup", "Env-secret-1"),
+        ];
+        for (text, secret) in cases {
+            let out = redact_text(text);
+            assert!(!out.contains(secret), "{text} -> {out}");
+            assert!(out.contains("***"), "{out}");
+        }
+        assert_eq!(redact_text("backup of /etc finished: 12 files"), "backup of /etc finished: 12 files");
+        assert_eq!(
+            url_host_only("https://u:p@hooks.example:8443/services/T0/B0/XYZ?a=b"),
+            "https://hooks.example:8443/***"
+        );
     }
 }
