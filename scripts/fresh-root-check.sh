@@ -24,7 +24,7 @@ for a in "$@"; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "fresh-root-check: run as root" >&2; exit 1; }
 command -v mmdebstrap >/dev/null || apt-get install -y -qq mmdebstrap >/dev/null
-src="$(cd "$(dirname "$0")/.." && pwd)"
+src="${BAMS_SRC:-$(cd "$(dirname "$0")/.." && pwd)}"
 root="$(mktemp -d /var/tmp/bams-fresh.XXXXXX)"
 mounts=()
 cleanup() {
