@@ -181,7 +181,7 @@ pub struct KdfParams {
 impl KdfParams {
     /// Upper bounds a slot's parameters must respect before any key derivation: a planted key
     /// slot asking for terabytes of memory or years of passes is refused, not obeyed.
-    pub const MAX: Self = Self { m_cost: 4 << 20, t_cost: 64, p_cost: 16 };
+    pub const MAX: Self = Self { m_cost: 1 << 20, t_cost: 64, p_cost: 16 };
 
     /// Within [`Self::MAX`]?
     pub fn check(&self) -> Result<()> {
@@ -308,6 +308,22 @@ mod tests {
         assert_eq!(key.open(&bad, &"t").unwrap_err().kind(), ErrorKind::Corrupt);
         let other = MasterKey::generate();
         assert!(other.open(&sealed, &"t").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn zstd_frames_from_anywhere_decompress_within_the_limit(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            flip in proptest::prelude::any::<(usize, u8)>(),
+        ) {
+            let _ = decompress(&noise);
+            let mut frame = zstd::bulk::compress(&[5u8; 10_000], 3).expect("compress");
+            let at = flip.0 % frame.len();
+            frame[at] ^= flip.1 | 1;
+            if let Ok(out) = decompress(&frame) {
+                proptest::prop_assert!(out.len() <= MAX_DECOMPRESSED);
+            }
+        }
     }
 
     #[test]

@@ -51,20 +51,64 @@ pub struct PartHeader {
     pub written_at: String,
 }
 
+/// Where a piece of a repository object belongs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ObjectHeader {
-    path: String,
-    offset: u64,
-    total: u64,
-    blake3: String,
+pub struct ObjectHeader {
+    /// Repository path (`data/ab/<id>`, `config`, …).
+    pub path: String,
+    /// Byte offset of this piece in the object.
+    pub offset: u64,
+    /// The object's size.
+    pub total: u64,
+    /// BLAKE3 of the whole object, hex.
+    pub blake3: String,
 }
 
 /// Last record of a part: the set goes on in the next volume, or here is its catalog.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
-enum Trailer {
-    Continues { set_id: String, next_part: u32 },
+pub enum Trailer {
+    /// The set goes on in part `next_part`.
+    Continues {
+        /// The set.
+        set_id: String,
+        /// Its next part.
+        next_part: u32,
+    },
+    /// The set ends here.
     Catalog(SetCatalog),
+}
+
+/// One data record of a set part, decoded.
+#[derive(Debug)]
+pub enum SetRecord<'a> {
+    /// A piece of an object: `[u32 LE header length][JSON header][bytes]`.
+    Piece(ObjectHeader, &'a [u8]),
+    /// The part's last record.
+    Trailer(Trailer),
+}
+
+/// Decode a data record read from tape (untrusted: whatever is on the cartridge). Refuses
+/// object paths that could leave the restore directory.
+pub fn parse_record(rec: &[u8]) -> Result<SetRecord<'_>, ApplianceError> {
+    let hlen = rec.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let piece = hlen
+        .and_then(|n| Some((n, rec.get(4..4usize.checked_add(n)?)?)))
+        .and_then(|(n, h)| serde_json::from_slice::<ObjectHeader>(h).ok().map(|h| (h, &rec[4 + n..])));
+    match piece {
+        Some((h, data)) => {
+            if !safe_object_path(&h.path) {
+                return Err(ApplianceError::Invalid(format!(
+                    "object path {:?} on tape is not a repository path",
+                    h.path
+                )));
+            }
+            Ok(SetRecord::Piece(h, data))
+        }
+        None => serde_json::from_slice::<Trailer>(rec)
+            .map(SetRecord::Trailer)
+            .map_err(|_| ApplianceError::Invalid("unreadable record".into())),
+    }
 }
 
 /// What a set holds and where (written at its end, and returned by [`write_set`]).
@@ -338,31 +382,31 @@ pub fn read_set(
                 part += 1;
                 break;
             };
-            let hlen = rec.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-            let parsed =
-                hlen.and_then(|n| rec.get(4..4 + n)).and_then(|h| serde_json::from_slice::<ObjectHeader>(h).ok());
-            let Some(h) = parsed else {
-                match serde_json::from_slice::<Trailer>(&rec) {
-                    Ok(Trailer::Continues { next_part, .. }) => {
-                        part = next_part;
-                        break;
+            let (h, data) = match parse_record(&rec) {
+                Ok(SetRecord::Piece(h, data)) => (h, data),
+                Ok(SetRecord::Trailer(Trailer::Continues { next_part, .. })) => {
+                    // Parts only go forward: a tape pointing back would loop forever.
+                    if next_part != part + 1 {
+                        return Err(ApplianceError::Invalid(format!(
+                            "part {part} on {} continues in part {next_part}, not {}",
+                            dev.barcode(),
+                            part + 1
+                        )));
                     }
-                    Ok(Trailer::Catalog(c)) => {
-                        if open.is_some() {
-                            return Err(ApplianceError::Invalid("the set ends inside an object".into()));
-                        }
-                        return Ok(c);
-                    }
-                    Err(_) => return Err(ApplianceError::Invalid(format!("unreadable record on {}", dev.barcode()))),
+                    part = next_part;
+                    break;
                 }
+                Ok(SetRecord::Trailer(Trailer::Catalog(c))) => {
+                    if open.is_some() {
+                        return Err(ApplianceError::Invalid("the set ends inside an object".into()));
+                    }
+                    return Ok(c);
+                }
+                Err(ApplianceError::Invalid(m)) if m == "unreadable record" => {
+                    return Err(ApplianceError::Invalid(format!("unreadable record on {}", dev.barcode())))
+                }
+                Err(e) => return Err(e),
             };
-            let data = &rec[4 + hlen.unwrap_or(0)..];
-            if !safe_object_path(&h.path) {
-                return Err(ApplianceError::Invalid(format!(
-                    "object path {:?} on tape is not a repository path",
-                    h.path
-                )));
-            }
             if h.offset == 0 {
                 let path = target.join(&h.path);
                 if let Some(parent) = path.parent() {
