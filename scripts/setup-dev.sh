@@ -99,10 +99,12 @@ SRC
   qemu_iscsi_ok || { echo "setup-dev.sh: qemu-img still cannot load its iSCSI module" >&2; exit 1; }
 fi
 
-# A real S3-compatible server for tests: moto's server mode, from PyPI, in its own venv.
-if [ ! -x /opt/bams-venv/bin/python3 ] || ! /opt/bams-venv/bin/python3 -c 'import moto.server' 2>/dev/null; then
+# From PyPI, in their own venv: a real S3-compatible server for tests (moto's server mode)
+# and the OpenAPI fuzzer that drives every route (schemathesis).
+if [ ! -x /opt/bams-venv/bin/python3 ] || ! /opt/bams-venv/bin/python3 -c 'import moto.server' 2>/dev/null ||
+   [ ! -x /opt/bams-venv/bin/schemathesis ]; then
   python3 -m venv /opt/bams-venv
-  /opt/bams-venv/bin/pip install -q 'moto[server]'
+  /opt/bams-venv/bin/pip install -q 'moto[server]' 'schemathesis>=4,<5'
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup-dev.sh: cargo not found; install the Rust toolchain (rustup) first" >&2

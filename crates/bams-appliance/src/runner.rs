@@ -164,6 +164,29 @@ pub trait CommandRunner: Send + Sync {
     }
 }
 
+impl RunError {
+    /// When a command failed because a service it needs is missing or not running (rather than
+    /// because it refused what was asked): what is missing, for a 503 that says so.
+    pub fn unavailable(&self) -> Option<String> {
+        match self {
+            Self::NotInstalled { program } => Some(format!("{program} is not installed on this machine")),
+            Self::Failed { cmd, stderr, .. } => {
+                let s = stderr.to_lowercase();
+                if s.contains("tgt daemon") || (cmd.contains("tgtadm") && s.contains("not connected")) {
+                    Some("tgtd is not running".into())
+                } else if s.contains("not been booted with systemd") || s.contains("failed to connect to bus") {
+                    Some("systemd is not running on this machine, so services cannot be managed".into())
+                } else if s.contains("could not connect to director") || s.contains("connection refused") {
+                    Some(format!("the service behind {cmd} is not reachable"))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The real operating system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemRunner;

@@ -133,6 +133,15 @@ impl From<bams_appliance::ApplianceError> for ApiError {
             D::Conflict(m) => Self::conflict(m),
             D::NotFound(m) => Self::not_found(format!("{m} not found")),
             D::Unsupported(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m),
+            // A managed daemon or tool that is missing: 503 with what is missing.
+            D::Command(r) if r.unavailable().is_some() => {
+                let mut err =
+                    Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", r.unavailable().unwrap_or_default());
+                if let R::Failed { cmd, stderr, .. } = &r {
+                    err.details = Some(serde_json::json!({"command": cmd, "stderr": stderr}));
+                }
+                err
+            }
             D::Command(R::Failed { cmd, status, stderr }) => {
                 // The OS said no: 502 with what it said, so the operator sees the real cause.
                 let mut err = Self::new(StatusCode::BAD_GATEWAY, "command_failed", format!("{cmd} failed"));

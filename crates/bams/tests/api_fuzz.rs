@@ -1,0 +1,192 @@
+//! The whole API fuzzed from its own OpenAPI document with schemathesis (from PyPI, installed
+//! by `scripts/setup-dev.sh`), as an admin, as a viewer and without credentials, against a
+//! throwaway server: no answer is a 5xx other than 503 (a missing service, named), the server
+//! never dies, and nothing is written outside its data directory. Alone in its test binary,
+//! so no other test writes to the machine while the file system is compared.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant, SystemTime};
+
+const SCHEMATHESIS: &str = "/opt/bams-venv/bin/schemathesis";
+
+/// A 5xx other than 503 is a bug; 503 says which service is missing.
+const HOOKS: &str = r#"
+import schemathesis
+
+@schemathesis.check
+def no_server_bug(ctx, response, case):
+    if response.status_code >= 500 and response.status_code != 503:
+        raise AssertionError(f"{response.status_code}: {response.text[:300]}")
+    if response.status_code == 503 and "error" not in response.text:
+        raise AssertionError("a 503 without a JSON error saying what is missing")
+"#;
+
+struct ServerProcess {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path) -> ServerProcess {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(dir.join("none.yaml"), "").unwrap();
+    for _ in 0..5 {
+        let port = bams_testkit::free_port();
+        let out = dir.join(format!("server-{port}.out"));
+        let child = Command::new(env!("CARGO_BIN_EXE_bams"))
+            .arg("server")
+            .current_dir(&data)
+            .env("BAMS_CONFIG", dir.join("none.yaml"))
+            .env("BAMS_DATA_DIR", &data)
+            .env("BAMS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("BAMS_BACULA_SD_CONFIG", data.join("bacula-sd.conf"))
+            .env("TMPDIR", dir)
+            .env_remove("BAMS_PASSWORD")
+            .env_remove("BAMS_REPOSITORY")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("server-{port}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        let mut s = ServerProcess { child, port };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if std::fs::read_to_string(&out).unwrap_or_default().contains("listening on") {
+                return s;
+            }
+            if let Ok(Some(_)) = s.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = s.child.kill();
+    }
+    panic!("the server did not start");
+}
+
+fn login(port: u16, user: &str, password: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/api/v1/auth/login"), "-H", "content-type: application/json"])
+        .args(["-d", &format!(r#"{{"username":"{user}","password":"{password}"}}"#)])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["token"].as_str().unwrap_or_else(|| panic!("login {user}: {}", String::from_utf8_lossy(&out.stdout))).to_string()
+}
+
+/// Files changed since `since` anywhere on this machine's root file system, except below
+/// `allowed` and the places other programs (logs, caches, the build) write to.
+fn written_since(since: SystemTime, allowed: &[PathBuf]) -> Vec<PathBuf> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
+    let mut skip: Vec<PathBuf> =
+        ["/proc", "/sys", "/dev", "/run", "/var/log", "/var/cache", "/var/tmp", "/root/.cache"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+    skip.push(workspace);
+    skip.extend(std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from));
+    skip.extend(std::env::var_os("CARGO_HOME").map(PathBuf::from));
+    skip.extend(allowed.iter().cloned());
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::from("/")];
+    let root_dev = std::fs::metadata("/").map(|m| std::os::unix::fs::MetadataExt::dev(&m)).unwrap_or(0);
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if skip.iter().any(|s| p.starts_with(s)) {
+                continue;
+            }
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            if std::os::unix::fs::MetadataExt::dev(&m) != root_dev {
+                continue;
+            }
+            if m.modified().is_ok_and(|t| t > since) && !m.is_dir() {
+                out.push(p.clone());
+            }
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Fuzz every operation of the saved document (also without credentials, which may not read
+/// it) with `token` as the bearer.
+fn fuzz(dir: &Path, port: u16, token: Option<&str>, examples: u32, what: &str) {
+    let mut cmd = Command::new(SCHEMATHESIS);
+    cmd.current_dir(dir)
+        .env("PYTHONPATH", dir)
+        .env("SCHEMATHESIS_HOOKS", "bams_hooks")
+        .arg("run")
+        .arg(dir.join("openapi.json"))
+        .args(["--url", &format!("http://127.0.0.1:{port}")])
+        .args(["--checks", "no_server_bug", "--seed", "20261130", "--no-color", "--workers", "2"])
+        .args(["--max-examples", &examples.to_string(), "--phases", "examples,coverage,fuzzing"])
+        // Logging out would end the fuzzer's own session.
+        .args(["--exclude-path", "/api/v1/auth/logout", "--request-timeout", "30"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "schemathesis as {what} found problems:\n{text}");
+    let generated: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_suffix(" passed").and_then(|l| l.split(" generated").next()?.trim().parse().ok()))
+        .unwrap_or(0);
+    assert!(generated >= 500, "as {what}, only {generated} cases ran:\n{text}");
+}
+
+#[test]
+fn every_route_survives_generated_input_as_admin_viewer_and_anonymous() {
+    if !Path::new(SCHEMATHESIS).exists() {
+        assert!(std::env::var_os("CI").is_none(), "{SCHEMATHESIS} is missing: scripts/setup-dev.sh installs it");
+        eprintln!("skipping: {SCHEMATHESIS} is missing (scripts/setup-dev.sh installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    std::fs::write(dir.join("bams_hooks.py"), HOOKS).unwrap();
+    // The fuzzer would otherwise try to sign itself up through the login route.
+    std::fs::write(dir.join("schemathesis.toml"), "[auth]\nauto-signup = false\n").unwrap();
+    let mut server = start(&dir);
+    let port = server.port;
+    let data = dir.join("data");
+    let admin_pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap().trim().to_string();
+    let admin = login(port, "admin", &admin_pw);
+    let created = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/api/v1/users"), "-H", "content-type: application/json"])
+        .args(["-H", &format!("Authorization: Bearer {admin}")])
+        .args(["-d", r#"{"username":"fuzz-viewer","password":"viewer-password","role":"viewer"}"#])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let viewer = login(port, "fuzz-viewer", "viewer-password");
+    let doc = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/api/v1/openapi.json"), "-H"])
+        .arg(format!("Authorization: Bearer {admin}"))
+        .output()
+        .unwrap();
+    std::fs::write(dir.join("openapi.json"), &doc.stdout).unwrap();
+
+    std::thread::sleep(Duration::from_millis(1100));
+    let since = SystemTime::now();
+    fuzz(&dir, port, None, 5, "anonymous");
+    fuzz(&dir, port, Some(&viewer), 8, "viewer");
+    fuzz(&dir, port, Some(&admin), 15, "admin");
+    assert!(server.child.try_wait().unwrap().is_none(), "the server died under the fuzzer");
+    let health = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}/healthz")]).output().unwrap();
+    assert!(health.status.success(), "the server no longer answers /healthz");
+    let outside = written_since(since, std::slice::from_ref(&dir));
+    assert!(outside.is_empty(), "written outside the data directory: {outside:?}");
+}
