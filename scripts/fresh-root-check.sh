@@ -73,9 +73,9 @@ echo "fresh-root-check: qemu-img $(in_root qemu-img --version | head -1 | awk '{
 
 if [ "$server" -eq 1 ]; then
   in_root bash -c 'cd /src && cargo build --release --locked -p bams -q'
-  in_root bash -c 'cd /src && (./target/release/bams server >/tmp/server.log 2>&1 &) ; for i in $(seq 1 100); do curl -fs http://127.0.0.1:4848/healthz && exit 0; sleep 0.2; done; cat /tmp/server.log; exit 1'
-  echo; echo "fresh-root-check: server on embedded defaults answered /healthz"
-  in_root pkill -f 'bams server' || true
+  in_root bash -c 'cd /src && (./target/release/bams server >/tmp/server.log 2>&1 & echo $! >/tmp/server.pid) ; for i in $(seq 1 100); do curl -fs http://127.0.0.1:4848/healthz && exit 0; sleep 0.2; done; cat /tmp/server.log; exit 1'
+  echo; echo "fresh-root-check: server on embedded defaults answered /healthz; it printed: $(head -1 "$root/tmp/server.log")"
+  kill "$(cat "$root/tmp/server.pid")" 2>/dev/null || true
 fi
 if [ "$tests" -eq 1 ]; then
   t0=$(date +%s)
