@@ -64,10 +64,18 @@ impl LockInfo {
             // Signal 0 probes for the process without touching it. Only "no such process"
             // means dead: EPERM is a live process of another user.
             let probe = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), None);
-            return probe == Err(nix::errno::Errno::ESRCH);
+            return probe == Err(nix::errno::Errno::ESRCH) || is_zombie(self.pid);
         }
         false
     }
+}
+
+/// A process that has exited but was not yet reaped by its parent still answers signal 0; it
+/// holds nothing any more.
+fn is_zombie(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // `pid (comm) S ...`: the state follows the last ')' (comm may contain anything).
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z")
 }
 
 /// A lock object seen while listing.

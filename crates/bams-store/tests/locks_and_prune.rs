@@ -76,6 +76,12 @@ fn processes_on_this_host_count_as_alive_unless_they_are_gone() {
     // A pid above the kernel's limit cannot exist.
     f.plant_lock(&info(chrono::Utc::now(), false, &host, 4_194_305));
     drop(lock::acquire(&f.repo, true, "prune", wait).expect("a dead holder's lock is stale"));
+    // A holder that died but was not reaped yet (a zombie) holds nothing either.
+    let mut child = std::process::Command::new("true").spawn().expect("spawn");
+    std::thread::sleep(Duration::from_millis(200));
+    f.plant_lock(&info(chrono::Utc::now(), false, &host, child.id()));
+    drop(lock::acquire(&f.repo, true, "prune", wait).expect("a zombie's lock is stale"));
+    child.wait().expect("reap");
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 compression: a.compression,
                 pack_size: a.pack_size_mib.unwrap_or_else(|| session::default_pack_size_mib(g)) * 1024 * 1024,
                 chunker: ChunkerParams { min_size: avg / 4, avg_size: avg, max_size: avg * 4 },
-                kdf: KdfParams::default(),
+                kdf: KdfParams { m_cost: a.kdf_memory_mib * 1024, t_cost: a.kdf_passes, p_cost: 1 },
                 ids_from: match &a.copy_ids_from {
                     Some(other) => {
                         let secret = session::secret_from(g, a.from_password_file.as_deref())?;
