@@ -263,3 +263,18 @@ impl Catalog {
         self.get_agent(id).await
     }
 }
+
+impl Catalog {
+    /// Repositories an agent's credential may reach through the repository endpoint: those
+    /// its own jobs (backup, restore, verify) name, and nothing else.
+    pub async fn agent_repositories(&self, agent_user_id: i64) -> Result<Vec<i64>> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT DISTINCT j.repository_id FROM jobs j JOIN agents a ON a.id = j.agent_id \
+             WHERE a.user_id = $1 AND j.repository_id IS NOT NULL",
+        )
+        .bind(agent_user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+}

@@ -2318,6 +2318,12 @@ async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refu
     assert_eq!((full["level"].as_str(), full["agent_id"].as_i64()), (Some("full"), Some(agent_id)));
     let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", full["id"]), None).await;
     assert!(log["log"].as_str().unwrap().contains("assigned to agent web1"), "{log}");
+    // The agent's credential reaches the repository of its own job, and no other.
+    let other = s.data().join("not-for-agents");
+    admin.ok(Method::POST, "/api/v1/repositories", Some(json!({"name": "not-for-agents", "url": other}))).await;
+    as_agent.ok(Method::GET, "/api/v1/repo/default/list?prefix=snapshots/", None).await;
+    let (st, b) = as_agent.call(Method::GET, "/api/v1/repo/not-for-agents/list", None).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "an agent on a repository none of its jobs use");
     let a = admin.ok(Method::GET, &format!("/api/v1/agents/{agent_id}"), None).await;
     assert_eq!((a["status"].as_str(), a["online"].as_bool()), (Some("active"), Some(true)), "{a}");
 

@@ -79,6 +79,11 @@ async fn backend(
 ) -> ApiResult<(i64, bams_store::backend::DynBackend)> {
     let rec = st.catalog.get_repository_by_name(name).await?;
     caller.require_repository(st, privs, &rec).await?;
+    // An agent reaches only the repositories its own jobs use: a stolen agent credential
+    // cannot read or fill any other.
+    if caller.scope == TokenScope::Agent && !st.catalog.agent_repositories(caller.user.id).await?.contains(&rec.id) {
+        return Err(ApiError::forbidden(format!("this agent has no job on repository {name:?}")));
+    }
     Ok((rec.id, bams_store::backend::from_location(&rec.url)?))
 }
 
