@@ -41,7 +41,7 @@ pub use row::time_ms;
 pub use runs::{Dashboard, NewRun, Run, RunFilter, RunStats, RunStatus};
 pub use snapshots::{SnapshotFilter, SnapshotSummary};
 pub use tokens::{AuthToken, Authenticated, TokenKind, TokenScope};
-pub use users::{hash_password, verify_password, Role, User};
+pub use users::{hash_password, verify_password, Role, TotpState, User};
 
 /// Which database a catalog lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

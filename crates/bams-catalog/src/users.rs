@@ -60,6 +60,8 @@ pub struct User {
     pub role: Role,
     /// Disabled users cannot log in and their tokens stop working.
     pub disabled: bool,
+    /// A TOTP second factor is required at login.
+    pub totp: bool,
     /// Creation time.
     #[serde(with = "crate::time_ms")]
     #[schema(value_type = String, format = DateTime)]
@@ -73,6 +75,7 @@ impl User {
             username: r.str("username")?,
             role: r.str("role")?.parse()?,
             disabled: r.flag("disabled")?,
+            totp: r.flag("totp")?,
             created_at: r.i64("created_at")?,
         })
     }
@@ -131,7 +134,8 @@ fn validate_password(p: &str) -> Result<()> {
     Ok(())
 }
 
-const USER_COLS: &str = "id, username, role, disabled, created_at";
+const USER_COLS: &str =
+    "id, username, role, disabled, CAST(CASE WHEN totp_secret IS NULL THEN 0 ELSE 1 END AS BIGINT) AS totp, created_at";
 
 impl Catalog {
     /// Create a user with a password.
@@ -258,3 +262,77 @@ impl Catalog {
 /// A valid hash of a random password, verified against for unknown users.
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Tt0e8bUVjB1TDRzEJxjBEBV1F8T0P4w2r2JdRCGZbBo";
+
+/// A user's second factor, as the server needs it to check a code.
+#[derive(Debug, Clone, Default)]
+pub struct TotpState {
+    /// The confirmed secret (base32), when the factor is on.
+    pub secret: Option<String>,
+    /// A secret being set up, not yet confirmed by a code.
+    pub pending: Option<String>,
+    /// The last time step a code was accepted for.
+    pub last_step: Option<i64>,
+}
+
+impl Catalog {
+    /// The second-factor state of a user.
+    pub async fn totp_state(&self, user_id: i64) -> Result<TotpState> {
+        let row = sqlx::query("SELECT totp_secret, totp_pending, totp_last_step FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("user {user_id}")))?;
+        Ok(TotpState {
+            secret: row.opt_str("totp_secret")?,
+            pending: row.opt_str("totp_pending")?,
+            last_step: row.opt_i64("totp_last_step")?,
+        })
+    }
+
+    /// Start setting up a second factor (replaces one being set up; the active one stays
+    /// until the new one is confirmed).
+    pub async fn set_totp_pending(&self, user_id: i64, secret: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET totp_pending = $1 WHERE id = $2")
+            .bind(secret)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Make the pending secret the active one, remembering the step its confirming code used.
+    pub async fn confirm_totp(&self, user_id: i64, step: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE users SET totp_secret = totp_pending, totp_pending = NULL, totp_last_step = $1 \
+             WHERE id = $2 AND totp_pending IS NOT NULL",
+        )
+        .bind(step)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Remember the step of an accepted code; false when it (or a later one) was used already,
+    /// so one code never logs in twice.
+    pub async fn use_totp_step(&self, user_id: i64, step: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE users SET totp_last_step = $1 WHERE id = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)",
+        )
+        .bind(step)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Turn the second factor off.
+    pub async fn disable_totp(&self, user_id: i64) -> Result<()> {
+        sqlx::query("UPDATE users SET totp_secret = NULL, totp_pending = NULL, totp_last_step = NULL WHERE id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

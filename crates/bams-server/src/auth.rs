@@ -483,6 +483,9 @@ pub struct LoginRequest {
     pub username: String,
     /// Password.
     pub password: String,
+    /// The current code of the user's authenticator, when they turned TOTP on.
+    #[serde(default)]
+    pub totp: Option<String>,
 }
 
 /// Login answer; the token also works as `Authorization: Bearer`.
@@ -527,6 +530,25 @@ async fn login_inner(st: &AppState, addr: &str, req: LoginRequest) -> ApiResult<
         st.limiter.failed(&req.username, addr);
         return Err(ApiError::unauthorized("wrong user name or password"));
     };
+    if let Some(secret) = st.catalog.totp_state(user.id).await?.secret {
+        let Some(code) = req.totp.as_deref().filter(|c| !c.is_empty()) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "totp_required",
+                "this account needs the code of its authenticator app: send it as `totp`",
+            ));
+        };
+        let now = u64::try_from(bams_catalog::now_ms() / 1000).unwrap_or_default();
+        let step = crate::totp::matching_step(&secret, code, now);
+        let fresh = match step {
+            Some(step) => st.catalog.use_totp_step(user.id, step).await?,
+            None => false,
+        };
+        if !fresh {
+            st.limiter.failed(&req.username, addr);
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "totp_invalid", "wrong or already used code"));
+        }
+    }
     st.limiter.succeeded(&req.username, addr);
     let ttl = Duration::from_secs(st.config.session_hours.max(1) * 3600);
     let expires = bams_catalog::now_ms() + ttl.as_millis() as i64;
@@ -558,6 +580,76 @@ pub async fn logout(State(st): State<AppState>, caller: Caller) -> ApiResult<Res
         HeaderValue::from_static("bams_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
     );
     Ok(resp)
+}
+
+/// A second factor being set up: scan `otpauth_url` (or type `secret`) into an authenticator
+/// app, then confirm with a code.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TotpSetup {
+    /// Shared secret, base32.
+    pub secret: String,
+    /// `otpauth://` URL for QR codes.
+    pub otpauth_url: String,
+}
+
+/// A code from the authenticator app (and, to turn the factor off, the password).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpCode {
+    /// The 6-digit code.
+    pub code: String,
+    /// Your password (to turn the factor off).
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// Start setting up TOTP for yourself (it is required at login once confirmed).
+#[utoipa::path(post, path = "/api/v1/auth/totp", tag = "auth", responses((status = 200, body = TotpSetup)))]
+pub async fn totp_setup(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<TotpSetup>> {
+    let secret = crate::totp::new_secret();
+    st.catalog.set_totp_pending(caller.user.id, &secret).await?;
+    let otpauth_url = crate::totp::otpauth_url(&caller.user.username, &secret);
+    Ok(Json(TotpSetup { secret, otpauth_url }))
+}
+
+/// Confirm the factor being set up with a code from the app; from then on logins need codes.
+#[utoipa::path(post, path = "/api/v1/auth/totp/confirm", tag = "auth", request_body = TotpCode, responses((status = 204), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn totp_confirm(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(req): Json<TotpCode>,
+) -> ApiResult<StatusCode> {
+    let Some(pending) = st.catalog.totp_state(caller.user.id).await?.pending else {
+        return Err(ApiError::bad_request("no second factor is being set up: POST /api/v1/auth/totp first"));
+    };
+    let now = u64::try_from(bams_catalog::now_ms() / 1000).unwrap_or_default();
+    let step = crate::totp::matching_step(&pending, &req.code, now)
+        .ok_or_else(|| ApiError::bad_request("the code does not match; check the app's clock and try the next code"))?;
+    st.catalog.confirm_totp(caller.user.id, step).await?;
+    st.auth_cache.clear();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Turn your second factor off (needs your password and a current code).
+#[utoipa::path(post, path = "/api/v1/auth/totp/disable", tag = "auth", request_body = TotpCode, responses((status = 204), (status = 403, body = crate::error::ErrorBody)))]
+pub async fn totp_disable(
+    State(st): State<AppState>,
+    caller: Caller,
+    Json(req): Json<TotpCode>,
+) -> ApiResult<StatusCode> {
+    let password = req.password.as_deref().unwrap_or_default();
+    if st.catalog.check_login(&caller.user.username, password).await?.is_none() {
+        return Err(ApiError::forbidden("give your password to turn the second factor off"));
+    }
+    let state = st.catalog.totp_state(caller.user.id).await?;
+    let now = u64::try_from(bams_catalog::now_ms() / 1000).unwrap_or_default();
+    let valid = state.secret.as_deref().and_then(|s| crate::totp::matching_step(s, &req.code, now));
+    if state.secret.is_some() && valid.is_none() {
+        return Err(ApiError::forbidden("wrong code"));
+    }
+    st.catalog.disable_totp(caller.user.id).await?;
+    st.auth_cache.clear();
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Who am I.

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod policy;
 pub mod state;
 pub mod tape_job;
+pub mod totp;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;

@@ -820,12 +820,48 @@ async fn accounts_resist_guessing_and_takeover_and_the_audit_names_objects() {
     admin.ok(Method::PATCH, &me, Some(json!({"password": "operator-pw-3"}))).await;
     assert_eq!(op.call(Method::GET, "/api/v1/auth/me", None).await.0, StatusCode::UNAUTHORIZED);
 
+    // An optional TOTP second factor: set up, confirmed, then required; a code works once.
+    let op = Api::login(&s, "op", "operator-pw-3").await;
+    let setup = op.ok(Method::POST, "/api/v1/auth/totp", None).await;
+    let secret = setup["secret"].as_str().unwrap().to_string();
+    assert!(setup["otpauth_url"].as_str().unwrap().starts_with("otpauth://totp/BAMS:op?secret="), "{setup}");
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (st, b) = op.call(Method::POST, "/api/v1/auth/totp/confirm", Some(json!({"code": "000000"}))).await;
+    if st != StatusCode::NO_CONTENT {
+        assert_error(st, &b, StatusCode::BAD_REQUEST, "wrong confirmation code");
+        let code = bams_server::totp::code_at(&secret, now()).unwrap();
+        op.ok(Method::POST, "/api/v1/auth/totp/confirm", Some(json!({"code": code}))).await;
+    }
+    assert_eq!(op.ok(Method::GET, "/api/v1/auth/me", None).await["totp"], true);
+    let try_login = |totp: Option<String>| {
+        let anon = Api::anon(&s);
+        async move {
+            let mut body = json!({"username": "op", "password": "operator-pw-3"});
+            if let Some(t) = totp {
+                body["totp"] = json!(t);
+            }
+            anon.call(Method::POST, "/api/v1/auth/login", Some(body)).await
+        }
+    };
+    let (st, b) = try_login(None).await;
+    assert_eq!((st, b["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("totp_required")), "{b}");
+    let next = bams_server::totp::code_at(&secret, now() + 30).unwrap();
+    let (st, b) = try_login(Some(next.clone())).await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    let (st, b) = try_login(Some(next)).await;
+    assert_eq!((st, b["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("totp_invalid")), "replayed code");
+    admin.ok(Method::PATCH, &me, Some(json!({"totp": false}))).await;
+    assert_eq!(try_login(None).await.0, StatusCode::OK, "an admin turned the lost factor off");
+
     // The audit log names the objects and the fields, never the secrets.
     let job = admin
         .ok(Method::POST, "/api/v1/jobs", Some(json!({"name": "audited", "type": "check", "repository": 1})))
         .await;
     let entries = audited(&admin, "/api/v1/users/{id}").await;
-    let patch = entries.iter().find(|e| e["method"] == "PATCH" && e["result"] == "ok").unwrap();
+    let patch = entries
+        .iter()
+        .find(|e| e["method"] == "PATCH" && e["result"] == "ok" && e["object"]["changes"] == json!(["password"]))
+        .unwrap();
     assert_eq!(patch["object"]["type"], "user");
     assert_eq!(patch["object"]["id"], op_id.to_string());
     assert_eq!(patch["object"]["name"], "op");

@@ -34,6 +34,8 @@ pub struct UserPatch {
     pub password: Option<String>,
     /// Your current password: needed to change your own.
     pub current_password: Option<String>,
+    /// `false` turns the user's TOTP second factor off (an admin, for a lost device).
+    pub totp: Option<bool>,
 }
 
 /// List users.
@@ -71,7 +73,7 @@ pub async fn update_user(
     Path(id): Path<i64>,
     Json(p): Json<UserPatch>,
 ) -> ApiResult<Json<User>> {
-    let own_password_only = caller.user.id == id && p.role.is_none() && p.disabled.is_none();
+    let own_password_only = caller.user.id == id && p.role.is_none() && p.disabled.is_none() && p.totp.is_none();
     if !own_password_only {
         caller.require_on(Privs::SYS_ADMIN, "/system")?;
     }
@@ -89,6 +91,14 @@ pub async fn update_user(
         let keep = caller.is_self(id).then_some(caller.token_id);
         st.catalog.revoke_sessions(id, keep).await?;
         st.auth_cache.clear();
+    }
+    match p.totp {
+        Some(true) => return Err(ApiError::bad_request("users turn TOTP on themselves (POST /api/v1/auth/totp)")),
+        Some(false) => {
+            st.catalog.disable_totp(id).await?;
+            st.auth_cache.clear();
+        }
+        None => {}
     }
     Ok(Json(st.catalog.update_user(id, p.role, p.disabled).await?))
 }
