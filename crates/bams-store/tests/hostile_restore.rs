@@ -4,39 +4,17 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
 
 use bams_store::archiver::{self, BackupOptions, NoProgress};
-use bams_store::backend::local::LocalBackend;
-use bams_store::crypto::{KdfParams, SlotKind};
 use bams_store::id::Id;
 use bams_store::pack::BlobKind;
 use bams_store::pipeline::{BlobWriter, PipelineOptions};
-use bams_store::repo::{InitOptions, Repository};
 use bams_store::restorer::{self, RestoreOptions, RestoreResult};
 use bams_store::snapshot::{Snapshot, Summary};
 use serde_json::{json, Value};
 
-struct Fixture {
-    _rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    repo: Repository,
-}
-
-fn fixture() -> Fixture {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let opts = InitOptions { kdf: KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 }, ..InitOptions::default() };
-    let repo = Repository::init(
-        Arc::new(LocalBackend::new(dir.path().join("repo"))),
-        rt.handle().clone(),
-        b"pw",
-        SlotKind::Password,
-        &opts,
-    )
-    .expect("init");
-    Fixture { _rt: rt, dir, repo }
-}
+mod common;
+use common::{fixture, Fixture};
 
 impl Fixture {
     fn path(&self, p: &str) -> std::path::PathBuf {

@@ -1,32 +1,16 @@
 //! Locks judged on the backend's clock, unreadable locks skipped, and prune's grace period
 //! protecting young packs whether an index lists them or not.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bams_store::archiver::{self, BackupOptions, NoProgress};
-use bams_store::backend::local::LocalBackend;
-use bams_store::crypto::{KdfParams, SlotKind};
 use bams_store::lock::{self, LockInfo};
 use bams_store::pack::BlobKind;
 use bams_store::pipeline::{BlobWriter, PipelineOptions};
 use bams_store::prune::{self, PruneOptions};
-use bams_store::repo::{InitOptions, Repository};
 
-struct Fixture {
-    _rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    repo: Repository,
-}
-
-fn fixture() -> Fixture {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let opts = InitOptions { kdf: KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 }, ..InitOptions::default() };
-    let backend = Arc::new(LocalBackend::new(dir.path().join("repo")));
-    let repo = Repository::init(backend, rt.handle().clone(), b"pw", SlotKind::Password, &opts).expect("init");
-    Fixture { _rt: rt, dir, repo }
-}
+mod common;
+use common::{fixture, Fixture};
 
 fn info(time: chrono::DateTime<chrono::Utc>, exclusive: bool, host: &str, pid: u32) -> LockInfo {
     LockInfo { time, exclusive, host: host.into(), pid, user: "someone".into(), purpose: "backup".into() }
