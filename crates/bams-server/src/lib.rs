@@ -104,7 +104,9 @@ async fn metrics_text(State(st): State<AppState>, _caller: auth::Caller) -> Resu
 /// Set up tracing for the server: `text` or `json`, level from `BAMS_LOG` (default info).
 pub fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BAMS_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: never escape codes in files or the journal.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 

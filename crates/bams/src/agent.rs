@@ -663,8 +663,9 @@ fn backup(
     if let Some(p) = job_pacer.as_ref().or(agent_pacer) {
         let secs = started.elapsed().as_secs_f64().max(0.001);
         message = format!(
-            "{message}; sent {} bytes at {:.0} B/s (limit {} B/s)",
+            "{message}; sent {} bytes at {:.0} B/s while sending, {:.0} B/s overall (limit {} B/s)",
             p.sent(),
+            p.sending_rate().unwrap_or(0.0),
             p.sent() as f64 / secs,
             limit(a, agent_pacer)
         );

@@ -100,9 +100,10 @@ fn open_elsewhere(server: u32) -> std::collections::HashSet<PathBuf> {
 }
 
 /// Files changed since `since` anywhere on this machine's root file system, except below
-/// `allowed`, the places other programs (logs, caches, the build) write to, and files other
-/// processes than the server hold open.
-fn written_since(since: SystemTime, allowed: &[PathBuf], server: u32) -> Vec<PathBuf> {
+/// `allowed`, the places other programs (logs, caches, the build) write to, files other
+/// processes than the server hold open, and directories of `/tmp` that existed before (other
+/// programs' work areas; new files at the top of `/tmp` and in new directories still count).
+fn written_since(since: SystemTime, allowed: &[PathBuf], server: u32, tmp_dirs_before: &[PathBuf]) -> Vec<PathBuf> {
     let others = open_elsewhere(server);
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
     let mut skip: Vec<PathBuf> =
@@ -114,6 +115,7 @@ fn written_since(since: SystemTime, allowed: &[PathBuf], server: u32) -> Vec<Pat
     skip.extend(std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from));
     skip.extend(std::env::var_os("CARGO_HOME").map(PathBuf::from));
     skip.extend(allowed.iter().cloned());
+    skip.extend(tmp_dirs_before.iter().cloned());
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::from("/")];
     let root_dev = std::fs::metadata("/").map(|m| std::os::unix::fs::MetadataExt::dev(&m)).unwrap_or(0);
@@ -198,6 +200,13 @@ fn every_route_survives_generated_input_as_admin_viewer_and_anonymous() {
         .unwrap();
     std::fs::write(dir.join("openapi.json"), &doc.stdout).unwrap();
 
+    let tmp_dirs_before: Vec<PathBuf> = std::fs::read_dir("/tmp")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
     std::thread::sleep(Duration::from_millis(1100));
     let since = SystemTime::now();
     fuzz(&dir, port, None, 5, "anonymous");
@@ -206,6 +215,6 @@ fn every_route_survives_generated_input_as_admin_viewer_and_anonymous() {
     assert!(server.child.try_wait().unwrap().is_none(), "the server died under the fuzzer");
     let health = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}/healthz")]).output().unwrap();
     assert!(health.status.success(), "the server no longer answers /healthz");
-    let outside = written_since(since, std::slice::from_ref(&dir), server.child.id());
+    let outside = written_since(since, std::slice::from_ref(&dir), server.child.id(), &tmp_dirs_before);
     assert!(outside.is_empty(), "written outside the data directory: {outside:?}");
 }

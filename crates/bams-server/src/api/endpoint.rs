@@ -194,7 +194,8 @@ async fn receive(st: &AppState, body: Body, max: usize) -> ApiResult<Upload> {
     let io = |e: std::io::Error| ApiError::internal(format!("{}: {e}", dir.display()));
     tokio::fs::create_dir_all(&dir).await.map_err(io)?;
     let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(&dir).map_err(io)?.into_temp_path();
-    let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
+    // Large writes: each write of a tokio file is a hop to a blocking thread.
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&tmp).await.map_err(io)?);
     let mut hasher = blake3::Hasher::new();
     let mut size = 0usize;
     let mut stream = body.into_data_stream();

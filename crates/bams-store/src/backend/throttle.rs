@@ -20,12 +20,19 @@ pub struct Pacer {
     bytes_per_sec: u64,
     next_start: Mutex<Option<Instant>>,
     sent: AtomicU64,
+    /// Start of the first slot and end of the last: the window the rate applies to.
+    window: Mutex<Option<(Instant, Instant)>>,
 }
 
 impl Pacer {
     /// At most `bytes_per_sec` (at least 1).
     pub fn new(bytes_per_sec: u64) -> Arc<Self> {
-        Arc::new(Self { bytes_per_sec: bytes_per_sec.max(1), next_start: Mutex::new(None), sent: AtomicU64::new(0) })
+        Arc::new(Self {
+            bytes_per_sec: bytes_per_sec.max(1),
+            next_start: Mutex::new(None),
+            sent: AtomicU64::new(0),
+            window: Mutex::new(None),
+        })
     }
 
     /// The rate.
@@ -38,6 +45,15 @@ impl Pacer {
         self.sent.load(Ordering::Relaxed)
     }
 
+    /// The rate achieved while sending: bytes sent over the time from the first slot's start
+    /// to the last one's end (what the limit governs; opening the repository before and
+    /// finishing after are not part of it).
+    pub fn sending_rate(&self) -> Option<f64> {
+        let (first, last) = (*self.window.lock().ok()?)?;
+        let secs = last.duration_since(first).as_secs_f64();
+        (secs > 0.0).then(|| self.sent() as f64 / secs)
+    }
+
     /// Wait for the turn of an object of `n` bytes: its slot is the time it takes at the
     /// rate, and it is sent at the end of its slot, so bytes sent never run ahead of the rate
     /// (not even in a first burst).
@@ -48,6 +64,9 @@ impl Pacer {
             let start = next.map_or(now, |t| t.max(now));
             let end = start + Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
             *next = Some(end);
+            if let Ok(mut w) = self.window.lock() {
+                *w = Some((w.map_or(start, |(first, _)| first), end));
+            }
             end
         };
         tokio::time::sleep_until(end).await;
