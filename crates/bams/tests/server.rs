@@ -936,6 +936,15 @@ async fn viewers_read_no_backed_up_files_and_no_secrets() {
         .call(Method::POST, &format!("/api/v1/snapshots/{snap}/restore"), Some(json!({"target": "/tmp/x"})))
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
+    // A name that would become part of a file name is checked before any file is touched.
+    let keys_before = std::fs::read_dir(s.data().join("keys")).map(|d| d.count()).unwrap_or(0);
+    for name in ["bad\u{0}name", "../../etc/x", "a/b", ".hidden"] {
+        let body = json!({"name": name, "url": s.data().join("nul-repo")});
+        let (st, b) = admin.call(Method::POST, "/api/v1/repositories", Some(body)).await;
+        assert_error(st, &b, StatusCode::BAD_REQUEST, &format!("repository name {name:?}"));
+    }
+    assert_eq!(std::fs::read_dir(s.data().join("keys")).map(|d| d.count()).unwrap_or(0), keys_before);
+    assert!(!s.data().join("nul-repo").exists(), "nothing was created for a refused name");
     // Bacula: the viewer (and the admin) see the config with its passwords hidden.
     admin.ok(Method::POST, "/api/v1/disk/repositories", Some(json!({"name": "bd", "kind": "directory"}))).await;
     admin.ok(Method::POST, "/api/v1/bacula/config", Some(json!({}))).await;
