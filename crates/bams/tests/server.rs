@@ -454,6 +454,28 @@ async fn scenario(s: &Server) {
     ] {
         assert!(metrics.contains(m), "metrics lack {m}");
     }
+    // The packaged Grafana dashboard asks only for series this server exports.
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/grafana/bams-dashboard.json"),
+    )
+    .unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard).unwrap();
+    let mut asked = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("bams_") {
+                let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                asked.push(name);
+            }
+        }
+    }
+    assert!(asked.len() >= 10, "{asked:?}");
+    for name in asked {
+        let exported =
+            metrics.lines().any(|l| !l.starts_with('#') && l.split(['{', ' ']).next() == Some(name.as_str()));
+        assert!(exported, "the Grafana dashboard asks for {name}, which /metrics does not export");
+    }
 
     // Login guessing is braked.
     let mut last = StatusCode::OK;
