@@ -129,6 +129,10 @@ pub struct ServerArgs {
     /// Configuration file (default /etc/bams/config.yaml when it exists)
     #[arg(long, env = "BAMS_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object a line, for log shippers); overrides the
+    /// config's `log_format`
+    #[arg(long, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

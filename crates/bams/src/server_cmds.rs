@@ -21,7 +21,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn config(a: &ServerArgs) -> Result<Config> {
-    Config::load(a.config.as_deref(), |k| std::env::var(k).ok())
+    let mut cfg = Config::load(a.config.as_deref(), |k| std::env::var(k).ok())?;
+    if let Some(f) = &a.log_format {
+        cfg.log_format = f.clone();
+    }
+    Ok(cfg)
 }
 
 /// Run the server until SIGTERM.

@@ -800,6 +800,43 @@ async fn slow_clients_are_cut_off_and_refusals_are_counted() {
     assert!(log.contains("INFO") && !log.contains('\u{1b}'), "escape codes in a log file: {log:?}");
 }
 
+/// `bams server --log-format json` writes one JSON object a line (for log shippers).
+#[test]
+fn the_server_logs_json_lines_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("none.yaml"), "").unwrap();
+    let port = bams_testkit::free_port();
+    let err = dir.path().join("stderr");
+    let out = dir.path().join("stdout");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bams"))
+        .args(["server", "--log-format", "json", "--config"])
+        .arg(dir.path().join("none.yaml"))
+        .env("BAMS_DATA_DIR", dir.path().join("data"))
+        .env("BAMS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("BAMS_BACULA_SD_CONFIG", dir.path().join("bacula-sd.conf"))
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("listening on") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60) && child.try_wait().unwrap().is_none(),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&err).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+}
+
 /// Password guessing slows the guesser down without locking the account; changing one's own
 /// password needs the current one and ends the other sessions; the audit log names what each
 /// request changed (never the values); expired sessions and old audit rows are purged.
