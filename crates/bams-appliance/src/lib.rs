@@ -1,4 +1,4 @@
-//! Appliance management (DESIGN.md §2, issue 6): the parts of BAMS that manage the machine
+//! Appliance management (docs/design.md §2, issue 6): the parts of BAMS that manage the machine
 //! rather than the backups. Every OS command goes through [`runner::CommandRunner`], so the
 //! appliance is testable where the hardware is missing and every command is logged.
 

@@ -1,4 +1,4 @@
-//! Service logs (DESIGN.md §5 `/api/v1/logs/{service}`): only services named in an
+//! Service logs (docs/design.md §5 `/api/v1/logs/{service}`): only services named in an
 //! allow-list can be read, each from journald (`journalctl -u UNIT -o json`, through the
 //! command runner) and/or a log file. Filters: the last `lines`, `since` a time, and a
 //! case-insensitive `grep`. Following a log for the WebSocket stream uses the same sources.

@@ -1,4 +1,4 @@
-//! Runs executed by agents (DESIGN.md §1). An agent connects out: it long-polls the server
+//! Runs executed by agents (docs/design.md §1). An agent connects out: it long-polls the server
 //! for work (`/api/v1/agent/poll`), reports progress, log lines and heartbeats while it works
 //! (`…/runs/{id}/events`, whose answer carries a cancel request) and the outcome at the end
 //! (`…/runs/{id}/finish`). Every step goes through the catalog, so any server of a scale-out

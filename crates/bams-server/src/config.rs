@@ -1,6 +1,6 @@
 //! Server configuration: `/etc/bams/config.yaml` (or `--config FILE`), then `BAMS_*`
 //! environment overrides (`BAMS_LISTEN`, `BAMS_DATA_DIR`, `BAMS_TLS_CERT`, …: `BAMS_` + the key
-//! path upper-cased with `_` for `.`), then defaults (DESIGN.md §6).
+//! path upper-cased with `_` for `.`), then defaults (docs/design.md §6).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! JSON errors (DESIGN.md §5): `{"error": {"code", "message", "details"}}` with the right status,
+//! JSON errors (docs/design.md §5): `{"error": {"code", "message", "details"}}` with the right status,
 //! and extractors whose rejections use the same shape.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};

@@ -1,6 +1,6 @@
 //! `bams server`: the REST API (OpenAPI at `/api/v1/openapi.json`), authentication and roles,
 //! audit, metrics, and the director that runs scheduled jobs — over an SQLite or PostgreSQL
-//! catalog (DESIGN.md §1, §5, §6, §8).
+//! catalog (docs/design.md §1, §5, §6, §8).
 
 pub mod api;
 pub mod auth;

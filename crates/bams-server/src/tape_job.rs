@@ -1,4 +1,4 @@
-//! The `tape` job type (DESIGN.md §5): writes snapshots of the job's repository as a tape set
+//! The `tape` job type (docs/design.md §5): writes snapshots of the job's repository as a tape set
 //! to a media pool, through the same code as `bams tape write` — on the built-in virtual
 //! library, or on a real library (mtx robot, `/dev/nst*` drives). Volumes are chosen and
 //! recorded through the library's media database, so pool retention and recycling apply.

@@ -1,4 +1,4 @@
-//! `bams agent`: the file daemon of a protected machine (DESIGN.md §1). It connects out only:
+//! `bams agent`: the file daemon of a protected machine (docs/design.md §1). It connects out only:
 //! it long-polls the server for work, backs up through the server's repository endpoint
 //! (`bams://SERVER/REPOSITORY`, with its own credential: append-only), so chunking,
 //! deduplication against the repository's index and encryption happen here and only chunks

@@ -1,4 +1,4 @@
-//! Command-line definitions (`bams --help` is the reference of DESIGN.md §4).
+//! Command-line definitions (`bams --help` is the reference of docs/design.md §4).
 
 use std::path::PathBuf;
 
@@ -82,7 +82,7 @@ pub enum Command {
     Tape(TapeCmd),
     /// File daemon for a protected machine: `bams agent enroll` once, then `bams agent`
     Agent(AgentArgs),
-    /// Run the server: REST API, scheduler and job runner (DESIGN.md §5, §6)
+    /// Run the server: REST API, scheduler and job runner (docs/design.md §5, §6)
     Server(ServerArgs),
     /// Manage server users in the catalog (works with the server stopped too)
     #[command(subcommand)]

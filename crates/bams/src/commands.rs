@@ -242,7 +242,7 @@ fn find(s: &Session, spec: &str) -> Result<SnapshotEntry> {
     Ok(s.repo.find_snapshot(spec)?)
 }
 
-/// The JSON shape of a snapshot (DESIGN.md §5: id, time RFC 3339, host, paths, tags).
+/// The JSON shape of a snapshot (docs/design.md §5: id, time RFC 3339, host, paths, tags).
 pub fn snapshot_json(e: &SnapshotEntry) -> serde_json::Value {
     let s = &e.snapshot;
     json!({

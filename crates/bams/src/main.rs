@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Exit codes of DESIGN.md §4.
+/// Exit codes of docs/design.md §4.
 pub mod exit {
     /// Success.
     pub const OK: u8 = 0;

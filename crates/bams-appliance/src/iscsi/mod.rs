@@ -1,4 +1,4 @@
-//! iSCSI targets (DESIGN.md §5 `/api/v1/iscsi/*`): the desired state of each target — IQN,
+//! iSCSI targets (docs/design.md §5 `/api/v1/iscsi/*`): the desired state of each target — IQN,
 //! LUNs backed by files or block devices, initiator ACLs, CHAP — is validated here and kept in
 //! the catalog; a backend brings the kernel or daemon to it idempotently and reports drift.
 //! Backends: [`tgt`] (tgtadm, tested against a real tgtd), [`scst`] (generated scst.conf

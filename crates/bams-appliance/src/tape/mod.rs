@@ -1,4 +1,4 @@
-//! Tape library (DESIGN.md §5 `/api/v1/tape/*`): one changer model — drives, storage slots,
+//! Tape library (docs/design.md §5 `/api/v1/tape/*`): one changer model — drives, storage slots,
 //! import/export slots, barcodes, what is loaded where — behind the [`Changer`] trait, with two
 //! implementations: [`mtx::MtxChanger`] for real libraries (mtx and mt-st through the command
 //! runner) and [`vtl::VirtualLibrary`], a file-backed library the tests, demos and the default

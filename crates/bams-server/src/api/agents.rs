@@ -1,4 +1,4 @@
-//! Agents (DESIGN.md §1, §5): admins create them (getting a one-time enrollment token), list,
+//! Agents (docs/design.md §1, §5): admins create them (getting a one-time enrollment token), list,
 //! disable, enable and revoke them; `bams agent enroll` exchanges the token for a credential;
 //! agents then long-poll for work and report on it under `/api/v1/agent/…`, which only an
 //! agent credential may use.

@@ -1,4 +1,4 @@
-//! Bacula storage daemon (DESIGN.md §5 appliance routes): generated config from the disk
+//! Bacula storage daemon (docs/design.md §5 appliance routes): generated config from the disk
 //! repositories, validation with the real `bacula-sd -t` before install, status, inventory
 //! and restart through the command runner.
 

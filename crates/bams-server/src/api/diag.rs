@@ -1,4 +1,4 @@
-//! The diagnostics bundle (DESIGN.md §5 `GET /api/v1/diagnostics/bundle`): one tar.gz an
+//! The diagnostics bundle (docs/design.md §5 `GET /api/v1/diagnostics/bundle`): one tar.gz an
 //! operator can attach to a support request — version, the effective config with secrets
 //! redacted, recent logs of every allow-listed service, catalog statistics, disk, tape and
 //! iSCSI state, system facts. It is compressed while it is sent (no temp file, constant

@@ -1,4 +1,4 @@
-//! Disk repositories (DESIGN.md §5 appliance routes): create, list, inspect, delete.
+//! Disk repositories (docs/design.md §5 appliance routes): create, list, inspect, delete.
 
 use axum::extract::State;
 use axum::http::StatusCode;

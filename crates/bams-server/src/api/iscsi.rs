@@ -1,4 +1,4 @@
-//! iSCSI targets (DESIGN.md §5 appliance routes). The catalog holds each target's desired
+//! iSCSI targets (docs/design.md §5 appliance routes). The catalog holds each target's desired
 //! state; `apply` brings the configured backend (tgt, SCST, LIO) to it and answers what it
 //! changed; reading a target reports its drift. CHAP secrets are accepted but never returned.
 

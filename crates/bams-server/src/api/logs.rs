@@ -1,4 +1,4 @@
-//! Service logs (DESIGN.md §5 appliance routes): a filtered read, and a WebSocket follower.
+//! Service logs (docs/design.md §5 appliance routes): a filtered read, and a WebSocket follower.
 //! Only services in the `logs.services` allow-list are readable. Followers are limited in
 //! number (`logs.max_stream_clients`, 429 beyond) and backpressured: a slow client makes its
 //! reader wait instead of growing a buffer.

@@ -26,7 +26,7 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "BAMS API", description = "Backup Appliance Management System: REST API (DESIGN.md §5)."),
+    info(title = "BAMS API", description = "Backup Appliance Management System: REST API (docs/design.md §5)."),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth),
     security(("bearer" = []), ("cookie" = []))

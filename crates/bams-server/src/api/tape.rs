@@ -1,4 +1,4 @@
-//! Tape library (DESIGN.md §5 appliance routes): element status, drives, slots, inventory,
+//! Tape library (docs/design.md §5 appliance routes): element status, drives, slots, inventory,
 //! load and unload. The changer is the configured one (`tape.library`: the built-in virtual
 //! library by default, or a real one through mtx); a robot that fails answers 502 with what
 //! mtx printed, and the operator mistakes (slot empty, drive full) answer 409 before it moves.
