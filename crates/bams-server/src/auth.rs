@@ -62,7 +62,7 @@ impl Caller {
     /// Entries on either decide (their union); without any, the global role.
     pub async fn repository_privs(&self, st: &AppState, repo: &bams_catalog::Repository) -> ApiResult<Privs> {
         let mut paths = vec![policy::repository_path(&repo.name)];
-        if let Some(pool) = st.catalog.list_pools().await?.into_iter().find(|p| p.repository == repo.id) {
+        if let Some(pool) = st.catalog.pool_of_repository(repo.id).await? {
             paths.push(policy::pool_path(&pool.name));
         }
         Ok(self.grants.at_any(&paths))
@@ -81,9 +81,7 @@ impl Caller {
             Err(denied(&self.user, privs, &policy::repository_path(&repo.name)))
         }
     }
-}
 
-impl Caller {
     /// Privileges on a pool: its own path and its repository's (entries on either decide).
     pub async fn pool_privs(&self, st: &AppState, pool: &bams_catalog::Pool) -> ApiResult<Privs> {
         let repo = st.catalog.get_repository(pool.repository).await?;
@@ -538,8 +536,7 @@ async fn login_inner(st: &AppState, addr: &str, req: LoginRequest) -> ApiResult<
                 "this account needs the code of its authenticator app: send it as `totp`",
             ));
         };
-        let now = u64::try_from(bams_catalog::now_ms() / 1000).unwrap_or_default();
-        let step = crate::totp::matching_step(&secret, code, now);
+        let step = crate::totp::matching_step(&secret, code, crate::totp::now_secs());
         let fresh = match step {
             Some(step) => st.catalog.use_totp_step(user.id, step).await?,
             None => false,
@@ -622,8 +619,7 @@ pub async fn totp_confirm(
     let Some(pending) = st.catalog.totp_state(caller.user.id).await?.pending else {
         return Err(ApiError::bad_request("no second factor is being set up: POST /api/v1/auth/totp first"));
     };
-    let now = u64::try_from(bams_catalog::now_ms() / 1000).unwrap_or_default();
-    let step = crate::totp::matching_step(&pending, &req.code, now)
+    let step = crate::totp::matching_step(&pending, &req.code, crate::totp::now_secs())
         .ok_or_else(|| ApiError::bad_request("the code does not match; check the app's clock and try the next code"))?;
     st.catalog.confirm_totp(caller.user.id, step).await?;
     st.auth_cache.clear();
@@ -642,8 +638,7 @@ pub async fn totp_disable(
         return Err(ApiError::forbidden("give your password to turn the second factor off"));
     }
     let state = st.catalog.totp_state(caller.user.id).await?;
-    let now = u64::try_from(bams_catalog::now_ms() / 1000).unwrap_or_default();
-    let valid = state.secret.as_deref().and_then(|s| crate::totp::matching_step(s, &req.code, now));
+    let valid = state.secret.as_deref().and_then(|s| crate::totp::matching_step(s, &req.code, crate::totp::now_secs()));
     if state.secret.is_some() && valid.is_none() {
         return Err(ApiError::forbidden("wrong code"));
     }

@@ -33,14 +33,24 @@ pub fn otpauth_url(username: &str, secret: &str) -> String {
     )
 }
 
+/// The generator for a base32 secret; `None` for a malformed one.
+fn generator(secret: &str) -> Option<TOTP> {
+    let bytes = Secret::Encoded(secret.to_string()).to_bytes().ok()?;
+    TOTP::new(Algorithm::SHA1, DIGITS, 0, STEP_SECS, bytes).ok()
+}
+
+/// Seconds since the epoch, as the codes count them.
+pub fn now_secs() -> u64 {
+    u64::try_from(bams_catalog::now_ms() / 1000).unwrap_or_default()
+}
+
 /// The time step `code` is valid for around `now` (seconds since the epoch), if any.
 pub fn matching_step(secret: &str, code: &str, now: u64) -> Option<i64> {
     let code = code.trim();
     if code.len() != DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let bytes = Secret::Encoded(secret.to_string()).to_bytes().ok()?;
-    let totp = TOTP::new(Algorithm::SHA1, DIGITS, 0, STEP_SECS, bytes).ok()?;
+    let totp = generator(secret)?;
     let step = now / STEP_SECS;
     [step.saturating_sub(1), step, step + 1].into_iter().find_map(|s| {
         let expected = totp.generate(s * STEP_SECS);
@@ -52,8 +62,7 @@ pub fn matching_step(secret: &str, code: &str, now: u64) -> Option<i64> {
 
 /// The code for `now` (tests and clients).
 pub fn code_at(secret: &str, now: u64) -> Option<String> {
-    let bytes = Secret::Encoded(secret.to_string()).to_bytes().ok()?;
-    Some(TOTP::new(Algorithm::SHA1, DIGITS, 0, STEP_SECS, bytes).ok()?.generate(now))
+    Some(generator(secret)?.generate(now))
 }
 
 #[cfg(test)]

@@ -301,7 +301,8 @@ impl LockGuard<'_> {
     /// interval ago, so it errs young, the safe side for age checks); `None` without times.
     pub fn backend_now(&self) -> Option<std::time::SystemTime> {
         let id = *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let written = self.repo.list("locks/").ok()?.into_iter().find(|o| o.key == format!("locks/{id}"))?.modified?;
+        let key = format!("locks/{id}");
+        let written = self.repo.runtime().block_on(self.repo.backend().head(&key)).ok()??.modified?;
         let since = self.refreshed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed();
         Some(written + since)
     }
