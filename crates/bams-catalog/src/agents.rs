@@ -265,12 +265,15 @@ impl Catalog {
 }
 
 impl Catalog {
-    /// Repositories an agent's credential may reach through the repository endpoint: those
-    /// its own jobs (backup, restore, verify) name, and nothing else.
+    /// Repositories an agent's credential may reach through the repository endpoint: its own
+    /// repositories, and those of its jobs that sit in a pool sharing one repository across
+    /// machines (`shared_dedup`); nothing else.
     pub async fn agent_repositories(&self, agent_user_id: i64) -> Result<Vec<i64>> {
         let rows: Vec<(i64,)> = sqlx::query_as(
-            "SELECT DISTINCT j.repository_id FROM jobs j JOIN agents a ON a.id = j.agent_id \
-             WHERE a.user_id = $1 AND j.repository_id IS NOT NULL",
+            "SELECT r.id FROM repositories r JOIN agents a ON a.id = r.agent_id WHERE a.user_id = $1 \
+             UNION SELECT j.repository_id FROM jobs j JOIN agents a ON a.id = j.agent_id \
+             JOIN pools p ON p.repository_id = j.repository_id \
+             WHERE a.user_id = $1 AND p.shared_dedup <> 0",
         )
         .bind(agent_user_id)
         .fetch_all(&self.pool)

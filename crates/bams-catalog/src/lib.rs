@@ -36,7 +36,7 @@ pub use error::{CatalogError, Result};
 pub use iscsi::IscsiRecord;
 pub use jobs::{Job, JobKind, JobSpec, Level, Schedule, ScheduleSpec, PRIORITY_RANGE};
 pub use pools::{Pool, PoolRef, PoolSpec};
-pub use repos::{validate_name, Repository};
+pub use repos::{agent_repository_name, validate_name, Repository};
 pub use row::time_ms;
 pub use runs::{Dashboard, NewRun, Run, RunFilter, RunStats, RunStatus};
 pub use snapshots::{SnapshotFilter, SnapshotSummary};

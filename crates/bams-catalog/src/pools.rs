@@ -43,6 +43,11 @@ pub struct PoolSpec {
     /// Free text for operators.
     #[serde(default)]
     pub description: String,
+    /// Agents back up into the pool's repository itself, sharing its key, so that data
+    /// deduplicates across machines; by default each agent gets a repository and key of its
+    /// own (a compromised machine then cannot read or damage the others' backups).
+    #[serde(default)]
+    pub shared_dedup: bool,
 }
 
 /// A stored pool.
@@ -63,9 +68,13 @@ pub struct Pool {
     pub max_snapshots: Option<i64>,
     /// Free text.
     pub description: String,
+    /// Agents share the pool's repository and key (dedup across machines) instead of
+    /// each having its own.
+    pub shared_dedup: bool,
     /// Jobs writing into it.
     pub jobs: i64,
-    /// Snapshots of its repository known to the catalog.
+    /// Snapshots of its repository and the agents' repositories under it, as the catalog
+    /// knows them.
     pub snapshots: i64,
     /// Creation time.
     #[serde(with = "crate::time_ms")]
@@ -87,6 +96,7 @@ impl Pool {
             max_bytes: r.opt_i64("max_bytes")?,
             max_snapshots: r.opt_i64("max_snapshots")?,
             description: r.str("description")?,
+            shared_dedup: r.i64("shared_dedup")? != 0,
             jobs: r.i64("jobs")?,
             snapshots: r.i64("snapshots")?,
             created_at: r.i64("created_at")?,
@@ -96,9 +106,10 @@ impl Pool {
 }
 
 const POOL_SELECT: &str = "SELECT p.id, p.name, p.repository_id, p.retention, p.max_bytes, p.max_snapshots, \
-     p.description, p.created_at, p.updated_at, \
+     p.description, p.shared_dedup, p.created_at, p.updated_at, \
      (SELECT COUNT(*) FROM jobs j WHERE j.pool_id = p.id) AS jobs, \
-     (SELECT COUNT(*) FROM snapshots s WHERE s.repository_id = p.repository_id) AS snapshots \
+     (SELECT COUNT(*) FROM snapshots s WHERE s.repository_id = p.repository_id \
+      OR s.repository_id IN (SELECT c.id FROM repositories c WHERE c.parent_id = p.repository_id)) AS snapshots \
      FROM pools p";
 
 fn validate_pool(spec: &PoolSpec) -> Result<()> {
@@ -125,7 +136,7 @@ fn validate_pool(spec: &PoolSpec) -> Result<()> {
     Ok(())
 }
 
-/// Bind a pool definition as `$1`..`$6` (the order both INSERT and UPDATE use).
+/// Bind a pool definition as `$1`..`$7` (the order both INSERT and UPDATE use).
 fn bind_pool<'q>(q: AnyQuery<'q>, spec: &'q PoolSpec) -> AnyQuery<'q> {
     q.bind(&spec.name)
         .bind(spec.repository)
@@ -133,6 +144,7 @@ fn bind_pool<'q>(q: AnyQuery<'q>, spec: &'q PoolSpec) -> AnyQuery<'q> {
         .bind(spec.max_bytes)
         .bind(spec.max_snapshots)
         .bind(&spec.description)
+        .bind(i64::from(spec.shared_dedup))
 }
 
 fn taken(spec: &PoolSpec) -> impl FnOnce() -> String + '_ {
@@ -140,13 +152,26 @@ fn taken(spec: &PoolSpec) -> impl FnOnce() -> String + '_ {
 }
 
 impl Catalog {
+    /// The repository a pool goes on: registered, and not an agent's own.
+    async fn pool_repository(&self, spec: &PoolSpec) -> Result<()> {
+        let repo = self.get_repository(spec.repository).await?;
+        if repo.parent.is_some() {
+            return Err(CatalogError::Invalid(format!(
+                "repository {} is agent {}'s own repository; put the pool on its parent",
+                repo.name,
+                repo.agent.unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
     /// Create a pool on a registered repository.
     pub async fn create_pool(&self, spec: &PoolSpec) -> Result<Pool> {
         validate_pool(spec)?;
-        self.get_repository(spec.repository).await?;
+        self.pool_repository(spec).await?;
         let now = now_ms();
         let sql = "INSERT INTO pools (name, repository_id, retention, max_bytes, max_snapshots, description, \
-                   created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id";
+                   shared_dedup, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id";
         let r = bind_pool(sqlx::query(sql), spec).bind(now).fetch_one(&self.pool).await;
         let row = named_conflict(r.map_err(Into::into), taken(spec))?;
         self.get_pool(row.i64("id")?).await
@@ -157,10 +182,10 @@ impl Catalog {
     pub async fn update_pool(&self, id: i64, spec: &PoolSpec) -> Result<Pool> {
         validate_pool(spec)?;
         self.get_pool(id).await?;
-        self.get_repository(spec.repository).await?;
+        self.pool_repository(spec).await?;
         let mut tx = self.pool.begin().await?;
         let sql = "UPDATE pools SET name = $1, repository_id = $2, retention = $3, max_bytes = $4, \
-                   max_snapshots = $5, description = $6, updated_at = $7 WHERE id = $8";
+                   max_snapshots = $5, description = $6, shared_dedup = $7, updated_at = $8 WHERE id = $9";
         let r = bind_pool(sqlx::query(sql), spec).bind(now_ms()).bind(id).execute(&mut *tx).await;
         named_conflict(r.map_err(Into::into), taken(spec))?;
         sqlx::query("UPDATE jobs SET repository_id = $1 WHERE pool_id = $2")

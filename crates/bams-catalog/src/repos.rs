@@ -24,6 +24,11 @@ pub struct Repository {
     #[serde(with = "crate::time_ms")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
+    /// For an agent's own repository: the repository its jobs name (retention, pools,
+    /// permissions and snapshot lists of the parent cover it).
+    pub parent: Option<i64>,
+    /// For an agent's own repository: the agent that writes into it (and no other).
+    pub agent: Option<i64>,
 }
 
 impl Repository {
@@ -34,6 +39,8 @@ impl Repository {
             url: r.str("url")?,
             key_file: r.str("key_file")?,
             created_at: r.i64("created_at")?,
+            parent: r.opt_i64("parent_id")?,
+            agent: r.opt_i64("agent_id")?,
         })
     }
 }
@@ -53,7 +60,13 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
-const REPO_COLS: &str = "id, name, url, key_file, created_at";
+const REPO_COLS: &str = "id, name, url, key_file, created_at, parent_id, agent_id";
+
+/// The name of agent `agent`'s own repository under `parent`: `parent@agent`. No registered
+/// name holds an `@`, so it can never collide with one.
+pub fn agent_repository_name(parent: &str, agent: &str) -> String {
+    format!("{parent}@{agent}")
+}
 
 impl Catalog {
     /// Register a repository.
@@ -100,7 +113,56 @@ impl Catalog {
         Repository::from_row(&row)
     }
 
-    /// Unregister a repository (its data is untouched). Refused while jobs use it.
+    /// Register agent `agent`'s own repository under `parent` (named
+    /// [`agent_repository_name`]). A conflict means another server made it first.
+    pub async fn add_agent_repository(
+        &self,
+        parent: &Repository,
+        agent: &crate::Agent,
+        url: &str,
+        key_file: &str,
+    ) -> Result<Repository> {
+        if parent.parent.is_some() {
+            return Err(CatalogError::Invalid(format!("{} is already an agent's repository", parent.name)));
+        }
+        let name = agent_repository_name(&parent.name, &agent.name);
+        let r = sqlx::query(&format!(
+            "INSERT INTO repositories (name, url, key_file, created_at, parent_id, agent_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {REPO_COLS}"
+        ))
+        .bind(&name)
+        .bind(url)
+        .bind(key_file)
+        .bind(now_ms())
+        .bind(parent.id)
+        .bind(agent.id)
+        .fetch_one(&self.pool)
+        .await;
+        let row = named_conflict(r.map_err(Into::into), || format!("repository {name:?} already exists"))?;
+        Repository::from_row(&row)
+    }
+
+    /// Agent `agent`'s own repository under `parent`, if it was made.
+    pub async fn agent_repository(&self, parent: i64, agent: i64) -> Result<Option<Repository>> {
+        let row = sqlx::query(&format!("SELECT {REPO_COLS} FROM repositories WHERE parent_id = $1 AND agent_id = $2"))
+            .bind(parent)
+            .bind(agent)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Repository::from_row).transpose()
+    }
+
+    /// The agents' own repositories under `parent`, by name.
+    pub async fn child_repositories(&self, parent: i64) -> Result<Vec<Repository>> {
+        let rows = sqlx::query(&format!("SELECT {REPO_COLS} FROM repositories WHERE parent_id = $1 ORDER BY name"))
+            .bind(parent)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Repository::from_row).collect()
+    }
+
+    /// Unregister a repository and the agents' repositories under it (their data is
+    /// untouched). Refused while jobs use it.
     pub async fn delete_repository(&self, id: i64) -> Result<()> {
         self.get_repository(id).await?;
         let (jobs,): (i64,) =
@@ -108,8 +170,17 @@ impl Catalog {
         if jobs > 0 {
             return Err(CatalogError::Conflict(format!("repository {id} is used by {jobs} job(s)")));
         }
-        sqlx::query("DELETE FROM snapshots WHERE repository_id = $1").bind(id).execute(&self.pool).await?;
-        sqlx::query("DELETE FROM repositories WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM snapshots WHERE repository_id = $1 \
+             OR repository_id IN (SELECT id FROM repositories WHERE parent_id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM repositories WHERE parent_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM repositories WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use bams_catalog::{Agent, Job, JobKind, Run, RunStats, RunStatus, SnapshotSummary};
+use bams_store::snapshot::SnapshotEntry;
 use serde::{Deserialize, Serialize};
 
 use crate::exec::{apply_retention, choose_parent};
@@ -239,7 +240,7 @@ pub enum AgentRunError {
 }
 
 /// Every snapshot of `repo` (read on a blocking thread).
-async fn all_snapshots(repo: Arc<bams_store::Repository>) -> Result<Vec<bams_store::snapshot::SnapshotEntry>, String> {
+async fn all_snapshots(repo: Arc<bams_store::Repository>) -> Result<Vec<SnapshotEntry>, String> {
     let (snaps, _) = tokio::task::spawn_blocking(move || repo.snapshots())
         .await
         .map_err(|e| e.to_string())?
@@ -248,12 +249,16 @@ async fn all_snapshots(repo: Arc<bams_store::Repository>) -> Result<Vec<bams_sto
 }
 
 /// The newest of `snaps` taken on `agent`'s machine (its reported host name).
-fn newest_of<'a>(
-    snaps: &'a [bams_store::snapshot::SnapshotEntry],
-    agent: &Agent,
-) -> Option<&'a bams_store::snapshot::SnapshotEntry> {
+fn newest_of<'a>(snaps: &'a [SnapshotEntry], agent: &Agent) -> Option<&'a SnapshotEntry> {
     let host = agent.hostname.as_deref().unwrap_or_default();
     snaps.iter().filter(|s| s.snapshot.host == host).max_by_key(|s| s.snapshot.time)
+}
+
+/// The repository an agent works in, with the key it is given.
+pub(crate) struct AgentRepo {
+    rec: bams_catalog::Repository,
+    key: Vec<u8>,
+    repo: Arc<bams_store::Repository>,
 }
 
 impl Assignment {
@@ -311,22 +316,22 @@ impl Director {
                 job.kind.as_str()
             ));
         }
-        let rec = cat.get_repository(job.repository).await.map_err(|e| e.to_string())?;
-        let key = std::fs::read(&rec.key_file).map_err(|e| format!("key file of repository {}: {e}", rec.name))?;
-        let key = crate::repos::trim_newline(key);
-        let repo = self.repos.get(job.repository).await.map_err(|e| e.to_string())?;
+        let own = self.agent_repo(job.repository, agent).await?;
         if job.kind == JobKind::Restore {
-            return self.prepare_restore(agent, run, &job, rec.name, key, repo).await;
+            return self.prepare_restore(agent, run, &job, own).await;
         }
         if job.kind == JobKind::Verify {
-            return self.prepare_verify(agent, run, &job, rec.name, key, repo).await;
+            return self.prepare_verify(agent, run, &job, own).await;
         }
         if let Some(pool) = self.pool_of(&job).await? {
-            self.ensure_room(&pool, &repo).await?;
+            self.ensure_room(&pool, job.repository).await?;
         }
-        let lines = Mutex::new(vec![format!("backup job {:?} assigned to agent {}", job.name, agent.name)]);
+        let lines = Mutex::new(vec![format!(
+            "backup job {:?} assigned to agent {}, into repository {}",
+            job.name, agent.name, own.rec.name
+        )]);
         let log = |l: String| lines.lock().map(|mut v| v.push(l)).unwrap_or(());
-        let (parent, level) = choose_parent(self, run, &job, &repo, &log).await;
+        let (parent, level) = choose_parent(self, run, &job, &own.repo, &log).await;
         if Some(level) != run.level {
             let _ = cat.set_run_level(run.id, level).await;
         }
@@ -337,8 +342,8 @@ impl Director {
         Ok(Assignment {
             run_id: run.id,
             kind: "backup".into(),
-            repository: rec.name,
-            key_hex: hex::encode(key),
+            repository: own.rec.name,
+            key_hex: hex::encode(own.key),
             paths: job.paths.clone(),
             excludes: job.excludes.clone(),
             one_file_system: opt("one_file_system").and_then(serde_json::Value::as_bool).unwrap_or(false),
@@ -357,38 +362,129 @@ impl Director {
         })
     }
 
-    /// A restore for `agent`: the snapshot is resolved here (`latest` of the source machine),
-    /// so the run log names exactly what was restored where.
-    async fn prepare_restore(
+    /// The repository `agent` works in for a job on repository `job_repository`: its own
+    /// under it (made on first use), or that repository itself when its pool shares one
+    /// across machines (`shared_dedup`) or it already is the agent's own.
+    pub(crate) async fn agent_repo(&self, job_repository: i64, agent: &Agent) -> Result<AgentRepo, String> {
+        let cat = self.catalog();
+        let named = cat.get_repository(job_repository).await.map_err(|e| e.to_string())?;
+        let shared = cat.pool_of_repository(named.id).await.map_err(|e| e.to_string())?.is_some_and(|p| p.shared_dedup);
+        let rec = match named.agent {
+            Some(owner) if owner != agent.id => {
+                return Err(format!("repository {} is another agent's own; name its parent in the job", named.name))
+            }
+            Some(_) => named,
+            None if shared => named,
+            None => self.repos.agent_repository(&named, agent).await.map_err(|e| e.to_string())?,
+        };
+        let key = std::fs::read(&rec.key_file).map_err(|e| format!("key file of repository {}: {e}", rec.name))?;
+        let repo = self.repos.get(rec.id).await.map_err(|e| e.to_string())?;
+        Ok(AgentRepo { key: crate::repos::trim_newline(key), rec, repo })
+    }
+
+    /// Find snapshot `spec` (an id or prefix, or `latest` of `source`'s machine) where
+    /// `source`'s backups are: its own repository under the job's, then the job's repository
+    /// itself (shared pools, and backups from before agents had their own).
+    async fn locate(
         &self,
-        agent: &Agent,
+        job_repository: i64,
+        source: &Agent,
+        spec: &str,
+    ) -> Result<(bams_catalog::Repository, Arc<bams_store::Repository>, SnapshotEntry), String> {
+        let cat = self.catalog();
+        let named = cat.get_repository(job_repository).await.map_err(|e| e.to_string())?;
+        let mut candidates = Vec::new();
+        if named.agent.is_none() {
+            candidates.extend(cat.agent_repository(named.id, source.id).await.map_err(|e| e.to_string())?);
+        }
+        candidates.push(named.clone());
+        for rec in candidates {
+            let repo = self.repos.get(rec.id).await.map_err(|e| e.to_string())?;
+            let snaps = all_snapshots(repo.clone()).await?;
+            let found = if spec == "latest" {
+                newest_of(&snaps, source).cloned()
+            } else {
+                match bams_store::repo::resolve_snapshot(&snaps, spec) {
+                    Ok(e) => Some(e.clone()),
+                    Err(e) if e.kind() == bams_store::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e.to_string()),
+                }
+            };
+            if let Some(entry) = found {
+                return Ok((rec, repo, entry));
+            }
+        }
+        Err(if spec == "latest" {
+            format!(
+                "agent {} (host {}) has no snapshot in repository {}",
+                source.name,
+                source.hostname.as_deref().unwrap_or_default(),
+                named.name
+            )
+        } else {
+            format!("no snapshot {spec} of agent {} in repository {}", source.name, named.name)
+        })
+    }
+
+    /// Bring snapshot `entry` of `from` into the agent's own repository and return its id
+    /// there. The server holds every key and re-encrypts on the way, so an agent restoring
+    /// another machine's backup never gets that machine's key or repository.
+    async fn bring(
+        &self,
         run: &Run,
-        job: &Job,
-        repository: String,
-        key: Vec<u8>,
-        repo: Arc<bams_store::Repository>,
-    ) -> Result<Assignment, String> {
+        from: (&bams_catalog::Repository, Arc<bams_store::Repository>),
+        to: &AgentRepo,
+        entry: SnapshotEntry,
+    ) -> Result<String, String> {
+        if from.0.id == to.rec.id {
+            return Ok(entry.id.to_hex());
+        }
+        let (src, dst, wanted) = (from.1, to.repo.clone(), entry.id);
+        let (id, bytes) = tokio::task::spawn_blocking(move || {
+            let report = bams_store::copy::copy(
+                &src,
+                &dst,
+                std::slice::from_ref(&entry),
+                Default::default(),
+                &bams_store::archiver::NoProgress,
+            )?;
+            if let Some((_, new)) = report.copied.first() {
+                return Ok((*new, report.bytes_added));
+            }
+            let (all, _) = dst.snapshots()?;
+            let copy = all.iter().find(|e| e.snapshot.origin == Some(wanted));
+            copy.map(|e| (e.id, 0)).ok_or_else(|| bams_store::Error::not_found("the copied snapshot"))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("copying snapshot {} into repository {}: {e}", wanted.short(), to.rec.name))?;
+        let _ = self.repos.refresh_snapshots(to.rec.id).await;
+        let text = format!(
+            "{} snapshot {} of repository {} copied into repository {} as {} ({bytes} bytes added)\n",
+            stamp(),
+            wanted.short(),
+            from.0.name,
+            to.rec.name,
+            id.short()
+        );
+        let _ = self.catalog().append_log(run.id, &text).await;
+        Ok(id.to_hex())
+    }
+
+    /// A restore for `agent`: the snapshot is resolved here (`latest` of the source machine),
+    /// and brought into the agent's own repository when it is elsewhere, so the run log names
+    /// exactly what was restored where.
+    async fn prepare_restore(&self, agent: &Agent, run: &Run, job: &Job, own: AgentRepo) -> Result<Assignment, String> {
         let spec = RestoreSpec::from_options(&job.options)?;
         let source = match spec.source_agent {
             Some(id) => self.catalog().get_agent(id).await.map_err(|e| format!("source agent: {e}"))?,
             None => agent.clone(),
         };
-        let snaps = all_snapshots(repo).await?;
-        let snap = if spec.snapshot == "latest" {
-            newest_of(&snaps, &source).cloned().ok_or_else(|| {
-                format!(
-                    "agent {} (host {}) has no snapshot in repository {repository}",
-                    source.name,
-                    source.hostname.as_deref().unwrap_or_default()
-                )
-            })?
-        } else {
-            bams_store::repo::resolve_snapshot(&snaps, &spec.snapshot).cloned().map_err(|e| e.to_string())?
-        };
+        let (from, from_repo, snap) = self.locate(job.repository, &source, &spec.snapshot).await?;
         let cross = snap.snapshot.host != agent.hostname.clone().unwrap_or_default() || source.id != agent.id;
         let text = format!(
             "{} restore of snapshot {} (host {}) to agent {}:{}{}\n",
-            crate::runner::stamp(),
+            stamp(),
             snap.id.short(),
             snap.snapshot.host,
             agent.name,
@@ -396,45 +492,49 @@ impl Director {
             if cross { " (cross-machine)" } else { "" }
         );
         let _ = self.catalog().append_log(run.id, &text).await;
+        let id = self.bring(run, (&from, from_repo), &own, snap).await?;
         Ok(Assignment {
             target: Some(spec.target),
             include: spec.include,
             verify: spec.verify,
-            ..Assignment::reading("restore", run.id, repository, &key, &job.name, snap.id.to_hex())
+            ..Assignment::reading("restore", run.id, own.rec.name, &own.key, &job.name, id)
         })
     }
 
     /// A verify on `agent`: the agent restores the snapshot into scratch space of its own,
     /// re-reads every file against the snapshot, and removes the copy. The snapshot is the
     /// last backup of `options.job`, or the agent's newest.
-    async fn prepare_verify(
-        &self,
-        agent: &Agent,
-        run: &Run,
-        job: &Job,
-        repository: String,
-        key: Vec<u8>,
-        repo: Arc<bams_store::Repository>,
-    ) -> Result<Assignment, String> {
-        let snapshot = match crate::VerifyMode::from_options(&job.options)? {
-            crate::VerifyMode::Restore(Some(name)) => self.last_snapshot_of_job(&name).await?,
-            crate::VerifyMode::Restore(None) => {
-                let snaps = all_snapshots(repo).await?;
-                let newest = newest_of(&snaps, agent);
-                newest.map(|s| s.id.to_hex()).ok_or(format!("agent {} has no snapshot to verify", agent.name))?
+    async fn prepare_verify(&self, agent: &Agent, run: &Run, job: &Job, own: AgentRepo) -> Result<Assignment, String> {
+        let (spec, source) = match crate::VerifyMode::from_options(&job.options)? {
+            crate::VerifyMode::Restore(Some(name)) => {
+                let (snapshot, source_job) = self.last_snapshot_of_job(&name).await?;
+                let source = match source_job.agent {
+                    Some(id) => self.catalog().get_agent(id).await.map_err(|e| e.to_string())?,
+                    None => agent.clone(),
+                };
+                (snapshot, source)
             }
+            crate::VerifyMode::Restore(None) => ("latest".to_string(), agent.clone()),
             crate::VerifyMode::ReadDataSubset(_) => {
                 return Err("re-hashing packs runs on the server (\"agent\": null)".into());
             }
         };
+        let (from, from_repo, snap) = self.locate(job.repository, &source, &spec).await.map_err(|e| {
+            if spec == "latest" {
+                format!("agent {} has no snapshot to verify ({e})", agent.name)
+            } else {
+                e
+            }
+        })?;
         let text = format!(
             "{} agent {} restores snapshot {} into scratch space and compares it\n",
-            crate::runner::stamp(),
+            stamp(),
             agent.name,
-            &snapshot[..snapshot.len().min(12)]
+            snap.id.short()
         );
         let _ = self.catalog().append_log(run.id, &text).await;
-        Ok(Assignment { verify: true, ..Assignment::reading("verify", run.id, repository, &key, &job.name, snapshot) })
+        let id = self.bring(run, (&from, from_repo), &own, snap).await?;
+        Ok(Assignment { verify: true, ..Assignment::reading("verify", run.id, own.rec.name, &own.key, &job.name, id) })
     }
 
     /// Progress and log lines of a running agent run; answers whether to cancel.
@@ -462,7 +562,7 @@ impl Director {
         } else if r.kind != JobKind::Backup {
             RunStatus::Succeeded
         } else {
-            match self.record_agent_snapshot(&r, f).await {
+            match self.record_agent_snapshot(agent, &r, f).await {
                 Ok(extra) => {
                     if !extra.is_empty() {
                         message = format!("{message}; {extra}");
@@ -489,23 +589,24 @@ impl Director {
         Ok(())
     }
 
-    async fn record_agent_snapshot(&self, run: &Run, f: &Finish) -> Result<String, String> {
+    async fn record_agent_snapshot(&self, agent: &Agent, run: &Run, f: &Finish) -> Result<String, String> {
         let job: Job =
             self.catalog().get_job(run.job_id.ok_or("the run's job was deleted")?).await.map_err(|e| e.to_string())?;
         let id = f.snapshot_id.clone().ok_or("the agent reported no snapshot")?;
-        let repo = self.repos.get(job.repository).await.map_err(|e| e.to_string())?;
+        let own = self.agent_repo(job.repository, agent).await?;
         let snap = {
-            let (repo, wanted) = (repo.clone(), id.clone());
+            let (repo, wanted) = (own.repo.clone(), id.clone());
             tokio::task::spawn_blocking(move || repo.find_snapshot(&wanted))
                 .await
                 .map_err(|e| e.to_string())?
-                .map_err(|e| format!("snapshot {id} is not in the repository: {e}"))?
+                .map_err(|e| format!("snapshot {id} is not in repository {}: {e}", own.rec.name))?
         };
-        let summary = SnapshotSummary::from_snapshot(job.repository, &snap.id, &snap.snapshot);
+        let summary = SnapshotSummary::from_snapshot(own.rec.id, &snap.id, &snap.snapshot);
         self.catalog().add_snapshot(&summary).await.map_err(|e| e.to_string())?;
         match self.retention_of(&job).await? {
             Some(ret) => {
-                let removed = apply_retention(self, &job, &repo, &ret, Some(job.name.clone())).await?;
+                let within = Job { repository: own.rec.id, ..job.clone() };
+                let removed = apply_retention(self, &within, &own.repo, &ret, Some(job.name.clone())).await?;
                 Ok(format!("retention removed {removed} snapshot(s)"))
             }
             None => Ok(String::new()),

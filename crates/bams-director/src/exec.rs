@@ -23,6 +23,19 @@ pub(crate) struct Outcome {
 
 type ExecResult<T> = Result<T, String>;
 
+/// A repository and the agents' repositories under it ([`crate::RepoPool::family`]): what
+/// forget, prune, check, verify and copy jobs on it cover.
+type Family = [(bams_catalog::Repository, Arc<Repository>)];
+
+/// A line about one repository of `family`: named when there is more than one.
+fn about(family: &Family, rec: &bams_catalog::Repository, line: String) -> String {
+    if family.len() > 1 {
+        format!("repository {}: {line}", rec.name)
+    } else {
+        line
+    }
+}
+
 /// Streams log lines into the catalog and tells the engine when to stop.
 struct RunProgress {
     ctl: Arc<RunControl>,
@@ -55,17 +68,23 @@ pub(crate) async fn execute(d: &Arc<Director>, run: &Run, ctl: &Arc<RunControl>)
         let job_id = run.job_id.ok_or("the run's job was deleted")?;
         let job = cat.get_job(job_id).await.map_err(|e| e.to_string())?;
         log(format!("{} job {:?} on server {}", job.kind.as_str(), job.name, d.server_id()));
-        let repo = d.repos.get(job.repository).await.map_err(|e| e.to_string())?;
         let progress = RunProgress { ctl: ctl.clone(), log: tx.clone() };
+        let family = || async { d.repos.family(job.repository).await.map_err(|e| e.to_string()) };
         match job.kind {
-            JobKind::Backup => backup(d, run, &job, repo, progress, &log).await,
-            JobKind::Forget => forget(d, &job, repo, &log).await,
-            JobKind::Prune => prune(repo, &log).await,
-            JobKind::Check => check(&job, repo, &log).await,
-            JobKind::Verify => verify(d, run, &job, repo, &log).await,
-            JobKind::Copy => copy(d, &job, repo, progress, &log).await,
+            JobKind::Backup => {
+                let repo = d.repos.get(job.repository).await.map_err(|e| e.to_string())?;
+                backup(d, run, &job, repo, progress, &log).await
+            }
+            JobKind::Forget => forget(d, &job, &family().await?, &log).await,
+            JobKind::Prune => prune(&family().await?, &log).await,
+            JobKind::Check => check(&job, &family().await?, &log).await,
+            JobKind::Verify => verify(d, run, &job, &family().await?, &log).await,
+            JobKind::Copy => copy(d, &job, &family().await?, progress, &log).await,
             other => match d.executor(other) {
-                Some(exec) => plugged(exec, job, repo, tx.clone()).await,
+                Some(exec) => {
+                    let repo = d.repos.get(job.repository).await.map_err(|e| e.to_string())?;
+                    plugged(exec, job, repo, tx.clone()).await
+                }
                 None => Err(format!("job type {} is not executed by this server version", other.as_str())),
             },
         }
@@ -147,7 +166,7 @@ async fn backup(
     log: &impl Fn(String),
 ) -> ExecResult<Outcome> {
     if let Some(pool) = d.pool_of(job).await? {
-        d.ensure_room(&pool, &repo).await?;
+        d.ensure_room(&pool, job.repository).await?;
     }
     let (parent, level) = choose_parent(d, run, job, &repo, log).await;
     if Some(level) != run.level {
@@ -223,35 +242,53 @@ pub(crate) async fn apply_retention(
     Ok(report.removed.len())
 }
 
-async fn forget(d: &Arc<Director>, job: &Job, repo: Arc<Repository>, log: &impl Fn(String)) -> ExecResult<Outcome> {
+async fn forget(d: &Arc<Director>, job: &Job, family: &Family, log: &impl Fn(String)) -> ExecResult<Outcome> {
     let ret = d.retention_of(job).await?.ok_or("a forget job needs a retention policy (its own or its pool's)")?;
-    let removed =
-        apply_retention(d, job, &repo, &ret, job.options.get("job").and_then(|v| v.as_str()).map(str::to_string))
-            .await?;
+    let only = job.options.get("job").and_then(|v| v.as_str()).map(str::to_string);
+    let mut removed = 0;
+    for (rec, repo) in family {
+        let within = Job { repository: rec.id, ..job.clone() };
+        let n = apply_retention(d, &within, repo, &ret, only.clone()).await?;
+        if family.len() > 1 {
+            log(about(family, rec, format!("removed {n} snapshot(s)")));
+        }
+        removed += n;
+    }
     let message = format!("removed {removed} snapshot(s)");
     log(message.clone());
     Ok(Outcome { stats: RunStats::default(), message })
 }
 
-async fn prune(repo: Arc<Repository>, log: &impl Fn(String)) -> ExecResult<Outcome> {
-    let r = blocking(move || bams_store::prune::prune(&repo, &PruneOptions::default())).await?;
-    let message = format!(
-        "deleted {} pack(s), repacked {}, freed {} bytes, {} bytes in use",
-        r.packs_deleted, r.packs_repacked, r.bytes_freed, r.bytes_used
-    );
-    log(message.clone());
-    Ok(Outcome {
-        stats: RunStats { bytes: i64::try_from(r.bytes_freed).unwrap_or(i64::MAX), ..Default::default() },
-        message,
-    })
+async fn prune(family: &Family, log: &impl Fn(String)) -> ExecResult<Outcome> {
+    let (mut freed, mut deleted, mut used) = (0u64, 0usize, 0u64);
+    let mut message = String::new();
+    for (rec, repo) in family {
+        let repo = repo.clone();
+        let r = blocking(move || bams_store::prune::prune(&repo, &PruneOptions::default())).await?;
+        message = format!(
+            "deleted {} pack(s), repacked {}, freed {} bytes, {} bytes in use",
+            r.packs_deleted, r.packs_repacked, r.bytes_freed, r.bytes_used
+        );
+        log(about(family, rec, message.clone()));
+        (freed, deleted, used) = (freed + r.bytes_freed, deleted + r.packs_deleted, used + r.bytes_used);
+    }
+    if family.len() > 1 {
+        message = format!(
+            "{} repositories: deleted {deleted} pack(s), freed {freed} bytes, {used} bytes in use",
+            family.len()
+        );
+        log(message.clone());
+    }
+    Ok(Outcome { stats: RunStats { bytes: i64::try_from(freed).unwrap_or(i64::MAX), ..Default::default() }, message })
 }
 
 /// Copy the job's snapshots (all, or those of `options.host` / `options.tag`) from its
-/// repository to `options.target_repository`; already copied ones are skipped.
+/// repository and the agents' repositories under it to `options.target_repository`;
+/// already copied ones are skipped.
 async fn copy(
     d: &Arc<Director>,
     job: &Job,
-    src: Arc<Repository>,
+    family: &Family,
     progress: RunProgress,
     log: &impl Fn(String),
 ) -> ExecResult<Outcome> {
@@ -262,25 +299,35 @@ async fn copy(
             (pool.repository, Some(pool))
         }
     };
-    if target == job.repository {
+    if family.iter().any(|(rec, _)| rec.id == target) {
         return Err("the copy's target is its source repository".into());
     }
     let dst = d.repos.get(target).await.map_err(|e| e.to_string())?;
     if let Some(pool) = &pool {
-        d.ensure_room(pool, &dst).await?;
+        d.ensure_room(pool, target).await?;
         log(format!("copying into pool {:?} (repository {target})", pool.name));
     }
     let dst_for_retention = dst.clone();
     let host = job.options.get("host").and_then(|v| v.as_str()).map(str::to_string);
     let tag = job.options.get("tag").and_then(|v| v.as_str()).map(str::to_string);
+    let sources: Vec<Arc<Repository>> = family.iter().map(|(_, r)| r.clone()).collect();
     let report = blocking(move || {
-        let (all, _) = src.snapshots()?;
-        let selection: Vec<_> = all
-            .into_iter()
-            .filter(|e| host.as_ref().is_none_or(|h| &e.snapshot.host == h))
-            .filter(|e| tag.as_ref().is_none_or(|t| e.snapshot.tags.contains(t)))
-            .collect();
-        bams_store::copy::copy(&src, &dst, &selection, Default::default(), &progress)
+        let mut total = bams_store::copy::CopyReport::default();
+        for src in &sources {
+            let (all, _) = src.snapshots()?;
+            let selection: Vec<_> = all
+                .into_iter()
+                .filter(|e| host.as_ref().is_none_or(|h| &e.snapshot.host == h))
+                .filter(|e| tag.as_ref().is_none_or(|t| e.snapshot.tags.contains(t)))
+                .collect();
+            let r = bams_store::copy::copy(src, &dst, &selection, Default::default(), &progress)?;
+            total.copied.extend(r.copied);
+            total.skipped.extend(r.skipped);
+            total.blobs_added += r.blobs_added;
+            total.bytes_added += r.bytes_added;
+            total.rehashed |= r.rehashed;
+        }
+        Ok(total)
     })
     .await?;
     d.repos.refresh_snapshots(target).await.map_err(|e| e.to_string())?;
@@ -305,7 +352,7 @@ async fn copy(
     })
 }
 
-async fn check(job: &Job, repo: Arc<Repository>, log: &impl Fn(String)) -> ExecResult<Outcome> {
+async fn check(job: &Job, family: &Family, log: &impl Fn(String)) -> ExecResult<Outcome> {
     let read = if job.options.get("read_data").and_then(serde_json::Value::as_bool) == Some(true) {
         ReadData::All
     } else if let Some(p) = job.options.get("read_data_subset").and_then(serde_json::Value::as_f64) {
@@ -313,33 +360,61 @@ async fn check(job: &Job, repo: Arc<Repository>, log: &impl Fn(String)) -> ExecR
     } else {
         ReadData::None
     };
-    check_with(repo, read, log).await
+    check_family(family, read, log).await
+}
+
+/// Check every repository of `family`; the run fails if any has an error.
+async fn check_family(family: &Family, read: ReadData, log: &impl Fn(String)) -> ExecResult<Outcome> {
+    let mut lines = Vec::new();
+    let mut failed = false;
+    let mut problems = 0;
+    for (rec, repo) in family {
+        let named = |l: String| log(about(family, rec, l));
+        match check_with(repo.clone(), read, &named).await {
+            Ok(o) => {
+                problems += o.stats.errors;
+                lines.push(about(family, rec, o.message));
+            }
+            Err(e) => {
+                failed = true;
+                lines.push(about(family, rec, e));
+            }
+        }
+    }
+    let message = lines.join("; ");
+    if failed {
+        return Err(message);
+    }
+    Ok(Outcome { stats: RunStats { errors: problems, ..Default::default() }, message })
 }
 
 /// Verify job: re-hash a share of the packs, or restore a snapshot to scratch space and
 /// compare every file with it.
-async fn verify(
-    d: &Director,
-    run: &Run,
-    job: &Job,
-    repo: Arc<Repository>,
-    log: &impl Fn(String),
-) -> ExecResult<Outcome> {
+async fn verify(d: &Director, run: &Run, job: &Job, family: &Family, log: &impl Fn(String)) -> ExecResult<Outcome> {
     match crate::VerifyMode::from_options(&job.options)? {
         crate::VerifyMode::ReadDataSubset(p) => {
             log(format!("re-reading {p}% of the packs"));
-            check_with(repo, ReadData::Subset(p), log).await
+            check_family(family, ReadData::Subset(p), log).await
         }
         crate::VerifyMode::Restore(source) => {
             let snap = match source {
-                Some(name) => d.last_snapshot_of_job(&name).await?,
+                Some(name) => d.last_snapshot_of_job(&name).await?.0,
                 None => "latest".to_string(),
             };
             let scratch = d.repos.scratch_dir().join(format!("verify-run-{}", run.id));
             log(format!("restoring snapshot {} into {} to compare it", &snap[..snap.len().min(12)], scratch.display()));
             let target = scratch.clone();
+            let repos: Vec<Arc<Repository>> = family.iter().map(|(_, r)| r.clone()).collect();
             let r = blocking(move || {
-                let entry = repo.find_snapshot(&snap)?;
+                // The snapshot is in one repository of the family; `latest` is the newest of all.
+                let mut found: Option<(Arc<Repository>, bams_store::snapshot::SnapshotEntry)> = None;
+                for repo in &repos {
+                    let Ok(entry) = repo.find_snapshot(&snap) else { continue };
+                    if found.as_ref().is_none_or(|(_, f)| snap == "latest" && entry.snapshot.time > f.snapshot.time) {
+                        found = Some((repo.clone(), entry));
+                    }
+                }
+                let (repo, entry) = found.ok_or_else(|| bams_store::Error::not_found(format!("snapshot {snap}")))?;
                 let _lock = bams_store::lock::acquire(&repo, false, "verify", std::time::Duration::from_secs(60))?;
                 let index = repo.load_index()?;
                 let (root, root_path) =
@@ -388,12 +463,14 @@ async fn verify(
 }
 
 impl Director {
-    /// The snapshot of the last successful backup of the job named `name` (verify jobs).
-    pub(crate) async fn last_snapshot_of_job(&self, name: &str) -> ExecResult<String> {
+    /// The snapshot of the last successful backup of the job named `name` (verify jobs), and
+    /// that job.
+    pub(crate) async fn last_snapshot_of_job(&self, name: &str) -> ExecResult<(String, Job)> {
         let jobs = self.catalog().list_jobs().await.map_err(|e| e.to_string())?;
-        let src = jobs.iter().find(|j| j.name == name).ok_or(format!("no job named {name:?}"))?;
+        let src = jobs.into_iter().find(|j| j.name == name).ok_or(format!("no job named {name:?}"))?;
         let last = self.catalog().last_successful_backup(src.id, false).await.map_err(|e| e.to_string())?;
-        last.and_then(|r| r.snapshot_id).ok_or(format!("job {name:?} has no successful backup yet"))
+        let snap = last.and_then(|r| r.snapshot_id).ok_or(format!("job {name:?} has no successful backup yet"))?;
+        Ok((snap, src))
     }
 }
 

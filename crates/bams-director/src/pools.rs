@@ -8,6 +8,7 @@ use bams_catalog::{Job, Pool};
 use bams_store::Repository;
 use serde::Serialize;
 
+use crate::repos::{RepoPool, RepoPoolError};
 use crate::runner::Director;
 
 /// How full a pool's repository is.
@@ -25,6 +26,24 @@ impl PoolUsage {
         let stored_bytes = repo.list_packs()?.iter().map(|(_, o)| o.size).sum();
         let snapshots = repo.list("snapshots/")?.len() as u64;
         Ok(Self { stored_bytes, snapshots })
+    }
+
+    /// The usage of repository `id` and the agents' repositories under it: what its pool
+    /// holds.
+    pub async fn of_family(repos: &RepoPool, id: i64) -> Result<Self, RepoPoolError> {
+        let repos: Vec<Arc<Repository>> = repos.family(id).await?.into_iter().map(|(_, r)| r).collect();
+        let sum = tokio::task::spawn_blocking(move || {
+            repos.iter().try_fold(Self::default(), |acc, r| {
+                let u = Self::of(r)?;
+                Ok::<_, bams_store::Error>(Self {
+                    stored_bytes: acc.stored_bytes + u.stored_bytes,
+                    snapshots: acc.snapshots + u.snapshots,
+                })
+            })
+        })
+        .await
+        .map_err(|e| RepoPoolError::Io(format!("task failed: {e}")))??;
+        Ok(sum)
     }
 
     /// Why `pool` takes no more data at this usage, or `None` when it has room.
@@ -63,16 +82,15 @@ impl Director {
         Ok(self.pool_of(job).await?.and_then(|p| p.retention))
     }
 
-    /// Refuse to write into `pool` when it is at one of its limits. A pool without limits
+    /// Refuse to write into `pool` when it is at one of its limits, counting the pool's
+    /// repository `repository` and the agents' repositories under it. A pool without limits
     /// costs nothing here (the usage listing covers every pack).
-    pub(crate) async fn ensure_room(&self, pool: &Pool, repo: &Arc<Repository>) -> Result<(), String> {
+    pub(crate) async fn ensure_room(&self, pool: &Pool, repository: i64) -> Result<(), String> {
         if pool.max_bytes.is_none() && pool.max_snapshots.is_none() {
             return Ok(());
         }
-        let repo = repo.clone();
-        let usage = tokio::task::spawn_blocking(move || PoolUsage::of(&repo))
+        let usage = PoolUsage::of_family(&self.repos, repository)
             .await
-            .map_err(|e| format!("task failed: {e}"))?
             .map_err(|e| format!("reading the usage of pool {:?}: {e}", pool.name))?;
         match usage.full_reason(pool) {
             Some(reason) => Err(reason),
@@ -94,6 +112,7 @@ mod tests {
             max_bytes,
             max_snapshots,
             description: String::new(),
+            shared_dedup: false,
             jobs: 0,
             snapshots: 0,
             created_at: 0,

@@ -35,12 +35,19 @@ pub struct RepoPool {
     catalog: Catalog,
     keys_dir: PathBuf,
     open: Mutex<HashMap<i64, Arc<Repository>>>,
+    /// Held while an agent's repository is made, so two runs of one agent make one.
+    making: tokio::sync::Mutex<()>,
 }
 
 impl RepoPool {
     /// A pool keeping key files in `<data_dir>/keys`.
     pub fn new(catalog: Catalog, data_dir: &Path) -> Self {
-        Self { catalog, keys_dir: data_dir.join("keys"), open: Mutex::new(HashMap::new()) }
+        Self {
+            catalog,
+            keys_dir: data_dir.join("keys"),
+            open: Mutex::new(HashMap::new()),
+            making: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Scratch space of the server (restore-and-compare verify jobs), under the data dir.
@@ -125,6 +132,78 @@ impl RepoPool {
             return self.register("default", url, Some(secret.trim()), true).await;
         }
         self.register("default", url, None, true).await
+    }
+
+    /// Agent `agent`'s own repository under `parent`, made on first use: at
+    /// `<parent location>/agents/<agent>`, registered as `parent@agent`, with a random key of
+    /// its own in a key file here. The agent gets only this key, so a compromised machine can
+    /// read and write its own backups and nobody else's.
+    pub async fn agent_repository(
+        &self,
+        parent: &bams_catalog::Repository,
+        agent: &bams_catalog::Agent,
+    ) -> Result<bams_catalog::Repository, RepoPoolError> {
+        if let Some(r) = self.catalog.agent_repository(parent.id, agent.id).await? {
+            return Ok(r);
+        }
+        let _making = self.making.lock().await;
+        if let Some(r) = self.catalog.agent_repository(parent.id, agent.id).await? {
+            return Ok(r);
+        }
+        let name = bams_catalog::agent_repository_name(&parent.name, &agent.name);
+        let url = format!("{}/agents/{}", parent.url.trim_end_matches('/'), agent.name);
+        check_location(&url)?;
+        let backend = bams_store::backend::from_location(&url)?;
+        let key_path = self.keys_dir.join(format!("{name}.key"));
+        let exists = backend.head("config").await?.is_some();
+        let secret = if exists {
+            // Made before, and the catalog was rebuilt since: its key file is still here.
+            let key = std::fs::read(&key_path).map_err(|e| {
+                RepoPoolError::Io(format!(
+                    "{url} is a repository but its key file {} is unreadable: {e}",
+                    key_path.display()
+                ))
+            })?;
+            trim_newline(key)
+        } else {
+            let key = random_key();
+            self.write_key(&name, &key)?;
+            key
+        };
+        let rt = tokio::runtime::Handle::current();
+        let repo = tokio::task::spawn_blocking(move || {
+            if exists {
+                Repository::open(backend, rt, &secret)
+            } else {
+                Repository::init(backend, rt, &secret, SlotKind::Keyfile, &InitOptions::default())
+            }
+        })
+        .await
+        .map_err(|e| RepoPoolError::Io(format!("repository task: {e}")))??;
+        let rec = match self.catalog.add_agent_repository(parent, agent, &url, &key_path.display().to_string()).await {
+            Ok(rec) => rec,
+            // Another server of the group registered it first.
+            Err(bams_catalog::CatalogError::Conflict(_)) => {
+                self.catalog
+                    .agent_repository(parent.id, agent.id)
+                    .await?
+                    .ok_or_else(|| RepoPoolError::Invalid(format!("repository name {name:?} is taken")))?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.lock().insert(rec.id, Arc::new(repo));
+        Ok(rec)
+    }
+
+    /// The repository `id` and the agents' repositories under it, opened: what the jobs on a
+    /// repository (forget, prune, check, copy) and its pool's limits cover.
+    pub async fn family(&self, id: i64) -> Result<Vec<(bams_catalog::Repository, Arc<Repository>)>, RepoPoolError> {
+        let mut out = vec![(self.catalog.get_repository(id).await?, self.get(id).await?)];
+        for child in self.catalog.child_repositories(id).await? {
+            let repo = self.get(child.id).await?;
+            out.push((child, repo));
+        }
+        Ok(out)
     }
 
     /// The opened repository with catalog id `id`.

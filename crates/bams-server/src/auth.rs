@@ -61,8 +61,9 @@ impl Caller {
     /// Privileges on a repository: its own path, and the path of the pool that targets it.
     /// Entries on either decide (their union); without any, the global role.
     pub async fn repository_privs(&self, st: &AppState, repo: &bams_catalog::Repository) -> ApiResult<Privs> {
-        let mut paths = vec![policy::repository_path(&repo.name)];
-        if let Some(pool) = st.catalog.pool_of_repository(repo.id).await? {
+        let (path, pool_of) = repository_object(st, repo).await?;
+        let mut paths = vec![path];
+        if let Some(pool) = st.catalog.pool_of_repository(pool_of).await? {
             paths.push(policy::pool_path(&pool.name));
         }
         Ok(self.grants.at_any(&paths))
@@ -78,7 +79,7 @@ impl Caller {
         if self.repository_privs(st, repo).await?.any_of(privs) {
             Ok(())
         } else {
-            Err(denied(&self.user, privs, &policy::repository_path(&repo.name)))
+            Err(denied(&self.user, privs, &repository_object(st, repo).await?.0))
         }
     }
 
@@ -95,6 +96,20 @@ impl Caller {
         } else {
             Err(denied(&self.user, privs, &policy::pool_path(&pool.name)))
         }
+    }
+}
+
+/// The ACL path of a repository, and the repository whose pool also decides: an agent's own
+/// repository `P@A` is `/repositories/P/agents/A`, below its parent, so entries on the parent
+/// (and its pool) reach it and an entry of its own can narrow or widen them.
+pub(crate) async fn repository_object(st: &AppState, repo: &bams_catalog::Repository) -> ApiResult<(String, i64)> {
+    match repo.parent {
+        Some(parent) => {
+            let p = st.catalog.get_repository(parent).await?;
+            let agent = repo.name.rsplit_once('@').map_or(repo.name.as_str(), |(_, a)| a);
+            Ok((format!("{}/agents/{agent}", policy::repository_path(&p.name)), p.id))
+        }
+        None => Ok((policy::repository_path(&repo.name), repo.id)),
     }
 }
 

@@ -1120,20 +1120,29 @@ async fn start_long_backup(s: &Server) -> (Api, i64, PathBuf) {
 }
 
 fn check_repo(s: &Server) {
+    check_repo_named(s, "default");
+}
+
+/// Where repository `name` of server `s` is, and its key file: `default`, or an agent's own
+/// repository `default@AGENT` under it.
+fn repo_files(s: &Server, name: &str) -> (PathBuf, PathBuf) {
+    let dir = match name.split_once('@') {
+        Some((_, agent)) => s.data().join("repo/agents").join(agent),
+        None => s.data().join("repo"),
+    };
+    (dir, s.data().join(format!("keys/{name}.key")))
+}
+
+/// `bams check --read-data` on repository `name` of server `s`.
+fn check_repo_named(s: &Server, name: &str) {
+    let (dir, key) = repo_files(s, name);
     let out = Command::new(env!("CARGO_BIN_EXE_bams"))
-        .args([
-            "-r",
-            s.data().join("repo").to_str().unwrap(),
-            "--key-file",
-            s.data().join("keys/default.key").to_str().unwrap(),
-            "check",
-            "--read-data",
-        ])
+        .args(["-r", dir.to_str().unwrap(), "--key-file", key.to_str().unwrap(), "check", "--read-data"])
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "check failed: {}{}",
+        "check of {name} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -2425,12 +2434,21 @@ async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refu
     assert_eq!((full["level"].as_str(), full["agent_id"].as_i64()), (Some("full"), Some(agent_id)));
     let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", full["id"]), None).await;
     assert!(log["log"].as_str().unwrap().contains("assigned to agent web1"), "{log}");
-    // The agent's credential reaches the repository of its own job, and no other.
+    assert!(log["log"].as_str().unwrap().contains("into repository default@web1"), "{log}");
+    // The agent backed up into a repository of its own under the job's, with a key of its
+    // own; its credential reaches that repository and no other, not even the job's.
+    let repos = admin.ok(Method::GET, "/api/v1/repositories", None).await;
+    let own = repos.as_array().unwrap().iter().find(|r| r["name"] == "default@web1").expect("own repository");
+    assert_eq!((own["parent"].as_i64(), own["agent"].as_i64()), (Some(repo), Some(agent_id)), "{own}");
+    let key = |name: &str| std::fs::read(s.data().join(format!("keys/{name}.key"))).unwrap();
+    assert_ne!(key("default@web1"), key("default"), "the agent's key is not the parent's");
     let other = s.data().join("not-for-agents");
     admin.ok(Method::POST, "/api/v1/repositories", Some(json!({"name": "not-for-agents", "url": other}))).await;
-    as_agent.ok(Method::GET, "/api/v1/repo/default/list?prefix=snapshots/", None).await;
-    let (st, b) = as_agent.call(Method::GET, "/api/v1/repo/not-for-agents/list", None).await;
-    assert_error(st, &b, StatusCode::FORBIDDEN, "an agent on a repository none of its jobs use");
+    as_agent.ok(Method::GET, "/api/v1/repo/default@web1/list?prefix=snapshots/", None).await;
+    for name in ["not-for-agents", "default"] {
+        let (st, b) = as_agent.call(Method::GET, &format!("/api/v1/repo/{name}/list"), None).await;
+        assert_error(st, &b, StatusCode::FORBIDDEN, &format!("an agent on repository {name}"));
+    }
     let a = admin.ok(Method::GET, &format!("/api/v1/agents/{agent_id}"), None).await;
     assert_eq!((a["status"].as_str(), a["online"].as_bool()), (Some("active"), Some(true)), "{a}");
 
@@ -2457,15 +2475,16 @@ async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refu
     let snaps = admin.ok(Method::GET, &format!("/api/v1/snapshots?repository={repo}"), None).await;
     let ids: Vec<&str> = snaps["items"].as_array().unwrap().iter().filter_map(|s| s["id"].as_str()).collect();
     let snap = incr["snapshot_id"].as_str().unwrap();
-    assert!(ids.contains(&snap), "the agent's snapshot is in the catalog: {snaps}");
+    assert!(ids.contains(&snap), "the agent's snapshot is listed with its parent's: {snaps}");
+    assert!(snaps["items"].as_array().unwrap().iter().all(|s| s["repository"] == own["id"]), "{snaps}");
 
-    // The snapshot restores byte-identical from the repository.
+    // The snapshot restores byte-identical from the agent's repository.
     let target = s.dir.path().join("agent-restore");
-    restore_default(&s, snap, &target);
+    restore_from(&s, "default@web1", snap, &target);
     let root = target.join(src.strip_prefix("/").unwrap());
     assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), std::fs::read(src.join("big.bin")).unwrap());
     assert_eq!(std::fs::read(root.join("small.txt")).unwrap(), b"changed on the agent");
-    check_repo(&s);
+    check_repo_named(&s, "default@web1");
 
     // Restore jobs run on agents: the agent's own snapshot, verified…
     for (body, want) in [
@@ -2505,7 +2524,7 @@ async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refu
     let root = own_target.join(src.strip_prefix("/").unwrap());
     assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), std::fs::read(src.join("big.bin")).unwrap());
     // …and, for an admin, another machine's latest snapshot onto a second agent.
-    let (web2, _web2_state, web2_process) = enrolled_agent(&s, &admin, "web2", &[]).await;
+    let (web2, web2_state, web2_process) = enrolled_agent(&s, &admin, "web2", &[]).await;
     let cross_target = s.dir.path().join("cross-restore");
     let cross = admin
         .ok(
@@ -2520,8 +2539,55 @@ async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refu
     let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", r["id"]), None).await;
     assert!(log["log"].as_str().unwrap().contains(&format!("restore of snapshot {}", &snap[..8])), "{log}");
     assert!(log["log"].as_str().unwrap().contains("(cross-machine)"), "{log}");
+    // The server brought the snapshot into web2's own repository, re-encrypted: web2 never
+    // had web1's key or repository, and still cannot reach it.
+    assert!(
+        log["log"].as_str().unwrap().contains("of repository default@web1 copied into repository default@web2"),
+        "{log}"
+    );
     let root = cross_target.join(src.strip_prefix("/").unwrap());
     assert_eq!(std::fs::read(root.join("small.txt")).unwrap(), b"changed on the agent");
+    let web2_credential: Value =
+        serde_json::from_slice(&std::fs::read(web2_state.join("agent.json")).unwrap()).unwrap();
+    let as_web2 = Api {
+        http: reqwest::Client::new(),
+        base: s.url(""),
+        token: Some(web2_credential["credential"].as_str().unwrap().to_string()),
+    };
+    for path in
+        ["/api/v1/repo/default@web1/list", "/api/v1/repo/default@web1/object?key=config", "/api/v1/repo/default/list"]
+    {
+        let (st, b) = as_web2.call(Method::GET, path, None).await;
+        assert_error(st, &b, StatusCode::FORBIDDEN, &format!("web2 on {path}"));
+    }
+    check_repo_named(&s, "default@web2");
+
+    // A pool of trusted machines may share one repository (and its key) for deduplication
+    // across them; it says so, and its agents then write into the pool's repository itself.
+    let fleet = admin
+        .ok(Method::POST, "/api/v1/repositories", Some(json!({"name": "fleet", "url": s.data().join("fleet")})))
+        .await;
+    admin
+        .ok(
+            Method::POST,
+            "/api/v1/pools",
+            Some(json!({"name": "fleet", "repository": fleet["id"], "shared_dedup": true})),
+        )
+        .await;
+    let shared = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "web2-shared", "type": "backup", "agent": web2, "paths": [src], "pool": "fleet"})),
+        )
+        .await;
+    let r = run_job(shared["id"].as_i64().unwrap()).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let snaps = admin.ok(Method::GET, &format!("/api/v1/snapshots?repository={}", fleet["id"]), None).await;
+    assert_eq!(snaps["items"][0]["repository"], fleet["id"], "{snaps}");
+    as_web2.ok(Method::GET, "/api/v1/repo/fleet/list?prefix=snapshots/", None).await;
+    let (st, b) = as_agent.call(Method::GET, "/api/v1/repo/fleet/list", None).await;
+    assert_error(st, &b, StatusCode::FORBIDDEN, "web1 on the pool of web2's job");
     drop(web2_process);
 
     // Revoked: refused at once; its queued run fails for want of an agent.
@@ -2570,7 +2636,7 @@ async fn agents_killed_or_cut_off_mid_backup_end_their_runs_in_a_defined_state_a
         )
         .await;
     let start_and_wait_for_data = |admin: Api| {
-        let (job, data) = (job["id"].as_i64().unwrap(), s.data().join("repo/data"));
+        let (job, data) = (job["id"].as_i64().unwrap(), s.data().join("repo/agents/db1/data"));
         async move {
             let run =
                 admin.ok(Method::POST, &format!("/api/v1/jobs/{job}/run"), None).await["run_id"].as_i64().unwrap();
@@ -2590,7 +2656,8 @@ async fn agents_killed_or_cut_off_mid_backup_end_their_runs_in_a_defined_state_a
 
     // Killed mid-backup: its heartbeats stop, the run fails with the reason.
     let run = start_and_wait_for_data(admin.clone()).await;
-    let stored_before = std::fs::read_dir(s.data().join("repo/data")).map(|d| d.flatten().count()).unwrap_or(0);
+    let stored_before =
+        std::fs::read_dir(s.data().join("repo/agents/db1/data")).map(|d| d.flatten().count()).unwrap_or(0);
     drop(agent);
     let r = admin.wait_run(run).await;
     assert_eq!(r["status"], "failed", "{r}");
@@ -2638,7 +2705,7 @@ async fn agents_killed_or_cut_off_mid_backup_end_their_runs_in_a_defined_state_a
     let r = admin.wait_run(run).await;
     assert!(matches!(r["status"].as_str(), Some("succeeded" | "failed")), "{r}");
     assert!(!r["message"].as_str().unwrap_or_default().is_empty(), "{r}");
-    check_repo(&s);
+    check_repo_named(&s, "default@db1");
     drop(agent);
 }
 
@@ -2791,20 +2858,7 @@ async fn agent_jobs_run_commands_around_the_backup_and_back_up_a_dump_stream() {
     let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", r["id"]), None).await;
     assert!(log["log"].as_str().unwrap().contains("before command \"/bin/sh\": ok"), "{log}");
     let target = s.dir.path().join("dump-restore");
-    let out = s
-        .cmd(&[
-            "-r",
-            s.data().join("repo").to_str().unwrap(),
-            "--key-file",
-            s.data().join("keys/default.key").to_str().unwrap(),
-            "restore",
-            r["snapshot_id"].as_str().unwrap(),
-            "--target",
-            target.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    restore_from(&s, "default@db2", r["snapshot_id"].as_str().unwrap(), &target);
     assert_eq!(
         std::fs::read_to_string(target.join("db.sql")).unwrap(),
         "CREATE TABLE t (x int);\nINSERT INTO t VALUES (1);\n"
@@ -2961,7 +3015,7 @@ async fn agents_enroll_and_back_up_over_tls_trusting_a_private_ca() {
         "{r}\n{}",
         std::fs::read_to_string(state.join("agent.log")).unwrap_or_default()
     );
-    check_repo(&s);
+    check_repo_named(&s, "default@tls1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3046,18 +3100,12 @@ fn walk_all(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Restore `snapshot` of the server's default repository into `target` with the CLI.
-fn restore_default(s: &Server, snapshot: &str, target: &Path) {
+/// Restore `snapshot` of repository `name` of server `s` into `target` with the CLI.
+fn restore_from(s: &Server, name: &str, snapshot: &str, target: &Path) {
+    let (dir, key) = repo_files(s, name);
     let out = Command::new(env!("CARGO_BIN_EXE_bams"))
-        .args([
-            "-r",
-            s.data().join("repo").to_str().unwrap(),
-            "--key-file",
-            s.data().join("keys/default.key").to_str().unwrap(),
-            "restore",
-            snapshot,
-            "--target",
-            target.to_str().unwrap(),
-        ])
+        .args(["-r", dir.to_str().unwrap(), "--key-file", key.to_str().unwrap()])
+        .args(["restore", snapshot, "--target", target.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(out.status.success(), "restore {snapshot}: {}", String::from_utf8_lossy(&out.stderr));
@@ -3237,13 +3285,58 @@ async fn two_agents_on_schedules_run_full_incremental_differential_into_a_pool_a
     assert_eq!(expected.len(), 6);
     for (n, (snap, files)) in expected.iter().enumerate() {
         let target = s.dir.path().join(format!("restore-{n}"));
-        restore_default(&s, snap, &target);
+        restore_from(&s, ["default@db1", "default@web1"][n % 2], snap, &target);
         let (_, src, _) = &agents[n % 2];
         let restored = tree_contents(&target.join(src.strip_prefix("/").unwrap()));
         assert_eq!(restored.keys().collect::<Vec<_>>(), files.keys().collect::<Vec<_>>(), "snapshot {n}");
         assert!(restored == *files, "snapshot {n} ({snap}) differs from the tree it was taken of");
     }
-    check_repo(&s);
+    // Each agent wrote into a repository of its own under the pool's; the pool counts both.
+    let status = admin.ok(Method::GET, &format!("/api/v1/pools/{}", pool["id"]), None).await;
+    assert_eq!((status["snapshots"].as_i64(), status["usage"]["snapshots"].as_u64()), (Some(6), Some(6)), "{status}");
+    for name in ["default@db1", "default@web1"] {
+        check_repo_named(&s, name);
+    }
+    // Jobs on the pool cover the agents' repositories under it.
+    let check = make_job(&admin, json!({"name": "nightly-check", "type": "check", "pool": "nightly"})).await;
+    let r = admin.run_job(check, None).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    for name in ["default@db1", "default@web1"] {
+        assert!(r["message"].as_str().unwrap().contains(&format!("repository {name}: 3 snapshot(s)")), "{r}");
+    }
+    let forget = make_job(
+        &admin,
+        json!({"name": "nightly-forget", "type": "forget", "pool": "nightly", "retention": {"keep_last": 1}}),
+    )
+    .await;
+    let r = admin.run_job(forget, None).await;
+    assert_eq!(
+        (r["status"].as_str(), r["message"].as_str()),
+        (Some("succeeded"), Some("removed 4 snapshot(s)")),
+        "{r}"
+    );
+    let prune = make_job(&admin, json!({"name": "nightly-prune", "type": "prune", "pool": "nightly"})).await;
+    let r = admin.run_job(prune, None).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert!(r["message"].as_str().unwrap().starts_with("3 repositories: deleted"), "{r}");
+    let status = admin.ok(Method::GET, &format!("/api/v1/pools/{}", pool["id"]), None).await;
+    assert_eq!(status["usage"]["snapshots"].as_u64(), Some(2), "{status}");
+    // An agent's repository is its own: no pool goes on it, no other agent's job uses it.
+    let repos = admin.ok(Method::GET, "/api/v1/repositories", None).await;
+    let web1_repo = repos.as_array().unwrap().iter().find(|r| r["name"] == "default@web1").unwrap()["id"].clone();
+    let (st, b) = admin.call(Method::POST, "/api/v1/pools", Some(json!({"name": "x", "repository": web1_repo}))).await;
+    assert_error(st, &b, StatusCode::BAD_REQUEST, "a pool on an agent's repository");
+    let db1_job = make_job(
+        &admin,
+        json!({"name": "db1-into-web1", "type": "backup", "agent": db1, "paths": [&agents[0].1], "repository": web1_repo}),
+    )
+    .await;
+    let r = admin.run_job(db1_job, None).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("is another agent's own"), "{r}");
+    for name in ["default@db1", "default@web1"] {
+        check_repo_named(&s, name);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

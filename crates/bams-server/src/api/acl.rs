@@ -111,7 +111,8 @@ pub async fn my_permissions(State(st): State<AppState>, caller: Caller) -> ApiRe
     .collect();
     for repo in st.catalog.list_repositories().await? {
         let privileges = caller.repository_privs(&st, &repo).await?.names();
-        out.push(ObjectPermissions { path: policy::repository_path(&repo.name), privileges });
+        let path = crate::auth::repository_object(&st, &repo).await?.0;
+        out.push(ObjectPermissions { path, privileges });
     }
     for pool in st.catalog.list_pools().await? {
         let privileges = caller.pool_privs(&st, &pool).await?.names();

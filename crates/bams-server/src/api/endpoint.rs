@@ -79,10 +79,10 @@ async fn backend(
 ) -> ApiResult<(i64, bams_store::backend::DynBackend)> {
     let rec = st.catalog.get_repository_by_name(name).await?;
     caller.require_repository(st, privs, &rec).await?;
-    // An agent reaches only the repositories its own jobs use: a stolen agent credential
-    // cannot read or fill any other.
+    // An agent reaches only its own repositories (and those of shared-dedup pools it backs
+    // up into): a stolen agent credential cannot read or fill any other machine's.
     if caller.scope == TokenScope::Agent && !st.catalog.agent_repositories(caller.user.id).await?.contains(&rec.id) {
-        return Err(ApiError::forbidden(format!("this agent has no job on repository {name:?}")));
+        return Err(ApiError::forbidden(format!("repository {name:?} is not this agent's")));
     }
     Ok((rec.id, bams_store::backend::from_location(&rec.url)?))
 }

@@ -61,8 +61,7 @@ pub async fn create_pool(
 pub async fn get_pool(State(st): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<PoolStatus>> {
     let pool = st.catalog.get_pool(id).await?;
     caller.require_pool(&st, Privs::DATASTORE_AUDIT, &pool).await?;
-    let repo = st.repos.get(pool.repository).await?;
-    let usage = tokio::task::spawn_blocking(move || PoolUsage::of(&repo)).await??;
+    let usage = PoolUsage::of_family(&st.repos, pool.repository).await?;
     let full = usage.full_reason(&pool);
     Ok(Json(PoolStatus { pool, usage, full }))
 }

@@ -87,7 +87,8 @@ pub async fn get_repository(
     Ok(Json(repo))
 }
 
-/// Unregister a repository (its data stays on disk). Refused while jobs use it.
+/// Unregister a repository and the agents' repositories under it (their data and key files
+/// stay on disk). Refused while jobs use it.
 #[utoipa::path(delete, path = "/api/v1/repositories/{id}", tag = "repositories", params(("id" = i64, Path)), responses((status = 204), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn delete_repository(
     State(st): State<AppState>,
@@ -95,8 +96,12 @@ pub async fn delete_repository(
     Path(id): Path<i64>,
 ) -> ApiResult<StatusCode> {
     caller.require_repository(&st, Privs::DATASTORE_MODIFY, &st.catalog.get_repository(id).await?).await?;
+    let children = st.catalog.child_repositories(id).await?;
     st.catalog.delete_repository(id).await?;
     st.repos.evict(id);
+    for child in children {
+        st.repos.evict(child.id);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -153,8 +153,20 @@ pub async fn list_snapshots(
     Query(mut f): Query<SnapshotFilter>,
 ) -> ApiResult<Json<Page<SnapshotSummary>>> {
     match f.repository {
+        // A repository's snapshots include those in the agents' repositories under it (each
+        // summary names the repository it is in), as far as the caller may see them.
         Some(id) => {
-            caller.require_repository(&st, Privs::DATASTORE_AUDIT, &st.catalog.get_repository(id).await?).await?
+            caller.require_repository(&st, Privs::DATASTORE_AUDIT, &st.catalog.get_repository(id).await?).await?;
+            let mut within = vec![id];
+            for child in st.catalog.child_repositories(id).await? {
+                if caller.repository_privs(&st, &child).await?.any_of(Privs::DATASTORE_AUDIT) {
+                    within.push(child.id);
+                }
+            }
+            if within.len() > 1 {
+                f.repository = None;
+                f.within = Some(within);
+            }
         }
         None => {
             let mut within = Vec::new();
