@@ -3334,7 +3334,7 @@ async fn two_agents_on_schedules_run_full_incremental_differential_into_a_pool_a
     let r = admin.run_job(db1_job, None).await;
     assert_eq!(r["status"], "failed", "{r}");
     assert!(r["message"].as_str().unwrap().contains("is another agent's own"), "{r}");
-    for name in ["default@db1", "default@web1"] {
+    for name in ["default", "default@db1", "default@web1"] {
         check_repo_named(&s, name);
     }
 }
