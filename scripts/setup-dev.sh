@@ -110,4 +110,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup-dev.sh: cargo not found; install the Rust toolchain (rustup) first" >&2
   exit 1
 fi
+# cargo-deb builds the Debian packages (packaging/build-debs.sh; the package test uses it).
+CARGO_DEB_VERSION=3.7.0
+if [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
+  cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
+fi
 echo "setup-dev.sh: system packages ready"

@@ -18,6 +18,8 @@ use bams_store::archiver::{BackupOptions, ParentChoice, Progress};
 use bams_store::backend::throttle::{Pacer, ThrottleBackend};
 use serde::{Deserialize, Serialize};
 
+use bams_store::backend::trust::Trust;
+
 use crate::cli::{AgentArgs, AgentCmd};
 use crate::output::Out;
 
@@ -38,6 +40,9 @@ struct AgentState {
     name: String,
     credential: String,
     ca_cert: Option<PathBuf>,
+    /// SHA-256 of the one server certificate trusted (`AB:CD:…`), instead of CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<String>,
     /// Repositories unlocked before, by name and key: the key derivation runs once per
     /// repository for the agent's lifetime instead of once per run (measured with 100 agents
     /// on 2 cores: it was most of a small backup's time). Never written to disk.
@@ -99,13 +104,24 @@ fn state_dir(a: &AgentArgs) -> PathBuf {
     })
 }
 
-fn http(ca: Option<&Path>, timeout: Duration) -> Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).timeout(timeout);
-    if let Some(ca) = ca {
-        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-        b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).context("CA certificate")?);
+fn http(trust: &Trust, timeout: Duration) -> Result<reqwest::Client> {
+    Ok(bams_store::backend::trust::client_builder(trust)?.timeout(timeout).build()?)
+}
+
+/// What the agent trusts of the server's certificate: a pinned fingerprint, a private CA, or
+/// the system's CAs.
+fn trust_of(ca_cert: Option<&Path>, fingerprint: Option<&str>) -> Result<Trust> {
+    Ok(match (fingerprint, ca_cert) {
+        (Some(fp), _) => Trust::Fingerprint(bams_store::backend::trust::parse_fingerprint(fp)?),
+        (None, Some(ca)) => Trust::Ca(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?),
+        (None, None) => Trust::System,
+    })
+}
+
+impl AgentState {
+    fn trust(&self) -> Result<Trust> {
+        trust_of(self.ca_cert.as_deref(), self.fingerprint.as_deref())
     }
-    Ok(b.build()?)
 }
 
 /// Run `bams agent [enroll]`.
@@ -113,7 +129,9 @@ pub fn run(out: Out, a: AgentArgs) -> Result<u8> {
     let dir = state_dir(&a);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match a.cmd {
-        Some(AgentCmd::Enroll { server, token, ca_cert }) => rt.block_on(enroll(out, &dir, &server, &token, ca_cert)),
+        Some(AgentCmd::Enroll { server, token, ca_cert, fingerprint }) => {
+            rt.block_on(enroll(out, &dir, &server, &token, ca_cert, fingerprint))
+        }
         None => {
             let path = dir.join("agent.json");
             let text = std::fs::read(&path)
@@ -126,14 +144,26 @@ pub fn run(out: Out, a: AgentArgs) -> Result<u8> {
     }
 }
 
-async fn enroll(out: Out, dir: &Path, server: &str, token: &str, ca_cert: Option<PathBuf>) -> Result<u8> {
+async fn enroll(
+    out: Out,
+    dir: &Path,
+    server: &str,
+    token: &str,
+    ca_cert: Option<PathBuf>,
+    fingerprint: Option<String>,
+) -> Result<u8> {
     let server = server.trim_end_matches('/').to_string();
     if !(server.starts_with("https://") || server.starts_with("http://")) {
         bail!("--server must be an http:// or https:// URL, not {server:?}");
     }
     // Kept absolute: the agent may run from another directory (its unit's).
     let ca_cert = ca_cert.map(|c| std::path::absolute(&c).unwrap_or(c));
-    let client = http(ca_cert.as_deref(), Duration::from_secs(30))?;
+    let trust = trust_of(ca_cert.as_deref(), fingerprint.as_deref())?;
+    let fingerprint = match &trust {
+        Trust::Fingerprint(fp) => Some(bams_store::backend::trust::format_fingerprint(fp)),
+        _ => None,
+    };
+    let client = http(&trust, Duration::from_secs(30))?;
     let body = serde_json::json!({
         "token": token,
         "hostname": bams_store::host::hostname(),
@@ -151,6 +181,7 @@ async fn enroll(out: Out, dir: &Path, server: &str, token: &str, ca_cert: Option
         name: answer["name"].as_str().unwrap_or_default().to_string(),
         credential: answer["credential"].as_str().context("enrollment answer without credential")?.to_string(),
         ca_cert,
+        fingerprint,
         unlocked: Mutex::default(),
         cache_dir: None,
     };
@@ -217,7 +248,7 @@ impl Api {
 }
 
 async fn serve(state: Arc<AgentState>, limit_upload: Option<u64>, max_jobs: u32) -> Result<u8> {
-    let client = http(state.ca_cert.as_deref(), Duration::from_secs(POLL_WAIT + 15))?;
+    let client = http(&state.trust()?, Duration::from_secs(POLL_WAIT + 15))?;
     let pacer = limit_upload.filter(|l| *l > 0).map(Pacer::new);
     let api = Arc::new(Api { state: state.clone(), client, pacer });
     tracing::info!(agent = %state.name, server = %state.server, "agent started");
@@ -396,8 +427,7 @@ fn limit(a: &Assignment, agent: Option<&Arc<Pacer>>) -> u64 {
 /// The repository behind the server's endpoint, with retries.
 fn endpoint(state: &AgentState, a: &Assignment) -> Result<bams_store::backend::DynBackend> {
     let url = repository_url(&state.server, &a.repository)?;
-    let ca = state.ca_cert.as_ref().map(std::fs::read).transpose().context("reading the CA certificate")?;
-    let rest = bams_store::backend::rest::RestBackend::new(&url, &state.credential, ca.as_deref())?;
+    let rest = bams_store::backend::rest::RestBackend::new(&url, &state.credential, &state.trust()?)?;
     let policy = bams_store::backend::retry::RetryPolicy::from_env()?;
     Ok(Arc::new(bams_store::backend::retry::RetryBackend::new(Arc::new(rest), policy)))
 }

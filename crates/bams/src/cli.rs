@@ -90,6 +90,48 @@ pub enum Command {
     /// Catalog maintenance
     #[command(subcommand)]
     Catalog(CatalogCmd),
+    /// The server's TLS certificate: a self-signed one for a new appliance, and the
+    /// fingerprint agents pin
+    #[command(subcommand)]
+    Tls(TlsCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of bams and every subcommand into a directory (packaging)
+    #[command(hide = true)]
+    Man {
+        /// Directory for bams.1, bams-backup.1, …
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TlsCmd {
+    /// Make a self-signed certificate and key (cert.pem, key.pem 0600) for this machine's names
+    SelfSigned {
+        /// Directory for cert.pem and key.pem
+        #[arg(long)]
+        dir: PathBuf,
+        /// More DNS names or IP addresses the certificate is valid for (besides the host name,
+        /// its FQDN, localhost, 127.0.0.1 and ::1)
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Days it is valid
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+        /// Replace an existing certificate
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the SHA-256 fingerprint of a PEM certificate (as `bams agent enroll --fingerprint`
+    /// takes it)
+    Fingerprint {
+        /// The certificate
+        cert: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -119,8 +161,12 @@ pub enum AgentCmd {
         #[arg(long, env = "BAMS_ENROLLMENT_TOKEN")]
         token: String,
         /// PEM file of a CA to trust for the server's certificate (self-signed appliances)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fingerprint")]
         ca_cert: Option<PathBuf>,
+        /// Trust exactly the server certificate with this SHA-256 fingerprint (printed when the
+        /// bams package is installed, and by `bams tls fingerprint`)
+        #[arg(long)]
+        fingerprint: Option<String>,
     },
 }
 

@@ -217,6 +217,13 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Server(a) => crate::server_cmds::server(&a),
         Command::User(c) => crate::server_cmds::user(&c, out),
         Command::Catalog(c) => crate::server_cmds::catalog(&c, out),
+        Command::Tls(c) => crate::install_cmds::tls(&c, out),
+        Command::Completions { shell } => {
+            let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "bams", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => crate::install_cmds::man_pages(&dir, out),
         Command::Unlock => {
             let s = session::open(g)?;
             let n = bams_store::lock::remove_stale(&s.repo)?;

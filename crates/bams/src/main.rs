@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod commands;
+mod install_cmds;
 mod mount;
 mod output;
 mod server_cmds;

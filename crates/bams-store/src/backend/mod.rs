@@ -11,6 +11,7 @@ pub mod rest;
 pub mod retry;
 pub mod s3;
 pub mod throttle;
+pub mod trust;
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -35,8 +35,9 @@ struct Listed {
 
 impl RestBackend {
     /// Parse `bams://host:port/name` (HTTPS) or `bams+http://host:port/name` and connect
-    /// with `token`. `ca_pem` adds a trusted CA (self-signed appliances).
-    pub fn new(url: &str, token: &str, ca_pem: Option<&[u8]>) -> Result<Self> {
+    /// with `token`, trusting server certificates as `trust` says (a private CA or a pinned
+    /// certificate for self-signed appliances).
+    pub fn new(url: &str, token: &str, trust: &super::trust::Trust) -> Result<Self> {
         let (scheme, rest) = if let Some(r) = url.strip_prefix("bams://") {
             ("https", r)
         } else if let Some(r) = url.strip_prefix("bams+http://") {
@@ -52,15 +53,7 @@ impl RestBackend {
         if token.is_empty() {
             return Err(Error::invalid("a bams:// repository needs a token: set BAMS_TOKEN or BAMS_TOKEN_FILE"));
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(600))
-            .pool_max_idle_per_host(8);
-        if let Some(pem) = ca_pem {
-            let cert =
-                reqwest::Certificate::from_pem(pem).map_err(|e| Error::invalid(format!("CA certificate: {e}")))?;
-            builder = builder.add_root_certificate(cert);
-        }
+        let builder = super::trust::client_builder(trust)?.timeout(Duration::from_secs(600)).pool_max_idle_per_host(8);
         let http = builder.build().map_err(|e| Error::new(ErrorKind::Other, format!("HTTP client: {e}")))?;
         Ok(Self {
             http,
