@@ -5,6 +5,7 @@
 pub mod bacula;
 pub mod disk;
 pub mod diskrepo;
+pub mod doctor;
 mod error;
 pub mod files;
 pub mod iscsi;

@@ -91,6 +91,27 @@ impl Catalog {
     /// Open (creating a SQLite file if needed) and migrate the catalog at `url`:
     /// `sqlite:///path/catalog.db` or `postgres://user:pass@host/db`.
     pub async fn open(url: &str) -> Result<Self> {
+        let catalog = Self::connect(url).await?;
+        catalog
+            .migrator()
+            .run(&catalog.pool)
+            .await
+            .map_err(|e| CatalogError::Unavailable(format!("catalog migration: {e}")))?;
+        Ok(catalog)
+    }
+
+    /// Connect to the catalog at `url` without migrating it, waiting at most `wait` for a
+    /// connection (`bams doctor` reports pending migrations instead of applying them, and an
+    /// unreachable database quickly).
+    pub async fn connect_within(url: &str, wait: Duration) -> Result<Self> {
+        Self::connect_inner(url, wait).await
+    }
+
+    async fn connect(url: &str) -> Result<Self> {
+        Self::connect_inner(url, Duration::from_secs(30)).await
+    }
+
+    async fn connect_inner(url: &str, wait: Duration) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -115,7 +136,7 @@ impl Catalog {
                 // contention in PostgreSQL; requests queue briefly for one of 8 instead.
                 Backend::Postgres => 8,
             })
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(wait)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -131,12 +152,39 @@ impl Catalog {
             .connect_with(opts)
             .await
             .map_err(|e| CatalogError::Unavailable(format!("cannot connect to {}: {e}", redact_url(&url))))?;
-        let migrator = match backend {
+        Ok(Self { pool, backend })
+    }
+
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        match self.backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
-        };
-        migrator.run(&pool).await.map_err(|e| CatalogError::Unavailable(format!("catalog migration: {e}")))?;
-        Ok(Self { pool, backend })
+        }
+    }
+
+    /// Migrations applied to this catalog, and migrations this version knows.
+    pub async fn migration_status(&self) -> Result<(usize, usize)> {
+        let known = self.migrator().iter().count();
+        let applied: Result<Vec<(i64,)>> = sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Into::into);
+        // A catalog never migrated has no table yet.
+        Ok((applied.map(|v| v.len()).unwrap_or(0), known))
+    }
+
+    /// The database's clock in ms since the epoch (PostgreSQL; SQLite is this machine's).
+    pub async fn database_now_ms(&self) -> Result<Option<i64>> {
+        match self.backend {
+            Backend::Sqlite => Ok(None),
+            Backend::Postgres => {
+                let (ms,): (i64,) =
+                    sqlx::query_as("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok(Some(ms))
+            }
+        }
     }
 
     /// The one row `sql` (with `$1` = `id`) selects, mapped by `map`; `NotFound("{what} {id}")`

@@ -595,3 +595,18 @@ impl Catalog {
         })
     }
 }
+
+impl Catalog {
+    /// When each repository's data was last checked: the end of the newest successful
+    /// `check` or `verify` run of a job on it (repositories never checked are absent).
+    pub async fn last_checks(&self) -> Result<Vec<(i64, i64)>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT j.repository_id, MAX(r.finished_at) FROM runs r JOIN jobs j ON j.id = r.job_id \
+             WHERE r.kind IN ('check', 'verify') AND r.status = 'succeeded' AND r.finished_at IS NOT NULL \
+             AND j.repository_id IS NOT NULL GROUP BY j.repository_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+}

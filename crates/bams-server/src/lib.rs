@@ -9,6 +9,7 @@ pub mod error;
 pub mod metrics;
 pub mod policy;
 pub mod state;
+pub mod system;
 pub mod tape_job;
 pub mod totp;
 

@@ -218,6 +218,7 @@ pub const POLICY: &[Rule] = &[
     r("GET", "/api/v1/acl/roles", NO, On::Own),
     r("GET", "/api/v1/audit", P::SYS_ADMIN, SYSTEM),
     r("GET", "/api/v1/diagnostics/bundle", P::SYS_ADMIN, SYSTEM),
+    r("GET", "/api/v1/system", P::SYS_AUDIT, SYSTEM),
     // Repositories and their contents.
     r("GET", "/api/v1/repositories", P::DATASTORE_AUDIT, REPO),
     r("POST", "/api/v1/repositories", P::DATASTORE_MODIFY, On::Path("/repositories")),

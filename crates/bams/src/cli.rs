@@ -90,6 +90,10 @@ pub enum Command {
     /// Catalog maintenance
     #[command(subcommand)]
     Catalog(CatalogCmd),
+    /// What the appliance can do on this machine, and why not: catalog, clock, free space,
+    /// TLS, tools, tape devices, repositories not checked lately (exit 1 if something is
+    /// broken)
+    Doctor(ServerArgs),
     /// The server's TLS certificate: a self-signed one for a new appliance, and the
     /// fingerprint agents pin
     #[command(subcommand)]

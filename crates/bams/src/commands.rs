@@ -218,6 +218,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::User(c) => crate::server_cmds::user(&c, out),
         Command::Catalog(c) => crate::server_cmds::catalog(&c, out),
         Command::Tls(c) => crate::install_cmds::tls(&c, out),
+        Command::Doctor(a) => crate::server_cmds::doctor(&a, out),
         Command::Completions { shell } => {
             let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "bams", &mut std::io::stdout());

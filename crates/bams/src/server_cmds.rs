@@ -36,6 +36,63 @@ pub fn server(a: &ServerArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// `bams doctor`: the report of `GET /api/v1/system`, without a running server. The catalog
+/// is opened without migrating it, so pending migrations are reported, not applied.
+pub fn doctor(a: &ServerArgs, out: Out) -> Result<u8> {
+    let cfg = config(a)?;
+    let report = runtime()?.block_on(async {
+        let wait = std::time::Duration::from_secs(5);
+        let catalog = Catalog::connect_within(&cfg.catalog, wait).await.map_err(|e| e.to_string());
+        let probe = bams_server::system::Probe {
+            catalog: catalog.as_ref().map_err(Clone::clone),
+            runner: &bams_appliance::runner::SystemRunner,
+            root: std::path::PathBuf::from("/"),
+        };
+        bams_server::system::report(&cfg, probe).await
+    });
+    if out.json {
+        out.json(&report)?;
+    } else {
+        print!("{}", doctor_text(&report));
+    }
+    Ok(if report.status == bams_server::system::Status::Fail { exit::ERROR } else { exit::OK })
+}
+
+/// The report for a terminal: checks first, then what was found.
+fn doctor_text(r: &bams_server::system::SystemReport) -> String {
+    use bams_server::system::Status;
+    use std::fmt::Write;
+    let mut s = format!("BAMS {} on {}\n\n", r.version, r.hostname);
+    for c in &r.checks {
+        let mark = match c.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        };
+        let _ = writeln!(s, "{mark}  {:<8} {}", c.name, c.detail);
+    }
+    s.push_str("\ntools:\n");
+    for t in &r.tools {
+        let found = t.version.clone().unwrap_or_else(|| format!("- ({})", t.problem.as_deref().unwrap_or("?")));
+        let _ = writeln!(s, "  {:<11} {:<28} {}", t.name, found, t.feature);
+    }
+    if r.tape_devices.is_empty() {
+        s.push_str("\ntape devices: none found\n");
+    } else {
+        s.push_str("\ntape devices:\n");
+        for d in &r.tape_devices {
+            let _ = writeln!(s, "  {:<10} {:<8} {} {}", d.sg, d.kind, d.model, d.nst.as_deref().unwrap_or(""));
+        }
+    }
+    let verdict = match r.status {
+        Status::Ok => "everything is fine",
+        Status::Warn => "working, with warnings above",
+        Status::Fail => "something the server needs is broken (FAIL above)",
+    };
+    let _ = writeln!(s, "\n{verdict}");
+    s
+}
+
 fn new_password(file: Option<&std::path::Path>) -> Result<String> {
     if let Some(f) = file {
         let line = crate::session::read_password_file(f)?;

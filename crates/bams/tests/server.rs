@@ -3503,3 +3503,59 @@ async fn a_schedule_missed_while_the_server_was_down_runs_once_on_start_unless_t
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_and_the_system_route_explain_the_machine() {
+    let s = Server::start(None);
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let viewer = admin.add_user(&s, "watcher", "long-password", "viewer").await;
+    let anonymous = Api { http: reqwest::Client::new(), base: s.url(""), token: None };
+    let (st, _) = anonymous.call(Method::GET, "/api/v1/system", None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    let report = viewer.ok(Method::GET, "/api/v1/system", None).await;
+    let check = |r: &Value, name: &str| -> (String, String) {
+        let c = r["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{r}"));
+        (c["status"].as_str().unwrap().to_string(), c["detail"].as_str().unwrap().to_string())
+    };
+    let (status, detail) = check(&report, "catalog");
+    assert!(status == "ok" && detail.contains("migrations applied"), "{report}");
+    assert_eq!(check(&report, "tls").0, "warn", "{report}");
+    let (status, detail) = check(&report, "checks");
+    assert!(status == "warn" && detail.contains("default (never)"), "{report}");
+    assert!(report["space"].as_array().unwrap().iter().any(|s| s["free_bytes"].as_u64() > Some(0)), "{report}");
+    // setup-dev.sh installs the tools of the appliance features; they are found with versions.
+    for tool in ["mtx", "tgtadm", "bacula-sd", "journalctl"] {
+        let t = report["tools"].as_array().unwrap().iter().find(|t| t["name"] == tool).unwrap();
+        assert!(t["version"].as_str().is_some_and(|v| v.contains('.') || tool == "journalctl"), "{t}");
+    }
+    assert_eq!(report["status"], "warn", "{report}");
+
+    // A check job on the repository clears its warning.
+    let job = make_job(&admin, json!({"name": "check", "type": "check", "repository": 1})).await;
+    assert_eq!(admin.run_job(job, None).await["status"], "succeeded");
+    let report = admin.ok(Method::GET, "/api/v1/system", None).await;
+    assert_eq!(check(&report, "checks").0, "ok", "{report}");
+
+    // `bams doctor` says the same without the server, and exits 1 when something is broken.
+    let out = s.cmd(&["doctor", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(check(&cli, "checks").0, "ok", "{cli}");
+    let certs = s.dir.path().join("tls");
+    let made = s.cmd(&["tls", "self-signed", "--dir", certs.to_str().unwrap(), "--days", "10"]).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let out = s
+        .cmd(&["doctor", "--json"])
+        .env("BAMS_TLS_CERT", certs.join("cert.pem"))
+        .env("BAMS_TLS_KEY", certs.join("key.pem"))
+        .output()
+        .unwrap();
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (status, detail) = check(&cli, "tls");
+    assert!(status == "warn" && detail.contains("expires in 9 days"), "{cli}");
+    let out = s.cmd(&["doctor"]).env("BAMS_CATALOG", "postgres://bams:secret@127.0.0.1:9/bams").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL  catalog") && !text.contains("secret"), "{text}");
+}

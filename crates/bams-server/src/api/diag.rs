@@ -293,3 +293,11 @@ mod tests {
         );
     }
 }
+
+/// The appliance's health: the checks, tools, tape devices and free space of `bams doctor`.
+#[utoipa::path(get, path = "/api/v1/system", tag = "appliance", responses((status = 200, body = crate::system::SystemReport)))]
+pub async fn system(State(st): State<AppState>, _caller: Caller) -> ApiResult<axum::Json<crate::system::SystemReport>> {
+    let probe =
+        crate::system::Probe { catalog: Ok(&st.catalog), runner: &SystemRunner, root: std::path::PathBuf::from("/") };
+    Ok(axum::Json(crate::system::report(&st.config, probe).await))
+}

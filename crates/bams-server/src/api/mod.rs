@@ -132,4 +132,5 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(logs::read_log))
         .routes(routes!(logs::stream_log))
         .routes(routes!(diag::bundle))
+        .routes(routes!(diag::system))
 }
