@@ -212,6 +212,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
         iscsi,
         iscsi_policy: Arc::new(iscsi_policy),
         log_followers,
+        system_report: Arc::default(),
         limiter: Arc::new(auth::LoginLimiter::default()),
         auth_cache: Arc::new(auth::AuthCache::default()),
         metrics: metrics::install(),

@@ -29,6 +29,9 @@ pub struct AppState {
     pub iscsi: Arc<dyn bams_appliance::iscsi::IscsiBackend>,
     /// Where LUN backing files and devices may come from.
     pub iscsi_policy: Arc<bams_appliance::iscsi::PathPolicy>,
+    /// The last system report and when it was made: the dashboard shows it without running
+    /// every tool on each refresh.
+    pub system_report: Arc<tokio::sync::Mutex<Option<(std::time::Instant, crate::system::SystemReport)>>>,
     /// Permits for WebSocket log followers (`logs.max_stream_clients`).
     pub log_followers: Arc<tokio::sync::Semaphore>,
     /// Recently verified credentials.

@@ -3530,6 +3530,12 @@ async fn doctor_and_the_system_route_explain_the_machine() {
         assert!(t["version"].as_str().is_some_and(|v| v.contains('.') || tool == "journalctl"), "{t}");
     }
     assert_eq!(report["status"], "warn", "{report}");
+    // The dashboard shows the same health, next to its counts.
+    let dash = viewer.ok(Method::GET, "/api/v1/dashboard", None).await;
+    assert_eq!((dash["health"]["status"].as_str(), dash["jobs"].as_i64()), (Some("warn"), Some(0)), "{dash}");
+    let problems: Vec<&str> =
+        dash["health"]["problems"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    assert!(problems.contains(&"tls") && problems.contains(&"checks") && !problems.contains(&"catalog"), "{dash}");
 
     // A check job on the repository clears its warning.
     let job = make_job(&admin, json!({"name": "check", "type": "check", "repository": 1})).await;

@@ -297,7 +297,20 @@ mod tests {
 /// The appliance's health: the checks, tools, tape devices and free space of `bams doctor`.
 #[utoipa::path(get, path = "/api/v1/system", tag = "appliance", responses((status = 200, body = crate::system::SystemReport)))]
 pub async fn system(State(st): State<AppState>, _caller: Caller) -> ApiResult<axum::Json<crate::system::SystemReport>> {
+    Ok(axum::Json(system_report(&st, std::time::Duration::ZERO).await))
+}
+
+/// A system report at most `max_age` old (made now when the last one is older).
+pub async fn system_report(st: &AppState, max_age: std::time::Duration) -> crate::system::SystemReport {
+    let mut last = st.system_report.lock().await;
+    if let Some((at, r)) = last.as_ref() {
+        if at.elapsed() <= max_age {
+            return r.clone();
+        }
+    }
     let probe =
         crate::system::Probe { catalog: Ok(&st.catalog), runner: &SystemRunner, root: std::path::PathBuf::from("/") };
-    Ok(axum::Json(crate::system::report(&st.config, probe).await))
+    let r = crate::system::report(&st.config, probe).await;
+    *last = Some((std::time::Instant::now(), r.clone()));
+    r
 }

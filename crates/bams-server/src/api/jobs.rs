@@ -327,8 +327,36 @@ pub async fn cancel_run(State(st): State<AppState>, _caller: Caller, Path(id): P
     Ok(Json(run))
 }
 
-/// Counts, recent runs and failures.
-#[utoipa::path(get, path = "/api/v1/dashboard", tag = "dashboard", responses((status = 200, body = Dashboard)))]
-pub async fn dashboard(State(st): State<AppState>, _caller: Caller) -> ApiResult<Json<Dashboard>> {
-    Ok(Json(st.catalog.dashboard().await?))
+/// The dashboard: counts, recent runs and failures, and the appliance's health.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DashboardView {
+    /// Counts, recent runs and failures.
+    #[serde(flatten)]
+    pub runs: Dashboard,
+    /// The health of `GET /api/v1/system` (at most a minute old): its overall status and the
+    /// checks that are not ok. Absent for callers without `Sys.Audit`.
+    pub health: Option<Health>,
+}
+
+/// The overall status and what needs attention.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// The worst status.
+    pub status: crate::system::Status,
+    /// Checks that warn or fail.
+    pub problems: Vec<crate::system::Check>,
+}
+
+/// Counts, recent runs and failures, and the appliance's health.
+#[utoipa::path(get, path = "/api/v1/dashboard", tag = "dashboard", responses((status = 200, body = DashboardView)))]
+pub async fn dashboard(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<DashboardView>> {
+    let runs = st.catalog.dashboard().await?;
+    let health = if caller.privs_at("/system").any_of(crate::policy::Privs::SYS_AUDIT) {
+        let r = crate::api::diag::system_report(&st, std::time::Duration::from_secs(60)).await;
+        let problems = r.checks.into_iter().filter(|c| c.status != crate::system::Status::Ok).collect();
+        Some(Health { status: r.status, problems })
+    } else {
+        None
+    };
+    Ok(Json(DashboardView { runs, health }))
 }
