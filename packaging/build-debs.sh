@@ -5,6 +5,8 @@
 #   bash packaging/build-debs.sh --no-build --profile dev --deb-version 0.1.0-2 --output DIR
 #                                                      # package an existing target/debug/bams
 #
+# The binary is stripped; its debug symbols (the release profile keeps them for profiling) go
+# into a separate bams-dbgsym .ddeb, installed only where someone debugs.
 # Before cargo-deb runs, the binary writes what the packages carry besides itself into
 # packaging/debian/generated/: man pages (clap_mangen), shell completions (clap_complete), and the
 # packaged config: packaging/config.yaml with HTTPS on (the certificate the postinst makes).
@@ -56,5 +58,5 @@ PY
 
 # cargo-deb refuses nothing for dev builds, but warns: the binary is not optimized.
 mkdir -p "$output"
-cargo deb -p bams --no-build --profile "$profile" "${extra[@]}" --output "$output/"
+cargo deb -p bams --no-build --dbgsym --profile "$profile" "${extra[@]}" --output "$output/"
 cargo deb -p bams --variant agent --no-build --profile "$profile" "${extra[@]}" --output "$output/"
