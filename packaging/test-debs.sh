@@ -11,7 +11,8 @@
 #     127.0.0.1 through BAMS_LISTEN) and asks /healthz over HTTPS trusting the certificate;
 #     enrolls an agent pinning the fingerprint (and is refused with a wrong one); makes a job
 #     and a snapshot;
-#  4. upgrades to 0.1.0-2: the certificate, the config, the job and the snapshot stay;
+#  4. upgrades to 0.1.0-2: the catalog (taken back one migration) is migrated, `bams doctor`
+#     says so; the certificate, the config, the job and the snapshot stay;
 #  5. removes: /var/lib/bams and the config stay; purges: both go;
 #  6. `systemd-analyze verify` on both units.
 # Prints package sizes and install time (bench/packages.sh reports them for release builds).
@@ -50,9 +51,10 @@ for f in ./usr/bin/bams ./etc/bams/config.yaml ./usr/lib/systemd/system/bams.ser
          ./usr/share/zsh/vendor-completions/_bams ./usr/share/fish/vendor_completions.d/bams.fish; do
   grep -qE " ${f//./\\.}(\.gz)?$" "$work/contents" || fail "bams package lacks $f"
 done
-dpkg-deb -c "$work/debs/bams-agent_0.1.0-1_amd64.deb" | grep -q ' ./etc/default/bams-agent$' || fail "bams-agent lacks /etc/default/bams-agent"
-dpkg-deb -f "$work/debs/bams-agent_0.1.0-1_amd64.deb" Depends | grep -qw bams || fail "bams-agent does not depend on bams"
-dpkg-deb -f "$work/debs/bams_0.1.0-1_amd64.deb" Recommends | grep -q 'bacula-sd' || fail "bams does not recommend bacula-sd"
+dpkg-deb -c "$work/debs/bams-agent_0.1.0-1_amd64.deb" >"$work/agent-contents"
+grep -q ' ./etc/default/bams-agent$' "$work/agent-contents" || fail "bams-agent lacks /etc/default/bams-agent"
+grep -qw bams <<<"$(dpkg-deb -f "$work/debs/bams-agent_0.1.0-1_amd64.deb" Depends)" || fail "bams-agent does not depend on bams"
+grep -q bacula-sd <<<"$(dpkg-deb -f "$work/debs/bams_0.1.0-1_amd64.deb" Recommends)" || fail "bams does not recommend bacula-sd"
 
 # 2. A clean root, and the packages installed with apt (which brings their dependencies).
 t0=$(date +%s)
@@ -119,18 +121,31 @@ snapshot="$(api "https://localhost:$port/api/v1/runs/$run" | jq -r .snapshot_id)
 [ "$snapshot" != null ] || fail "the backup made no snapshot"
 stop_server
 
-# 4. Upgrade: data, config, certificate, job and snapshot stay; migrations run on start.
+# 4. Upgrade: data, config, certificate, job and snapshot stay; the catalog is migrated. Both
+#    versions here carry the same schema, so the catalog is first taken back to what the
+#    previous migration (0011) left: the upgrade must apply 0012 again.
+command -v sqlite3 >/dev/null || fail "sqlite3 is missing (bash scripts/setup-dev.sh installs it)"
+sqlite3 "$root/var/lib/bams/catalog.db" "DROP INDEX repositories_parent_agent;
+  ALTER TABLE repositories DROP COLUMN parent_id; ALTER TABLE repositories DROP COLUMN agent_id;
+  ALTER TABLE pools DROP COLUMN shared_dedup; DELETE FROM _sqlx_migrations WHERE version = 12;"
+in_root bams doctor --config /etc/bams/config.yaml >"$work/doctor-before.txt" || true
+grep -q 'catalog  1 migration(s) pending' "$work/doctor-before.txt" || { cat "$work/doctor-before.txt"; fail "doctor did not report the pending migration"; }
 cert_before="$(sha256sum "$root/etc/bams/tls/cert.pem")"
 echo "# operator's change" >>"$root/etc/bams/config.yaml"
 in_root apt-get install -y -q --no-install-recommends /tmp/bams_0.1.0-2_amd64.deb /tmp/bams-agent_0.1.0-2_amd64.deb >"$work/upgrade.log" 2>&1 ||
   { cat "$work/upgrade.log"; fail "upgrading"; }
 [ "$(in_root dpkg-query -W -f='${Version}' bams)" = 0.1.0-2 ] || fail "bams is not at 0.1.0-2"
+grep -q '^bams: catalog: 1 migration(s) applied now' "$work/upgrade.log" || { cat "$work/upgrade.log"; fail "the upgrade did not migrate the catalog"; }
+say "upgrade: $(grep '^bams: catalog:' "$work/upgrade.log")"
 [ "$(sha256sum "$root/etc/bams/tls/cert.pem")" = "$cert_before" ] || fail "the upgrade replaced the certificate"
 grep -q "operator's change" "$root/etc/bams/config.yaml" || fail "the upgrade lost a change to the config"
 start_server
 api "https://localhost:$port/api/v1/jobs/$job" | jq -e '.name == "docs"' >/dev/null || fail "the job is gone after the upgrade"
 api "https://localhost:$port/api/v1/snapshots" | jq -e --arg s "$snapshot" 'any(.items[]; .id == $s)' >/dev/null ||
   fail "the snapshot is gone after the upgrade"
+in_root bams doctor --config /etc/bams/config.yaml >"$work/doctor-after.txt" || { cat "$work/doctor-after.txt"; fail "doctor failed after the upgrade"; }
+grep -q '^ok    catalog' "$work/doctor-after.txt" || { cat "$work/doctor-after.txt"; fail "the catalog is not current after the upgrade"; }
+sed 's/^/test-debs:   doctor: /' "$work/doctor-after.txt"
 stop_server
 say "upgraded 0.1.0-1 -> 0.1.0-2: job $job and snapshot ${snapshot:0:12} kept, certificate and config untouched"
 

@@ -231,6 +231,11 @@ pub enum CatalogCmd {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Apply the catalog migrations of this version (the server does it when it starts)
+    Migrate {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -156,9 +156,41 @@ pub fn user(cmd: &UserCmd, out: Out) -> Result<u8> {
     })
 }
 
-/// `bams catalog rebuild`: the repositories are the source of truth for snapshots.
+/// `bams catalog rebuild|migrate`.
 pub fn catalog(cmd: &CatalogCmd, out: Out) -> Result<u8> {
-    let CatalogCmd::Rebuild { server } = cmd;
+    match cmd {
+        CatalogCmd::Rebuild { server } => rebuild(server, out),
+        CatalogCmd::Migrate { server } => migrate(server, out),
+    }
+}
+
+/// `bams catalog migrate`: bring the catalog to this version's schema (what the server does
+/// when it starts; package upgrades run it so a stopped server is current too).
+fn migrate(server: &ServerArgs, out: Out) -> Result<u8> {
+    runtime()?.block_on(async {
+        let cfg = config(server)?;
+        let before = Catalog::connect_within(&cfg.catalog, std::time::Duration::from_secs(10))
+            .await
+            .context("opening the catalog")?
+            .migration_status()
+            .await?;
+        let after = Catalog::open(&cfg.catalog).await.context("migrating the catalog")?.migration_status().await?;
+        if out.json {
+            out.json(&json!({"applied_before": before.0, "applied": after.0, "known": after.1}))?;
+        } else {
+            println!(
+                "catalog: {} migration(s) applied now, {} of {} in all",
+                after.0 - before.0.min(after.0),
+                after.0,
+                after.1
+            );
+        }
+        Ok(exit::OK)
+    })
+}
+
+/// `bams catalog rebuild`: the repositories are the source of truth for snapshots.
+fn rebuild(server: &ServerArgs, out: Out) -> Result<u8> {
     runtime()?.block_on(async {
         let cfg = config(server)?;
         let cat = Catalog::open(&cfg.catalog).await.context("opening the catalog")?;
