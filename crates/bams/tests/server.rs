@@ -2477,6 +2477,21 @@ async fn agents_enroll_back_up_restore_across_machines_and_revoked_ones_are_refu
     let snap = incr["snapshot_id"].as_str().unwrap();
     assert!(ids.contains(&snap), "the agent's snapshot is listed with its parent's: {snaps}");
     assert!(snaps["items"].as_array().unwrap().iter().all(|s| s["repository"] == own["id"]), "{snaps}");
+    // Its ACL object sits below the parent's: a reader entry there lets a viewer read this
+    // machine's backups and no other's.
+    let auditor = admin.add_user(&s, "auditor", "long-password", "viewer").await;
+    let acl = json!({"path": "/repositories/default/agents/web1", "user": "auditor", "role": "reader"});
+    admin.ok(Method::POST, "/api/v1/acl", Some(acl)).await;
+    let perms = auditor.ok(Method::GET, "/api/v1/auth/permissions", None).await;
+    let privs_at =
+        |path: &str| perms.as_array().unwrap().iter().find(|p| p["path"] == path).map(|p| p["privileges"].to_string());
+    assert!(privs_at("/repositories/default/agents/web1").is_some_and(|p| p.contains("Datastore.Read")), "{perms}");
+    assert!(privs_at("/repositories/default").is_some_and(|p| !p.contains("Datastore.Read")), "{perms}");
+    let tree = format!("/api/v1/snapshots/{snap}/tree?repository={}&path=/", own["id"]);
+    auditor.ok(Method::GET, &tree, None).await;
+    let (st, b) =
+        auditor.call(Method::GET, &format!("/api/v1/snapshots/{snap}/tree?repository={repo}&path=/"), None).await;
+    assert!(st == StatusCode::FORBIDDEN || st == StatusCode::NOT_FOUND, "{st} {b}");
 
     // The snapshot restores byte-identical from the agent's repository.
     let target = s.dir.path().join("agent-restore");
