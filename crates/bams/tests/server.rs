@@ -1170,7 +1170,8 @@ async fn sigterm_checkpoints_a_running_backup_within_the_timeout() {
     let mut s = Server::start_with(None, &[("BAMS_SHUTDOWN_TIMEOUT_SECS", "0")]);
     let (_, run, _) = start_long_backup(&s).await;
     let child = s.child.take().unwrap();
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "server exit: {:?}", out.status);
     check_repo(&s);
