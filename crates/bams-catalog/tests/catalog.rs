@@ -246,7 +246,7 @@ async fn pools_and_schedules(cat: &Catalog) {
     ));
 
     // A job names the pool (by name or id) and writes into its repository.
-    let (agent, _) = cat.create_agent("db1").await.unwrap();
+    let (agent, enroll_token) = cat.create_agent("db1").await.unwrap();
     let job_spec = |v: serde_json::Value| -> JobSpec { serde_json::from_value(v).unwrap() };
     let job = cat
         .create_job(&job_spec(serde_json::json!({"name": "db1", "type": "backup", "paths": ["/var/lib"],
@@ -254,6 +254,32 @@ async fn pools_and_schedules(cat: &Catalog) {
         .await
         .unwrap();
     assert_eq!((job.repository, job.pool), (r1.id, Some(pool.id)));
+
+    // The agent's own repository under the pool's: the agent reaches it and not the parent,
+    // unless the pool shares its repository across machines.
+    let enrolled = cat.enroll_agent(&enroll_token, "db1.example", "0.1").await.unwrap().0;
+    let user = enrolled.user_id.unwrap();
+    assert_eq!(cat.agent_repositories(user).await.unwrap(), Vec::<i64>::new());
+    let own = cat.add_agent_repository(&r1, &enrolled, "/srv/local/agents/db1", "/k3").await.unwrap();
+    assert_eq!((own.name.as_str(), own.parent, own.agent), ("local@db1", Some(r1.id), Some(agent.id)));
+    assert!(matches!(cat.add_agent_repository(&r1, &enrolled, "/x", "/k").await, Err(CatalogError::Conflict(_))));
+    assert!(matches!(cat.add_agent_repository(&own, &enrolled, "/x", "/k").await, Err(CatalogError::Invalid(_))));
+    assert_eq!(cat.agent_repository(r1.id, agent.id).await.unwrap().map(|r| r.id), Some(own.id));
+    assert_eq!(cat.child_repositories(r1.id).await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![own.id]);
+    assert_eq!(cat.agent_repositories(user).await.unwrap(), vec![own.id]);
+    let sharing = |on: bool| {
+        spec(serde_json::json!({"name": "nightly", "repository": r1.id, "retention": {"keep_daily": 7},
+            "max_snapshots": 100, "shared_dedup": on}))
+    };
+    assert!(cat.update_pool(pool.id, &sharing(true)).await.unwrap().shared_dedup);
+    let mut reach = cat.agent_repositories(user).await.unwrap();
+    reach.sort_unstable();
+    assert_eq!(reach, vec![r1.id, own.id]);
+    cat.update_pool(pool.id, &sharing(false)).await.unwrap();
+    assert!(matches!(
+        cat.create_pool(&spec(serde_json::json!({"name": "mine", "repository": own.id}))).await,
+        Err(CatalogError::Invalid(_))
+    ));
     assert!(matches!(
         cat.create_job(&job_spec(serde_json::json!({"name": "j2", "type": "backup", "paths": ["/a"],
             "pool": pool.id, "repository": r2.id})))
@@ -314,7 +340,8 @@ async fn catalog_on_sqlite() {
     // Reopening runs no migration twice and keeps the data.
     drop(cat);
     let cat = Catalog::open(&url).await.unwrap();
-    assert_eq!(cat.count_users().await.unwrap(), 2);
+    // Two people and the enrolled agent's own user.
+    assert_eq!(cat.count_users().await.unwrap(), 3);
 }
 
 #[tokio::test]

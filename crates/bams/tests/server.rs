@@ -653,6 +653,19 @@ async fn api_end_to_end_on_postgres() {
     let pg = bams_testkit::PgCluster::start();
     let s = Server::start(Some(pg.url()));
     scenario(&s).await;
+    // The health report reads PostgreSQL's clock and this catalog's runs.
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let report = admin.ok(Method::GET, "/api/v1/system", None).await;
+    let checks = report["checks"].as_array().unwrap();
+    let clock = checks.iter().find(|c| c["name"] == "clock").unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(clock["status"], "ok", "{report}");
+    assert!(clock["detail"].as_str().unwrap().contains(" ms from this machine's"), "{report}");
+    let catalog = checks.iter().find(|c| c["name"] == "catalog").unwrap();
+    assert_eq!(catalog["status"], "ok", "{report}");
+    assert!(checks.iter().any(|c| c["name"] == "checks"), "{report}");
+    let out = s.cmd(&["doctor", "--json"]).output().unwrap();
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
+    assert!(cli["checks"].as_array().unwrap().iter().any(|c| c["name"] == "clock" && c["status"] == "ok"), "{cli}");
 }
 
 /// Minimum role per documented operation, mirrored from the policy the issue asks for.
