@@ -91,27 +91,20 @@ impl Catalog {
     /// Open (creating a SQLite file if needed) and migrate the catalog at `url`:
     /// `sqlite:///path/catalog.db` or `postgres://user:pass@host/db`.
     pub async fn open(url: &str) -> Result<Self> {
-        let catalog = Self::connect(url).await?;
-        catalog
-            .migrator()
-            .run(&catalog.pool)
-            .await
-            .map_err(|e| CatalogError::Unavailable(format!("catalog migration: {e}")))?;
+        let catalog = Self::connect_within(url, Duration::from_secs(30)).await?;
+        catalog.migrate().await?;
         Ok(catalog)
+    }
+
+    /// Apply the migrations this version knows and the catalog lacks.
+    pub async fn migrate(&self) -> Result<()> {
+        self.migrator().run(&self.pool).await.map_err(|e| CatalogError::Unavailable(format!("catalog migration: {e}")))
     }
 
     /// Connect to the catalog at `url` without migrating it, waiting at most `wait` for a
     /// connection (`bams doctor` reports pending migrations instead of applying them, and an
     /// unreachable database quickly).
     pub async fn connect_within(url: &str, wait: Duration) -> Result<Self> {
-        Self::connect_inner(url, wait).await
-    }
-
-    async fn connect(url: &str) -> Result<Self> {
-        Self::connect_inner(url, Duration::from_secs(30)).await
-    }
-
-    async fn connect_inner(url: &str, wait: Duration) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite

@@ -169,12 +169,12 @@ pub fn catalog(cmd: &CatalogCmd, out: Out) -> Result<u8> {
 fn migrate(server: &ServerArgs, out: Out) -> Result<u8> {
     runtime()?.block_on(async {
         let cfg = config(server)?;
-        let before = Catalog::connect_within(&cfg.catalog, std::time::Duration::from_secs(10))
+        let cat = Catalog::connect_within(&cfg.catalog, std::time::Duration::from_secs(10))
             .await
-            .context("opening the catalog")?
-            .migration_status()
-            .await?;
-        let after = Catalog::open(&cfg.catalog).await.context("migrating the catalog")?.migration_status().await?;
+            .context("opening the catalog")?;
+        let before = cat.migration_status().await?;
+        cat.migrate().await.context("migrating the catalog")?;
+        let after = cat.migration_status().await?;
         if out.json {
             out.json(&json!({"applied_before": before.0, "applied": after.0, "known": after.1}))?;
         } else {
