@@ -16,9 +16,8 @@ use anyhow::{bail, Context, Result};
 use bams_director::agents::{Assignment, Events, EventsReply, Finish, Poll, PollReply};
 use bams_store::archiver::{BackupOptions, ParentChoice, Progress};
 use bams_store::backend::throttle::{Pacer, ThrottleBackend};
-use serde::{Deserialize, Serialize};
-
 use bams_store::backend::trust::Trust;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::{AgentArgs, AgentCmd};
 use crate::output::Out;
@@ -108,19 +107,11 @@ fn http(trust: &Trust, timeout: Duration) -> Result<reqwest::Client> {
     Ok(bams_store::backend::trust::client_builder(trust)?.timeout(timeout).build()?)
 }
 
-/// What the agent trusts of the server's certificate: a pinned fingerprint, a private CA, or
-/// the system's CAs.
-fn trust_of(ca_cert: Option<&Path>, fingerprint: Option<&str>) -> Result<Trust> {
-    Ok(match (fingerprint, ca_cert) {
-        (Some(fp), _) => Trust::Fingerprint(bams_store::backend::trust::parse_fingerprint(fp)?),
-        (None, Some(ca)) => Trust::Ca(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?),
-        (None, None) => Trust::System,
-    })
-}
-
 impl AgentState {
+    /// What the agent trusts of the server's certificate: a pinned fingerprint, a private CA,
+    /// or the system's CAs.
     fn trust(&self) -> Result<Trust> {
-        trust_of(self.ca_cert.as_deref(), self.fingerprint.as_deref())
+        Ok(Trust::from_settings(self.ca_cert.as_deref(), self.fingerprint.as_deref())?)
     }
 }
 
@@ -158,7 +149,7 @@ async fn enroll(
     }
     // Kept absolute: the agent may run from another directory (its unit's).
     let ca_cert = ca_cert.map(|c| std::path::absolute(&c).unwrap_or(c));
-    let trust = trust_of(ca_cert.as_deref(), fingerprint.as_deref())?;
+    let trust = Trust::from_settings(ca_cert.as_deref(), fingerprint.as_deref())?;
     let fingerprint = match &trust {
         Trust::Fingerprint(fp) => Some(bams_store::backend::trust::format_fingerprint(fp)),
         _ => None,

@@ -94,12 +94,10 @@ pub fn backend_for(location: &str) -> Result<DynBackend> {
             (Err(_), Ok(f)) => String::from_utf8(read_password_file(Path::new(&f))?).context("token is not UTF-8")?,
             _ => bail!("a bams:// repository needs a server token: set BAMS_TOKEN or BAMS_TOKEN_FILE"),
         };
-        use bams_store::backend::trust::{parse_fingerprint, Trust};
-        let trust = match (std::env::var("BAMS_SERVER_FINGERPRINT"), std::env::var("BAMS_SERVER_CA")) {
-            (Ok(fp), _) => Trust::Fingerprint(parse_fingerprint(&fp)?),
-            (Err(_), Ok(f)) => Trust::Ca(std::fs::read(&f).with_context(|| format!("reading BAMS_SERVER_CA {f}"))?),
-            _ => Trust::System,
-        };
+        let ca = std::env::var_os("BAMS_SERVER_CA").map(std::path::PathBuf::from);
+        let fingerprint = std::env::var("BAMS_SERVER_FINGERPRINT").ok();
+        let trust = bams_store::backend::trust::Trust::from_settings(ca.as_deref(), fingerprint.as_deref())
+            .context("BAMS_SERVER_FINGERPRINT / BAMS_SERVER_CA")?;
         let backend: DynBackend = Arc::new(bams_store::backend::rest::RestBackend::new(location, &token, &trust)?);
         let policy = bams_store::backend::retry::RetryPolicy::from_env()?;
         return Ok(Arc::new(bams_store::backend::retry::RetryBackend::new(backend, policy)));

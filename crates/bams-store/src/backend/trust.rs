@@ -26,6 +26,20 @@ pub enum Trust {
     Fingerprint([u8; 32]),
 }
 
+impl Trust {
+    /// What a client configured with an optional pinned `fingerprint` and an optional CA file
+    /// trusts: the fingerprint first, else the CA, else the system's authorities.
+    pub fn from_settings(ca_file: Option<&std::path::Path>, fingerprint: Option<&str>) -> Result<Self> {
+        Ok(match (fingerprint, ca_file) {
+            (Some(fp), _) => Self::Fingerprint(parse_fingerprint(fp)?),
+            (None, Some(ca)) => Self::Ca(
+                std::fs::read(ca).map_err(|e| Error::invalid(format!("reading the CA {}: {e}", ca.display())))?,
+            ),
+            (None, None) => Self::System,
+        })
+    }
+}
+
 /// Parse a fingerprint as `openssl x509 -fingerprint -sha256` and `bams tls fingerprint`
 /// print it (`AB:CD:…`), or as plain hex; case does not matter.
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32]> {
