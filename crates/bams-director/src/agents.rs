@@ -254,8 +254,10 @@ fn newest_of<'a>(snaps: &'a [SnapshotEntry], agent: &Agent) -> Option<&'a Snapsh
     snaps.iter().filter(|s| s.snapshot.host == host).max_by_key(|s| s.snapshot.time)
 }
 
-/// The repository an agent works in, with the key it is given.
+/// The repository an agent works in, with the key it is given, and the repository its job
+/// names (where other machines' snapshots are looked up from).
 pub(crate) struct AgentRepo {
+    named: bams_catalog::Repository,
     rec: bams_catalog::Repository,
     key: Vec<u8>,
     repo: Arc<bams_store::Repository>,
@@ -373,13 +375,13 @@ impl Director {
             Some(owner) if owner != agent.id => {
                 return Err(format!("repository {} is another agent's own; name its parent in the job", named.name))
             }
-            Some(_) => named,
-            None if shared => named,
+            Some(_) => named.clone(),
+            None if shared => named.clone(),
             None => self.repos.agent_repository(&named, agent).await.map_err(|e| e.to_string())?,
         };
-        let key = std::fs::read(&rec.key_file).map_err(|e| format!("key file of repository {}: {e}", rec.name))?;
+        let key = crate::RepoPool::key_of(&rec).map_err(|e| e.to_string())?;
         let repo = self.repos.get(rec.id).await.map_err(|e| e.to_string())?;
-        Ok(AgentRepo { key: crate::repos::trim_newline(key), rec, repo })
+        Ok(AgentRepo { named, key, rec, repo })
     }
 
     /// Find snapshot `spec` (an id or prefix, or `latest` of `source`'s machine) where
@@ -387,12 +389,11 @@ impl Director {
     /// itself (shared pools, and backups from before agents had their own).
     async fn locate(
         &self,
-        job_repository: i64,
+        named: &bams_catalog::Repository,
         source: &Agent,
         spec: &str,
     ) -> Result<(bams_catalog::Repository, Arc<bams_store::Repository>, SnapshotEntry), String> {
         let cat = self.catalog();
-        let named = cat.get_repository(job_repository).await.map_err(|e| e.to_string())?;
         let mut candidates = Vec::new();
         if named.agent.is_none() {
             candidates.extend(cat.agent_repository(named.id, source.id).await.map_err(|e| e.to_string())?);
@@ -480,7 +481,7 @@ impl Director {
             Some(id) => self.catalog().get_agent(id).await.map_err(|e| format!("source agent: {e}"))?,
             None => agent.clone(),
         };
-        let (from, from_repo, snap) = self.locate(job.repository, &source, &spec.snapshot).await?;
+        let (from, from_repo, snap) = self.locate(&own.named, &source, &spec.snapshot).await?;
         let cross = snap.snapshot.host != agent.hostname.clone().unwrap_or_default() || source.id != agent.id;
         let text = format!(
             "{} restore of snapshot {} (host {}) to agent {}:{}{}\n",
@@ -519,7 +520,7 @@ impl Director {
                 return Err("re-hashing packs runs on the server (\"agent\": null)".into());
             }
         };
-        let (from, from_repo, snap) = self.locate(job.repository, &source, &spec).await.map_err(|e| {
+        let (from, from_repo, snap) = self.locate(&own.named, &source, &spec).await.map_err(|e| {
             if spec == "latest" {
                 format!("agent {} has no snapshot to verify ({e})", agent.name)
             } else {

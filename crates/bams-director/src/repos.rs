@@ -206,6 +206,13 @@ impl RepoPool {
         Ok(out)
     }
 
+    /// The secret that opens registered repository `rec` (its key file, without the newline).
+    pub fn key_of(rec: &bams_catalog::Repository) -> Result<Vec<u8>, RepoPoolError> {
+        let key =
+            std::fs::read(&rec.key_file).map_err(|e| RepoPoolError::Io(format!("key file of {}: {e}", rec.name)))?;
+        Ok(trim_newline(key))
+    }
+
     /// The opened repository with catalog id `id`.
     pub async fn get(&self, id: i64) -> Result<Arc<Repository>, RepoPoolError> {
         if let Some(r) = self.lock().get(&id) {
@@ -214,9 +221,7 @@ impl RepoPool {
         let rec = self.catalog.get_repository(id).await?;
         check_location(&rec.url)?;
         let backend = bams_store::backend::from_location(&rec.url)?;
-        let secret =
-            std::fs::read(&rec.key_file).map_err(|e| RepoPoolError::Io(format!("key file of {}: {e}", rec.name)))?;
-        let secret = trim_newline(secret);
+        let secret = Self::key_of(&rec)?;
         let rt = tokio::runtime::Handle::current();
         let repo = tokio::task::spawn_blocking(move || Repository::open(backend, rt, &secret))
             .await
@@ -272,7 +277,7 @@ impl RepoPool {
     }
 }
 
-pub(crate) fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
+fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
     while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         v.pop();
     }
