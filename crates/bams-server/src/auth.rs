@@ -61,12 +61,22 @@ impl Caller {
     /// Privileges on a repository: its own path, and the path of the pool that targets it.
     /// Entries on either decide (their union); without any, the global role.
     pub async fn repository_privs(&self, st: &AppState, repo: &bams_catalog::Repository) -> ApiResult<Privs> {
+        Ok(self.repository_access(st, repo).await?.1)
+    }
+
+    /// A repository's ACL path (see [`repository_object`]) and the caller's privileges on it.
+    pub async fn repository_access(
+        &self,
+        st: &AppState,
+        repo: &bams_catalog::Repository,
+    ) -> ApiResult<(String, Privs)> {
         let (path, pool_of) = repository_object(st, repo).await?;
         let mut paths = vec![path];
         if let Some(pool) = st.catalog.pool_of_repository(pool_of).await? {
             paths.push(policy::pool_path(&pool.name));
         }
-        Ok(self.grants.at_any(&paths))
+        let privs = self.grants.at_any(&paths);
+        Ok((paths.swap_remove(0), privs))
     }
 
     /// Refuse unless the caller holds one of `privs` on the repository.
@@ -76,10 +86,11 @@ impl Caller {
         privs: Privs,
         repo: &bams_catalog::Repository,
     ) -> ApiResult<()> {
-        if self.repository_privs(st, repo).await?.any_of(privs) {
+        let (path, held) = self.repository_access(st, repo).await?;
+        if held.any_of(privs) {
             Ok(())
         } else {
-            Err(denied(&self.user, privs, &repository_object(st, repo).await?.0))
+            Err(denied(&self.user, privs, &path))
         }
     }
 
@@ -102,7 +113,7 @@ impl Caller {
 /// The ACL path of a repository, and the repository whose pool also decides: an agent's own
 /// repository `P@A` is `/repositories/P/agents/A`, below its parent, so entries on the parent
 /// (and its pool) reach it and an entry of its own can narrow or widen them.
-pub(crate) async fn repository_object(st: &AppState, repo: &bams_catalog::Repository) -> ApiResult<(String, i64)> {
+async fn repository_object(st: &AppState, repo: &bams_catalog::Repository) -> ApiResult<(String, i64)> {
     match repo.parent {
         Some(parent) => {
             let p = st.catalog.get_repository(parent).await?;

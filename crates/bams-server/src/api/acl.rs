@@ -110,9 +110,8 @@ pub async fn my_permissions(State(st): State<AppState>, caller: Caller) -> ApiRe
     .map(|p| ObjectPermissions { path: (*p).to_string(), privileges: caller.privs_at(p).names() })
     .collect();
     for repo in st.catalog.list_repositories().await? {
-        let privileges = caller.repository_privs(&st, &repo).await?.names();
-        let path = crate::auth::repository_object(&st, &repo).await?.0;
-        out.push(ObjectPermissions { path, privileges });
+        let (path, privileges) = caller.repository_access(&st, &repo).await?;
+        out.push(ObjectPermissions { path, privileges: privileges.names() });
     }
     for pool in st.catalog.list_pools().await? {
         let privileges = caller.pool_privs(&st, &pool).await?.names();
