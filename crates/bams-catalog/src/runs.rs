@@ -310,12 +310,15 @@ impl Catalog {
     /// [`Self::claim_run`] in priority order (higher first, then oldest), skipping runs whose
     /// repository already has `per_repository` running runs (0: no limit).
     pub async fn claim_run_limited(&self, server_id: &str, per_repository: i64) -> Result<Option<Run>> {
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
+        let (lock, greatest) = match self.backend {
+            Backend::Postgres => (" FOR UPDATE SKIP LOCKED", "GREATEST"),
+            Backend::Sqlite => ("", "MAX"),
         };
+        // `$2` is read before the statement runs, which may wait for a finishing run's
+        // transaction: a run never starts before the last finish on its repository.
         let sql = format!(
-            "UPDATE runs SET status = 'running', server_id = $1, started_at = $2 \
+            "UPDATE runs SET status = 'running', server_id = $1, started_at = {greatest}($2, COALESCE((SELECT \
+             MAX(f.finished_at) FROM runs f WHERE f.repository_id = runs.repository_id), 0)) \
              WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' \
              AND r.agent_id IS NULL AND ($3 = 0 OR r.repository_id IS NULL OR (SELECT COUNT(*) FROM runs x \
              WHERE x.status = 'running' AND x.repository_id = r.repository_id) < $3) \
