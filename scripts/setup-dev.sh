@@ -30,6 +30,9 @@ packages=(
   python3-aiosmtpd                # a real SMTP server (STARTTLS) for the notification tests
   bsdutils                        # script(1): a pseudo-terminal for the progress-bar tests
   mmdebstrap                      # clean Debian roots for the setup and package tests
+  chromium                        # the web UI's browser tests (driven by Playwright, below)
+  cockpit-ws cockpit-bridge cockpit-system  # the Cockpit plugin, tested through a real cockpit-ws
+  fonts-dejavu-core               # one font for chromium's screenshots
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -99,12 +102,14 @@ SRC
   qemu_iscsi_ok || { echo "setup-dev.sh: qemu-img still cannot load its iSCSI module" >&2; exit 1; }
 fi
 
-# From PyPI, in their own venv: a real S3-compatible server for tests (moto's server mode)
-# and the OpenAPI fuzzer that drives every route (schemathesis).
-if [ ! -x /opt/bams-venv/bin/python3 ] || ! /opt/bams-venv/bin/python3 -c 'import moto.server' 2>/dev/null ||
+# From PyPI, in their own venv: a real S3-compatible server for tests (moto's server mode),
+# the OpenAPI fuzzer that drives every route (schemathesis), and Playwright, which drives
+# Debian's /usr/bin/chromium in the UI tests (`playwright install` is never run: no browser is
+# downloaded).
+if [ ! -x /opt/bams-venv/bin/python3 ] || ! /opt/bams-venv/bin/python3 -c 'import moto.server, playwright' 2>/dev/null ||
    [ ! -x /opt/bams-venv/bin/schemathesis ]; then
   python3 -m venv /opt/bams-venv
-  /opt/bams-venv/bin/pip install -q 'moto[server]' 'schemathesis>=4,<5'
+  /opt/bams-venv/bin/pip install -q 'moto[server]' 'schemathesis>=4,<5' 'playwright>=1.40,<2'
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup-dev.sh: cargo not found; install the Rust toolchain (rustup) first" >&2

@@ -613,3 +613,65 @@ impl Catalog {
         Ok(rows)
     }
 }
+
+/// What the dashboard says about one job: when it last succeeded, how its last run ended,
+/// how often it failed in the last day, whether it runs now.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobActivity {
+    /// The job.
+    pub job_id: i64,
+    /// End of its newest successful run.
+    #[serde(with = "crate::time_ms::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_success_at: Option<i64>,
+    /// Status of its newest run.
+    pub last_status: Option<String>,
+    /// Runs that failed or were interrupted in the last 24 hours.
+    pub failures_24h: i64,
+    /// Runs queued or running now.
+    pub active: i64,
+}
+
+impl Catalog {
+    /// Every job's recent activity, in one query (the runs index on `(job_id, id)` keeps each
+    /// job's part to its own runs).
+    pub async fn job_activity(&self) -> Result<Vec<JobActivity>> {
+        let rows = sqlx::query(
+            "SELECT j.id AS job_id, \
+             (SELECT MAX(r.finished_at) FROM runs r WHERE r.job_id = j.id AND r.status = 'succeeded') AS last_success, \
+             (SELECT r.status FROM runs r WHERE r.job_id = j.id ORDER BY r.id DESC LIMIT 1) AS last_status, \
+             (SELECT COUNT(*) FROM runs r WHERE r.job_id = j.id AND r.status IN ('failed', 'interrupted') \
+                AND r.finished_at >= $1) AS failures, \
+             (SELECT COUNT(*) FROM runs r WHERE r.job_id = j.id AND r.status IN ('queued', 'running')) AS active \
+             FROM jobs j ORDER BY j.id",
+        )
+        .bind(now_ms() - 24 * HOUR_MS)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobActivity {
+                    job_id: r.i64("job_id")?,
+                    last_success_at: r.opt_i64("last_success")?,
+                    last_status: r.opt_str("last_status")?,
+                    failures_24h: r.i64("failures")?,
+                    active: r.i64("active")?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Catalog {
+    /// Bytes read by the newest successful run of a job: what the next run is expected to
+    /// read, for the time-left estimate of a running one.
+    pub async fn last_successful_bytes(&self, job: i64) -> Result<Option<i64>> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT bytes FROM runs WHERE job_id = $1 AND status = 'succeeded' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.0))
+    }
+}

@@ -182,3 +182,15 @@ async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Any>, s: &SnapshotSummary) 
     .await?;
     Ok(())
 }
+
+impl Catalog {
+    /// Where a snapshot id is recorded: one row per repository holding it (a copy keeps its
+    /// id), so a page may name a snapshot by its id alone.
+    pub async fn snapshot_locations(&self, id: &str) -> Result<Vec<SnapshotSummary>> {
+        let rows = sqlx::query(&format!("SELECT {SNAP_COLS} FROM snapshots WHERE id = $1 ORDER BY repository_id"))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(SnapshotSummary::from_row).collect()
+    }
+}

@@ -36,6 +36,8 @@ pub struct Caller {
     pub via_cookie: bool,
     /// Global role and ACL entries.
     pub grants: Grants,
+    /// The session's CSRF token, which the web UI's pages carry for their actions.
+    pub csrf: Option<String>,
 }
 
 impl Caller {
@@ -222,6 +224,7 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| path.clone(), |m| m.as_str().to_string());
     let remote = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
     let mutation = is_mutation(&method);
+    let page = crate::ui::wants_page(&method, &path, req.headers());
 
     let mut username: Option<String> = None;
     let outcome: Result<(), ApiError> = async {
@@ -275,7 +278,7 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
             };
             return Err(denied(&user, rule.privs, on));
         }
-        let caller = Caller { user, token_id: token.id, scope: token.scope, via_cookie, grants };
+        let caller = Caller { user, token_id: token.id, scope: token.scope, via_cookie, grants, csrf };
         req.extensions_mut().insert(caller);
         Ok(())
     }
@@ -320,6 +323,8 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
                 _ => response,
             }
         }
+        // A person's browser asking for a page is sent to the login page, or shown why not.
+        Err(e) if page => crate::ui::refusal(e, req.uri()),
         Err(e) => e.into_response(),
     };
     if mutation

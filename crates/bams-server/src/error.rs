@@ -64,6 +64,12 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
+    /// The same error, about one field of the request body (`details.field`), so a form can
+    /// show it beside that field.
+    pub fn at_field(mut self, field: &str) -> Self {
+        self.details = Some(serde_json::json!({ "field": field }));
+        self
+    }
     /// 500, without leaking internals beyond the message.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)

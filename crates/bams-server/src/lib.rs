@@ -12,6 +12,7 @@ pub mod state;
 pub mod system;
 pub mod tape_job;
 pub mod totp;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
@@ -40,6 +41,7 @@ pub fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .route("/api/v1/openapi.json", get(move |_c: auth::Caller| async move { axum::Json((*doc_json).clone()) }))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
+        .merge(ui::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))
         .route_layer(axum::middleware::from_fn(metrics::track));
     let idle = Duration::from_secs(state.config.body_idle_timeout_secs.max(1));
@@ -65,6 +67,7 @@ fn harden<S: Clone + Send + Sync + 'static>(router: Router<S>, max_body: usize, 
             }
             r
         }))
+        .layer(axum::middleware::map_response(ui::security_headers))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             tracing::error!("a request handler panicked");
             ApiError::internal("the server hit a bug handling this request; it has been logged").into_response()

@@ -253,6 +253,7 @@ pub const POLICY: &[Rule] = &[
     r("GET", "/api/v1/schedules", P::JOBS_AUDIT, JOBS),
     r("POST", "/api/v1/schedules", P::JOBS_MODIFY, JOBS),
     r("GET", "/api/v1/schedules/{id}", P::JOBS_AUDIT, JOBS),
+    r("GET", "/api/v1/schedules/preview", P::JOBS_AUDIT, JOBS),
     r("PUT", "/api/v1/schedules/{id}", P::JOBS_MODIFY, JOBS),
     r("DELETE", "/api/v1/schedules/{id}", P::JOBS_MODIFY, JOBS),
     r("GET", "/api/v1/runs", P::JOBS_AUDIT, JOBS),
@@ -260,6 +261,7 @@ pub const POLICY: &[Rule] = &[
     r("POST", "/api/v1/runs/{id}/cancel", P::JOBS_RUN, JOBS),
     r("GET", "/api/v1/runs/{id}/log", P::JOBS_AUDIT, JOBS),
     r("GET", "/api/v1/runs/{id}/log/stream", P::JOBS_AUDIT, JOBS),
+    r("GET", "/api/v1/runs/{id}/events", P::JOBS_AUDIT, JOBS),
     // Agents.
     r("GET", "/api/v1/agents", P::AGENTS_AUDIT, AGENTS),
     r("POST", "/api/v1/agents", P::AGENTS_MODIFY, AGENTS),
@@ -308,6 +310,25 @@ pub const POLICY: &[Rule] = &[
     r("GET", "/api/v1/iscsi/sessions", P::SYS_AUDIT, ISCSI),
     r("GET", "/api/v1/logs/{service}", P::SYS_AUDIT, LOGS),
     r("GET", "/api/v1/logs/{service}/stream", P::SYS_AUDIT, LOGS),
+    r("GET", "/api/v1/logs/{service}/events", P::SYS_AUDIT, LOGS),
+    // The web UI's pages (crate::ui): each shows what its rule's privileges allow.
+    r("GET", "/", NO, On::Public),
+    r("GET", "/login", NO, On::Public),
+    r("GET", "/favicon.ico", NO, On::Public),
+    r("GET", "/static/{name}", NO, On::Public),
+    r("GET", "/dashboard", NO, On::Own),
+    r("GET", "/jobs", P::JOBS_AUDIT, JOBS),
+    r("GET", "/jobs/new", P::JOBS_MODIFY, JOBS),
+    r("GET", "/jobs/{id}", P::JOBS_AUDIT, JOBS),
+    r("GET", "/jobs/{id}/edit", P::JOBS_MODIFY, JOBS),
+    r("GET", "/runs", P::JOBS_AUDIT, JOBS),
+    r("GET", "/runs/{id}", P::JOBS_AUDIT, JOBS),
+    r("GET", "/runs/{id}/log.txt", P::JOBS_AUDIT, JOBS),
+    r("GET", "/snapshots", P::DATASTORE_AUDIT, REPO),
+    r("GET", "/snapshots/{id}", P::DATASTORE_AUDIT, REPO),
+    r("GET", "/snapshots/{id}/browse", P::DATASTORE_READ, REPO),
+    r("GET", "/repositories", P::DATASTORE_AUDIT, REPO),
+    r("GET", "/agents", P::AGENTS_AUDIT, AGENTS),
 ];
 
 /// The rule for a request; HEAD falls back to GET's rule where HEAD has none of its own.

@@ -39,6 +39,17 @@ pub enum Status {
     Fail,
 }
 
+impl Status {
+    /// As serialized (`ok`, `warn`, `fail`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Warn => "warn",
+            Self::Fail => "fail",
+        }
+    }
+}
+
 /// One check.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Check {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod faultproxy;
+pub mod server;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

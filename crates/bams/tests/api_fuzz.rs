@@ -6,8 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+
+use bams_testkit::server::ServerProcess;
+use std::time::{Duration, SystemTime};
 
 const SCHEMATHESIS: &str = "/opt/bams-venv/bin/schemathesis";
 
@@ -22,65 +24,6 @@ def no_server_bug(ctx, response, case):
     if response.status_code == 503 and "error" not in response.text:
         raise AssertionError("a 503 without a JSON error saying what is missing")
 "#;
-
-struct ServerProcess {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path) -> ServerProcess {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(dir.join("none.yaml"), "").unwrap();
-    for _ in 0..5 {
-        let port = bams_testkit::free_port();
-        let out = dir.join(format!("server-{port}.out"));
-        let child = Command::new(env!("CARGO_BIN_EXE_bams"))
-            .arg("server")
-            .current_dir(&data)
-            .env("BAMS_CONFIG", dir.join("none.yaml"))
-            .env("BAMS_DATA_DIR", &data)
-            .env("BAMS_LISTEN", format!("127.0.0.1:{port}"))
-            .env("BAMS_BACULA_SD_CONFIG", data.join("bacula-sd.conf"))
-            .env("TMPDIR", dir)
-            .env_remove("BAMS_PASSWORD")
-            .env_remove("BAMS_REPOSITORY")
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(dir.join(format!("server-{port}.log"))).unwrap())
-            .spawn()
-            .unwrap();
-        let mut s = ServerProcess { child, port };
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if std::fs::read_to_string(&out).unwrap_or_default().contains("listening on") {
-                return s;
-            }
-            if let Ok(Some(_)) = s.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = s.child.kill();
-    }
-    panic!("the server did not start");
-}
-
-fn login(port: u16, user: &str, password: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-sf", &format!("http://127.0.0.1:{port}/api/v1/auth/login"), "-H", "content-type: application/json"])
-        .args(["-d", &format!(r#"{{"username":"{user}","password":"{password}"}}"#)])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["token"].as_str().unwrap_or_else(|| panic!("login {user}: {}", String::from_utf8_lossy(&out.stdout))).to_string()
-}
 
 /// Files other processes than `server` hold open (the test run's own output log, say).
 fn open_elsewhere(server: u32) -> std::collections::HashSet<PathBuf> {
@@ -180,11 +123,11 @@ fn every_route_survives_generated_input_as_admin_viewer_and_anonymous() {
     std::fs::write(dir.join("bams_hooks.py"), HOOKS).unwrap();
     // The fuzzer would otherwise try to sign itself up through the login route.
     std::fs::write(dir.join("schemathesis.toml"), "[auth]\nauto-signup = false\n").unwrap();
-    let mut server = start(&dir);
+    let mut server = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_bams")), &dir, &[]);
     let port = server.port;
     let data = dir.join("data");
     let admin_pw = std::fs::read_to_string(data.join("initial-admin-password")).unwrap().trim().to_string();
-    let admin = login(port, "admin", &admin_pw);
+    let admin = server.login("admin", &admin_pw);
     let created = Command::new("curl")
         .args(["-sf", &format!("http://127.0.0.1:{port}/api/v1/users"), "-H", "content-type: application/json"])
         .args(["-H", &format!("Authorization: Bearer {admin}")])
@@ -192,7 +135,7 @@ fn every_route_survives_generated_input_as_admin_viewer_and_anonymous() {
         .output()
         .unwrap();
     assert!(created.status.success());
-    let viewer = login(port, "fuzz-viewer", "viewer-password");
+    let viewer = server.login("fuzz-viewer", "viewer-password");
     let doc = Command::new("curl")
         .args(["-sf", &format!("http://127.0.0.1:{port}/api/v1/openapi.json"), "-H"])
         .arg(format!("Authorization: Bearer {admin}"))

@@ -10,6 +10,7 @@ use crate::error::{ApiError, ApiResult, Json, Path, Query};
 use crate::state::AppState;
 
 fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
+    bams_catalog::validate_name("job", &spec.name).map_err(|e| ApiError::from(e).at_field("name"))?;
     if !st.director.supports(spec.kind) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -28,16 +29,18 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
             ),
         ));
     }
-    bams_director::notify::JobNotify::from_options(&spec.options).map_err(ApiError::bad_request)?;
+    bams_director::notify::JobNotify::from_options(&spec.options)
+        .map_err(|e| ApiError::bad_request(e).at_field("options"))?;
     if let Some(p) = spec.options.get("priority") {
         if !p.as_i64().is_some_and(|p| bams_catalog::PRIORITY_RANGE.contains(&p)) {
             return Err(ApiError::bad_request(
                 "options.priority must be an integer from -100 to 100 (higher runs first)",
-            ));
+            )
+            .at_field("options"));
         }
     }
-    let hooks =
-        bams_director::agents::Hooks::from_options(&spec.options, &spec.paths).map_err(ApiError::bad_request)?;
+    let hooks = bams_director::agents::Hooks::from_options(&spec.options, &spec.paths)
+        .map_err(|e| ApiError::bad_request(e).at_field("options"))?;
     if hooks != bams_director::agents::Hooks::default() && spec.agent.is_none() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -66,9 +69,9 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
         bams_director::agents::RestoreSpec::from_options(&spec.options).map_err(ApiError::bad_request)?;
     }
     if let Some(r) = &spec.retention {
-        let ret: bams_store::forget::Retention =
-            serde_json::from_value(r.clone()).map_err(|e| ApiError::bad_request(format!("retention: {e}")))?;
-        ret.to_policy()?;
+        let ret: bams_store::forget::Retention = serde_json::from_value(r.clone())
+            .map_err(|e| ApiError::bad_request(format!("retention: {e}")).at_field("retention"))?;
+        ret.to_policy().map_err(|e| ApiError::from(e).at_field("retention"))?;
     }
     if spec.kind == bams_catalog::JobKind::Copy {
         bams_director::copy_target(spec.repository, &spec.options).map_err(ApiError::bad_request)?;
@@ -81,7 +84,7 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
     }
     if let Some(cron) = &spec.schedule {
         bams_director::schedule::validate(cron, spec.timezone.as_deref().unwrap_or("UTC"))
-            .map_err(ApiError::bad_request)?;
+            .map_err(|e| ApiError::bad_request(e).at_field("schedule"))?;
     }
     Ok(())
 }
@@ -89,10 +92,13 @@ fn validate_spec(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
 /// The job's agent must exist and not be revoked.
 async fn check_agent(st: &AppState, spec: &JobSpec) -> ApiResult<()> {
     if let Some(id) = spec.agent {
-        let a =
-            st.catalog.get_agent(id).await.map_err(|_| ApiError::bad_request(format!("agent {id} does not exist")))?;
+        let a = st
+            .catalog
+            .get_agent(id)
+            .await
+            .map_err(|_| ApiError::bad_request(format!("agent {id} does not exist")).at_field("agent"))?;
         if a.status == bams_catalog::AgentStatus::Revoked {
-            return Err(ApiError::bad_request(format!("agent {} is revoked", a.name)));
+            return Err(ApiError::bad_request(format!("agent {} is revoked", a.name)).at_field("agent"));
         }
     }
     Ok(())
@@ -143,7 +149,14 @@ pub async fn create_job(
     validate_spec(&st, &spec)?;
     check_agent(&st, &spec).await?;
     check_target(&st, &spec).await?;
-    let job = st.catalog.create_job(&spec).await?;
+    let job = st.catalog.create_job(&spec).await.map_err(|e| {
+        let e = ApiError::from(e);
+        if e.status == StatusCode::CONFLICT {
+            e.at_field("name")
+        } else {
+            e
+        }
+    })?;
     if let Some(cron) = &spec.schedule {
         let s = ScheduleSpec {
             job: job.id,
@@ -359,4 +372,32 @@ pub async fn dashboard(State(st): State<AppState>, caller: Caller) -> ApiResult<
         None
     };
     Ok(Json(DashboardView { runs, health }))
+}
+
+/// A cron expression to preview.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct PreviewParams {
+    /// Cron expression (5 or 6 fields).
+    pub cron: String,
+    /// IANA time zone (default UTC).
+    pub timezone: Option<String>,
+    /// How many due times (default 5, at most 50).
+    pub count: Option<usize>,
+}
+
+/// When a schedule would fire.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SchedulePreview {
+    /// The next due times (RFC 3339).
+    pub next: Vec<String>,
+}
+
+/// The next due times of a cron expression, as the scheduler computes them (the schedule
+/// editor shows them while one types).
+#[utoipa::path(get, path = "/api/v1/schedules/preview", tag = "jobs", params(PreviewParams), responses((status = 200, body = SchedulePreview), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn preview_schedule(_caller: Caller, Query(p): Query<PreviewParams>) -> ApiResult<Json<SchedulePreview>> {
+    let tz = p.timezone.as_deref().filter(|t| !t.is_empty()).unwrap_or("UTC");
+    bams_director::schedule::validate(&p.cron, tz).map_err(|e| ApiError::bad_request(e).at_field("cron"))?;
+    let times = crate::ui::pages::jobs::upcoming(&p.cron, tz, bams_catalog::now_ms(), p.count.unwrap_or(5).min(50));
+    Ok(Json(SchedulePreview { next: times.into_iter().map(bams_catalog::time_ms::rfc3339).collect() }))
 }

@@ -123,3 +123,41 @@ async fn follow(st: AppState, service: String, grep: Option<String>, mut socket:
     }
     reader.abort(); // drops the follower's channel: journalctl is killed, the file poll stops
 }
+
+/// Follow a service's log as Server-Sent Events: one `entry` event (a JSON log entry) per
+/// line. The same as the WebSocket follower, for clients that cannot open WebSockets (the
+/// Cockpit bridge).
+#[utoipa::path(get, path = "/api/v1/logs/{service}/events", tag = "appliance", params(("service" = String, Path), LogParams), responses((status = 200, description = "text/event-stream of `entry` events", content_type = "text/event-stream"), (status = 429, description = "too many followers")))]
+pub async fn follow_log_events(
+    State(st): State<AppState>,
+    _caller: Caller,
+    Path(service): Path<String>,
+    Query(p): Query<LogParams>,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    logs::source(&st.config.logs, &service)?;
+    let grep = grep_of(p.grep)?;
+    let permit = follower_permit(&st)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<LogEntry>(256);
+    let cfg = st.config.clone();
+    tokio::spawn(async move {
+        let runner: std::sync::Arc<dyn bams_appliance::runner::CommandRunner> = std::sync::Arc::new(SystemRunner);
+        if let Err(e) = logs::follow(runner, &cfg.logs, &service, grep, tx).await {
+            tracing::warn!(error = %e, service, "log follower stopped");
+        }
+    });
+    // The permit lives as long as the stream: a client that goes away frees its place.
+    let stream = tokio_stream_of(rx).map(move |entry| {
+        let _held = &permit;
+        Ok::<_, std::convert::Infallible>(
+            Event::default().event("entry").data(serde_json::to_string(&entry).unwrap_or_default()),
+        )
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// A receiver as a stream (ends when every sender is gone).
+fn tokio_stream_of<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}

@@ -89,6 +89,7 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(pools::get_pool, pools::update_pool, pools::delete_pool))
         .routes(routes!(jobs::list_schedules, jobs::create_schedule))
         .routes(routes!(jobs::get_schedule, jobs::update_schedule, jobs::delete_schedule))
+        .routes(routes!(jobs::preview_schedule))
         .routes(routes!(jobs::list_runs))
         .routes(routes!(jobs::get_run))
         .routes(routes!(jobs::run_log))
@@ -131,6 +132,8 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(iscsi::sessions))
         .routes(routes!(logs::read_log))
         .routes(routes!(logs::stream_log))
+        .routes(routes!(logs::follow_log_events))
+        .routes(routes!(run_stream::events))
         .routes(routes!(diag::bundle))
         .routes(routes!(diag::system))
 }

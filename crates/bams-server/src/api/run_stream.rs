@@ -90,3 +90,88 @@ async fn follow(st: AppState, id: i64, mut socket: WebSocket) {
         }
     }
 }
+
+/// Progress of a running run, as the `progress` event carries it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunProgressEvent {
+    /// Status now.
+    pub status: String,
+    /// Files done.
+    pub files: i64,
+    /// Bytes read (human-readable).
+    pub bytes: String,
+    /// Average rate since the start (human-readable), empty before any data.
+    pub rate: String,
+    /// Time left if the run moves as much data as the job's last successful run, or empty.
+    pub eta: String,
+}
+
+/// Follow a run as Server-Sent Events: `log` events (the appended text, as a JSON string),
+/// `progress` events (a RunProgressEvent) while it runs, then one `end` event
+/// (`{"status", "message"}`) and the stream closes. The same as the WebSocket follower, for
+/// clients that cannot open WebSockets (the Cockpit bridge) and for EventSource.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/events", tag = "runs", params(("id" = i64, Path)), responses((status = 200, description = "text/event-stream of log, progress and end events", content_type = "text/event-stream"), (status = 429, description = "too many followers")))]
+pub async fn events(State(st): State<AppState>, _caller: Caller, Path(id): Path<i64>) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let run = st.catalog.get_run(id).await?;
+    let expected = match run.job_id {
+        Some(j) => st.catalog.last_successful_bytes(j).await?,
+        None => None,
+    };
+    let permit = super::logs::follower_permit(&st)?;
+    struct Follow {
+        st: AppState,
+        sent: usize,
+        pending: std::collections::VecDeque<Event>,
+        done: bool,
+        first: bool,
+        last_progress: (i64, i64),
+    }
+    let init = Follow { st, sent: 0, pending: Default::default(), done: false, first: true, last_progress: (-1, -1) };
+    let stream = futures_util::stream::unfold((init, permit), move |(mut f, permit)| async move {
+        loop {
+            if let Some(ev) = f.pending.pop_front() {
+                return Some((Ok::<_, std::convert::Infallible>(ev), (f, permit)));
+            }
+            if f.done {
+                return None;
+            }
+            if !f.first {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            f.first = false;
+            // Status first: a log read after it holds every line written before the end.
+            let Ok(run) = f.st.catalog.get_run(id).await else { return None };
+            let ended = !matches!(run.status.as_str(), "queued" | "running");
+            if let Ok(log) = f.st.catalog.run_log(id).await {
+                if log.len() < f.sent {
+                    f.sent = 0;
+                }
+                if log.len() > f.sent && log.is_char_boundary(f.sent) {
+                    let text = serde_json::to_string(&log[f.sent..]).unwrap_or_default();
+                    f.pending.push_back(Event::default().event("log").data(text));
+                    f.sent = log.len();
+                }
+            }
+            if (run.files, run.bytes) != f.last_progress || ended {
+                f.last_progress = (run.files, run.bytes);
+                let (rate, eta) = crate::ui::pages::dashboard::progress(&run, expected, bams_catalog::now_ms());
+                let p = RunProgressEvent {
+                    status: run.status.as_str().to_string(),
+                    files: run.files,
+                    bytes: crate::ui::fmt::bytes(run.bytes),
+                    rate,
+                    eta: if ended { String::new() } else { eta },
+                };
+                f.pending
+                    .push_back(Event::default().event("progress").data(serde_json::to_string(&p).unwrap_or_default()));
+            }
+            if ended {
+                let end = serde_json::json!({ "status": run.status.as_str(), "message": run.message });
+                f.pending.push_back(Event::default().event("end").data(end.to_string()));
+                f.done = true;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}

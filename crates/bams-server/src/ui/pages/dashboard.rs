@@ -1,0 +1,180 @@
+//! The dashboard: what an operator checks first each morning. Each section appears only for
+//! a caller who may see its data.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bams_catalog::{RunFilter, RunStatus};
+
+use super::RunRow;
+use crate::policy::Privs;
+use crate::state::AppState;
+use crate::ui::fmt::{bytes, When};
+use crate::ui::{render, Ctx, Frame};
+
+/// One job's freshness.
+pub struct Freshness {
+    id: i64,
+    name: String,
+    kind: &'static str,
+    last_success: When,
+    last_status: String,
+    failures: i64,
+    next: When,
+    /// `running`, `failed`, `overdue`, `ok`, `never`, `disabled`.
+    state: &'static str,
+}
+
+/// A running run with its progress.
+pub struct Active {
+    row: RunRow,
+    rate: String,
+    eta: String,
+}
+
+/// A problem the system checks found.
+pub struct Problem {
+    status: String,
+    name: String,
+    message: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage {
+    frame: Frame,
+    counts: Option<bams_catalog::Dashboard>,
+    new_bytes_24h: String,
+    freshness: Vec<Freshness>,
+    active: Vec<Active>,
+    failures: Vec<RunRow>,
+    health: Option<(String, Vec<Problem>)>,
+    may_create: bool,
+}
+
+/// `GET /dashboard`.
+pub async fn page(State(st): State<AppState>, ctx: Ctx) -> Response {
+    match build(&st, &ctx).await {
+        Ok(p) => render(&p),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn build(st: &AppState, ctx: &Ctx) -> crate::error::ApiResult<DashboardPage> {
+    let now = ctx.now;
+    let jobs_visible = ctx.may(Privs::JOBS_AUDIT, "/jobs");
+    let (mut counts, mut freshness, mut active, mut failures) = (None, Vec::new(), Vec::new(), Vec::new());
+    if jobs_visible {
+        let d = st.catalog.dashboard().await?;
+        let jobs = st.catalog.list_jobs().await?;
+        let names: HashMap<i64, String> = jobs.iter().map(|j| (j.id, j.name.clone())).collect();
+        let activity: HashMap<i64, bams_catalog::JobActivity> =
+            st.catalog.job_activity().await?.into_iter().map(|a| (a.job_id, a)).collect();
+        let schedules = st.catalog.list_schedules(None).await?;
+        for job in &jobs {
+            let a = activity.get(&job.id);
+            let mine: Vec<&bams_catalog::Schedule> =
+                schedules.iter().filter(|s| s.job == job.id && s.enabled).collect();
+            let next = mine.iter().filter_map(|s| s.next_run_at).min();
+            let last_fired = mine.iter().filter_map(|s| s.last_run_at).max();
+            let last_success = a.and_then(|a| a.last_success_at);
+            // Overdue: a schedule fired (or should have, an hour ago) and nothing has
+            // succeeded since.
+            let due_since = match (last_fired, next) {
+                (_, Some(n)) if n < now - 3_600_000 => Some(n),
+                (Some(f), _) if f < now - 3_600_000 => Some(f),
+                _ => None,
+            };
+            let overdue = due_since.is_some_and(|d| last_success.is_none_or(|s| s < d));
+            let state = if !job.enabled {
+                "disabled"
+            } else if a.is_some_and(|a| a.active > 0) {
+                "running"
+            } else if a.and_then(|a| a.last_status.as_deref()).is_some_and(|s| s == "failed" || s == "interrupted") {
+                "failed"
+            } else if overdue {
+                "overdue"
+            } else if last_success.is_none() {
+                "never"
+            } else {
+                "ok"
+            };
+            freshness.push(Freshness {
+                id: job.id,
+                name: job.name.clone(),
+                kind: job.kind.as_str(),
+                last_success: When::maybe(last_success, now),
+                last_status: a.and_then(|a| a.last_status.clone()).unwrap_or_default(),
+                failures: a.map_or(0, |a| a.failures_24h),
+                next: When::maybe(next, now),
+                state,
+            });
+        }
+        // Problems first: failed, overdue, then the rest by name.
+        let rank = |s: &str| match s {
+            "failed" => 0,
+            "overdue" => 1,
+            "running" => 2,
+            _ => 3,
+        };
+        freshness.sort_by(|a, b| rank(a.state).cmp(&rank(b.state)).then_with(|| a.name.cmp(&b.name)));
+        let running = st
+            .catalog
+            .list_runs(&RunFilter {
+                status: Some(RunStatus::Running.as_str().into()),
+                limit: Some(50),
+                ..Default::default()
+            })
+            .await?;
+        for run in &running.items {
+            let expected = match run.job_id {
+                Some(j) => st.catalog.last_successful_bytes(j).await?,
+                None => None,
+            };
+            let (rate, eta) = progress(run, expected, now);
+            active.push(Active { row: RunRow::new(run, &names, now), rate, eta });
+        }
+        failures = d.last_failures.iter().map(|r| RunRow::new(r, &names, now)).collect();
+        counts = Some(d);
+    }
+    let health = if ctx.may(Privs::SYS_AUDIT, "/system") {
+        let r = crate::api::diag::system_report(st, std::time::Duration::from_secs(60)).await;
+        let problems = r
+            .checks
+            .into_iter()
+            .filter(|c| c.status != crate::system::Status::Ok)
+            .map(|c| Problem { status: c.status.as_str().into(), name: c.name, message: c.detail })
+            .collect();
+        Some((r.status.as_str().to_string(), problems))
+    } else {
+        None
+    };
+    Ok(DashboardPage {
+        frame: ctx.frame("Dashboard"),
+        new_bytes_24h: counts.as_ref().map(|d| bytes(d.new_bytes_24h)).unwrap_or_default(),
+        counts,
+        freshness,
+        active,
+        failures,
+        health,
+        may_create: ctx.may(Privs::JOBS_MODIFY, "/jobs"),
+    })
+}
+
+/// Rate since the start, and the time left if this run moves as much data as the job's last
+/// successful one did.
+pub fn progress(run: &bams_catalog::Run, expected: Option<i64>, now: i64) -> (String, String) {
+    let Some(started) = run.started_at else { return (String::new(), String::new()) };
+    let secs = ((now - started) as f64 / 1000.0).max(0.001);
+    let rate = run.bytes as f64 / secs;
+    let rate_text = if run.bytes > 0 { format!("{}/s", bytes(rate as i64)) } else { String::new() };
+    let eta = match expected {
+        Some(total) if rate > 0.0 && total > run.bytes => {
+            crate::ui::fmt::duration_ms((((total - run.bytes) as f64 / rate) * 1000.0) as i64)
+        }
+        _ => String::new(),
+    };
+    (rate_text, eta)
+}

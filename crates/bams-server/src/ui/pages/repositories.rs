@@ -1,0 +1,93 @@
+//! Repositories and pools: where backups go, their limits, and their usage measured on
+//! request (reading a repository's index takes longer than a page may).
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiResult;
+use crate::policy::Privs;
+use crate::state::AppState;
+use crate::ui::fmt::{bytes, When};
+use crate::ui::{render, Ctx, Frame};
+
+/// A repository row.
+pub struct RepoRow {
+    id: i64,
+    name: String,
+    url: String,
+    agents: usize,
+    created: When,
+    pool: String,
+}
+
+/// A pool row.
+pub struct PoolRow {
+    name: String,
+    repository: String,
+    retention: String,
+    max_bytes: String,
+    max_snapshots: String,
+    jobs: i64,
+    snapshots: i64,
+    shared_dedup: bool,
+    description: String,
+}
+
+#[derive(Template)]
+#[template(path = "repositories.html")]
+struct RepositoriesPage {
+    frame: Frame,
+    repositories: Vec<RepoRow>,
+    pools: Vec<PoolRow>,
+}
+
+/// `GET /repositories`.
+pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
+    let build = async {
+        let all = st.catalog.list_repositories().await?;
+        let pools = st.catalog.list_pools().await?;
+        let pool_of: HashMap<i64, String> = pools.iter().map(|p| (p.repository, p.name.clone())).collect();
+        let mut repositories = Vec::new();
+        let mut names = HashMap::new();
+        for r in &all {
+            let privs = ctx.caller.repository_privs(&st, r).await?;
+            if r.parent.is_some() || !privs.any_of(Privs::DATASTORE_AUDIT) {
+                continue;
+            }
+            names.insert(r.id, r.name.clone());
+            repositories.push(RepoRow {
+                id: r.id,
+                name: r.name.clone(),
+                url: r.url.clone(),
+                agents: all.iter().filter(|c| c.parent == Some(r.id)).count(),
+                created: When::at(r.created_at, ctx.now),
+                pool: pool_of.get(&r.id).cloned().unwrap_or_default(),
+            });
+        }
+        let mut rows = Vec::new();
+        for p in &pools {
+            if !ctx.caller.pool_privs(&st, p).await?.any_of(Privs::DATASTORE_AUDIT) {
+                continue;
+            }
+            rows.push(PoolRow {
+                name: p.name.clone(),
+                repository: names.get(&p.repository).cloned().unwrap_or_else(|| format!("#{}", p.repository)),
+                retention: p.retention.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+                max_bytes: p.max_bytes.map(bytes).unwrap_or_default(),
+                max_snapshots: p.max_snapshots.map(|n| n.to_string()).unwrap_or_default(),
+                jobs: p.jobs,
+                snapshots: p.snapshots,
+                shared_dedup: p.shared_dedup,
+                description: p.description.clone(),
+            });
+        }
+        ApiResult::Ok(RepositoriesPage { frame: ctx.frame("Repositories & pools"), repositories, pools: rows })
+    };
+    match build.await {
+        Ok(p) => render(&p),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,302 @@
+//! Snapshots: the list per repository, host and tag; one snapshot with a file browser that
+//! loads each directory when opened and a page of entries at a time; file downloads and
+//! restores go through the API's routes.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use bams_catalog::{SnapshotFilter, SnapshotSummary};
+use serde::Deserialize;
+
+use crate::api::snapshots::{browse_tree, list_snapshots, BrowseParams, TreeEntry};
+use crate::error::{ApiError, ApiResult, Path};
+use crate::policy::Privs;
+use crate::state::AppState;
+use crate::ui::fmt::{bytes, When};
+use crate::ui::{render, url_encode, Ctx, Frame};
+
+/// Entries per page of a directory in the browser.
+pub const DIR_PAGE: usize = 200;
+
+/// A snapshot as the list shows it.
+pub struct SnapRow {
+    id: String,
+    short: String,
+    repository: i64,
+    repository_name: String,
+    time: When,
+    host: String,
+    paths: String,
+    tags: String,
+    files: i64,
+    size: String,
+    new_bytes: String,
+    partial: bool,
+    job: String,
+}
+
+impl SnapRow {
+    fn new(s: &SnapshotSummary, repos: &HashMap<i64, String>, now: i64) -> Self {
+        Self {
+            short: s.id.chars().take(12).collect(),
+            id: s.id.clone(),
+            repository: s.repository,
+            repository_name: repos.get(&s.repository).cloned().unwrap_or_else(|| format!("#{}", s.repository)),
+            time: When::at(s.time, now),
+            host: s.host.clone(),
+            paths: s.paths.join(", "),
+            tags: s.tags.join(", "),
+            files: s.files,
+            size: bytes(s.bytes),
+            new_bytes: bytes(s.new_bytes),
+            partial: s.partial,
+            job: s.job.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Filters of the snapshot list.
+#[derive(Deserialize, Default)]
+pub struct SnapQuery {
+    #[serde(default)]
+    repository: Option<i64>,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// A repository in the filter's select.
+pub struct RepoChoice {
+    id: i64,
+    name: String,
+    selected: bool,
+}
+
+#[derive(Template)]
+#[template(path = "snapshots.html")]
+struct SnapshotsPage {
+    frame: Frame,
+    snapshots: Vec<SnapRow>,
+    repositories: Vec<RepoChoice>,
+    host: String,
+    tag: String,
+    next: Option<String>,
+    filtered: bool,
+}
+
+/// `GET /snapshots`.
+pub async fn list(State(st): State<AppState>, ctx: Ctx, Query(q): Query<SnapQuery>) -> Response {
+    let build = async {
+        let repos: HashMap<i64, String> =
+            st.catalog.list_repositories().await?.into_iter().map(|r| (r.id, r.name)).collect();
+        let filter = SnapshotFilter {
+            repository: q.repository,
+            host: Some(q.host.clone()).filter(|h| !h.is_empty()),
+            tag: Some(q.tag.clone()).filter(|t| !t.is_empty()),
+            limit: Some(100),
+            cursor: q.cursor.clone(),
+            within: None,
+        };
+        let page = list_snapshots(State(st.clone()), ctx.caller.clone(), crate::error::Query(filter)).await?.0;
+        let mut visible = Vec::new();
+        for r in st.catalog.list_repositories().await? {
+            if r.parent.is_none() && ctx.caller.repository_privs(&st, &r).await?.any_of(Privs::DATASTORE_AUDIT) {
+                visible.push(RepoChoice { selected: q.repository == Some(r.id), id: r.id, name: r.name });
+            }
+        }
+        let next = page.next_cursor.as_ref().map(|c| {
+            let mut params = vec![format!("cursor={}", url_encode(c))];
+            if let Some(r) = q.repository {
+                params.push(format!("repository={r}"));
+            }
+            if !q.host.is_empty() {
+                params.push(format!("host={}", url_encode(&q.host)));
+            }
+            if !q.tag.is_empty() {
+                params.push(format!("tag={}", url_encode(&q.tag)));
+            }
+            format!("/snapshots?{}", params.join("&"))
+        });
+        ApiResult::Ok(SnapshotsPage {
+            frame: ctx.frame("Snapshots"),
+            snapshots: page.items.iter().map(|s| SnapRow::new(s, &repos, ctx.now)).collect(),
+            repositories: visible,
+            filtered: q.repository.is_some() || !q.host.is_empty() || !q.tag.is_empty(),
+            host: q.host.clone(),
+            tag: q.tag.clone(),
+            next,
+        })
+    };
+    match build.await {
+        Ok(p) => render(&p),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Which copy of a snapshot a page is about.
+#[derive(Deserialize, Default)]
+pub struct InRepository {
+    #[serde(default)]
+    repository: Option<i64>,
+}
+
+#[derive(Template)]
+#[template(path = "snapshot.html")]
+struct SnapshotPage {
+    frame: Frame,
+    snap: SnapRow,
+    parent: String,
+    may_read: bool,
+    restore_roots: Vec<String>,
+    root: Listing,
+}
+
+/// The snapshot a page names, in a repository the caller may see (the one asked for, or the
+/// first that holds it).
+async fn locate(st: &AppState, ctx: &Ctx, id: &str, repository: Option<i64>) -> ApiResult<(SnapshotSummary, Privs)> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(format!("{id:?} is not a snapshot id")));
+    }
+    for s in st.catalog.snapshot_locations(id).await? {
+        if repository.is_some_and(|r| r != s.repository) {
+            continue;
+        }
+        let repo = st.catalog.get_repository(s.repository).await?;
+        let privs = ctx.caller.repository_privs(st, &repo).await?;
+        if privs.any_of(Privs::DATASTORE_AUDIT) {
+            return Ok((s, privs));
+        }
+    }
+    Err(ApiError::not_found(format!("no snapshot {id} that you may see")))
+}
+
+/// `GET /snapshots/{id}`.
+pub async fn show(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Query(q): Query<InRepository>,
+) -> Response {
+    let build = async {
+        let (s, privs) = locate(&st, &ctx, &id, q.repository).await?;
+        let repos: HashMap<i64, String> =
+            st.catalog.list_repositories().await?.into_iter().map(|r| (r.id, r.name)).collect();
+        let may_read = privs.any_of(Privs::DATASTORE_READ);
+        let root = if may_read { listing(&st, &ctx, &s.id, s.repository, "/", 0).await? } else { Listing::default() };
+        ApiResult::Ok(SnapshotPage {
+            frame: ctx.frame(format!("Snapshot {}", &s.id[..s.id.len().min(12)])),
+            parent: s.parent.clone().unwrap_or_default(),
+            snap: SnapRow::new(&s, &repos, ctx.now),
+            may_read,
+            restore_roots: st.config.restore_roots.iter().map(|p| p.display().to_string()).collect(),
+            root,
+        })
+    };
+    match build.await {
+        Ok(p) => render(&p),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// One entry of a directory listing.
+pub struct EntryView {
+    name: String,
+    path: String,
+    is_dir: bool,
+    is_file: bool,
+    kind: String,
+    size: String,
+    mtime: String,
+    link_target: String,
+    /// URL of its children (directories) or its content (files).
+    href: String,
+}
+
+/// A page of one directory.
+#[derive(Default)]
+pub struct Listing {
+    entries: Vec<EntryView>,
+    /// URL of the next page, when there is one.
+    more: Option<String>,
+    remaining: usize,
+}
+
+#[derive(Template)]
+#[template(path = "tree_items.html")]
+struct TreeItems {
+    root: Listing,
+}
+
+/// Page `offset` of directory `path` of a snapshot, through the API's browse route (same
+/// checks, same errors).
+async fn listing(st: &AppState, ctx: &Ctx, id: &str, repository: i64, path: &str, offset: usize) -> ApiResult<Listing> {
+    let params = BrowseParams { repository: Some(repository), path: Some(path.to_string()) };
+    let all: Vec<TreeEntry> =
+        browse_tree(State(st.clone()), ctx.caller.clone(), Path(id.to_string()), crate::error::Query(params)).await?.0;
+    let total = all.len();
+    let entries = all
+        .into_iter()
+        .skip(offset)
+        .take(DIR_PAGE)
+        .map(|e| {
+            let is_dir = e.kind == "dir";
+            let is_file = e.kind == "file";
+            let name = e.path.rsplit('/').next().unwrap_or_default().to_string();
+            let href = if is_dir {
+                format!("/snapshots/{id}/browse?repository={repository}&path={}", url_encode(&e.path))
+            } else {
+                format!("/api/v1/snapshots/{id}/file?repository={repository}&path={}", url_encode(&e.path))
+            };
+            EntryView {
+                name,
+                is_dir,
+                is_file,
+                size: if is_file { bytes(e.size as i64) } else { String::new() },
+                mtime: e.mtime.chars().take(19).collect::<String>().replace('T', " "),
+                link_target: e.link_target.unwrap_or_default(),
+                kind: e.kind,
+                path: e.path,
+                href,
+            }
+        })
+        .collect();
+    let end = offset + DIR_PAGE;
+    let more = (end < total)
+        .then(|| format!("/snapshots/{id}/browse?repository={repository}&path={}&offset={end}", url_encode(path)));
+    Ok(Listing { entries, more, remaining: total.saturating_sub(end) })
+}
+
+/// Where in a snapshot the browser is.
+#[derive(Deserialize, Default)]
+pub struct BrowseQuery {
+    #[serde(default)]
+    repository: Option<i64>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    offset: usize,
+}
+
+/// `GET /snapshots/{id}/browse`: a page of one directory as list items (a fragment the
+/// browser inserts under the directory).
+pub async fn browse(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Query(q): Query<BrowseQuery>,
+) -> Response {
+    let build = async {
+        let (s, _) = locate(&st, &ctx, &id, q.repository).await?;
+        let path = q.path.clone().unwrap_or_else(|| "/".into());
+        listing(&st, &ctx, &s.id, s.repository, &path, q.offset).await
+    };
+    match build.await {
+        Ok(root) => render(&TreeItems { root }),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,258 @@
+"""The web UI in a real browser: Debian's chromium driven by Playwright (from PyPI, never
+downloading a browser). Run by tests/web_ui.rs against a throwaway server, with:
+
+  BAMS_URL          the server
+  ADMIN_PASSWORD    the admin's password
+  VIEWER_PASSWORD   the password of user `viewer` (role viewer)
+  SOURCE            a directory to back up (has `sub/` and a file with a hostile name)
+  RESTORE_ROOT      a restore root of the server
+  WORK              scratch directory (downloads)
+  SCREENSHOTS       if set, where to write the screenshots of the main screens
+
+Every failure is collected and printed; the exit status is 1 when there was any.
+"""
+
+import filecmp
+import json
+import os
+import re
+import sys
+import time
+from urllib.parse import urlparse
+
+from playwright.sync_api import sync_playwright, expect
+
+BASE = os.environ["BAMS_URL"]
+ORIGIN = urlparse(BASE).netloc
+SOURCE = os.environ["SOURCE"]
+RESTORE_ROOT = os.environ["RESTORE_ROOT"]
+WORK = os.environ["WORK"]
+SHOTS = os.environ.get("SCREENSHOTS")
+HOSTILE = "<script>alert('job')</script>"
+JOB = "nightly-files"
+failures = []
+
+
+def fail(msg):
+    failures.append(msg)
+    print("FAIL:", msg, flush=True)
+
+
+# Answers with these statuses are expected while set (a validation error the form shows).
+expected_statuses = set()
+
+
+def watch(page, who):
+    """Record console errors (CSP violations among them), page errors, dialogs (a script
+    that a hostile name managed to run would open one) and requests to other origins."""
+    def on_console(m):
+        if m.type != "error":
+            return
+        status = re.search(r"status of (\d+)", m.text)
+        if status and int(status.group(1)) in expected_statuses:
+            return
+        fail(f"{who}: console error on {page.url}: {m.text}")
+    page.on("console", on_console)
+    page.on("pageerror", lambda e: fail(f"{who}: page error on {page.url}: {e}"))
+    page.on("dialog", lambda d: (fail(f"{who}: a dialog opened: {d.message}"), d.dismiss()))
+
+    def on_request(r):
+        host = urlparse(r.url).netloc
+        if r.url.startswith("data:") or host == ORIGIN:
+            return
+        fail(f"{who}: request outside the server's origin: {r.url}")
+    page.on("request", on_request)
+
+
+def shot(page, name):
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, name + ".png"), full_page=False)
+
+
+def login(page, user, password, next_path="/dashboard"):
+    page.goto(BASE + next_path)
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    page.fill("#username", user)
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/login" not in url and url.endswith(next_path))
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def sweep(page, who, paths, shots=False):
+    """Open each page: it answers 200 with its heading and no console error."""
+    for path in paths:
+        resp = page.goto(BASE + path) or page.reload()
+        check(resp is not None and resp.status == 200, f"{who}: {path} answered {resp and resp.status}")
+        check(page.locator("main h1").count() == 1, f"{who}: {path} has no heading")
+        page.wait_for_load_state("networkidle")
+        if shots:
+            name = path.strip("/").split("?")[0].replace("/", "-") or "dashboard"
+            name = re.sub(r"-[0-9a-f]{16,}", "", re.sub(r"-\d+", "", name))
+            shot(page, name)
+
+
+def main():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        admin_ctx = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
+        page = admin_ctx.new_page()
+        watch(page, "admin")
+
+        # Logging in from a deep link lands on that page.
+        login(page, "admin", os.environ["ADMIN_PASSWORD"], "/jobs/new")
+        expect(page.locator("main h1")).to_have_text("New job")
+
+        # The schedule editor previews the next five runs from the scheduler.
+        expected_statuses.add(400)
+        page.fill("#schedule", "0 3 * * *")
+        expect(page.locator("#schedule-preview li")).to_have_count(5)
+        page.fill("#schedule", "not a cron")
+        expect(page.locator("#schedule-preview .field-error")).to_have_count(1)
+
+        # A bad field comes back from the API and shows at that field.
+        page.fill("#name", HOSTILE)
+        page.fill("#paths", SOURCE)
+        page.fill("#schedule", "")
+        page.click("button[type=submit]")
+        expect(page.locator('[data-error-for="name"]')).to_contain_text("invalid job name")
+        expect(page.locator("#name")).to_have_attribute("aria-invalid", "true")
+        page.fill("#name", JOB)
+        page.fill("#options", '{"priority": 1000}')
+        page.click("button[type=submit]")
+        expect(page.locator('[data-error-for="options"]')).to_contain_text("priority")
+        page.fill("#options", "")
+        page.fill("#keep_last", "5")
+        page.fill("#schedule", "0 3 * * *")
+        page.click("button[type=submit]")
+        try:
+            page.wait_for_url(re.compile(r"/jobs/\d+$"))
+        except Exception:
+            fail("creating the job: " + page.locator("form .alert").inner_text() + " | " +
+                 " ".join(page.locator(".field-error").all_inner_texts()))
+            raise
+        expected_statuses.discard(400)
+        job_url = page.url
+        job_id = job_url.rsplit("/", 1)[1]
+        expect(page.locator("main h1")).to_have_text("Job " + JOB)
+        expect(page.locator("main")).to_contain_text("0 3 * * *")
+
+        # Run it and follow the live log to its end.
+        page.click("text=Run now")
+        page.wait_for_url(re.compile(r"/runs/\d+$"))
+        run_url = page.url
+        expect(page.locator("[data-run-status]")).to_have_text("succeeded", timeout=120_000)
+        expect(page.locator("pre.log")).to_contain_text("snapshot", timeout=10_000)
+        shot(page, "run-live")
+
+        # The snapshot: browse down to the source, lazily, one directory at a time.
+        page.reload()
+        snap_link = page.locator("a[href^='/snapshots/']").first
+        snap_link.click()
+        page.wait_for_url(re.compile(r"/snapshots/[0-9a-f]+"))
+        snap_url = page.url
+        parts = [p for p in SOURCE.split("/") if p]
+        path = ""
+        for part in parts:
+            path += "/" + part
+            button = page.locator(f'li.dir[data-path="{path}"] > button').first
+            button.click()
+            expect(button).to_have_attribute("aria-expanded", "true")
+        expect(page.locator(f'li[data-path="{SOURCE}/sub"]')).to_have_count(1)
+        hostile_file = f'{SOURCE}/<img src=x onerror=alert(1)>.txt'
+        expect(page.locator(f'li[data-path="{hostile_file}"]')).to_have_count(1)
+        # A large directory comes a page at a time.
+        page.locator(f'li.dir[data-path="{SOURCE}/many"] > button').click()
+        many = page.locator(f'li.dir[data-path="{SOURCE}/many"] > ul > li')
+        expect(many).to_have_count(201)
+        page.locator(f'li.dir[data-path="{SOURCE}/many"] button[data-more]').click()
+        expect(many).to_have_count(250)
+        shot(page, "snapshot-browser")
+
+        # Download a file and compare it with the original.
+        with page.expect_download() as dl:
+            page.locator(f'li[data-path="{SOURCE}/data.bin"] a').click()
+        saved = os.path.join(WORK, "data.bin")
+        dl.value.save_as(saved)
+        check(filecmp.cmp(saved, os.path.join(SOURCE, "data.bin"), shallow=False), "downloaded file differs")
+
+        # Restore a folder to another path and compare it.
+        target = os.path.join(RESTORE_ROOT, "from-ui")
+        page.fill("#rpath", SOURCE + "/sub")
+        page.fill("#rtarget", target)
+        page.click("form[data-api*='/restore'] button[type=submit]")
+        expect(page.locator("#restored")).to_be_visible(timeout=60_000)
+        restored = target + SOURCE + "/sub"
+        if not os.path.isdir(restored):
+            restored = target
+        cmp = filecmp.dircmp(os.path.join(SOURCE, "sub"), restored)
+        check(not cmp.left_only and not cmp.right_only and not cmp.diff_files,
+              f"restored folder differs: {cmp.left_only} {cmp.right_only} {cmp.diff_files}")
+
+        # An agent: its one-time enrollment command, with a copy button.
+        page.goto(BASE + "/agents")
+        page.click("summary:text('Add an agent')")
+        page.fill("#aname", "web1")
+        page.click("form[data-api='POST /api/v1/agents'] button[type=submit]")
+        expect(page.locator("#enroll")).to_be_visible()
+        expect(page.locator("#enroll-cmd")).to_contain_text("bams agent enroll --server")
+        token = page.locator('#enroll [data-field="enrollment_token"]').inner_text()
+        check(len(token) > 20, f"enrollment token missing: {token!r}")
+        shot(page, "agents")
+
+        # Every page as admin, without console errors.
+        admin_pages = ["/dashboard", "/jobs", "/jobs/new", f"/jobs/{job_id}", f"/jobs/{job_id}/edit", "/runs",
+                       urlparse(run_url).path, "/snapshots", urlparse(snap_url).path + "?" + urlparse(snap_url).query,
+                       "/repositories", "/agents"]
+        sweep(page, "admin", admin_pages, shots=True)
+
+        # A forged POST without the CSRF token is refused, even with the session cookie.
+        r = admin_ctx.request.post(BASE + f"/api/v1/jobs/{job_id}/run", data="{}",
+                                   headers={"Content-Type": "application/json"})
+        check(r.status == 403 and "csrf" in r.text(), f"POST without CSRF token: {r.status} {r.text()}")
+
+        # An expired or removed session goes to the login page, then back.
+        admin_ctx.clear_cookies()
+        login(page, "admin", os.environ["ADMIN_PASSWORD"], "/runs")
+        expect(page.locator("main h1")).to_have_text("Runs")
+        page.click("button[data-logout]")
+        page.wait_for_url(re.compile(r"/login"))
+
+        # A viewer: sees state, never an action button, never backed-up content.
+        viewer_ctx = browser.new_context(viewport={"width": 1366, "height": 900})
+        vpage = viewer_ctx.new_page()
+        watch(vpage, "viewer")
+        login(vpage, "viewer", os.environ["VIEWER_PASSWORD"])
+        viewer_pages = ["/dashboard", "/jobs", f"/jobs/{job_id}", "/runs", urlparse(run_url).path, "/snapshots",
+                        urlparse(snap_url).path + "?" + urlparse(snap_url).query, "/repositories", "/agents"]
+        for path in viewer_pages:
+            sweep(vpage, "viewer", [path])
+            # (Reading actions, such as measuring a repository's usage, are fine.)
+            offered = vpage.locator("button[data-action]:not([data-action^='GET ']), form[data-api], "
+                                    "a[href='/jobs/new'], a[href$='/edit']")
+            n = offered.count()
+            check(n == 0, f"viewer is offered {n} action(s) on {path}: "
+                  + " ".join(offered.nth(i).evaluate("e => e.outerHTML")[:200] for i in range(n)))
+            check(vpage.locator("ul.tree").count() == 0, f"viewer sees a file browser on {path}")
+        expected_statuses.add(403)
+        resp = vpage.goto(BASE + "/jobs/new")
+        check(resp.status == 403, f"viewer opening /jobs/new: {resp.status}")
+        resp = vpage.goto(BASE + urlparse(snap_url).path + "/browse?path=/")
+        check(resp.status == 403, f"viewer browsing a snapshot: {resp.status}")
+
+        browser.close()
+    if failures:
+        print(f"{len(failures)} failure(s)")
+        sys.exit(1)
+    print("web UI: every check passed")
+
+
+if __name__ == "__main__":
+    main()
