@@ -43,7 +43,8 @@ mkdir -p "$assets/completions"
 "$bin" completions bash >"$assets/completions/bams.bash"
 "$bin" completions zsh >"$assets/completions/_bams"
 "$bin" completions fish >"$assets/completions/bams.fish"
-# The packaged config turns HTTPS on; everything else stays the documented defaults.
+# The packaged config turns HTTPS and the local socket on; everything else stays the
+# documented defaults.
 python3 - packaging/config.yaml "$assets/config.yaml" <<'PY'
 import sys
 src, dst = sys.argv[1], sys.argv[2]
@@ -53,7 +54,12 @@ if old not in text:
     sys.exit("build-debs.sh: packaging/config.yaml has no 'tls: cert: null key: null' block to turn on")
 new = ("tls:\n  cert: /etc/bams/tls/cert.pem   # made by the package (bams tls self-signed)\n"
        "  key: /etc/bams/tls/key.pem\n")
-open(dst, "w").write(text.replace(old, new))
+text = text.replace(old, new)
+old = "socket: null\n"
+if old not in text:
+    sys.exit("build-debs.sh: packaging/config.yaml has no 'socket: null' line to turn on")
+text = text.replace(old, "socket: /run/bams/api.sock   # the Cockpit plugin's way in\n")
+open(dst, "w").write(text)
 PY
 
 # cargo-deb refuses nothing for dev builds, but warns: the binary is not optimized.

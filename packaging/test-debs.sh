@@ -96,6 +96,17 @@ start_server() {
 stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
 start_server
 say "packaged server ($exec_start) answered https://localhost:$port/healthz: $(curl -fsS --cacert "$root/etc/bams/tls/cert.pem" "https://localhost:$port/healthz")"
+# The local socket of the packaged config, for the Cockpit plugin the package installs.
+sock="$root/run/bams/api.sock"
+[ -S "$sock" ] || fail "the packaged server made no socket at /run/bams/api.sock"
+[ "$(stat -c %a "$sock")" = 666 ] || fail "the socket is not connectable by everyone (the check is the peer's uid)"
+[ "$(curl -fsS --unix-socket "$sock" http://localhost/api/v1/auth/me | jq -r .role)" = admin ] ||
+  fail "root on the local socket is not an admin"
+for f in manifest.json index.html bams.js bams.css favicon.svg; do
+  [ -s "$root/usr/share/cockpit/bams/$f" ] || fail "the Cockpit plugin lacks $f"
+done
+grep -q 'content="/run/bams/api.sock"' "$root/usr/share/cockpit/bams/index.html" || fail "the plugin does not name the socket"
+say "local socket answers root as admin; Cockpit plugin installed in /usr/share/cockpit/bams"
 api() { curl -fsS --cacert "$root/etc/bams/tls/cert.pem" -H "Authorization: Bearer $token" -H 'content-type: application/json' "$@"; }
 password="$(cat "$root/var/lib/bams/initial-admin-password")"
 token="$(curl -fsS --cacert "$root/etc/bams/tls/cert.pem" -H 'content-type: application/json' \
@@ -120,6 +131,7 @@ done
 snapshot="$(api "https://localhost:$port/api/v1/runs/$run" | jq -r .snapshot_id)"
 [ "$snapshot" != null ] || fail "the backup made no snapshot"
 stop_server
+[ ! -e "$sock" ] || fail "the server left its socket behind when it stopped"
 
 # 4. Upgrade: data, config, certificate, job and snapshot stay; the catalog is migrated. Both
 #    versions here carry the same schema, so the catalog is first taken back to what the

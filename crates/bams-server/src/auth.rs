@@ -152,6 +152,38 @@ fn append_only_allowed(path: &str) -> bool {
     path.starts_with("/api/v1/repo/")
 }
 
+/// A local socket peer as a caller: a user named `unix:NAME` with its group's role, no ACL
+/// entries, and no sessions or tokens of its own (it needs none).
+fn local_peer(st: &AppState, peer: &crate::local_socket::Peer, route: &str) -> ApiResult<Authenticated> {
+    let cfg = &st.config.socket_roles;
+    let role = peer.role.ok_or_else(|| {
+        ApiError::forbidden(format!(
+            "the Linux user {} is in none of the groups {}, {}, {}",
+            peer.username, cfg.admin_group, cfg.operator_group, cfg.viewer_group
+        ))
+    })?;
+    let own_credentials = route.starts_with("/api/v1/tokens")
+        || (route.starts_with("/api/v1/auth/") && route != "/api/v1/auth/me" && route != "/api/v1/auth/permissions");
+    if own_credentials {
+        return Err(ApiError::forbidden("local socket users have no sessions or tokens of their own"));
+    }
+    let id = -1 - i64::from(peer.uid);
+    let user =
+        User { id, username: format!("unix:{}", peer.username), role, disabled: false, totp: false, created_at: 0 };
+    let token = bams_catalog::AuthToken {
+        id: 0,
+        user_id: id,
+        kind: TokenKind::Api,
+        name: "local socket".into(),
+        scope: TokenScope::Full,
+        created_at: 0,
+        expires_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    Ok(Authenticated { user, token, csrf: None })
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
@@ -234,16 +266,28 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
         if rule.on == On::Public {
             return Ok(());
         }
-        let (secret, via_cookie) = match (bearer(req.headers()), cookie(req.headers(), SESSION_COOKIE)) {
-            (Some(b), _) => (b.to_string(), false),
-            (None, Some(c)) => (c.to_string(), true),
-            (None, None) => {
-                return Err(ApiError::unauthorized("authentication required: log in or send a bearer token"))
+        let peer = req.extensions().get::<crate::local_socket::Peer>().cloned();
+        let (Authenticated { user, token, csrf }, acl, via_cookie) = match (bearer(req.headers()), peer) {
+            // On the local socket without a token: the Linux user the kernel names.
+            (None, Some(peer)) => {
+                // Named in the audit log even when refused.
+                username = Some(format!("unix:{}", peer.username));
+                (local_peer(&st, &peer, &route)?, Arc::default(), false)
+            }
+            (bearer, _) => {
+                let (secret, via_cookie) = match (bearer, cookie(req.headers(), SESSION_COOKIE)) {
+                    (Some(b), _) => (b.to_string(), false),
+                    (None, Some(c)) => (c.to_string(), true),
+                    (None, None) => {
+                        return Err(ApiError::unauthorized("authentication required: log in or send a bearer token"))
+                    }
+                };
+                let (a, acl) = authenticate(&st, &secret)
+                    .await?
+                    .ok_or_else(|| ApiError::unauthorized("invalid, expired or revoked credentials"))?;
+                (a, acl, via_cookie)
             }
         };
-        let (Authenticated { user, token, csrf }, acl) = authenticate(&st, &secret)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("invalid, expired or revoked credentials"))?;
         username = Some(user.username.clone());
         if via_cookie && mutation {
             let sent = req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok());

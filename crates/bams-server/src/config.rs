@@ -18,12 +18,41 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
+/// The local API socket: how Cockpit (and anyone on this machine) reaches the server without
+/// a password. Peers are known by their uid (`SO_PEERCRED`): root is an admin; members of the
+/// groups below get those roles; anyone else is refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketConfig {
+    /// Group whose members are admins.
+    pub admin_group: String,
+    /// Group whose members are operators.
+    pub operator_group: String,
+    /// Group whose members are viewers.
+    pub viewer_group: String,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            admin_group: "bams-admin".into(),
+            operator_group: "bams-operator".into(),
+            viewer_group: "bams-viewer".into(),
+        }
+    }
+}
+
 /// Everything the server reads at start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address to listen on.
     pub listen: String,
+    /// Also serve the API on this unix socket (off when unset; the package sets
+    /// `/run/bams/api.sock`).
+    pub socket: Option<PathBuf>,
+    /// Who may use the socket, by Linux group.
+    pub socket_roles: SocketConfig,
     /// Where the catalog, keys and the default repository live.
     pub data_dir: PathBuf,
     /// `sqlite:///path` or `postgres://…`; empty = `<data_dir>/catalog.db`.
@@ -83,6 +112,8 @@ impl Default for Config {
         let root = nix_is_root();
         Self {
             listen: "0.0.0.0:4848".into(),
+            socket: None,
+            socket_roles: SocketConfig::default(),
             data_dir: if root { PathBuf::from("/var/lib/bams") } else { PathBuf::from("./bams-data") },
             catalog: String::new(),
             repository: String::new(),
@@ -120,6 +151,7 @@ fn nix_is_root() -> bool {
 /// Key paths that environment variables may override.
 const KEYS: &[&str] = &[
     "listen",
+    "socket",
     "data_dir",
     "catalog",
     "repository",
@@ -186,6 +218,7 @@ impl Config {
                 let value = match (*key, value) {
                     (
                         "listen"
+                        | "socket"
                         | "data_dir"
                         | "catalog"
                         | "repository"

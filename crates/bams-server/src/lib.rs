@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod local_socket;
 pub mod metrics;
 pub mod policy;
 pub mod state;
@@ -286,14 +287,29 @@ pub async fn serve(config: Config) -> Result<()> {
     let director = server.state.director.clone();
     let timeout = Duration::from_secs(server.state.config.shutdown_timeout_secs);
     let server_header_timeout = server.state.config.header_timeout_secs;
+    // The local socket is bound before anything runs: a path taken by another file stops the
+    // start with the reason.
+    let socket = match &server.state.config.socket {
+        Some(path) => Some(local_socket::bind(path)?),
+        None => None,
+    };
     let loop_handle = director.start().await?;
     let housekeeping = tokio::spawn(housekeeping(server.state.clone()));
+    let (stop_socket, socket_stopped) = tokio::sync::oneshot::channel::<()>();
+    let socket_task = socket.map(|socket| {
+        let router = server.router.clone();
+        let roles = server.state.config.socket_roles.clone();
+        tokio::spawn(socket.serve(router, roles, async move {
+            let _ = socket_stopped.await;
+        }))
+    });
     let app = server.router.into_make_service_with_connect_info::<SocketAddr>();
     let header_timeout = Duration::from_secs(server_header_timeout.max(1));
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        let _ = stop_socket.send(());
         h.graceful_shutdown(Some(timeout));
     });
     // Bind before announcing, so "listening" is only printed once the port is ours.
@@ -317,6 +333,10 @@ pub async fn serve(config: Config) -> Result<()> {
             println!("bams server listening on http://{bound} (TLS off)");
             server.handle(handle).serve(app).await.context("serving HTTP")?;
         }
+    }
+    if let Some(task) = socket_task {
+        // Ends the accept loop and removes the socket file.
+        let _ = task.await;
     }
     info!("no longer accepting requests; waiting for running jobs");
     director.shutdown(timeout).await;

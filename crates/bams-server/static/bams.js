@@ -98,15 +98,40 @@
   // ---- page loading: full pages in a browser, fragments in Cockpit and for refreshes ----
 
   const content = function () { return document.getElementById("content"); };
+  let lastPath = null;
   let followers = [];
 
+  // In Cockpit the whole page is asked for, so the navigation and the name of the user come
+  // from the server too (each filtered by the caller's role); only its parts are used.
+  function adopt(main, html) {
+    if (!inCockpit) {
+      main.innerHTML = html;
+      return;
+    }
+    const doc = new DOMParser().parseFromString(html, "text/html");
+    const fresh = doc.getElementById("content") || doc.querySelector("main");
+    main.innerHTML = fresh ? fresh.innerHTML : doc.body.innerHTML;
+    const nav = doc.querySelector(".sidebar .nav");
+    const mine = document.querySelector(".sidebar .nav");
+    if (nav && mine) mine.innerHTML = nav.innerHTML;
+    const who = doc.querySelector(".whoami");
+    const slot = document.querySelector("[data-whoami]");
+    if (who && slot) {
+      slot.innerHTML = who.innerHTML;
+      slot.querySelectorAll("[data-logout]").forEach(function (b) { b.remove(); });
+    }
+  }
+
   function loadFragment(path, push) {
-    return request("GET", path, null, Object.assign({ Accept: "text/html" }, FRAGMENT)).then(function (res) {
+    followers.forEach(function (f) { f.close(); });
+    followers = [];
+    const headers = inCockpit ? { Accept: "text/html" } : Object.assign({ Accept: "text/html" }, FRAGMENT);
+    return request("GET", path, null, headers).then(function (res) {
       if (res.status === 401) return loginAgain();
       const main = content();
       if (!main) return;
       if (res.type.indexOf("text/html") === 0) {
-        main.innerHTML = res.text;
+        adopt(main, res.text);
       } else {
         const err = errorMessage(res);
         main.innerHTML = "";
@@ -119,7 +144,13 @@
       }
       const h1 = main.querySelector("h1");
       if (h1) document.title = h1.textContent + " · BAMS";
-      if (push && inCockpit) cockpit.location.go(path);
+      if (push && inCockpit) {
+        lastPath = path;
+        const cut = path.indexOf("?");
+        const options = {};
+        if (cut >= 0) new URLSearchParams(path.slice(cut + 1)).forEach(function (v, k) { options[k] = v; });
+        cockpit.location.go(cut >= 0 ? path.slice(0, cut) : path, options);
+      }
       markNav(path);
       init(main);
     });
@@ -444,8 +475,6 @@
       const secs = Math.max(2, Number(refresh.getAttribute("data-refresh")) || 10);
       refreshTimer = setTimeout(function () {
         if (document.visibilityState === "visible" && !document.querySelector("dialog[open]")) {
-          followers.forEach(function (f) { f.close(); });
-          followers = [];
           loadFragment(currentPath(), false);
         } else {
           init(root);
@@ -557,8 +586,15 @@
   function start() {
     if (inCockpit) {
       cockpit.transport.wait(function () {
-        loadFragment(currentPath(), false);
-        cockpit.addEventListener("locationchanged", function () { loadFragment(currentPath(), false); });
+        lastPath = currentPath();
+        loadFragment(lastPath, false);
+        cockpit.addEventListener("locationchanged", function () {
+          // A change this script made has been loaded already.
+          const now = currentPath();
+          if (now === lastPath) return;
+          lastPath = now;
+          loadFragment(now, false);
+        });
       });
       return;
     }

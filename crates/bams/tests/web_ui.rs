@@ -88,10 +88,150 @@ fn the_web_ui_works_in_a_real_browser_for_admins_and_viewers() {
             .collect::<String>();
         panic!("the browser test failed:\n{text}\n--- server log (tail) ---\n{}", tail(&log, 60));
     }
+    eprintln!("{text}");
     assert!(text.contains("every check passed"), "{text}");
 }
 
 fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A Linux user made for the test and removed with everything it left running.
+struct LinuxUser {
+    name: String,
+}
+
+impl LinuxUser {
+    fn create(name: &str, group: &str, password: &str) -> Self {
+        let _ = Command::new("userdel").args(["-r", "-f", name]).output();
+        assert!(Command::new("groupadd").args(["-f", group]).status().unwrap().success());
+        let ok = Command::new("useradd").args(["-m", "-s", "/bin/bash", "-G", group, name]).status().unwrap();
+        assert!(ok.success(), "useradd {name}");
+        let mut chpasswd = Command::new("chpasswd").stdin(std::process::Stdio::piped()).spawn().unwrap();
+        chpasswd.stdin.take().unwrap().write_all(format!("{name}:{password}\n").as_bytes()).unwrap();
+        assert!(chpasswd.wait().unwrap().success(), "chpasswd {name}");
+        Self { name: name.to_string() }
+    }
+
+    fn home(&self) -> std::path::PathBuf {
+        Path::new("/home").join(&self.name)
+    }
+}
+
+impl Drop for LinuxUser {
+    fn drop(&mut self) {
+        // Each Cockpit login leaves a dbus-daemon and an ssh-agent of the user behind.
+        let _ = Command::new("pkill").args(["-KILL", "-u", &self.name]).status();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let _ = Command::new("userdel").args(["-r", "-f", &self.name]).output();
+    }
+}
+
+/// Copy the plugin (`cockpit/` at the repository root, its symlinks followed) into a user's
+/// `~/.local/share/cockpit/bams`, pointed at `socket`.
+fn install_plugin(user: &LinuxUser, socket: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cockpit");
+    let dst = user.home().join(".local/share/cockpit/bams");
+    std::fs::create_dir_all(&dst).unwrap();
+    for name in ["manifest.json", "index.html", "bams.js", "bams.css", "favicon.svg"] {
+        let text = std::fs::read_to_string(src.join(name)).unwrap();
+        let text = if name == "index.html" {
+            let replaced = text.replace("/run/bams/api.sock", &socket.display().to_string());
+            assert_ne!(replaced, text, "index.html names the socket in its meta tag");
+            replaced
+        } else {
+            text
+        };
+        std::fs::write(dst.join(name), text).unwrap();
+    }
+    let owner = format!("{0}:{0}", user.name);
+    assert!(Command::new("chown").args(["-R", &owner]).arg(user.home().join(".local")).status().unwrap().success());
+}
+
+/// cockpit-ws on a free port of 127.0.0.1, stopped when dropped.
+struct CockpitWs {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for CockpitWs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_cockpit_plugin_reaches_the_server_over_its_socket_as_the_logged_in_linux_user() {
+    const WS: &str = "/usr/lib/cockpit/cockpit-ws";
+    for tool in [PYTHON, CHROMIUM, WS] {
+        assert!(Path::new(tool).exists(), "{tool} is missing: run scripts/setup-dev.sh");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    // Users other than root reach the socket: it lives outside the private temp dir.
+    let run_dir = Path::new("/run").join(format!("bams-test-{}", std::process::id()));
+    let socket = run_dir.join("api.sock");
+    let source = dir.join("source");
+    std::fs::create_dir_all(source.join("etc")).unwrap();
+    std::fs::write(source.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    let socket_env = socket.display().to_string();
+    let server = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_bams")), &dir, &[("BAMS_SOCKET", &socket_env)]);
+    let admin_pw = std::fs::read_to_string(dir.join("data/initial-admin-password")).unwrap().trim().to_string();
+    let admin = server.login("admin", &admin_pw);
+    let job = serde_json::json!({"name": "cockpit-files", "type": "backup", "paths": [source], "repository": 1});
+    let created = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{}/api/v1/jobs", server.port)])
+        .args(["-H", "content-type: application/json", "-H", &format!("Authorization: Bearer {admin}")])
+        .args(["-d", &job.to_string()])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "creating the job: {}", String::from_utf8_lossy(&created.stdout));
+
+    let pid = std::process::id();
+    let viewer = LinuxUser::create(&format!("bv{pid}"), "bams-viewer", "Viewer-pass-1");
+    let operator = LinuxUser::create(&format!("ba{pid}"), "bams-admin", "Admin-pass-1");
+    install_plugin(&viewer, &socket);
+    install_plugin(&operator, &socket);
+
+    let port = bams_testkit::free_port();
+    let child = Command::new(WS)
+        .args(["--no-tls", "--port", &port.to_string(), "--address", "127.0.0.1"])
+        .stdout(std::fs::File::create(dir.join("cockpit-ws.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("cockpit-ws.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let ws = CockpitWs { child, port };
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", ws.port)).is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "cockpit-ws did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/cockpit.py");
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(&script)
+        .env("COCKPIT_URL", format!("http://127.0.0.1:{}", ws.port))
+        .env("VIEWER_USER", &viewer.name)
+        .env("VIEWER_PASSWORD", "Viewer-pass-1")
+        .env("ADMIN_USER", &operator.name)
+        .env("ADMIN_PASSWORD", "Admin-pass-1")
+        .env("JOB", "cockpit-files");
+    if let Some(shots) = std::env::var_os("BAMS_SCREENSHOTS") {
+        cmd.env("SCREENSHOTS", shots);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    drop(ws);
+    drop(server);
+    // The server removes its socket when it stops.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    if !out.status.success() {
+        let log = std::fs::read_to_string(dir.join("cockpit-ws.err")).unwrap_or_default();
+        panic!("the Cockpit test failed:\n{text}\n--- cockpit-ws (tail) ---\n{}", tail(&log, 40));
+    }
+    eprintln!("{text}");
+    assert!(text.contains("every check passed"), "{text}");
 }

@@ -1,0 +1,1 @@
+../crates/bams-server/static/bams.js
