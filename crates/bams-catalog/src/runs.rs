@@ -675,3 +675,17 @@ impl Catalog {
         Ok(row.map(|r| r.0))
     }
 }
+
+impl Catalog {
+    /// Files and bytes a running run has done so far (its final numbers replace them when
+    /// it ends); ignored once the run has ended.
+    pub async fn run_progress(&self, run: i64, files: i64, bytes: i64) -> Result<()> {
+        sqlx::query("UPDATE runs SET files = $1, bytes = $2 WHERE id = $3 AND status = 'running'")
+            .bind(files)
+            .bind(bytes)
+            .bind(run)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

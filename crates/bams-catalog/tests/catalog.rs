@@ -106,9 +106,21 @@ async fn scenario(cat: &Catalog) {
     cat.append_log(run.id, "line 1\n").await.unwrap();
     cat.append_log(run.id, "line 2\n").await.unwrap();
     assert_eq!(cat.run_log(run.id).await.unwrap(), "line 1\nline 2\n");
+    // Live progress while it runs; the final numbers replace it, and later reports are ignored.
+    cat.run_progress(run.id, 2, 60).await.unwrap();
+    let live = cat.get_run(run.id).await.unwrap();
+    assert_eq!((live.files, live.bytes), (2, 60));
+    assert_eq!(cat.last_successful_bytes(job.id).await.unwrap(), None);
     let stats = RunStats { files: 3, bytes: 100, new_bytes: 40, errors: 0, snapshot_id: Some("ab".repeat(32)) };
     cat.finish_run(run.id, RunStatus::Succeeded, &stats, "ok").await.unwrap();
-    assert_eq!(cat.get_run(run.id).await.unwrap().new_bytes, 40);
+    cat.run_progress(run.id, 1, 1).await.unwrap();
+    let done = cat.get_run(run.id).await.unwrap();
+    assert_eq!((done.files, done.bytes, done.new_bytes), (3, 100, 40));
+    assert_eq!(cat.last_successful_bytes(job.id).await.unwrap(), Some(100));
+    let activity = cat.job_activity().await.unwrap();
+    let mine = activity.iter().find(|a| a.job_id == job.id).expect("the job's activity");
+    assert_eq!((mine.last_status.as_deref(), mine.active, mine.failures_24h), (Some("succeeded"), 0, 0));
+    assert!(mine.last_success_at.is_some());
     assert!(cat.last_successful_backup(job.id, true).await.unwrap().is_some());
     for _ in 0..5 {
         cat.queue_run(&NewRun { job_id: job.id, level: None, triggered_by: "manual".into() }).await.unwrap();
@@ -155,6 +167,9 @@ async fn scenario(cat: &Catalog) {
         })
         .collect();
     cat.sync_snapshots(repo.id, &snaps).await.unwrap();
+    let found = cat.snapshot_locations(&format!("{:064x}", 3)).await.unwrap();
+    assert_eq!(found.iter().map(|s| s.repository).collect::<Vec<_>>(), vec![repo.id]);
+    assert!(cat.snapshot_locations("not-there").await.unwrap().is_empty());
     let all = cat.list_snapshots(&SnapshotFilter { limit: Some(2), ..Default::default() }).await.unwrap();
     assert_eq!(all.items[0].id, format!("{:064x}", 4));
     let rest = cat

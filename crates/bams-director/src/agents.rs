@@ -542,6 +542,11 @@ impl Director {
     pub async fn agent_events(&self, agent: &Agent, run: i64, ev: &Events) -> Result<EventsReply, AgentRunError> {
         let cat = self.catalog();
         let cancel = cat.agent_heartbeat(run, agent.id).await?.ok_or(AgentRunError::NotYours(run))?;
+        if ev.files > 0 || ev.bytes > 0 {
+            let (files, bytes) =
+                (i64::try_from(ev.files).unwrap_or(i64::MAX), i64::try_from(ev.bytes).unwrap_or(i64::MAX));
+            cat.run_progress(run, files, bytes).await?;
+        }
         if !ev.log.is_empty() {
             let text: String = ev.log.iter().map(|l| format!("{} {}\n", stamp(), l.trim_end())).collect();
             cat.append_log(run, &text).await?;

@@ -36,13 +36,28 @@ fn about(family: &Family, rec: &bams_catalog::Repository, line: String) -> Strin
     }
 }
 
-/// Streams log lines into the catalog and tells the engine when to stop.
+/// Streams log lines into the catalog, counts files and bytes for the live progress, and
+/// tells the engine when to stop.
 struct RunProgress {
     ctl: Arc<RunControl>,
     log: mpsc::UnboundedSender<String>,
+    counts: Arc<Counts>,
+}
+
+/// Files and bytes done so far, written to the run's row every second.
+#[derive(Default)]
+struct Counts {
+    files: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Progress for RunProgress {
+    fn bytes(&self, n: u64) {
+        self.counts.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+    fn file_done(&self) {
+        self.counts.files.fetch_add(1, Ordering::Relaxed);
+    }
     fn warn(&self, msg: &str) {
         let _ = self.log.send(format!("{} warning: {msg}\n", stamp()));
     }
@@ -64,11 +79,29 @@ pub(crate) async fn execute(d: &Arc<Director>, run: &Run, ctl: &Arc<RunControl>)
     let log = |s: String| {
         let _ = tx.send(format!("{} {s}\n", stamp()));
     };
+    // Progress for the dashboard and run pages (on any server): what is done, each second.
+    let counts = Arc::new(Counts::default());
+    let reporter = {
+        let (cat, counts) = (cat.clone(), counts.clone());
+        tokio::spawn(async move {
+            let mut last = (0, 0);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let now = (counts.files.load(Ordering::Relaxed), counts.bytes.load(Ordering::Relaxed));
+                if now != last {
+                    last = now;
+                    let (files, bytes) =
+                        (i64::try_from(now.0).unwrap_or(i64::MAX), i64::try_from(now.1).unwrap_or(i64::MAX));
+                    let _ = cat.run_progress(run_id, files, bytes).await;
+                }
+            }
+        })
+    };
     let result = async {
         let job_id = run.job_id.ok_or("the run's job was deleted")?;
         let job = cat.get_job(job_id).await.map_err(|e| e.to_string())?;
         log(format!("{} job {:?} on server {}", job.kind.as_str(), job.name, d.server_id()));
-        let progress = RunProgress { ctl: ctl.clone(), log: tx.clone() };
+        let progress = RunProgress { ctl: ctl.clone(), log: tx.clone(), counts: counts.clone() };
         let family = || async { d.repos.family(job.repository).await.map_err(|e| e.to_string()) };
         match job.kind {
             JobKind::Backup => {
@@ -90,6 +123,7 @@ pub(crate) async fn execute(d: &Arc<Director>, run: &Run, ctl: &Arc<RunControl>)
         }
     }
     .await;
+    reporter.abort();
     drop(tx);
     let _ = logger.await;
     result
