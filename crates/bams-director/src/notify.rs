@@ -24,6 +24,8 @@ pub enum Event {
     Success,
     /// Succeeded with warnings (e.g. unreadable files: a partial snapshot).
     Warning,
+    /// A test an administrator sent to check the channels (never sent for a run).
+    Test,
 }
 
 /// How mail is sent.
@@ -196,6 +198,59 @@ impl Notifier {
         }
     }
 
+    /// Send a test notification once through every configured channel (no retries) and say
+    /// how each went, so an administrator sees a wrong URL or SMTP setting at once. The run
+    /// it carries is marked as a test: id 0, no job.
+    pub async fn test(&self, requested_by: &str) -> Vec<ChannelResult> {
+        let now = bams_catalog::now_ms();
+        let run = Run {
+            id: 0,
+            job_id: None,
+            kind: bams_catalog::JobKind::Backup,
+            level: None,
+            status: RunStatus::Succeeded,
+            triggered_by: format!("test:{requested_by}"),
+            server_id: Some(self.server_id.clone()),
+            agent_id: None,
+            queued_at: now,
+            scheduled_for: None,
+            started_at: Some(now),
+            finished_at: Some(now),
+            files: 0,
+            bytes: 0,
+            new_bytes: 0,
+            errors: 0,
+            snapshot_id: None,
+            message: Some(format!("test notification sent by {requested_by}")),
+            cancel_requested: false,
+        };
+        let n = Notification { event: Event::Test, server_id: self.server_id.clone(), job: None, run };
+        let mut out = Vec::new();
+        for url in &self.cfg.webhooks {
+            let outcome = match self.http.post(url).json(&n).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("answered {}", r.status())),
+                Err(e) => Err(format!("unreachable: {e}")),
+            };
+            out.push(ChannelResult::new(format!("webhook {url}"), outcome));
+        }
+        if !self.cfg.email.smtp_host.is_empty() && !self.cfg.email.to.is_empty() {
+            let to: Vec<&String> = self.cfg.email.to.iter().collect();
+            let outcome = self.email(&n, &to).await;
+            out.push(ChannelResult::new(format!("e-mail to {}", self.cfg.email.to.join(", ")), outcome));
+        }
+        out
+    }
+
+    /// The settings, with the SMTP password replaced by `(set)`.
+    pub fn settings(&self) -> NotifyConfig {
+        let mut cfg = self.cfg.clone();
+        if !cfg.email.password.is_empty() {
+            cfg.email.password = "(set)".into();
+        }
+        cfg
+    }
+
     /// POST the notification, retrying a failed attempt (network or non-2xx) up to 4 times
     /// with backoff (1, 2, 4 s).
     async fn webhook(&self, url: &str, n: &Notification) {
@@ -221,6 +276,7 @@ impl Notifier {
             Event::Failure => "FAILED",
             Event::Success => "succeeded",
             Event::Warning => "succeeded with warnings",
+            Event::Test => "is a test",
         };
         let mut m = Message::builder()
             .from(e.from.parse().map_err(|err| format!("from: {err}"))?)
@@ -258,5 +314,22 @@ impl Notifier {
         }
         b.build().send(msg).await.map_err(|err| err.to_string())?;
         Ok(())
+    }
+}
+
+/// How sending through one channel went.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ChannelResult {
+    /// `webhook URL` or `e-mail to …`.
+    pub channel: String,
+    /// Delivered.
+    pub ok: bool,
+    /// Why not.
+    pub error: Option<String>,
+}
+
+impl ChannelResult {
+    fn new(channel: String, outcome: Result<(), String>) -> Self {
+        Self { channel, ok: outcome.is_ok(), error: outcome.err() }
     }
 }

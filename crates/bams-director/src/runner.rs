@@ -57,6 +57,11 @@ pub struct Director {
 }
 
 impl Director {
+    /// Who gets told when runs end (the test button and settings page use it).
+    pub fn notifier(&self) -> &crate::notify::Notifier {
+        &self.notifier
+    }
+
     /// A director over `repos` (and its catalog).
     pub fn new(repos: Arc<RepoPool>, opts: DirectorOptions) -> Arc<Self> {
         let notifier = Arc::new(crate::notify::Notifier::new(opts.notifications.clone(), &opts.server_id));

@@ -219,6 +219,8 @@ pub const POLICY: &[Rule] = &[
     r("GET", "/api/v1/audit", P::SYS_ADMIN, SYSTEM),
     r("GET", "/api/v1/diagnostics/bundle", P::SYS_ADMIN, SYSTEM),
     r("GET", "/api/v1/system", P::SYS_AUDIT, SYSTEM),
+    r("GET", "/api/v1/notifications", P::SYS_ADMIN, SYSTEM),
+    r("POST", "/api/v1/notifications/test", P::SYS_ADMIN, SYSTEM),
     // Repositories and their contents.
     r("GET", "/api/v1/repositories", P::DATASTORE_AUDIT, REPO),
     r("POST", "/api/v1/repositories", P::DATASTORE_MODIFY, On::Path("/repositories")),
@@ -329,6 +331,11 @@ pub const POLICY: &[Rule] = &[
     r("GET", "/snapshots/{id}/browse", P::DATASTORE_READ, REPO),
     r("GET", "/repositories", P::DATASTORE_AUDIT, REPO),
     r("GET", "/agents", P::AGENTS_AUDIT, AGENTS),
+    r("GET", "/logs", P::SYS_AUDIT, LOGS),
+    r("GET", "/admin/users", P::SYS_ADMIN, SYSTEM),
+    r("GET", "/admin/tokens", NO, On::Own),
+    r("GET", "/admin/audit", P::SYS_ADMIN, SYSTEM),
+    r("GET", "/admin/notifications", P::SYS_ADMIN, SYSTEM),
 ];
 
 /// The rule for a request; HEAD falls back to GET's rule where HEAD has none of its own.

@@ -193,7 +193,7 @@
       if (!target) return;
       target.querySelectorAll("[data-field]").forEach(function (f) {
         const v = data ? data[f.getAttribute("data-field")] : "";
-        f.textContent = v === undefined || v === null ? "" : String(v);
+        f.textContent = v === undefined || v === null ? "" : typeof v === "object" ? JSON.stringify(v, null, 2) : String(v);
       });
       target.classList.remove("hidden");
       const focus = target.querySelector("[data-field]");
@@ -408,7 +408,7 @@
       entry: function (data) {
         const e = parseJson(data) || {};
         const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-        pre.append(document.createTextNode((e.time || "") + " " + (e.unit || "") + " " + (e.message || "") + "\n"));
+        pre.append(document.createTextNode((e.time || "") + " " + (e.message || "") + "\n"));
         if (atEnd) pre.scrollTop = pre.scrollHeight;
       },
     });

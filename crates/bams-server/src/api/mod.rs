@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod iscsi;
 pub mod jobs;
 pub mod logs;
+pub mod notifications;
 pub mod pools;
 pub mod repos;
 pub mod run_stream;
@@ -136,4 +137,6 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(run_stream::events))
         .routes(routes!(diag::bundle))
         .routes(routes!(diag::system))
+        .routes(routes!(notifications::settings))
+        .routes(routes!(notifications::test))
 }

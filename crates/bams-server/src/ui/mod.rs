@@ -45,6 +45,11 @@ pub const ROUTES: &[&str] = &[
     "/snapshots/{id}/browse",
     "/repositories",
     "/agents",
+    "/logs",
+    "/admin/users",
+    "/admin/tokens",
+    "/admin/audit",
+    "/admin/notifications",
 ];
 
 /// The page routes.
@@ -67,6 +72,11 @@ pub fn routes() -> Router<AppState> {
         .route("/snapshots/{id}/browse", get(pages::snapshots::browse))
         .route("/repositories", get(pages::repositories::list))
         .route("/agents", get(pages::agents::list))
+        .route("/logs", get(pages::logs::page))
+        .route("/admin/users", get(pages::admin::users))
+        .route("/admin/tokens", get(pages::admin::tokens))
+        .route("/admin/audit", get(pages::admin::audit))
+        .route("/admin/notifications", get(pages::admin::notifications))
 }
 
 /// Headers every answer carries: no inline script or style, nothing from another origin, no
@@ -192,6 +202,11 @@ const NAV: &[(&str, &str, &str, Privs, &str)] = &[
     ("/snapshots", "Snapshots", "Backups", Privs::DATASTORE_AUDIT, "/repositories"),
     ("/repositories", "Repositories & pools", "Backups", Privs::DATASTORE_AUDIT, "/repositories"),
     ("/agents", "Agents", "Backups", Privs::AGENTS_AUDIT, "/agents"),
+    ("/logs", "Logs", "Appliance", Privs::SYS_AUDIT, "/appliance/logs"),
+    ("/admin/users", "Users", "Administration", Privs::SYS_ADMIN, "/system"),
+    ("/admin/tokens", "API tokens", "Administration", Privs::NONE, "/"),
+    ("/admin/audit", "Audit log", "Administration", Privs::SYS_ADMIN, "/system"),
+    ("/admin/notifications", "Notifications", "Administration", Privs::SYS_ADMIN, "/system"),
 ];
 
 impl Ctx {

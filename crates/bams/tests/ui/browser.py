@@ -207,10 +207,34 @@ def main():
         check(len(token) > 20, f"enrollment token missing: {token!r}")
         shot(page, "agents")
 
+        # Administration: a user added from the form, an API token shown once, the audit log
+        # names what was done, a test notification reports its channels.
+        page.goto(BASE + "/admin/users")
+        page.click("summary:text('Add a user')")
+        page.fill("#username", "operator1")
+        page.fill("#password", "operator-password")
+        page.select_option("#role", "operator")
+        page.click("form[data-api='POST /api/v1/users'] button[type=submit]")
+        expect(page.locator("main table")).to_contain_text("operator1")
+        page.goto(BASE + "/admin/tokens")
+        page.click("summary:text('Create an API token')")
+        page.fill("#tname", "monitoring")
+        page.click("form[data-api='POST /api/v1/tokens'] button[type=submit]")
+        expect(page.locator("#new-token")).to_be_visible()
+        check(page.locator("#token-secret").inner_text().strip().startswith("bams_"),
+              "the new token's secret is not shown: " + page.locator("#token-secret").inner_text())
+        page.goto(BASE + "/admin/audit?user=admin")
+        expect(page.locator("main table")).to_contain_text("POST /api/v1/tokens")
+        expect(page.locator("main table")).to_contain_text("operator1")
+        page.goto(BASE + "/admin/notifications")
+        page.click("text=Send a test notification")
+        expect(page.locator("#test-result")).to_be_visible()
+
         # Every page as admin, without console errors.
         admin_pages = ["/dashboard", "/jobs", "/jobs/new", f"/jobs/{job_id}", f"/jobs/{job_id}/edit", "/runs",
                        urlparse(run_url).path, "/snapshots", urlparse(snap_url).path + "?" + urlparse(snap_url).query,
-                       "/repositories", "/agents"]
+                       "/repositories", "/agents", "/logs", "/admin/users", "/admin/tokens", "/admin/audit",
+                       "/admin/notifications"]
         sweep(page, "admin", admin_pages, shots=True)
 
         # A forged POST without the CSRF token is refused, even with the session cookie.
@@ -231,19 +255,24 @@ def main():
         watch(vpage, "viewer")
         login(vpage, "viewer", os.environ["VIEWER_PASSWORD"])
         viewer_pages = ["/dashboard", "/jobs", f"/jobs/{job_id}", "/runs", urlparse(run_url).path, "/snapshots",
-                        urlparse(snap_url).path + "?" + urlparse(snap_url).query, "/repositories", "/agents"]
+                        urlparse(snap_url).path + "?" + urlparse(snap_url).query, "/repositories", "/agents", "/logs",
+                        "/admin/tokens"]
         for path in viewer_pages:
             sweep(vpage, "viewer", [path])
-            # (Reading actions, such as measuring a repository's usage, are fine.)
-            offered = vpage.locator("button[data-action]:not([data-action^='GET ']), form[data-api], "
+            # (Reading actions, such as measuring a repository's usage, and managing one's own
+            # API tokens are the viewer's to take: they would not answer 403.)
+            offered = vpage.locator("button[data-action]:not([data-action^='GET ']):not([data-action*='/api/v1/tokens']), "
+                                    "form[data-api]:not([data-api='POST /api/v1/tokens']), "
                                     "a[href='/jobs/new'], a[href$='/edit']")
             n = offered.count()
             check(n == 0, f"viewer is offered {n} action(s) on {path}: "
                   + " ".join(offered.nth(i).evaluate("e => e.outerHTML")[:200] for i in range(n)))
             check(vpage.locator("ul.tree").count() == 0, f"viewer sees a file browser on {path}")
         expected_statuses.add(403)
-        resp = vpage.goto(BASE + "/jobs/new")
-        check(resp.status == 403, f"viewer opening /jobs/new: {resp.status}")
+        for path in ["/jobs/new", "/admin/users", "/admin/audit", "/admin/notifications"]:
+            resp = vpage.goto(BASE + path)
+            check(resp.status == 403, f"viewer opening {path}: {resp.status}")
+        check(vpage.locator("a[href='/admin/users']").count() == 0, "the viewer's navigation offers Users")
         resp = vpage.goto(BASE + urlparse(snap_url).path + "/browse?path=/")
         check(resp.status == 403, f"viewer browsing a snapshot: {resp.status}")
 

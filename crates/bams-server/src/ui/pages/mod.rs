@@ -2,9 +2,11 @@
 //! catalog and director (with the same per-object checks as the API's GET routes) and fills a
 //! template; the frame comes from [`super::Ctx::frame`].
 
+pub mod admin;
 pub mod agents;
 pub mod dashboard;
 pub mod jobs;
+pub mod logs;
 pub mod repositories;
 pub mod runs;
 pub mod snapshots;
