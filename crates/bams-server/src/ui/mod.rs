@@ -46,6 +46,10 @@ pub const ROUTES: &[&str] = &[
     "/repositories",
     "/agents",
     "/logs",
+    "/storage/disks",
+    "/storage/tape",
+    "/storage/iscsi",
+    "/storage/bacula",
     "/admin/users",
     "/admin/tokens",
     "/admin/audit",
@@ -73,6 +77,10 @@ pub fn routes() -> Router<AppState> {
         .route("/repositories", get(pages::repositories::list))
         .route("/agents", get(pages::agents::list))
         .route("/logs", get(pages::logs::page))
+        .route("/storage/disks", get(pages::storage::disks))
+        .route("/storage/tape", get(pages::storage::tape))
+        .route("/storage/iscsi", get(pages::storage::iscsi))
+        .route("/storage/bacula", get(pages::storage::bacula))
         .route("/admin/users", get(pages::admin::users))
         .route("/admin/tokens", get(pages::admin::tokens))
         .route("/admin/audit", get(pages::admin::audit))
@@ -202,6 +210,10 @@ const NAV: &[(&str, &str, &str, Privs, &str)] = &[
     ("/snapshots", "Snapshots", "Backups", Privs::DATASTORE_AUDIT, "/repositories"),
     ("/repositories", "Repositories & pools", "Backups", Privs::DATASTORE_AUDIT, "/repositories"),
     ("/agents", "Agents", "Backups", Privs::AGENTS_AUDIT, "/agents"),
+    ("/storage/disks", "Disk repositories", "Appliance", Privs::SYS_AUDIT, "/appliance/disks"),
+    ("/storage/tape", "Tape library", "Appliance", Privs::SYS_AUDIT, "/appliance/tape"),
+    ("/storage/iscsi", "iSCSI targets", "Appliance", Privs::SYS_AUDIT, "/appliance/iscsi"),
+    ("/storage/bacula", "Bacula", "Appliance", Privs::SYS_AUDIT, "/appliance/bacula"),
     ("/logs", "Logs", "Appliance", Privs::SYS_AUDIT, "/appliance/logs"),
     ("/admin/users", "Users", "Administration", Privs::SYS_ADMIN, "/system"),
     ("/admin/tokens", "API tokens", "Administration", Privs::NONE, "/"),

@@ -230,11 +230,37 @@ def main():
         page.click("text=Send a test notification")
         expect(page.locator("#test-result")).to_be_visible()
 
+        # The tape library's picture: load a cartridge into a drive, then unload it.
+        page.goto(BASE + "/storage/tape")
+        load = page.locator(".slot button", has_text="Load into drive 0").first
+        barcode = load.locator("xpath=..").locator("strong").inner_text()
+        load.click()
+        expect(page.locator(".card", has_text="Drive 0")).to_contain_text(barcode)
+        shot(page, "tape")
+        page.locator(".card", has_text="Drive 0").locator("button", has_text="Unload").click()
+        expect(page.locator(".card", has_text="Drive 0")).to_contain_text("empty")
+
+        # A disk repository made from the form, then deleted behind a typed confirmation.
+        page.goto(BASE + "/storage/disks")
+        page.click("summary:text('Add a disk repository')")
+        page.fill("#dname", "shelf1")
+        page.fill("#dpath", os.path.join(WORK, "shelf1"))
+        page.click("form[data-api='POST /api/v1/disk/repositories'] button[type=submit]")
+        row = page.locator("main tr", has_text="shelf1")
+        expect(row).to_contain_text("ok")
+        row.locator("button", has_text="Delete with its repositories").click()
+        expect(page.locator("#confirm-ok")).to_be_disabled()
+        page.fill("#confirm-input", "shelf")
+        expect(page.locator("#confirm-ok")).to_be_disabled()
+        page.fill("#confirm-input", "shelf1")
+        page.click("#confirm-ok")
+        expect(page.locator("main tr", has_text="shelf1")).to_have_count(0)
+
         # Every page as admin, without console errors.
         admin_pages = ["/dashboard", "/jobs", "/jobs/new", f"/jobs/{job_id}", f"/jobs/{job_id}/edit", "/runs",
                        urlparse(run_url).path, "/snapshots", urlparse(snap_url).path + "?" + urlparse(snap_url).query,
                        "/repositories", "/agents", "/logs", "/admin/users", "/admin/tokens", "/admin/audit",
-                       "/admin/notifications"]
+                       "/admin/notifications", "/storage/disks", "/storage/tape", "/storage/iscsi", "/storage/bacula"]
         sweep(page, "admin", admin_pages, shots=True)
 
         # A forged POST without the CSRF token is refused, even with the session cookie.
@@ -256,7 +282,7 @@ def main():
         login(vpage, "viewer", os.environ["VIEWER_PASSWORD"])
         viewer_pages = ["/dashboard", "/jobs", f"/jobs/{job_id}", "/runs", urlparse(run_url).path, "/snapshots",
                         urlparse(snap_url).path + "?" + urlparse(snap_url).query, "/repositories", "/agents", "/logs",
-                        "/admin/tokens"]
+                        "/admin/tokens", "/storage/disks", "/storage/tape", "/storage/iscsi", "/storage/bacula"]
         for path in viewer_pages:
             sweep(vpage, "viewer", [path])
             # (Reading actions, such as measuring a repository's usage, and managing one's own

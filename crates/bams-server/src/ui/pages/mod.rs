@@ -10,6 +10,7 @@ pub mod logs;
 pub mod repositories;
 pub mod runs;
 pub mod snapshots;
+pub mod storage;
 
 use askama::Template;
 use axum::response::Response;
