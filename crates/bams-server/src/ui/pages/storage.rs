@@ -101,7 +101,7 @@ pub async fn disks(State(st): State<AppState>, ctx: Ctx) -> Response {
                     used: bytes(used as i64),
                     total: bytes(total as i64),
                     meter: meter_class(used as i64, total as i64),
-                    percent: if total > 0 { used * 100 / total } else { 0 },
+                    percent: (used * 100).checked_div(total).unwrap_or(0),
                     used_by,
                 }
             })
