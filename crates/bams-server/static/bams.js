@@ -346,10 +346,23 @@
     return { body: out, bad: bad };
   }
 
-  function submitForm(form) {
+  function submitForm(form, submitter) {
+    // A second submit button (Preview / Do it) says which with its name and value, and may
+    // ask for a confirmation of its own.
+    const confirmed = submitter && submitter.hasAttribute("data-confirm") ? typedConfirm(submitter) : Promise.resolve(true);
+    return confirmed.then(function (go) { if (go) return submitChecked(form, submitter); });
+  }
+
+  function submitChecked(form, submitter) {
     clearErrors(form);
     const spec = form.getAttribute("data-api").split(" ");
     const built = formBody(form);
+    if (submitter && submitter.name) {
+      const v = submitter.value;
+      setPath(built.body, submitter.name, v === "true" ? true : v === "false" ? false : v);
+    }
+    const then = submitter && submitter.getAttribute("data-then");
+    if (then) form.setAttribute("data-then", then);
     if (built.bad) {
       fieldError(form, built.bad[0], built.bad[1]);
       return Promise.resolve();
@@ -565,7 +578,7 @@
     const form = ev.target;
     if (form instanceof HTMLFormElement && form.hasAttribute("data-api")) {
       ev.preventDefault();
-      submitForm(form);
+      submitForm(form, ev.submitter || null);
     } else if (form instanceof HTMLFormElement && form.hasAttribute("data-get") && inCockpit) {
       ev.preventDefault();
       const q = new URLSearchParams(new FormData(form)).toString();

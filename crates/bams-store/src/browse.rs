@@ -239,3 +239,53 @@ pub fn stats(repo: &Repository, index: &MasterIndex) -> Result<RepoStats> {
     }
     Ok(s)
 }
+
+/// An entry a name search found.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// The newest searched snapshot that holds it.
+    pub snapshot: Id,
+    /// Its path in that snapshot.
+    pub path: String,
+    /// The entry.
+    pub node: Node,
+}
+
+/// Entries whose name contains `needle` (case-insensitive) in `snapshots` (`(snapshot id,
+/// root tree)`, newest first). Each tree is read once: an unchanged folder shared by many
+/// snapshots is searched in the newest and its entries are reported there. Stops at `limit`
+/// hits.
+pub fn search(
+    repo: &Repository,
+    index: &MasterIndex,
+    snapshots: &[(Id, Id)],
+    needle: &str,
+    limit: usize,
+) -> Result<Vec<Hit>> {
+    let needle = needle.to_lowercase();
+    let mut seen = std::collections::HashSet::new();
+    let mut hits = Vec::new();
+    for (snap, root) in snapshots {
+        let mut stack = vec![(*root, String::new())];
+        while let Some((tree_id, base)) = stack.pop() {
+            if !seen.insert(tree_id) {
+                continue;
+            }
+            let tree = repo.load_tree(index, &tree_id)?;
+            for n in &tree.nodes {
+                let name = n.name.display();
+                let path = format!("{base}/{name}");
+                if name.to_lowercase().contains(&needle) {
+                    hits.push(Hit { snapshot: *snap, path: path.clone(), node: n.clone() });
+                    if hits.len() >= limit {
+                        return Ok(hits);
+                    }
+                }
+                if let Some(sub) = n.subtree {
+                    stack.push((sub, path));
+                }
+            }
+        }
+    }
+    Ok(hits)
+}

@@ -34,6 +34,7 @@ pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod exclude;
+pub mod export;
 pub mod forget;
 pub mod fsmeta;
 pub mod host;

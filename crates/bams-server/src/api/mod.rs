@@ -14,6 +14,7 @@ pub mod notifications;
 pub mod pools;
 pub mod repos;
 pub mod run_stream;
+pub mod snapshot_ops;
 pub mod snapshots;
 pub mod tape;
 pub mod tape_media;
@@ -83,6 +84,9 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(snapshots::browse_tree))
         .routes(routes!(snapshots::download_file))
         .routes(routes!(snapshots::restore_snapshot))
+        .routes(routes!(snapshot_ops::archive))
+        .routes(routes!(snapshot_ops::search))
+        .routes(routes!(snapshot_ops::forget))
         .routes(routes!(jobs::list_jobs, jobs::create_job))
         .routes(routes!(jobs::get_job, jobs::update_job, jobs::delete_job))
         .routes(routes!(jobs::run_job))

@@ -129,7 +129,12 @@ pub struct ChangeEntry {
 }
 
 /// The repository a request names (or `default`), once the caller holds `privs` on it.
-async fn repo_for(st: &AppState, caller: &Caller, id: Option<i64>, privs: Privs) -> ApiResult<(i64, Arc<Repository>)> {
+pub(crate) async fn repo_for(
+    st: &AppState,
+    caller: &Caller,
+    id: Option<i64>,
+    privs: Privs,
+) -> ApiResult<(i64, Arc<Repository>)> {
     let rec = match id {
         Some(id) => st.catalog.get_repository(id).await?,
         None => st.catalog.get_repository_by_name("default").await?,
@@ -138,7 +143,7 @@ async fn repo_for(st: &AppState, caller: &Caller, id: Option<i64>, privs: Privs)
     Ok((rec.id, st.repos.get(rec.id).await?))
 }
 
-fn snapshot_id(spec: &str) -> ApiResult<&str> {
+pub(crate) fn snapshot_id(spec: &str) -> ApiResult<&str> {
     if spec.is_empty() || spec.len() > 64 || !(spec == "latest" || spec.chars().all(|c| c.is_ascii_hexdigit())) {
         return Err(ApiError::bad_request(format!("{spec:?} is not a snapshot id")));
     }

@@ -43,6 +43,8 @@ pub const ROUTES: &[&str] = &[
     "/snapshots",
     "/snapshots/{id}",
     "/snapshots/{id}/browse",
+    "/snapshots/{id}/diff",
+    "/snapshots/find",
     "/repositories",
     "/agents",
     "/logs",
@@ -74,6 +76,8 @@ pub fn routes() -> Router<AppState> {
         .route("/snapshots", get(pages::snapshots::list))
         .route("/snapshots/{id}", get(pages::snapshots::show))
         .route("/snapshots/{id}/browse", get(pages::snapshots::browse))
+        .route("/snapshots/{id}/diff", get(pages::snapshots::diff))
+        .route("/snapshots/find", get(pages::snapshots::find))
         .route("/repositories", get(pages::repositories::list))
         .route("/agents", get(pages::agents::list))
         .route("/logs", get(pages::logs::page))

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sys
+import tarfile
 import time
 from urllib.parse import urlparse
 
@@ -196,6 +197,36 @@ def main():
         check(not cmp.left_only and not cmp.right_only and not cmp.diff_files,
               f"restored folder differs: {cmp.left_only} {cmp.right_only} {cmp.diff_files}")
 
+        # A folder as a tar download: the same files as the source.
+        page.goto(snap_url)
+        for part_path in ["/".join([""] + parts[:i + 1]) for i in range(len(parts))]:
+            page.locator(f'li.dir[data-path="{part_path}"] > button').first.click()
+        with page.expect_download() as dl:
+            page.locator(f'li.dir[data-path="{SOURCE}/sub"] a[download]').click()
+        tar_path = os.path.join(WORK, "sub.tar")
+        dl.value.save_as(tar_path)
+        with tarfile.open(tar_path) as t:
+            t.extractall(os.path.join(WORK, "from-tar"), filter="data")
+        cmp = filecmp.dircmp(os.path.join(SOURCE, "sub"), os.path.join(WORK, "from-tar", "sub"))
+        check(not cmp.left_only and not cmp.right_only and not cmp.diff_files,
+              f"the folder's tar differs: {cmp.left_only} {cmp.right_only} {cmp.diff_files}")
+
+        # A file name found across snapshots.
+        page.goto(BASE + "/snapshots/find?name=B.TXT&repository=1")
+        expect(page.locator("main table")).to_contain_text("sub/deeper/b.txt")
+
+        # A second run after a change: the snapshot page shows what changed since its parent.
+        with open(os.path.join(SOURCE, "added-later.txt"), "w") as f:
+            f.write("new\n")
+        page.goto(run_url)
+        page.click("text=Run again")
+        page.wait_for_url(lambda url: url != run_url and re.search(r"/runs/\d+$", url) is not None)
+        expect(page.locator("[data-run-status]")).to_have_text("succeeded", timeout=120_000)
+        page.reload()
+        page.locator("a[href^='/snapshots/']").first.click()
+        page.click("text=Changes since its parent")
+        expect(page.locator("main table")).to_contain_text("added-later.txt")
+
         # An agent: its one-time enrollment command, with a copy button.
         page.goto(BASE + "/agents")
         page.click("summary:text('Add an agent')")
@@ -260,8 +291,24 @@ def main():
         admin_pages = ["/dashboard", "/jobs", "/jobs/new", f"/jobs/{job_id}", f"/jobs/{job_id}/edit", "/runs",
                        urlparse(run_url).path, "/snapshots", urlparse(snap_url).path + "?" + urlparse(snap_url).query,
                        "/repositories", "/agents", "/logs", "/admin/users", "/admin/tokens", "/admin/audit",
-                       "/admin/notifications", "/storage/disks", "/storage/tape", "/storage/iscsi", "/storage/bacula"]
+                       "/admin/notifications", "/storage/disks", "/storage/tape", "/storage/iscsi", "/storage/bacula",
+                       "/snapshots/find?name=a.txt"]
         sweep(page, "admin", admin_pages, shots=True)
+
+        # Forget by keep rules: the preview names the older snapshot, then it goes.
+        page.goto(BASE + "/snapshots")
+        check(page.locator("main tbody tr").count() == 2, "two snapshots before forgetting")
+        page.click("summary:text('Forget by keep rules')")
+        page.fill("#fkeep_last", "1")
+        page.click("button[name=dry_run][value=true]")
+        expect(page.locator("#forget-preview")).to_be_visible()
+        removed = json.loads(page.locator("#forget-preview pre").inner_text())
+        check(len(removed) == 1, f"the preview should name one snapshot: {removed}")
+        check(page.locator("main tbody tr").count() == 2, "a preview removed something")
+        page.click("button[name=dry_run][value=false]")
+        page.click("#confirm-ok")
+        expect(page.locator("main tbody tr")).to_have_count(1)
+        snap_url = BASE + page.locator("main tbody a[href^='/snapshots/']").first.get_attribute("href")
 
         # A forged POST without the CSRF token is refused, even with the session cookie.
         r = admin_ctx.request.post(BASE + f"/api/v1/jobs/{job_id}/run", data="{}",

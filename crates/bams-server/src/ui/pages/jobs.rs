@@ -354,10 +354,41 @@ async fn form(st: &AppState, ctx: &Ctx, job: Option<&Job>) -> ApiResult<JobForm>
     })
 }
 
+/// A new job prefilled from a snapshot page: a restore of that snapshot.
+#[derive(Deserialize, Default)]
+pub struct NewQuery {
+    /// Snapshot to restore.
+    #[serde(default)]
+    restore: Option<String>,
+    /// Its repository.
+    #[serde(default)]
+    repository: Option<i64>,
+}
+
 /// `GET /jobs/new`.
-pub async fn new(State(st): State<AppState>, ctx: Ctx) -> Response {
+pub async fn new(State(st): State<AppState>, ctx: Ctx, Query(q): Query<NewQuery>) -> Response {
     match form(&st, &ctx, None).await {
-        Ok(p) => render(&p),
+        Ok(mut p) => {
+            if let Some(snap) = q.restore.filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit())) {
+                let kind = "restore";
+                p.kinds = choices(KINDS.iter().map(|k| (k.to_string(), k.to_string())), kind);
+                if let Some(r) = q.repository {
+                    let target = format!("repository:{r}");
+                    for c in &mut p.targets {
+                        c.selected = c.value == target;
+                    }
+                }
+                p.name = format!("restore-{}", &snap[..snap.len().min(8)]);
+                p.options = serde_json::to_string_pretty(&serde_json::json!({
+                    "snapshot": snap,
+                    "target": "/var/tmp/bams-restore",
+                    "include": [],
+                    "verify": true
+                }))
+                .unwrap_or_default();
+            }
+            render(&p)
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -87,6 +87,7 @@ struct SnapshotsPage {
     tag: String,
     next: Option<String>,
     filtered: bool,
+    may_prune: bool,
 }
 
 /// `GET /snapshots`.
@@ -127,6 +128,7 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx, Query(q): Query<SnapQuer
             snapshots: page.items.iter().map(|s| SnapRow::new(s, &repos, ctx.now)).collect(),
             repositories: visible,
             filtered: q.repository.is_some() || !q.host.is_empty() || !q.tag.is_empty(),
+            may_prune: ctx.may_somewhere(Privs::DATASTORE_PRUNE),
             host: q.host.clone(),
             tag: q.tag.clone(),
             next,
@@ -152,6 +154,7 @@ struct SnapshotPage {
     snap: SnapRow,
     parent: String,
     may_read: bool,
+    may_prune: bool,
     restore_roots: Vec<String>,
     root: Listing,
 }
@@ -193,6 +196,7 @@ pub async fn show(
             parent: s.parent.clone().unwrap_or_default(),
             snap: SnapRow::new(&s, &repos, ctx.now),
             may_read,
+            may_prune: privs.any_of(Privs::DATASTORE_PRUNE),
             restore_roots: st.config.restore_roots.iter().map(|p| p.display().to_string()).collect(),
             root,
         })
@@ -206,6 +210,8 @@ pub async fn show(
 /// One entry of a directory listing.
 pub struct EntryView {
     name: String,
+    /// A folder's tar download.
+    archive: String,
     path: String,
     is_dir: bool,
     is_file: bool,
@@ -253,6 +259,7 @@ async fn listing(st: &AppState, ctx: &Ctx, id: &str, repository: i64, path: &str
                 format!("/api/v1/snapshots/{id}/file?repository={repository}&path={}", url_encode(&e.path))
             };
             EntryView {
+                archive: format!("/api/v1/snapshots/{id}/archive?repository={repository}&path={}", url_encode(&e.path)),
                 name,
                 is_dir,
                 is_file,
@@ -297,6 +304,163 @@ pub async fn browse(
     };
     match build.await {
         Ok(root) => render(&TreeItems { root }),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// What to look for.
+#[derive(Deserialize, Default)]
+pub struct FindQuery {
+    #[serde(default)]
+    repository: Option<i64>,
+    #[serde(default)]
+    name: String,
+}
+
+/// A match as the page shows it.
+pub struct FoundRow {
+    snapshot: String,
+    short: String,
+    path: String,
+    kind: String,
+    size: String,
+    href: String,
+}
+
+#[derive(Template)]
+#[template(path = "find.html")]
+struct FindPage {
+    frame: Frame,
+    repositories: Vec<RepoChoice>,
+    name: String,
+    rows: Vec<FoundRow>,
+    searched: usize,
+    truncated: bool,
+    error: String,
+}
+
+/// `GET /snapshots/find`: a file-name search across a repository's snapshots.
+pub async fn find(State(st): State<AppState>, ctx: Ctx, Query(q): Query<FindQuery>) -> Response {
+    let build = async {
+        let mut repositories = Vec::new();
+        for r in st.catalog.list_repositories().await? {
+            if ctx.caller.repository_privs(&st, &r).await?.any_of(Privs::DATASTORE_READ) {
+                repositories.push(RepoChoice { selected: q.repository == Some(r.id), id: r.id, name: r.name });
+            }
+        }
+        let mut page = FindPage {
+            frame: ctx.frame("Find files"),
+            repositories,
+            name: q.name.clone(),
+            rows: Vec::new(),
+            searched: 0,
+            truncated: false,
+            error: String::new(),
+        };
+        if !q.name.trim().is_empty() {
+            let params = crate::api::snapshot_ops::SearchParams {
+                repository: q.repository,
+                name: q.name.clone(),
+                snapshots: None,
+                limit: None,
+            };
+            match crate::api::snapshot_ops::search(State(st.clone()), ctx.caller.clone(), crate::error::Query(params))
+                .await
+            {
+                Ok(r) => {
+                    let r = r.0;
+                    let repo = match q.repository {
+                        Some(id) => id,
+                        None => st.catalog.get_repository_by_name("default").await?.id,
+                    };
+                    page.searched = r.snapshots_searched;
+                    page.truncated = r.truncated;
+                    page.rows = r
+                        .items
+                        .into_iter()
+                        .map(|h| {
+                            let is_file = h.entry.kind == "file";
+                            let href = if is_file {
+                                format!(
+                                    "/api/v1/snapshots/{}/file?repository={repo}&path={}",
+                                    h.snapshot,
+                                    url_encode(&h.entry.path)
+                                )
+                            } else {
+                                format!("/snapshots/{}?repository={repo}", h.snapshot)
+                            };
+                            FoundRow {
+                                short: h.snapshot.chars().take(12).collect(),
+                                snapshot: h.snapshot,
+                                size: if is_file { bytes(h.entry.size as i64) } else { String::new() },
+                                path: h.entry.path,
+                                kind: h.entry.kind,
+                                href,
+                            }
+                        })
+                        .collect();
+                }
+                Err(e) => page.error = e.message,
+            }
+        }
+        ApiResult::Ok(page)
+    };
+    match build.await {
+        Ok(p) => render(&p),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The other side of a comparison.
+#[derive(Deserialize, Default)]
+pub struct DiffQuery {
+    #[serde(default)]
+    repository: Option<i64>,
+    #[serde(default)]
+    with: String,
+}
+
+#[derive(Template)]
+#[template(path = "diff.html")]
+struct DiffPage {
+    frame: Frame,
+    from: String,
+    to: String,
+    repository: i64,
+    changes: Vec<(String, String)>,
+}
+
+/// `GET /snapshots/{id}/diff?with=OLDER`: what changed from `with` to this snapshot.
+pub async fn diff(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> Response {
+    let build = async {
+        let (s, _) = locate(&st, &ctx, &id, q.repository).await?;
+        let params = crate::api::snapshots::DiffParams {
+            repository: Some(s.repository),
+            from: q.with.clone(),
+            to: s.id.clone(),
+        };
+        let changes =
+            crate::api::snapshots::diff_snapshots(State(st.clone()), ctx.caller.clone(), crate::error::Query(params))
+                .await?
+                .0
+                .into_iter()
+                .map(|c| (c.change, c.path))
+                .collect();
+        ApiResult::Ok(DiffPage {
+            frame: ctx.frame(format!("Changes in {}", &s.id[..s.id.len().min(12)])),
+            from: q.with.clone(),
+            to: s.id.clone(),
+            repository: s.repository,
+            changes,
+        })
+    };
+    match build.await {
+        Ok(p) => render(&p),
         Err(e) => e.into_response(),
     }
 }
