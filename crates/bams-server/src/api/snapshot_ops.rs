@@ -155,7 +155,7 @@ pub async fn search(
     let limit = p.limit.unwrap_or(200).clamp(1, 5000);
     let result = tokio::task::spawn_blocking(move || -> bams_store::Result<SearchResult> {
         let (mut all, _) = repo.snapshots()?;
-        all.sort_by(|a, b| b.snapshot.time.cmp(&a.snapshot.time));
+        all.sort_by_key(|e| std::cmp::Reverse(e.snapshot.time));
         all.truncate(count);
         let roots: Vec<_> = all.iter().map(|e| (e.id, e.snapshot.tree)).collect();
         let index = repo.load_index()?;
