@@ -689,3 +689,19 @@ impl Catalog {
         Ok(())
     }
 }
+
+impl Catalog {
+    /// Bytes newly stored per repository (the job's repository, so agents' repositories count
+    /// for their parent) by runs that succeeded since `since_ms`: the growth the capacity
+    /// forecast extrapolates.
+    pub async fn growth_since(&self, since_ms: i64) -> Result<Vec<(i64, i64)>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT j.repository_id, CAST(COALESCE(SUM(r.new_bytes), 0) AS BIGINT) FROM runs r JOIN jobs j ON j.id = r.job_id \
+             WHERE r.status = 'succeeded' AND r.finished_at >= $1 GROUP BY j.repository_id",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+}

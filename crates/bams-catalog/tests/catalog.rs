@@ -117,6 +117,8 @@ async fn scenario(cat: &Catalog) {
     let done = cat.get_run(run.id).await.unwrap();
     assert_eq!((done.files, done.bytes, done.new_bytes), (3, 100, 40));
     assert_eq!(cat.last_successful_bytes(job.id).await.unwrap(), Some(100));
+    assert_eq!(cat.growth_since(now_ms() - 86_400_000).await.unwrap(), vec![(repo.id, 40)]);
+    assert!(cat.growth_since(now_ms() + 1000).await.unwrap().is_empty());
     let activity = cat.job_activity().await.unwrap();
     let mine = activity.iter().find(|a| a.job_id == job.id).expect("the job's activity");
     assert_eq!((mine.last_status.as_deref(), mine.active, mine.failures_24h), (Some("succeeded"), 0, 0));

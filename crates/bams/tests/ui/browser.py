@@ -227,6 +227,23 @@ def main():
         page.click("text=Changes since its parent")
         expect(page.locator("main table")).to_contain_text("added-later.txt")
 
+        # Upkeep from the repositories page: a check job made from its link, run, shown there.
+        page.goto(BASE + "/repositories")
+        page.locator("main a", has_text="check").first.click()
+        expect(page.locator("#type")).to_have_value("check")
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(r"/jobs/\d+$"))
+        page.click("text=Run now")
+        expect(page.locator("[data-run-status]")).to_have_text("succeeded", timeout=120_000)
+        page.goto(BASE + "/repositories")
+        expect(page.locator("main table").first).to_contain_text("succeeded")
+
+        # The dashboard forecasts when the repository's disk fills at the pace of recent runs.
+        page.goto(BASE + "/dashboard")
+        expect(page.locator("#cap-h")).to_be_visible()
+        expect(page.locator("section[aria-labelledby=cap-h]")).to_contain_text("/day")
+        expect(page.locator("section[aria-labelledby=cap-h] time")).to_have_count(1)
+
         # An agent: its one-time enrollment command, with a copy button.
         page.goto(BASE + "/agents")
         page.click("summary:text('Add an agent')")

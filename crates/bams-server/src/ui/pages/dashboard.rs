@@ -34,6 +34,18 @@ pub struct Active {
     eta: String,
 }
 
+/// A repository's room and when it runs out at its recent pace.
+pub struct CapacityRow {
+    name: String,
+    location: String,
+    meter: &'static str,
+    used_text: String,
+    percent: u64,
+    per_day: String,
+    full_by: When,
+    note: String,
+}
+
 /// A problem the system checks found.
 pub struct Problem {
     status: String,
@@ -52,6 +64,7 @@ struct DashboardPage {
     failures: Vec<RunRow>,
     health: Option<(String, Vec<Problem>)>,
     may_create: bool,
+    capacity: Vec<CapacityRow>,
 }
 
 /// `GET /dashboard`.
@@ -160,6 +173,7 @@ async fn build(st: &AppState, ctx: &Ctx) -> crate::error::ApiResult<DashboardPag
         failures,
         health,
         may_create: ctx.may(Privs::JOBS_MODIFY, "/jobs"),
+        capacity: capacity(st, ctx).await?,
     })
 }
 
@@ -177,4 +191,59 @@ pub fn progress(run: &bams_catalog::Run, expected: Option<i64>, now: i64) -> (St
         _ => String::new(),
     };
     (rate_text, eta)
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Each visible repository's filesystem room, and when it fills at the pace of the last 30
+/// days' new data (object stores have no size to run out of).
+async fn capacity(st: &AppState, ctx: &Ctx) -> crate::error::ApiResult<Vec<CapacityRow>> {
+    if !ctx.may_somewhere(Privs::DATASTORE_AUDIT) {
+        return Ok(Vec::new());
+    }
+    let growth: HashMap<i64, i64> = st.catalog.growth_since(ctx.now - 30 * DAY_MS).await?.into_iter().collect();
+    let mut rows = Vec::new();
+    for r in st.catalog.list_repositories().await? {
+        if r.parent.is_some() || !ctx.caller.repository_privs(st, &r).await?.any_of(Privs::DATASTORE_AUDIT) {
+            continue;
+        }
+        let per_day = growth.get(&r.id).copied().unwrap_or(0) / 30;
+        let local = !r.url.contains("://");
+        let cap = if local {
+            let path = std::path::PathBuf::from(&r.url);
+            tokio::task::spawn_blocking(move || bams_appliance::disk::capacity(&path).ok()).await.ok().flatten()
+        } else {
+            None
+        };
+        let mut row = CapacityRow {
+            name: r.name.clone(),
+            location: r.url.clone(),
+            meter: "w0",
+            used_text: String::new(),
+            percent: 0,
+            per_day: if per_day > 0 { format!("{}/day", bytes(per_day)) } else { String::new() },
+            full_by: When::default(),
+            note: String::new(),
+        };
+        match cap {
+            Some(c) => {
+                let used = i64::try_from(c.used_bytes).unwrap_or(i64::MAX);
+                let total = i64::try_from(c.total_bytes).unwrap_or(i64::MAX);
+                row.meter = crate::ui::fmt::meter_class(used, total);
+                row.percent = (c.used_bytes * 100).checked_div(c.total_bytes).unwrap_or(0);
+                row.used_text =
+                    format!("{} free of {}", bytes(i64::try_from(c.available_bytes).unwrap_or(i64::MAX)), bytes(total));
+                if per_day > 0 {
+                    let days = i64::try_from(c.available_bytes).unwrap_or(i64::MAX) / per_day;
+                    row.full_by = When::at(ctx.now.saturating_add(days.saturating_mul(DAY_MS)), ctx.now);
+                } else {
+                    row.note = "no growth in 30 days".into();
+                }
+            }
+            None if local => row.note = "not reachable".into(),
+            None => row.note = "object storage: no fixed size".into(),
+        }
+        rows.push(row);
+    }
+    Ok(rows)
 }

@@ -360,24 +360,35 @@ pub struct NewQuery {
     /// Snapshot to restore.
     #[serde(default)]
     restore: Option<String>,
-    /// Its repository.
+    /// Its repository (or, alone, the repository a maintenance job works on).
     #[serde(default)]
     repository: Option<i64>,
+    /// The job type to start with.
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
 }
 
 /// `GET /jobs/new`.
 pub async fn new(State(st): State<AppState>, ctx: Ctx, Query(q): Query<NewQuery>) -> Response {
     match form(&st, &ctx, None).await {
         Ok(mut p) => {
+            if let Some(kind) = q.kind.as_deref().filter(|k| KINDS.contains(k)) {
+                p.kinds = choices(KINDS.iter().map(|k| (k.to_string(), k.to_string())), kind);
+                p.name =
+                    match q.repository.and_then(|r| p.targets.iter().find(|c| c.value == format!("repository:{r}"))) {
+                        Some(c) => format!("{kind}-{}", c.label.trim_start_matches("repository ")),
+                        None => kind.to_string(),
+                    };
+            }
+            if let Some(r) = q.repository {
+                let target = format!("repository:{r}");
+                for c in &mut p.targets {
+                    c.selected = c.value == target;
+                }
+            }
             if let Some(snap) = q.restore.filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit())) {
                 let kind = "restore";
                 p.kinds = choices(KINDS.iter().map(|k| (k.to_string(), k.to_string())), kind);
-                if let Some(r) = q.repository {
-                    let target = format!("repository:{r}");
-                    for c in &mut p.targets {
-                        c.selected = c.value == target;
-                    }
-                }
                 p.name = format!("restore-{}", &snap[..snap.len().min(8)]);
                 p.options = serde_json::to_string_pretty(&serde_json::json!({
                     "snapshot": snap,

@@ -21,6 +21,8 @@ pub struct RepoRow {
     agents: usize,
     created: When,
     pool: String,
+    /// Check, prune, verify, copy and forget jobs on it: (id, name, type, last status).
+    upkeep: Vec<(i64, String, &'static str, String)>,
 }
 
 /// A pool row.
@@ -40,6 +42,8 @@ pub struct PoolRow {
 #[template(path = "repositories.html")]
 struct RepositoriesPage {
     frame: Frame,
+    may_run: bool,
+    may_create: bool,
     repositories: Vec<RepoRow>,
     pools: Vec<PoolRow>,
 }
@@ -50,6 +54,9 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
         let all = st.catalog.list_repositories().await?;
         let pools = st.catalog.list_pools().await?;
         let pool_of: HashMap<i64, String> = pools.iter().map(|p| (p.repository, p.name.clone())).collect();
+        let jobs = st.catalog.list_jobs().await?;
+        let activity: HashMap<i64, bams_catalog::JobActivity> =
+            st.catalog.job_activity().await?.into_iter().map(|a| (a.job_id, a)).collect();
         let mut repositories = Vec::new();
         let mut names = HashMap::new();
         for r in &all {
@@ -65,6 +72,18 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
                 agents: all.iter().filter(|c| c.parent == Some(r.id)).count(),
                 created: When::at(r.created_at, ctx.now),
                 pool: pool_of.get(&r.id).cloned().unwrap_or_default(),
+                upkeep: jobs
+                    .iter()
+                    .filter(|j| {
+                        j.repository == r.id
+                            && j.kind != bams_catalog::JobKind::Backup
+                            && j.kind != bams_catalog::JobKind::Restore
+                    })
+                    .map(|j| {
+                        let last = activity.get(&j.id).and_then(|a| a.last_status.clone()).unwrap_or_default();
+                        (j.id, j.name.clone(), j.kind.as_str(), last)
+                    })
+                    .collect(),
             });
         }
         let mut rows = Vec::new();
@@ -84,7 +103,13 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
                 description: p.description.clone(),
             });
         }
-        ApiResult::Ok(RepositoriesPage { frame: ctx.frame("Repositories & pools"), repositories, pools: rows })
+        ApiResult::Ok(RepositoriesPage {
+            frame: ctx.frame("Repositories & pools"),
+            may_run: ctx.may(Privs::JOBS_RUN, "/jobs"),
+            may_create: ctx.may(Privs::JOBS_MODIFY, "/jobs"),
+            repositories,
+            pools: rows,
+        })
     };
     match build.await {
         Ok(p) => render(&p),
