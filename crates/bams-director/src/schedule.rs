@@ -33,9 +33,34 @@ pub fn next_after(cron: &str, timezone: &str, after_ms: i64) -> Result<i64, Stri
         .map_err(|e| format!("schedule {cron:?} never fires: {e}"))
 }
 
+/// The next `n` due times after `from` (fewer when the expression stops firing, none when it
+/// does not parse): what the schedule editor previews.
+pub fn upcoming(cron: &str, timezone: &str, from: i64, n: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(n);
+    let mut t = from;
+    while out.len() < n {
+        match next_after(cron, timezone, t) {
+            Ok(next) if next > t => {
+                out.push(next);
+                t = next;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upcoming_lists_consecutive_due_times() {
+        let from = ms("2026-11-30T10:00:00Z");
+        let next = upcoming("0 3 * * *", "UTC", from, 3);
+        assert_eq!(next, vec![ms("2026-12-01T03:00:00Z"), ms("2026-12-02T03:00:00Z"), ms("2026-12-03T03:00:00Z")]);
+        assert!(upcoming("not cron", "UTC", from, 3).is_empty());
+    }
 
     fn ms(s: &str) -> i64 {
         chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()).unwrap_or_default()

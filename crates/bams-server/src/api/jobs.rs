@@ -398,6 +398,6 @@ pub struct SchedulePreview {
 pub async fn preview_schedule(_caller: Caller, Query(p): Query<PreviewParams>) -> ApiResult<Json<SchedulePreview>> {
     let tz = p.timezone.as_deref().filter(|t| !t.is_empty()).unwrap_or("UTC");
     bams_director::schedule::validate(&p.cron, tz).map_err(|e| ApiError::bad_request(e).at_field("cron"))?;
-    let times = crate::ui::pages::jobs::upcoming(&p.cron, tz, bams_catalog::now_ms(), p.count.unwrap_or(5).min(50));
+    let times = bams_director::schedule::upcoming(&p.cron, tz, bams_catalog::now_ms(), p.count.unwrap_or(5).min(50));
     Ok(Json(SchedulePreview { next: times.into_iter().map(bams_catalog::time_ms::rfc3339).collect() }))
 }

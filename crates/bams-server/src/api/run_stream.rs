@@ -155,7 +155,7 @@ pub async fn events(State(st): State<AppState>, _caller: Caller, Path(id): Path<
             }
             if (run.files, run.bytes) != f.last_progress || ended {
                 f.last_progress = (run.files, run.bytes);
-                let (rate, eta) = crate::ui::pages::dashboard::progress(&run, expected, bams_catalog::now_ms());
+                let (rate, eta) = crate::ui::fmt::rate_and_eta(&run, expected, bams_catalog::now_ms());
                 let p = RunProgressEvent {
                     status: run.status.as_str().to_string(),
                     files: run.files,

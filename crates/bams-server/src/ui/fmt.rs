@@ -78,6 +78,22 @@ pub fn meter_class(part: i64, whole: i64) -> &'static str {
     CLASSES[tenth.min(10)]
 }
 
+/// Rate since the start, and the time left if this run moves as much data as the job's last
+/// successful one did.
+pub fn rate_and_eta(run: &bams_catalog::Run, expected: Option<i64>, now: i64) -> (String, String) {
+    let Some(started) = run.started_at else { return (String::new(), String::new()) };
+    let secs = ((now - started) as f64 / 1000.0).max(0.001);
+    let rate = run.bytes as f64 / secs;
+    let rate_text = if run.bytes > 0 { format!("{}/s", bytes(rate as i64)) } else { String::new() };
+    let eta = match expected {
+        Some(total) if rate > 0.0 && total > run.bytes => {
+            duration_ms((((total - run.bytes) as f64 / rate) * 1000.0) as i64)
+        }
+        _ => String::new(),
+    };
+    (rate_text, eta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +113,34 @@ mod tests {
         assert_eq!(meter_class(1, 3), "w30");
         assert_eq!(meter_class(5, 0), "w0");
         assert_eq!(meter_class(9, 3), "w100");
+    }
+
+    #[test]
+    fn rate_and_time_left_follow_the_last_successful_run() {
+        let start = 1_764_496_800_000;
+        let run = bams_catalog::Run {
+            id: 1,
+            job_id: Some(1),
+            kind: bams_catalog::JobKind::Backup,
+            level: None,
+            status: bams_catalog::RunStatus::Running,
+            triggered_by: "manual".into(),
+            server_id: None,
+            agent_id: None,
+            queued_at: start,
+            scheduled_for: None,
+            started_at: Some(start),
+            finished_at: None,
+            files: 10,
+            bytes: 104_857_600,
+            new_bytes: 0,
+            errors: 0,
+            snapshot_id: None,
+            message: None,
+            cancel_requested: false,
+        };
+        let (rate, eta) = rate_and_eta(&run, Some(209_715_200), start + 10_000);
+        assert_eq!((rate.as_str(), eta.as_str()), ("10.0 MiB/s", "10 s"));
+        assert_eq!(rate_and_eta(&run, None, start + 10_000).1, "", "no estimate without a previous run");
     }
 }

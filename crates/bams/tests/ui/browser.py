@@ -92,8 +92,9 @@ def sweep(page, who, paths, shots=False):
         check(page.locator("main h1").count() == 1, f"{who}: {path} has no heading")
         page.wait_for_load_state("networkidle")
         if shots:
-            name = path.strip("/").split("?")[0].replace("/", "-") or "dashboard"
-            name = re.sub(r"-[0-9a-f]{16,}", "", re.sub(r"-\d+", "", name))
+            parts = path.strip("/").split("?")[0].split("/")
+            # Ids become "item": /jobs/3/edit → jobs-item-edit, /snapshots/ab12… → snapshots-item.
+            name = "-".join("item" if re.fullmatch(r"\d+|[0-9a-f]{16,}", p) else p for p in parts) or "dashboard"
             shot(page, name)
 
 
@@ -242,7 +243,10 @@ def main():
         page.goto(BASE + "/dashboard")
         expect(page.locator("#cap-h")).to_be_visible()
         expect(page.locator("section[aria-labelledby=cap-h]")).to_contain_text("/day")
-        expect(page.locator("section[aria-labelledby=cap-h] time")).to_have_count(1)
+        # A few MiB a day on a large disk: "not within 10 years", or a date when the disk is small.
+        cap = page.locator("section[aria-labelledby=cap-h] tbody tr").first
+        check(cap.locator("time").count() == 1 or "not within 10 years" in cap.inner_text(),
+              "no forecast: " + cap.inner_text())
 
         # An agent: its one-time enrollment command, with a copy button.
         page.goto(BASE + "/agents")

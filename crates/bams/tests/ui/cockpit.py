@@ -63,6 +63,10 @@ def main():
         expect(page.locator("#content")).to_contain_text(JOB)
         if page.locator("#content button[data-action]").count() != 0:
             fail("the viewer is offered actions in Cockpit")
+        # Inside Cockpit's own shell, as a person reaches it from the menu.
+        page.goto(URL + "/bams")
+        frame = page.frame_locator("iframe[name*='bams']")
+        expect(frame.locator("#content h1")).to_have_text("Dashboard", timeout=30_000)
         if os.environ.get("SCREENSHOTS"):
             page.screenshot(path=os.path.join(os.environ["SCREENSHOTS"], "cockpit.png"))
         ctx.close()
@@ -80,6 +84,16 @@ def main():
         expect(page.locator("#content h1")).to_have_text(re.compile(r"Run #\d+"))
         expect(page.locator("[data-run-status]")).to_have_text("succeeded", timeout=120_000)
         expect(page.locator("pre.log")).to_contain_text("snapshot")
+        # A download through a Cockpit external channel: the diagnostics bundle.
+        page.locator(".nav a[href='/logs']").click()
+        expect(page.locator("#content h1")).to_have_text("Logs")
+        with page.expect_download() as dl:
+            page.locator("#content a", has_text="Download diagnostics bundle").click()
+        path = dl.value.path()
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic != b"\x1f\x8b":
+            fail(f"the diagnostics bundle is not gzip: {magic!r} ({os.path.getsize(path)} bytes)")
         ctx.close()
         browser.close()
     if failures:

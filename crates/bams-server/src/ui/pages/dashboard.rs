@@ -146,7 +146,7 @@ async fn build(st: &AppState, ctx: &Ctx) -> crate::error::ApiResult<DashboardPag
                 Some(j) => st.catalog.last_successful_bytes(j).await?,
                 None => None,
             };
-            let (rate, eta) = progress(run, expected, now);
+            let (rate, eta) = crate::ui::fmt::rate_and_eta(run, expected, now);
             active.push(Active { row: RunRow::new(run, &names, now), rate, eta });
         }
         failures = d.last_failures.iter().map(|r| RunRow::new(r, &names, now)).collect();
@@ -175,22 +175,6 @@ async fn build(st: &AppState, ctx: &Ctx) -> crate::error::ApiResult<DashboardPag
         may_create: ctx.may(Privs::JOBS_MODIFY, "/jobs"),
         capacity: capacity(st, ctx).await?,
     })
-}
-
-/// Rate since the start, and the time left if this run moves as much data as the job's last
-/// successful one did.
-pub fn progress(run: &bams_catalog::Run, expected: Option<i64>, now: i64) -> (String, String) {
-    let Some(started) = run.started_at else { return (String::new(), String::new()) };
-    let secs = ((now - started) as f64 / 1000.0).max(0.001);
-    let rate = run.bytes as f64 / secs;
-    let rate_text = if run.bytes > 0 { format!("{}/s", bytes(rate as i64)) } else { String::new() };
-    let eta = match expected {
-        Some(total) if rate > 0.0 && total > run.bytes => {
-            crate::ui::fmt::duration_ms((((total - run.bytes) as f64 / rate) * 1000.0) as i64)
-        }
-        _ => String::new(),
-    };
-    (rate_text, eta)
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -235,7 +219,11 @@ async fn capacity(st: &AppState, ctx: &Ctx) -> crate::error::ApiResult<Vec<Capac
                     format!("{} free of {}", bytes(i64::try_from(c.available_bytes).unwrap_or(i64::MAX)), bytes(total));
                 if per_day > 0 {
                     let days = i64::try_from(c.available_bytes).unwrap_or(i64::MAX) / per_day;
-                    row.full_by = When::at(ctx.now.saturating_add(days.saturating_mul(DAY_MS)), ctx.now);
+                    if days <= 3650 {
+                        row.full_by = When::at(ctx.now.saturating_add(days.saturating_mul(DAY_MS)), ctx.now);
+                    } else {
+                        row.note = "not within 10 years at this pace".into();
+                    }
                 } else {
                     row.note = "no growth in 30 days".into();
                 }

@@ -171,7 +171,7 @@ pub async fn show(State(st): State<AppState>, ctx: Ctx, Path(id): Path<i64>) -> 
             .await?
             .into_iter()
             .map(|s| ScheduleView {
-                upcoming: upcoming(&s.cron, &s.timezone, ctx.now, 5)
+                upcoming: bams_director::schedule::upcoming(&s.cron, &s.timezone, ctx.now, 5)
                     .into_iter()
                     .map(|t| When::at(t, ctx.now))
                     .collect(),
@@ -237,22 +237,6 @@ fn spec_of(job: &Job) -> serde_json::Value {
         None => v["repository"] = job.repository.into(),
     }
     v
-}
-
-/// The next `n` due times of a cron expression after `from` (none when it does not parse).
-pub fn upcoming(cron: &str, tz: &str, from: i64, n: usize) -> Vec<i64> {
-    let mut out = Vec::with_capacity(n);
-    let mut t = from;
-    while out.len() < n {
-        match bams_director::schedule::next_after(cron, tz, t) {
-            Ok(next) if next > t => {
-                out.push(next);
-                t = next;
-            }
-            _ => break,
-        }
-    }
-    out
 }
 
 /// A choice in a select.

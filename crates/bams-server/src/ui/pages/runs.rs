@@ -122,7 +122,7 @@ pub async fn show(State(st): State<AppState>, ctx: Ctx, Path(id): Path<i64>) -> 
             Some(j) => st.catalog.last_successful_bytes(j).await?,
             None => None,
         };
-        let (rate, eta) = super::dashboard::progress(&run, expected, ctx.now);
+        let (rate, eta) = crate::ui::fmt::rate_and_eta(&run, expected, ctx.now);
         ApiResult::Ok(RunPage {
             frame: ctx.frame(format!("Run #{id}")),
             active,

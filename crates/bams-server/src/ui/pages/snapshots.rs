@@ -157,6 +157,7 @@ struct SnapshotPage {
     may_prune: bool,
     restore_roots: Vec<String>,
     root: Listing,
+    browse_error: String,
 }
 
 /// The snapshot a page names, in a repository the caller may see (the one asked for, or the
@@ -190,7 +191,15 @@ pub async fn show(
         let repos: HashMap<i64, String> =
             st.catalog.list_repositories().await?.into_iter().map(|r| (r.id, r.name)).collect();
         let may_read = privs.any_of(Privs::DATASTORE_READ);
-        let root = if may_read { listing(&st, &ctx, &s.id, s.repository, "/", 0).await? } else { Listing::default() };
+        // An unreachable repository still leaves the catalog's facts to show.
+        let (root, browse_error) = if may_read {
+            match listing(&st, &ctx, &s.id, s.repository, "/", 0).await {
+                Ok(l) => (l, String::new()),
+                Err(e) => (Listing::default(), e.message),
+            }
+        } else {
+            (Listing::default(), String::new())
+        };
         ApiResult::Ok(SnapshotPage {
             frame: ctx.frame(format!("Snapshot {}", &s.id[..s.id.len().min(12)])),
             parent: s.parent.clone().unwrap_or_default(),
@@ -199,6 +208,7 @@ pub async fn show(
             may_prune: privs.any_of(Privs::DATASTORE_PRUNE),
             restore_roots: st.config.restore_roots.iter().map(|p| p.display().to_string()).collect(),
             root,
+            browse_error,
         })
     };
     match build.await {
