@@ -9,9 +9,8 @@
 //! parameters, `Bearer`/`Basic` credentials, `key=value` pairs whose key names a secret, and
 //! BAMS tokens).
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::header;
+
 use axum::response::Response;
 use bams_appliance::logs::{self, LogQuery};
 use bams_appliance::runner::SystemRunner;
@@ -197,24 +196,10 @@ async fn gather(st: &AppState) -> ApiResult<Vec<(String, Vec<u8>)>> {
         .collect())
 }
 
-/// A channel's sending half as a `Write`: the archive is compressed on a blocking thread and
-/// each chunk goes out as soon as it is made.
-struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>);
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.blocking_send(Ok(buf.to_vec())).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn write_archive(files: Vec<(String, Vec<u8>)>, out: ChannelWriter) -> std::io::Result<()> {
-    let gz =
-        flate2::write::GzEncoder::new(std::io::BufWriter::with_capacity(64 << 10, out), flate2::Compression::default());
+/// The bundle as a tar.gz into `out`, compressed on a blocking thread and sent a piece at a
+/// time.
+fn write_archive(files: Vec<(String, Vec<u8>)>, out: super::ChannelWriter) -> std::io::Result<()> {
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     let mtime = chrono::Utc::now().timestamp().max(0) as u64;
     for (name, data) in files {
@@ -225,8 +210,8 @@ fn write_archive(files: Vec<(String, Vec<u8>)>, out: ChannelWriter) -> std::io::
         h.set_entry_type(tar::EntryType::Regular);
         tar.append_data(&mut h, format!("bams-diagnostics/{name}"), data.as_slice())?;
     }
-    tar.into_inner()?.finish()?.into_inner().map_err(|e| e.into_error())?;
-    Ok(())
+    let mut out = tar.into_inner()?.finish()?;
+    std::io::Write::flush(&mut out)
 }
 
 /// Download the diagnostics bundle (tar.gz).
@@ -236,18 +221,13 @@ pub async fn bundle(State(st): State<AppState>, _caller: Caller) -> ApiResult<Re
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let err_tx = tx.clone();
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = write_archive(files, ChannelWriter(tx)) {
+        if let Err(e) = write_archive(files, super::ChannelWriter::new(tx)) {
             // The client went away, or writing failed: end the body with an error.
             let _ = err_tx.blocking_send(Err(e));
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let name = format!("bams-diagnostics-{}.tar.gz", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/gzip")
-        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\""))
-        .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::internal(e.to_string()))
+    Ok(super::attachment(rx, "application/gzip", &name, None))
 }
 
 #[cfg(test)]

@@ -148,16 +148,11 @@ pub async fn follow_log_events(
         }
     });
     // The permit lives as long as the stream: a client that goes away frees its place.
-    let stream = tokio_stream_of(rx).map(move |entry| {
+    let stream = super::receiver_stream(rx).map(move |entry| {
         let _held = &permit;
         Ok::<_, std::convert::Infallible>(
             Event::default().event("entry").data(serde_json::to_string(&entry).unwrap_or_default()),
         )
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
-}
-
-/// A receiver as a stream (ends when every sender is gone).
-fn tokio_stream_of<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }

@@ -52,6 +52,71 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// A channel's items as a stream (it ends when every sender is gone): how blocking readers
+/// hand a response body or an event stream to axum.
+pub(crate) fn receiver_stream<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
+/// A download streamed from a channel of chunks, named `filename` (quotes and line breaks
+/// replaced) for the browser's save dialog.
+pub(crate) fn attachment(
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+    content_type: &str,
+    filename: &str,
+    length: Option<u64>,
+) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let name = filename.replace(['"', '\\', '\r', '\n'], "_");
+    let mut r = axum::body::Body::from_stream(receiver_stream(rx)).into_response();
+    let h = r.headers_mut();
+    let mut set = |k: header::HeaderName, v: String| {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    };
+    set(header::CONTENT_TYPE, content_type.to_string());
+    set(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\""));
+    if let Some(n) = length {
+        set(header::CONTENT_LENGTH, n.to_string());
+    }
+    r
+}
+
+/// Sends what is written in 1 MiB pieces down a channel (blocking: the reader's pace sets
+/// the writer's).
+pub(crate) struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    /// A writer into `tx`.
+    pub(crate) fn new(tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>) -> Self {
+        Self { tx, buf: Vec::with_capacity(1 << 20) }
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::take(&mut self.buf));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
 /// All documented routes; the repository endpoint accepts objects up to `max_object_bytes`.
 pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
     let endpoint = OpenApiRouter::new()

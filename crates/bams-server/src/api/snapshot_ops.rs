@@ -1,10 +1,8 @@
 //! More on snapshots: a folder as a streamed tar, a file-name search across snapshots, and
 //! forgetting snapshots (by id or by keep rules) with a dry run that shows what would go.
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bams_store::browse::{self, Lookup};
 use bams_store::tree::NodeKind;
 use serde::{Deserialize, Serialize};
@@ -51,12 +49,12 @@ pub async fn archive(
         .await??
     };
     let name = match base.rsplit('/').next().filter(|n| !n.is_empty()) {
-        Some(n) => n.replace(['"', '\\', '\r', '\n'], "_"),
-        None => format!("snapshot-{}", &id[..id.len().min(12)]),
+        Some(n) => format!("{n}.tar"),
+        None => format!("snapshot-{}.tar", &id[..id.len().min(12)]),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
     tokio::task::spawn_blocking(move || {
-        let out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(1 << 20) };
+        let out = super::ChannelWriter::new(tx.clone());
         match bams_store::export::write_tar(&repo, &index, &root, &base, out) {
             Ok(mut w) => {
                 let _ = std::io::Write::flush(&mut w);
@@ -69,39 +67,7 @@ pub async fn archive(
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/x-tar".to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.tar\"")),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
-}
-
-/// Sends what is written in 1 MiB pieces down a channel (blocking: the reader's pace sets
-/// the writer's).
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= 1 << 20 {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = bytes::Bytes::from(std::mem::take(&mut self.buf));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("the client went away"))
-    }
+    Ok(super::attachment(rx, "application/x-tar", &name, None))
 }
 
 /// A name search.

@@ -4,10 +4,9 @@
 use std::path::{Component, PathBuf};
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+
+use axum::response::Response;
 use bams_catalog::{Page, SnapshotFilter, SnapshotSummary};
 use bams_store::browse::{self, Entry, Lookup};
 use bams_store::restorer::{self, RestoreOptions};
@@ -256,7 +255,7 @@ pub async fn download_file(
         })
         .await??
     };
-    let name = path.rsplit('/').next().unwrap_or("file").replace(['"', '\\', '\r', '\n'], "_");
+    let name = path.rsplit('/').next().unwrap_or("file").to_string();
     let size = node.size;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
@@ -268,16 +267,7 @@ pub async fn download_file(
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, size.to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(super::attachment(rx, "application/octet-stream", &name, Some(size)))
 }
 
 /// Compare two snapshots.

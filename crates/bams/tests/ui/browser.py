@@ -23,6 +23,9 @@ from urllib.parse import urlparse
 
 from playwright.sync_api import sync_playwright, expect
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import fail, finish, launch  # noqa: E402
+
 BASE = os.environ["BAMS_URL"]
 ORIGIN = urlparse(BASE).netloc
 SOURCE = os.environ["SOURCE"]
@@ -31,12 +34,6 @@ WORK = os.environ["WORK"]
 SHOTS = os.environ.get("SCREENSHOTS")
 HOSTILE = "<script>alert('job')</script>"
 JOB = "nightly-files"
-failures = []
-
-
-def fail(msg):
-    failures.append(msg)
-    print("FAIL:", msg, flush=True)
 
 
 # Answers with these statuses are expected while set (a validation error the form shows).
@@ -100,10 +97,7 @@ def sweep(page, who, paths, shots=False):
 
 def main():
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = launch(p)
         admin_ctx = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
         page = admin_ctx.new_page()
         watch(page, "admin")
@@ -371,10 +365,7 @@ def main():
         check(resp.status == 403, f"viewer browsing a snapshot: {resp.status}")
 
         browser.close()
-    if failures:
-        print(f"{len(failures)} failure(s)")
-        sys.exit(1)
-    print("web UI: every check passed")
+    finish("web UI")
 
 
 if __name__ == "__main__":

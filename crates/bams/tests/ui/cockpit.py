@@ -16,15 +16,12 @@ import sys
 
 from playwright.sync_api import sync_playwright, expect
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import fail, finish, launch  # noqa: E402
+
 URL = os.environ["COCKPIT_URL"]
 PLUGIN = URL + "/cockpit/@localhost/bams/index.html"
 JOB = os.environ["JOB"]
-failures = []
-
-
-def fail(msg):
-    failures.append(msg)
-    print("FAIL:", msg, flush=True)
 
 
 def session(browser, user, password):
@@ -46,10 +43,7 @@ def session(browser, user, password):
 
 def main():
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = launch(p)
 
         # A viewer: the dashboard and the job list come from the API over the socket; no
         # action is offered.
@@ -96,10 +90,7 @@ def main():
             fail(f"the diagnostics bundle is not gzip: {magic!r} ({os.path.getsize(path)} bytes)")
         ctx.close()
         browser.close()
-    if failures:
-        print(f"{len(failures)} failure(s)")
-        sys.exit(1)
-    print("cockpit: every check passed")
+    finish("cockpit")
 
 
 if __name__ == "__main__":
