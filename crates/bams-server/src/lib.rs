@@ -169,7 +169,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
     );
     let runner: Arc<dyn bams_appliance::runner::CommandRunner> = Arc::new(bams_appliance::runner::SystemRunner);
     let tape = config.tape.open(&config.data_dir, runner.clone()).context("opening the tape library")?;
-    let tape_media = match &tape {
+    let (tape_media, tape_jobs) = match &tape {
         Some(changer) => {
             let media = bams_appliance::tape::media::MediaDb::open(&config.tape.media_dir(&config.data_dir))
                 .context("opening the tape media database")?;
@@ -187,10 +187,11 @@ pub async fn prepare(config: Config) -> Result<Server> {
                     open: bams_appliance::tape::drives::st_opener(),
                 }
             };
-            director.register(bams_catalog::JobKind::Tape, Arc::new(tape_job::TapeJobs::new(library, media.clone())));
-            Some(media)
+            let jobs = Arc::new(tape_job::TapeJobs::new(library, media.clone()));
+            director.register(bams_catalog::JobKind::Tape, jobs.clone());
+            (Some(media), Some(jobs))
         }
-        None => None,
+        None => (None, None),
     };
     let iscsi = config.iscsi.open(runner.clone()).context("iSCSI backend")?;
     let iscsi_policy = config.iscsi.policy(&config.data_dir, &config.disk_devices);
@@ -213,6 +214,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
         disks,
         tape,
         tape_media,
+        tape_jobs,
         iscsi,
         iscsi_policy: Arc::new(iscsi_policy),
         log_followers,

@@ -302,6 +302,8 @@ pub const POLICY: &[Rule] = &[
     r("GET", "/api/v1/tape/volumes", P::SYS_AUDIT, TAPE),
     r("GET", "/api/v1/tape/volumes/{barcode}", P::SYS_AUDIT, TAPE),
     r("PATCH", "/api/v1/tape/volumes/{barcode}", P::SYS_OPERATE, TAPE),
+    // Labeling erases the cartridge: configuring, not operating.
+    r("POST", "/api/v1/tape/volumes/{barcode}/label", P::SYS_MODIFY, TAPE),
     r("GET", "/api/v1/tape/sets", P::SYS_AUDIT, TAPE),
     r("GET", "/api/v1/tape/sets/{id}", P::SYS_AUDIT, TAPE),
     r("GET", "/api/v1/iscsi/targets", P::SYS_AUDIT, ISCSI),

@@ -25,6 +25,8 @@ pub struct AppState {
     pub tape: Option<Arc<dyn bams_appliance::tape::Changer>>,
     /// The library's media database: pools, volumes, sets (`None` without a library).
     pub tape_media: Option<bams_appliance::tape::media::MediaDb>,
+    /// Tape jobs and labeling on the library (`None` without a library).
+    pub tape_jobs: Option<Arc<crate::tape_job::TapeJobs>>,
     /// The iSCSI target backend.
     pub iscsi: Arc<dyn bams_appliance::iscsi::IscsiBackend>,
     /// Where LUN backing files and devices may come from.

@@ -57,6 +57,28 @@ impl TapeJobs {
     }
 }
 
+impl TapeJobs {
+    /// Label the cartridge `barcode` for `pool` in drive `drive` (loaded there and put back),
+    /// as `bams tape label` does, and record it in the media database. Returns the label and
+    /// the tape sets relabeling erased. Blocking: call it on a blocking thread.
+    pub fn label(
+        &self,
+        barcode: &str,
+        pool: &str,
+        force: bool,
+        drive: u32,
+    ) -> Result<(bams_appliance::tape::volume::Label, Vec<String>), bams_appliance::ApplianceError> {
+        let mut drives = self.drives(drive).map_err(bams_appliance::ApplianceError::Invalid)?;
+        let mut dev = drives.mount(barcode)?;
+        let label = bams_appliance::tape::volume::label(dev.as_mut(), pool, force);
+        drop(dev);
+        drives.release()?;
+        let label = label.map_err(bams_appliance::ApplianceError::from)?;
+        let forgotten = self.media.labeled(&label, false)?;
+        Ok((label, forgotten))
+    }
+}
+
 fn options(o: &serde_json::Map<String, serde_json::Value>) -> Result<(String, bool, u32), String> {
     let pool = o.get("pool").and_then(|v| v.as_str()).ok_or("a tape job needs options.pool: the media pool")?;
     bams_appliance::tape::volume::validate_pool(pool).map_err(|e| format!("options.{e}"))?;

@@ -363,6 +363,12 @@
     }
     const then = submitter && submitter.getAttribute("data-then");
     if (then) form.setAttribute("data-then", then);
+    // A field named in the route ("/volumes/{barcode}/label") goes into the URL, not the body.
+    spec[1] = spec[1].replace(/\{([a-z_]+)\}/g, function (_, k) {
+      const v = built.body[k];
+      delete built.body[k];
+      return encodeURIComponent(v === undefined ? "" : v);
+    });
     if (built.bad) {
       fieldError(form, built.bad[0], built.bad[1]);
       return Promise.resolve();

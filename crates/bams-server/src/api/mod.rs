@@ -192,6 +192,7 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(tape_media::get_pool, tape_media::update_pool, tape_media::delete_pool))
         .routes(routes!(tape_media::list_volumes))
         .routes(routes!(tape_media::get_volume, tape_media::update_volume))
+        .routes(routes!(tape_media::label))
         .routes(routes!(tape_media::list_sets))
         .routes(routes!(tape_media::get_set))
         .routes(routes!(iscsi::list_targets, iscsi::create_target))

@@ -209,3 +209,51 @@ pub async fn list_sets(
 pub async fn get_set(State(st): State<AppState>, _caller: Caller, Path(id): Path<String>) -> ApiResult<Json<SetView>> {
     Ok(Json(with_db(&st, move |db| db.set(&id, chrono::Utc::now())).await?))
 }
+
+/// How to label a cartridge.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRequest {
+    /// Media pool it joins.
+    pub pool: String,
+    /// Relabel a cartridge that already has a label (its tape sets are forgotten).
+    #[serde(default)]
+    pub force: bool,
+    /// Drive to use (default 0); the cartridge goes back to its slot afterwards.
+    #[serde(default)]
+    pub drive: u32,
+}
+
+/// What labeling did.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Labeled {
+    /// Barcode.
+    pub barcode: String,
+    /// Pool.
+    pub pool: String,
+    /// The volume id written on the tape.
+    pub volume_id: String,
+    /// Tape sets the relabel erased.
+    pub forgotten_sets: Vec<String>,
+}
+
+/// Label a cartridge for a media pool (loads it into a drive, writes the label, puts it
+/// back). Erases the cartridge; one already labeled needs `force`.
+#[utoipa::path(post, path = "/api/v1/tape/volumes/{barcode}/label", tag = "appliance", params(("barcode" = String, Path)), request_body = LabelRequest, responses((status = 200, body = Labeled), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn label(
+    State(st): State<AppState>,
+    _caller: Caller,
+    Path(barcode): Path<String>,
+    Json(req): Json<LabelRequest>,
+) -> ApiResult<Json<Labeled>> {
+    let jobs =
+        st.tape_jobs.clone().ok_or_else(|| ApiError::not_found("tape library (tape.library is none in the config)"))?;
+    let (label, forgotten) =
+        tokio::task::spawn_blocking(move || jobs.label(&barcode, &req.pool, req.force, req.drive)).await??;
+    Ok(Json(Labeled {
+        barcode: label.barcode,
+        pool: label.pool,
+        volume_id: label.volume_id,
+        forgotten_sets: forgotten,
+    }))
+}

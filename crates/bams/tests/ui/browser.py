@@ -285,6 +285,18 @@ def main():
         shot(page, "tape")
         page.locator(".card", has_text="Drive 0").locator("button", has_text="Unload").click()
         expect(page.locator(".card", has_text="Drive 0")).to_contain_text("empty")
+        # A media pool, then a cartridge labeled for it: the volume appears in the pool.
+        page.click("summary:text('Add a media pool')")
+        page.fill("#pname", "weekly")
+        page.fill("#pdays", "28")
+        page.click("form[data-api='POST /api/v1/tape/pools'] button[type=submit]")
+        expect(page.locator("main table", has_text="weekly").first).to_be_visible()
+        page.click("summary:text('Label a cartridge')")
+        page.select_option("#lbarcode", barcode)
+        page.select_option("#lpool", "weekly")
+        page.click("form[data-api*='/label'] button[type=submit]")
+        expect(page.locator("main table", has_text="Barcode")).to_contain_text(barcode)
+        expect(page.locator("main table", has_text="Barcode")).to_contain_text("weekly")
 
         # A disk repository made from the form, then deleted behind a typed confirmation.
         page.goto(BASE + "/storage/disks")
@@ -329,6 +341,22 @@ def main():
         r = admin_ctx.request.post(BASE + f"/api/v1/jobs/{job_id}/run", data="{}",
                                    headers={"Content-Type": "application/json"})
         check(r.status == 403 and "csrf" in r.text(), f"POST without CSRF token: {r.status} {r.text()}")
+
+        # A real cross-site form post from another site's page (classic CSRF): the browser does
+        # not send the SameSite=Strict session cookie, the server refuses, no run is queued.
+        runs_url = BASE + f"/api/v1/runs?job={job_id}&limit=500"
+        before = len(admin_ctx.request.get(runs_url).json()["items"])
+        attacker = admin_ctx.new_page()
+        evil = (f'<form id="f" method="post" action="{BASE}/api/v1/jobs/{job_id}/run" enctype="text/plain">'
+                '<input name="x" value="y"></form><script>document.getElementById("f").submit()</script>')
+        attacker.route("http://attacker.test/**",
+                       lambda r: r.fulfill(status=200, content_type="text/html", body=evil))
+        attacker.goto("http://attacker.test/")
+        attacker.wait_for_url(BASE + "/api/**")
+        check("unauthorized" in attacker.content(), "the cross-site post was not refused: " + attacker.content()[:300])
+        after = len(admin_ctx.request.get(runs_url).json()["items"])
+        check(after == before, f"a cross-site post queued a run ({before} → {after})")
+        attacker.close()
 
         # An expired or removed session goes to the login page, then back.
         admin_ctx.clear_cookies()

@@ -153,6 +153,7 @@ struct TapePage {
     may_modify: bool,
     first_full: u32,
     first_empty: u32,
+    pool_names: Vec<String>,
 }
 
 /// `GET /storage/tape`.
@@ -172,6 +173,7 @@ pub async fn tape(State(st): State<AppState>, ctx: Ctx) -> Response {
         may_modify: ctx.may(Privs::SYS_MODIFY, "/appliance/tape"),
         first_full: 0,
         first_empty: 0,
+        pool_names: Vec::new(),
     };
     if page.configured {
         match crate::api::tape::drives(State(st.clone()), ctx.caller.clone()).await {
@@ -230,6 +232,7 @@ pub async fn tape(State(st): State<AppState>, ctx: Ctx) -> Response {
             Err(e) => page.error = e.message,
         }
         if let Ok(p) = crate::api::tape_media::list_pools(State(st.clone()), ctx.caller.clone()).await {
+            page.pool_names = p.0.items.iter().map(|v| v.name.clone()).collect();
             page.pools = table(
                 &items(&p.0),
                 &[
