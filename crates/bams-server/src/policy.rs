@@ -345,6 +345,8 @@ pub const POLICY: &[Rule] = &[
     r("GET", "/storage/bacula", P::SYS_AUDIT, BACULA),
     r("GET", "/admin/users", P::SYS_ADMIN, SYSTEM),
     r("GET", "/admin/tokens", NO, On::Own),
+    r("GET", "/admin/permissions", P::SYS_ADMIN, SYSTEM),
+    r("GET", "/account", NO, On::Own),
     r("GET", "/admin/audit", P::SYS_ADMIN, SYSTEM),
     r("GET", "/admin/notifications", P::SYS_ADMIN, SYSTEM),
 ];

@@ -67,6 +67,7 @@ fn the_web_ui_works_in_a_real_browser_for_admins_and_viewers() {
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/browser.py");
     let mut cmd = Command::new(PYTHON);
+    browser_home(&mut cmd, &dir);
     cmd.arg(&script)
         .env("BAMS_URL", format!("http://127.0.0.1:{}", server.port))
         .env("ADMIN_PASSWORD", &admin_pw)
@@ -90,6 +91,15 @@ fn the_web_ui_works_in_a_real_browser_for_admins_and_viewers() {
     }
     eprintln!("{text}");
     assert!(text.contains("every check passed"), "{text}");
+}
+
+/// Chromium keeps crash reports and caches under the user's home: give it the test's own.
+fn browser_home(cmd: &mut Command, dir: &Path) {
+    for (var, sub) in [("XDG_CONFIG_HOME", "xdg-config"), ("XDG_CACHE_HOME", "xdg-cache")] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        cmd.env(var, d);
+    }
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -211,6 +221,7 @@ fn the_cockpit_plugin_reaches_the_server_over_its_socket_as_the_logged_in_linux_
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/cockpit.py");
     let mut cmd = Command::new(PYTHON);
+    browser_home(&mut cmd, &dir);
     cmd.arg(&script)
         .env("COCKPIT_URL", format!("http://127.0.0.1:{}", ws.port))
         .env("VIEWER_USER", &viewer.name)

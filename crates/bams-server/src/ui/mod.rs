@@ -53,6 +53,8 @@ pub const ROUTES: &[&str] = &[
     "/storage/iscsi",
     "/storage/bacula",
     "/admin/users",
+    "/admin/permissions",
+    "/account",
     "/admin/tokens",
     "/admin/audit",
     "/admin/notifications",
@@ -86,6 +88,8 @@ pub fn routes() -> Router<AppState> {
         .route("/storage/iscsi", get(pages::storage::iscsi))
         .route("/storage/bacula", get(pages::storage::bacula))
         .route("/admin/users", get(pages::admin::users))
+        .route("/admin/permissions", get(pages::admin::permissions))
+        .route("/account", get(pages::admin::account))
         .route("/admin/tokens", get(pages::admin::tokens))
         .route("/admin/audit", get(pages::admin::audit))
         .route("/admin/notifications", get(pages::admin::notifications))
@@ -220,7 +224,9 @@ const NAV: &[(&str, &str, &str, Privs, &str)] = &[
     ("/storage/bacula", "Bacula", "Appliance", Privs::SYS_AUDIT, "/appliance/bacula"),
     ("/logs", "Logs", "Appliance", Privs::SYS_AUDIT, "/appliance/logs"),
     ("/admin/users", "Users", "Administration", Privs::SYS_ADMIN, "/system"),
+    ("/admin/permissions", "Permissions", "Administration", Privs::SYS_ADMIN, "/system"),
     ("/admin/tokens", "API tokens", "Administration", Privs::NONE, "/"),
+    ("/account", "Your account", "Administration", Privs::NONE, "/"),
     ("/admin/audit", "Audit log", "Administration", Privs::SYS_ADMIN, "/system"),
     ("/admin/notifications", "Notifications", "Administration", Privs::SYS_ADMIN, "/system"),
 ];

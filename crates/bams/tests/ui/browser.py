@@ -87,6 +87,14 @@ def sweep(page, who, paths, shots=False):
         resp = page.goto(BASE + path) or page.reload()
         check(resp is not None and resp.status == 200, f"{who}: {path} answered {resp and resp.status}")
         check(page.locator("main h1").count() == 1, f"{who}: {path} has no heading")
+        # Every control has a name a screen reader can say: a <label for>, a wrapping label,
+        # or aria-label; every button has text.
+        unlabeled = page.evaluate("""() => [...document.querySelectorAll(
+              'input:not([type=hidden]), select, textarea, button')].filter(e => {
+            if (e.tagName === 'BUTTON') return !(e.textContent.trim() || e.getAttribute('aria-label'));
+            return !(e.labels && e.labels.length) && !e.getAttribute('aria-label');
+          }).map(e => e.outerHTML.slice(0, 120))""")
+        check(not unlabeled, f"{who}: {path} has controls without a label: {unlabeled}")
         page.wait_for_load_state("networkidle")
         if shots:
             parts = path.strip("/").split("?")[0].split("/")
@@ -233,6 +241,30 @@ def main():
         page.goto(BASE + "/repositories")
         expect(page.locator("main table").first).to_contain_text("succeeded")
 
+        # A pool on the repository, from the form, then edited.
+        page.click("summary:text('Add a pool')")
+        page.fill("#pname", "nightly-pool")
+        page.fill("#pkeep_daily", "7")
+        page.click("form[data-api='POST /api/v1/pools'] button[type=submit]")
+        pool_row = page.locator("main table").last.locator("tr", has_text="nightly-pool")
+        expect(pool_row).to_contain_text("keep_daily")
+        pool_row.locator("summary", has_text="Edit").click()
+        pool_row.locator("input[name='retention.keep_daily']").fill("14")
+        pool_row.locator("button", has_text="Save").click()
+        expect(page.locator("main table").last.locator("tr", has_text="nightly-pool")).to_contain_text("14")
+
+        # Permissions: the viewer may read the default repository's files.
+        page.goto(BASE + "/admin/permissions")
+        page.click("summary:text('Add an entry')")
+        page.fill("#apath", "/repositories/default")
+        page.select_option("#auser", "viewer")
+        page.select_option("#arole", "reader")
+        page.click("form[data-api='POST /api/v1/acl'] button[type=submit]")
+        expect(page.locator("main table")).to_contain_text("/repositories/default")
+        page.locator("main tr", has_text="/repositories/default").locator("button", has_text="Remove").click()
+        page.click("#confirm-ok")
+        expect(page.locator("main table")).to_have_count(0)
+
         # The dashboard forecasts when the repository's disk fills at the pace of recent runs.
         page.goto(BASE + "/dashboard")
         expect(page.locator("#cap-h")).to_be_visible()
@@ -297,6 +329,11 @@ def main():
         page.click("form[data-api*='/label'] button[type=submit]")
         expect(page.locator("main table", has_text="Barcode")).to_contain_text(barcode)
         expect(page.locator("main table", has_text="Barcode")).to_contain_text("weekly")
+        page.click("summary:text(\"Change a media pool's policy\")")
+        page.select_option("#epool", "weekly")
+        page.fill("#edays", "35")
+        page.click("form[data-api*='/tape/pools/'] button[type=submit]")
+        expect(page.locator("main table", has_text="Keep (days)")).to_contain_text("35")
 
         # A disk repository made from the form, then deleted behind a typed confirmation.
         page.goto(BASE + "/storage/disks")
@@ -319,7 +356,7 @@ def main():
                        urlparse(run_url).path, "/snapshots", urlparse(snap_url).path + "?" + urlparse(snap_url).query,
                        "/repositories", "/agents", "/logs", "/admin/users", "/admin/tokens", "/admin/audit",
                        "/admin/notifications", "/storage/disks", "/storage/tape", "/storage/iscsi", "/storage/bacula",
-                       "/snapshots/find?name=a.txt"]
+                       "/snapshots/find?name=a.txt", "/admin/permissions", "/account"]
         sweep(page, "admin", admin_pages, shots=True)
 
         # Forget by keep rules: the preview names the older snapshot, then it goes.
@@ -372,20 +409,24 @@ def main():
         login(vpage, "viewer", os.environ["VIEWER_PASSWORD"])
         viewer_pages = ["/dashboard", "/jobs", f"/jobs/{job_id}", "/runs", urlparse(run_url).path, "/snapshots",
                         urlparse(snap_url).path + "?" + urlparse(snap_url).query, "/repositories", "/agents", "/logs",
-                        "/admin/tokens", "/storage/disks", "/storage/tape", "/storage/iscsi", "/storage/bacula"]
+                        "/admin/tokens", "/storage/disks", "/storage/tape", "/storage/iscsi", "/storage/bacula", "/account"]
         for path in viewer_pages:
             sweep(vpage, "viewer", [path])
             # (Reading actions, such as measuring a repository's usage, and managing one's own
             # API tokens are the viewer's to take: they would not answer 403.)
-            offered = vpage.locator("button[data-action]:not([data-action^='GET ']):not([data-action*='/api/v1/tokens']), "
-                                    "form[data-api]:not([data-api='POST /api/v1/tokens']), "
-                                    "a[href='/jobs/new'], a[href$='/edit']")
+            # Their own password and second factor too (on /account).
+            own = path == "/account"
+            offered = vpage.locator("button[data-action]:not([data-action^='GET ']):not([data-action*='/api/v1/tokens'])"
+                                    + (":not([data-action*='/api/v1/auth/'])" if own else "") + ", "
+                                    "form[data-api]:not([data-api='POST /api/v1/tokens'])"
+                                    + (":not([data-api*='/api/v1/auth/']):not([data-api^='PATCH /api/v1/users/'])" if own else "")
+                                    + ", a[href='/jobs/new'], a[href$='/edit']")
             n = offered.count()
             check(n == 0, f"viewer is offered {n} action(s) on {path}: "
                   + " ".join(offered.nth(i).evaluate("e => e.outerHTML")[:200] for i in range(n)))
             check(vpage.locator("ul.tree").count() == 0, f"viewer sees a file browser on {path}")
         expected_statuses.add(403)
-        for path in ["/jobs/new", "/admin/users", "/admin/audit", "/admin/notifications"]:
+        for path in ["/jobs/new", "/admin/users", "/admin/audit", "/admin/notifications", "/admin/permissions"]:
             resp = vpage.goto(BASE + path)
             check(resp.status == 403, f"viewer opening {path}: {resp.status}")
         check(vpage.locator("a[href='/admin/users']").count() == 0, "the viewer's navigation offers Users")

@@ -230,3 +230,70 @@ struct NotificationsPage {
 pub async fn notifications(State(st): State<AppState>, ctx: Ctx) -> Response {
     render(&NotificationsPage { frame: ctx.frame("Notifications"), s: st.director.notifier().settings().into() })
 }
+
+#[derive(Template)]
+#[template(path = "account.html")]
+struct AccountPage {
+    frame: Frame,
+    user_id: i64,
+    totp: bool,
+    local: bool,
+    permissions: Vec<(String, String)>,
+}
+
+/// `GET /account`: your password, your second factor, and what you may do where.
+pub async fn account(State(st): State<AppState>, ctx: Ctx) -> Response {
+    let build = async {
+        let local = ctx.caller.user.id < 0;
+        let totp = !local && st.catalog.totp_state(ctx.caller.user.id).await?.secret.is_some();
+        let perms = crate::api::acl::my_permissions(State(st.clone()), ctx.caller.clone()).await?.0;
+        let permissions = serde_json::to_value(&perms)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                let privs = p["privileges"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "));
+                (p["path"].as_str().unwrap_or_default().to_string(), privs.unwrap_or_default())
+            })
+            .collect();
+        ApiResult::Ok(AccountPage {
+            frame: ctx.frame("Your account"),
+            user_id: ctx.caller.user.id,
+            totp,
+            local,
+            permissions,
+        })
+    };
+    match build.await {
+        Ok(p) => render(&p),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "permissions.html")]
+struct PermissionsPage {
+    frame: Frame,
+    entries: Vec<bams_catalog::AclEntry>,
+    users: Vec<String>,
+    roles: Vec<(&'static str, String)>,
+}
+
+/// `GET /admin/permissions`: ACL entries per repository, pool or area.
+pub async fn permissions(State(st): State<AppState>, ctx: Ctx) -> Response {
+    let build = async {
+        ApiResult::Ok(PermissionsPage {
+            frame: ctx.frame("Permissions"),
+            entries: st.catalog.list_acl(None).await?,
+            users: st.catalog.list_users().await?.into_iter().map(|u| u.username).collect(),
+            roles: crate::policy::roles().into_iter().map(|r| (r.name, r.description.to_string())).collect(),
+        })
+    };
+    match build.await {
+        Ok(p) => render(&p),
+        Err(e) => e.into_response(),
+    }
+}

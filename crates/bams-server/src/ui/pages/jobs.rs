@@ -141,6 +141,8 @@ pub struct ScheduleView {
     enabled: bool,
     upcoming: Vec<When>,
     last: When,
+    /// The `ScheduleSpec` that flips `enabled` (what the toggle sends).
+    toggle_body: String,
 }
 
 #[derive(Template)]
@@ -171,6 +173,11 @@ pub async fn show(State(st): State<AppState>, ctx: Ctx, Path(id): Path<i64>) -> 
             .await?
             .into_iter()
             .map(|s| ScheduleView {
+                toggle_body: serde_json::json!({
+                    "job": s.job, "cron": s.cron, "timezone": s.timezone,
+                    "level": s.level.map(|l| l.as_str()), "enabled": !s.enabled,
+                })
+                .to_string(),
                 upcoming: bams_director::schedule::upcoming(&s.cron, &s.timezone, ctx.now, 5)
                     .into_iter()
                     .map(|t| When::at(t, ctx.now))

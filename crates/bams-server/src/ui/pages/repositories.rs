@@ -21,12 +21,21 @@ pub struct RepoRow {
     agents: usize,
     created: When,
     pool: String,
+    /// The caller may unregister it.
+    may_modify: bool,
+    /// The caller may reread its snapshot list (a backup writer's right).
+    may_sync: bool,
     /// Check, prune, verify, copy and forget jobs on it: (id, name, type, last status).
     upkeep: Vec<(i64, String, &'static str, String)>,
 }
 
 /// A pool row.
 pub struct PoolRow {
+    id: i64,
+    repository_id: i64,
+    keep: Vec<(&'static str, String)>,
+    max_bytes_raw: String,
+    may_modify: bool,
     name: String,
     repository: String,
     retention: String,
@@ -42,11 +51,23 @@ pub struct PoolRow {
 #[template(path = "repositories.html")]
 struct RepositoriesPage {
     frame: Frame,
+    may_add_repository: bool,
+    may_add_pool: bool,
+    keep_labels: &'static [(&'static str, &'static str)],
     may_run: bool,
     may_create: bool,
     repositories: Vec<RepoRow>,
     pools: Vec<PoolRow>,
 }
+
+/// The keep rules a pool's form offers, with their labels.
+const KEEP: &[(&str, &str)] = &[
+    ("keep_last", "Last"),
+    ("keep_daily", "Daily"),
+    ("keep_weekly", "Weekly"),
+    ("keep_monthly", "Monthly"),
+    ("keep_yearly", "Yearly"),
+];
 
 /// `GET /repositories`.
 pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
@@ -72,6 +93,8 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
                 agents: all.iter().filter(|c| c.parent == Some(r.id)).count(),
                 created: When::at(r.created_at, ctx.now),
                 pool: pool_of.get(&r.id).cloned().unwrap_or_default(),
+                may_modify: privs.any_of(Privs::DATASTORE_MODIFY),
+                may_sync: privs.any_of(Privs::DATASTORE_BACKUP),
                 upkeep: jobs
                     .iter()
                     .filter(|j| {
@@ -88,10 +111,24 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
         }
         let mut rows = Vec::new();
         for p in &pools {
-            if !ctx.caller.pool_privs(&st, p).await?.any_of(Privs::DATASTORE_AUDIT) {
+            let privs = ctx.caller.pool_privs(&st, p).await?;
+            if !privs.any_of(Privs::DATASTORE_AUDIT) {
                 continue;
             }
+            let kept = |k: &str| {
+                p.retention
+                    .as_ref()
+                    .and_then(|r| r.get(k))
+                    .and_then(serde_json::Value::as_i64)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            };
             rows.push(PoolRow {
+                id: p.id,
+                repository_id: p.repository,
+                keep: KEEP.iter().map(|(k, _)| (*k, kept(k))).collect(),
+                max_bytes_raw: p.max_bytes.map(|b| b.to_string()).unwrap_or_default(),
+                may_modify: privs.any_of(Privs::DATASTORE_MODIFY),
                 name: p.name.clone(),
                 repository: names.get(&p.repository).cloned().unwrap_or_else(|| format!("#{}", p.repository)),
                 retention: p.retention.as_ref().map(|r| r.to_string()).unwrap_or_default(),
@@ -105,6 +142,9 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
         }
         ApiResult::Ok(RepositoriesPage {
             frame: ctx.frame("Repositories & pools"),
+            may_add_repository: ctx.may(Privs::DATASTORE_MODIFY, "/repositories"),
+            may_add_pool: ctx.may(Privs::DATASTORE_MODIFY, "/pools"),
+            keep_labels: KEEP,
             may_run: ctx.may(Privs::JOBS_RUN, "/jobs"),
             may_create: ctx.may(Privs::JOBS_MODIFY, "/jobs"),
             repositories,
