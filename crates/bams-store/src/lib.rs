@@ -35,6 +35,7 @@ pub mod crypto;
 pub mod error;
 pub mod exclude;
 pub mod export;
+pub mod flash;
 pub mod forget;
 pub mod fsmeta;
 pub mod host;
