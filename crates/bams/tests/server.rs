@@ -2099,6 +2099,34 @@ async fn logs_from_a_real_journal_and_files_streams_and_a_redacted_diagnostics_b
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The same as Server-Sent Events (what Cockpit's bridge carries): only new matching lines,
+    // and the follower's place comes back when the client goes away.
+    let events = || admin.http.get(s.url("/api/v1/logs/app/events?grep=keep")).bearer_auth(&token).send();
+    let start = Instant::now();
+    let mut resp = loop {
+        let r = events().await.unwrap();
+        if r.status() == StatusCode::OK {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no place for the event stream: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    std::io::Write::write_all(&mut f, b"2026-11-23T10:00:05Z drop again\n2026-11-23T10:00:06Z keep three\n").unwrap();
+    let mut text = String::new();
+    while !text.contains("keep three") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await.expect("an event").unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("the stream stays open")));
+    }
+    assert!(text.contains("event: entry") && !text.contains("drop again") && !text.contains("keep one"), "{text}");
+    drop(resp);
+    let start = Instant::now();
+    while ws_connect(&s, &token, "/api/v1/logs/app/stream").await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the event stream's place was not released");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The diagnostics bundle: the expected files, and no secret anywhere in it.
     let chap_secret = "Bundle-s3cret1";
     admin

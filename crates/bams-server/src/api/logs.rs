@@ -97,15 +97,35 @@ pub(crate) fn follower_permit(st: &AppState) -> ApiResult<tokio::sync::OwnedSema
     })
 }
 
-async fn follow(st: AppState, service: String, grep: Option<String>, mut socket: WebSocket) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<LogEntry>(256);
+/// A running reader of a service's log; dropping it stops the reader (journalctl is killed,
+/// the file poll ends) even while the log is quiet.
+struct Reader(tokio::task::JoinHandle<()>);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Start following `service`: its entries arrive on the receiver while the `Reader` lives.
+fn start_reader(
+    st: &AppState,
+    service: String,
+    grep: Option<String>,
+) -> (Reader, tokio::sync::mpsc::Receiver<LogEntry>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<LogEntry>(256);
     let cfg = st.config.clone();
-    let reader = tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let runner: std::sync::Arc<dyn bams_appliance::runner::CommandRunner> = std::sync::Arc::new(SystemRunner);
         if let Err(e) = logs::follow(runner, &cfg.logs, &service, grep, tx).await {
             tracing::warn!(error = %e, service, "log follower stopped");
         }
     });
+    (Reader(task), rx)
+}
+
+async fn follow(st: AppState, service: String, grep: Option<String>, mut socket: WebSocket) {
+    let (_reader, mut rx) = start_reader(&st, service, grep);
     loop {
         tokio::select! {
             entry = rx.recv() => {
@@ -121,7 +141,6 @@ async fn follow(st: AppState, service: String, grep: Option<String>, mut socket:
             }
         }
     }
-    reader.abort(); // drops the follower's channel: journalctl is killed, the file poll stops
 }
 
 /// Follow a service's log as Server-Sent Events: one `entry` event (a JSON log entry) per
@@ -139,17 +158,11 @@ pub async fn follow_log_events(
     logs::source(&st.config.logs, &service)?;
     let grep = grep_of(p.grep)?;
     let permit = follower_permit(&st)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<LogEntry>(256);
-    let cfg = st.config.clone();
-    tokio::spawn(async move {
-        let runner: std::sync::Arc<dyn bams_appliance::runner::CommandRunner> = std::sync::Arc::new(SystemRunner);
-        if let Err(e) = logs::follow(runner, &cfg.logs, &service, grep, tx).await {
-            tracing::warn!(error = %e, service, "log follower stopped");
-        }
-    });
-    // The permit lives as long as the stream: a client that goes away frees its place.
+    let (reader, rx) = start_reader(&st, service, grep);
+    // The permit and the reader live as long as the stream: a client that goes away frees
+    // its place and stops the reader.
     let stream = super::receiver_stream(rx).map(move |entry| {
-        let _held = &permit;
+        let _held = (&permit, &reader);
         Ok::<_, std::convert::Infallible>(
             Event::default().event("entry").data(serde_json::to_string(&entry).unwrap_or_default()),
         )

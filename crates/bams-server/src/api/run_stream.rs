@@ -57,22 +57,44 @@ async fn send(socket: &mut WebSocket, ev: &RunLogEvent) -> bool {
     socket.send(Message::Text(text.into())).await.is_ok()
 }
 
-async fn follow(st: AppState, id: i64, mut socket: WebSocket) {
-    let mut sent = 0usize;
-    loop {
-        // Read the status first: a log read after it holds every line written before the end.
-        let Ok(run) = st.catalog.get_run(id).await else { break };
-        let ended = !matches!(run.status.as_str(), "queued" | "running");
+/// Where a follower is in a run's log (the WebSocket and the event stream share it).
+#[derive(Default)]
+struct LogCursor {
+    sent: usize,
+}
+
+impl LogCursor {
+    /// The run now, and the text appended to its log since the last poll. The status is read
+    /// first: a log read after it holds every line written before the end.
+    async fn poll(&mut self, st: &AppState, id: i64) -> Option<(bams_catalog::Run, Option<String>)> {
+        let run = st.catalog.get_run(id).await.ok()?;
+        let mut new = None;
         if let Ok(log) = st.catalog.run_log(id).await {
             // A very long log has its middle dropped by the catalog: start over from its tail.
-            if log.len() < sent {
-                sent = 0;
+            if log.len() < self.sent {
+                self.sent = 0;
             }
-            if log.len() > sent && log.is_char_boundary(sent) {
-                if !send(&mut socket, &RunLogEvent::Log { log: log[sent..].to_string() }).await {
-                    return;
-                }
-                sent = log.len();
+            if log.len() > self.sent && log.is_char_boundary(self.sent) {
+                new = Some(log[self.sent..].to_string());
+                self.sent = log.len();
+            }
+        }
+        Some((run, new))
+    }
+}
+
+fn has_ended(run: &bams_catalog::Run) -> bool {
+    !matches!(run.status.as_str(), "queued" | "running")
+}
+
+async fn follow(st: AppState, id: i64, mut socket: WebSocket) {
+    let mut cursor = LogCursor::default();
+    loop {
+        let Some((run, new)) = cursor.poll(&st, id).await else { break };
+        let ended = has_ended(&run);
+        if let Some(log) = new {
+            if !send(&mut socket, &RunLogEvent::Log { log }).await {
+                return;
             }
         }
         if ended {
@@ -121,13 +143,20 @@ pub async fn events(State(st): State<AppState>, _caller: Caller, Path(id): Path<
     let permit = super::logs::follower_permit(&st)?;
     struct Follow {
         st: AppState,
-        sent: usize,
+        cursor: LogCursor,
         pending: std::collections::VecDeque<Event>,
         done: bool,
         first: bool,
         last_progress: (i64, i64),
     }
-    let init = Follow { st, sent: 0, pending: Default::default(), done: false, first: true, last_progress: (-1, -1) };
+    let init = Follow {
+        st,
+        cursor: LogCursor::default(),
+        pending: Default::default(),
+        done: false,
+        first: true,
+        last_progress: (-1, -1),
+    };
     let stream = futures_util::stream::unfold((init, permit), move |(mut f, permit)| async move {
         loop {
             if let Some(ev) = f.pending.pop_front() {
@@ -140,18 +169,11 @@ pub async fn events(State(st): State<AppState>, _caller: Caller, Path(id): Path<
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             f.first = false;
-            // Status first: a log read after it holds every line written before the end.
-            let Ok(run) = f.st.catalog.get_run(id).await else { return None };
-            let ended = !matches!(run.status.as_str(), "queued" | "running");
-            if let Ok(log) = f.st.catalog.run_log(id).await {
-                if log.len() < f.sent {
-                    f.sent = 0;
-                }
-                if log.len() > f.sent && log.is_char_boundary(f.sent) {
-                    let text = serde_json::to_string(&log[f.sent..]).unwrap_or_default();
-                    f.pending.push_back(Event::default().event("log").data(text));
-                    f.sent = log.len();
-                }
+            let (run, new) = f.cursor.poll(&f.st, id).await?;
+            let ended = has_ended(&run);
+            if let Some(log) = new {
+                let text = serde_json::to_string(&log).unwrap_or_default();
+                f.pending.push_back(Event::default().event("log").data(text));
             }
             if (run.files, run.bytes) != f.last_progress || ended {
                 f.last_progress = (run.files, run.bytes);

@@ -102,15 +102,20 @@ pub async fn inventory(State(st): State<AppState>, _caller: Caller) -> ApiResult
 pub async fn drives(State(st): State<AppState>, _caller: Caller) -> ApiResult<Json<DriveList>> {
     let changer = changer(&st)?;
     let lib = changer.status().await?;
-    let mut items = Vec::with_capacity(lib.drives.len());
-    for drive in lib.drives {
+    Ok(Json(DriveList { items: drive_views(changer.as_ref(), lib.drives).await, next_cursor: None }))
+}
+
+/// Each drive of an element status with what the drive itself reports.
+pub(crate) async fn drive_views(changer: &dyn Changer, drives: Vec<tape::Drive>) -> Vec<DriveView> {
+    let mut items = Vec::with_capacity(drives.len());
+    for drive in drives {
         let (status, status_error) = match changer.drive_status(drive.id).await {
             Ok(s) => (Some(s), None),
             Err(e) => (None, Some(e.to_string())),
         };
         items.push(DriveView { drive, status, status_error });
     }
-    Ok(Json(DriveList { items, next_cursor: None }))
+    items
 }
 
 /// Slots with their cartridges.

@@ -173,6 +173,21 @@ pub fn render<T: Template>(t: &T) -> Response {
     }
 }
 
+/// A built page, or the error that kept it from being built.
+pub fn respond<T: Template>(page: crate::error::ApiResult<T>) -> Response {
+    match page {
+        Ok(p) => render(&p),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The link to the next page of a list: `path?cursor=…` with the filters that are set.
+pub fn next_page(path: &str, cursor: &str, filters: &[(&str, String)]) -> String {
+    let mut params = vec![format!("cursor={}", url_encode(cursor))];
+    params.extend(filters.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={}", url_encode(v))));
+    format!("{path}?{}", params.join("&"))
+}
+
 /// One entry of the navigation.
 pub struct NavItem {
     /// Path.
@@ -331,6 +346,12 @@ pub(crate) mod tests {
         assert!(!html.contains("<img src=x"), "{html}");
         assert!(html.contains("&#60;img src=x onerror=alert(1)&#62;"), "{html}");
         assert!(html.contains("&#34;&#39;&#60;&#62;&#38;"), "{html}");
+    }
+
+    #[test]
+    fn next_page_links_keep_the_filters_that_are_set() {
+        let link = next_page("/runs", "12:a b", &[("job", "3".into()), ("status", String::new()), ("q", "x&y".into())]);
+        assert_eq!(link, "/runs?cursor=12%3Aa%20b&job=3&q=x%26y");
     }
 
     #[test]

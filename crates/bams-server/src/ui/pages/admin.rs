@@ -3,7 +3,7 @@
 
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bams_catalog::AuditFilter;
 use serde::Deserialize;
 
@@ -12,7 +12,7 @@ use crate::error::ApiResult;
 use crate::policy::Privs;
 use crate::state::AppState;
 use crate::ui::fmt::When;
-use crate::ui::{render, url_encode, Ctx, Frame};
+use crate::ui::{render, respond, Ctx, Frame};
 
 /// A user row.
 pub struct UserRow {
@@ -53,10 +53,7 @@ pub async fn users(State(st): State<AppState>, ctx: Ctx) -> Response {
             .collect();
         ApiResult::Ok(UsersPage { frame: ctx.frame("Users"), users, roles: &["admin", "operator", "viewer"] })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 /// A token row.
@@ -115,10 +112,7 @@ pub async fn tokens(State(st): State<AppState>, ctx: Ctx) -> Response {
             .collect();
         ApiResult::Ok(TokensPage { frame: ctx.frame("API tokens"), tokens })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 /// Filters of the audit page.
@@ -170,12 +164,10 @@ pub async fn audit(State(st): State<AppState>, ctx: Ctx, Query(q): Query<AuditQu
         };
         let page = st.catalog.list_audit(&f).await?;
         let next = page.next_cursor.as_ref().map(|c| {
-            format!(
-                "/admin/audit?cursor={}&user={}&result={}&route={}",
-                url_encode(c),
-                url_encode(&q.user),
-                url_encode(&q.result),
-                url_encode(&q.route)
+            crate::ui::next_page(
+                "/admin/audit",
+                c,
+                &[("user", q.user.clone()), ("result", q.result.clone()), ("route", q.route.clone())],
             )
         });
         let entries = page
@@ -213,10 +205,7 @@ pub async fn audit(State(st): State<AppState>, ctx: Ctx, Query(q): Query<AuditQu
             next,
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 #[derive(Template)]
@@ -267,10 +256,7 @@ pub async fn account(State(st): State<AppState>, ctx: Ctx) -> Response {
             permissions,
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 #[derive(Template)]
@@ -292,8 +278,5 @@ pub async fn permissions(State(st): State<AppState>, ctx: Ctx) -> Response {
             roles: crate::policy::roles().into_iter().map(|r| (r.name, r.description.to_string())).collect(),
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }

@@ -3,7 +3,7 @@
 use askama::Template;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bams_catalog::AgentStatus;
 
 use crate::api::agents::AgentView;
@@ -11,7 +11,7 @@ use crate::error::ApiResult;
 use crate::policy::Privs;
 use crate::state::AppState;
 use crate::ui::fmt::When;
-use crate::ui::{render, Ctx, Frame};
+use crate::ui::{respond, Ctx, Frame};
 
 /// An agent as the list shows it.
 pub struct AgentRow {
@@ -72,10 +72,7 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx, headers: HeaderMap) -> R
             fingerprint: st.config.tls.cert.as_deref().and_then(fingerprint).unwrap_or_default(),
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 /// This server's URL as the browser reached it (agents connect to the same name).

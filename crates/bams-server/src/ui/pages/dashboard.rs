@@ -5,14 +5,14 @@ use std::collections::HashMap;
 
 use askama::Template;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bams_catalog::{RunFilter, RunStatus};
 
 use super::RunRow;
 use crate::policy::Privs;
 use crate::state::AppState;
 use crate::ui::fmt::{bytes, When};
-use crate::ui::{render, Ctx, Frame};
+use crate::ui::{respond, Ctx, Frame};
 
 /// One job's freshness.
 pub struct Freshness {
@@ -69,10 +69,7 @@ struct DashboardPage {
 
 /// `GET /dashboard`.
 pub async fn page(State(st): State<AppState>, ctx: Ctx) -> Response {
-    match build(&st, &ctx).await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build(&st, &ctx).await)
 }
 
 async fn build(st: &AppState, ctx: &Ctx) -> crate::error::ApiResult<DashboardPage> {

@@ -14,7 +14,7 @@ use crate::error::{ApiResult, Path};
 use crate::policy::Privs;
 use crate::state::AppState;
 use crate::ui::fmt::When;
-use crate::ui::{render, Ctx, Frame};
+use crate::ui::{render, respond, Ctx, Frame};
 
 /// A job as the list shows it.
 pub struct JobRow {
@@ -126,10 +126,7 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx, Query(q): Query<JobQuery
             may_modify: ctx.may(Privs::JOBS_MODIFY, "/jobs"),
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 /// A schedule and its next due times.
@@ -220,10 +217,7 @@ pub async fn show(State(st): State<AppState>, ctx: Ctx, Path(id): Path<i64>) -> 
             job,
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 /// The `JobSpec` that recreates `job` (what PUT takes).
@@ -401,10 +395,7 @@ pub async fn edit(State(st): State<AppState>, ctx: Ctx, Path(id): Path<i64>) -> 
         let job = st.catalog.get_job(id).await?;
         form(&st, &ctx, Some(&job)).await
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 
 use askama::Template;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::error::ApiResult;
 use crate::policy::Privs;
 use crate::state::AppState;
 use crate::ui::fmt::{bytes, When};
-use crate::ui::{render, Ctx, Frame};
+use crate::ui::{respond, Ctx, Frame};
 
 /// A repository row.
 pub struct RepoRow {
@@ -151,8 +151,5 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
             pools: rows,
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }

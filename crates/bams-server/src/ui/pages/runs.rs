@@ -11,7 +11,7 @@ use super::{job_names, RunRow};
 use crate::error::{ApiResult, Path};
 use crate::policy::Privs;
 use crate::state::AppState;
-use crate::ui::{render, Ctx, Frame};
+use crate::ui::{respond, Ctx, Frame};
 
 /// Filters of the run list.
 #[derive(Deserialize, Default)]
@@ -61,16 +61,11 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx, Query(q): Query<RunQuery
             .map(|(id, name)| JobChoice { id: *id, name: name.clone(), selected: q.job == Some(*id) })
             .collect();
         jobs.sort_by(|a, b| a.name.cmp(&b.name));
-        let next = page.next_cursor.as_ref().map(|c| {
-            let mut params = vec![format!("cursor={}", crate::ui::url_encode(c))];
-            if let Some(j) = q.job {
-                params.push(format!("job={j}"));
-            }
-            if !q.status.is_empty() {
-                params.push(format!("status={}", crate::ui::url_encode(&q.status)));
-            }
-            format!("/runs?{}", params.join("&"))
-        });
+        let job_param = q.job.map(|j| j.to_string()).unwrap_or_default();
+        let next = page
+            .next_cursor
+            .as_ref()
+            .map(|c| crate::ui::next_page("/runs", c, &[("job", job_param.clone()), ("status", q.status.clone())]));
         ApiResult::Ok(RunsPage {
             frame: ctx.frame("Runs"),
             runs: page.items.iter().map(|r| RunRow::new(r, &names, ctx.now)).collect(),
@@ -78,13 +73,10 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx, Query(q): Query<RunQuery
             status: q.status.clone(),
             statuses: STATUSES,
             next,
-            job_param: q.job.map(|j| j.to_string()).unwrap_or_default(),
+            job_param,
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 #[derive(Template)]
@@ -139,10 +131,7 @@ pub async fn show(State(st): State<AppState>, ctx: Ctx, Path(id): Path<i64>) -> 
             run: RunRow::new(&run, &names, ctx.now),
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 /// `GET /runs/{id}/log.txt`: the whole log as a file.

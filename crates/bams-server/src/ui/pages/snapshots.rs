@@ -15,7 +15,7 @@ use crate::error::{ApiError, ApiResult, Path};
 use crate::policy::Privs;
 use crate::state::AppState;
 use crate::ui::fmt::{bytes, When};
-use crate::ui::{render, url_encode, Ctx, Frame};
+use crate::ui::{render, respond, url_encode, Ctx, Frame};
 
 /// Entries per page of a directory in the browser.
 pub const DIR_PAGE: usize = 200;
@@ -93,8 +93,8 @@ struct SnapshotsPage {
 /// `GET /snapshots`.
 pub async fn list(State(st): State<AppState>, ctx: Ctx, Query(q): Query<SnapQuery>) -> Response {
     let build = async {
-        let repos: HashMap<i64, String> =
-            st.catalog.list_repositories().await?.into_iter().map(|r| (r.id, r.name)).collect();
+        let all = st.catalog.list_repositories().await?;
+        let repos: HashMap<i64, String> = all.iter().map(|r| (r.id, r.name.clone())).collect();
         let filter = SnapshotFilter {
             repository: q.repository,
             host: Some(q.host.clone()).filter(|h| !h.is_empty()),
@@ -105,23 +105,18 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx, Query(q): Query<SnapQuer
         };
         let page = list_snapshots(State(st.clone()), ctx.caller.clone(), crate::error::Query(filter)).await?.0;
         let mut visible = Vec::new();
-        for r in st.catalog.list_repositories().await? {
+        for r in all {
             if r.parent.is_none() && ctx.caller.repository_privs(&st, &r).await?.any_of(Privs::DATASTORE_AUDIT) {
                 visible.push(RepoChoice { selected: q.repository == Some(r.id), id: r.id, name: r.name });
             }
         }
         let next = page.next_cursor.as_ref().map(|c| {
-            let mut params = vec![format!("cursor={}", url_encode(c))];
-            if let Some(r) = q.repository {
-                params.push(format!("repository={r}"));
-            }
-            if !q.host.is_empty() {
-                params.push(format!("host={}", url_encode(&q.host)));
-            }
-            if !q.tag.is_empty() {
-                params.push(format!("tag={}", url_encode(&q.tag)));
-            }
-            format!("/snapshots?{}", params.join("&"))
+            let repository = q.repository.map(|r| r.to_string()).unwrap_or_default();
+            crate::ui::next_page(
+                "/snapshots",
+                c,
+                &[("repository", repository), ("host", q.host.clone()), ("tag", q.tag.clone())],
+            )
         });
         ApiResult::Ok(SnapshotsPage {
             frame: ctx.frame("Snapshots"),
@@ -134,10 +129,7 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx, Query(q): Query<SnapQuer
             next,
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 /// Which copy of a snapshot a page is about.
@@ -211,10 +203,7 @@ pub async fn show(
             browse_error,
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 /// One entry of a directory listing.
@@ -415,10 +404,7 @@ pub async fn find(State(st): State<AppState>, ctx: Ctx, Query(q): Query<FindQuer
         }
         ApiResult::Ok(page)
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 /// The other side of a comparison.
@@ -469,8 +455,5 @@ pub async fn diff(
             changes,
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }

@@ -5,14 +5,14 @@
 
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::Value;
 
 use crate::error::ApiResult;
 use crate::policy::Privs;
 use crate::state::AppState;
 use crate::ui::fmt::{bytes, meter_class};
-use crate::ui::{render, Ctx, Frame};
+use crate::ui::{render, respond, Ctx, Frame};
 
 /// A table read from the API's JSON: rows of cells picked by key paths (`a.b`).
 pub struct Table {
@@ -113,10 +113,7 @@ pub async fn disks(State(st): State<AppState>, ctx: Ctx) -> Response {
             devices: st.config.disk_devices.join(", "),
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 /// One cell of the library picture.
@@ -175,12 +172,27 @@ pub async fn tape(State(st): State<AppState>, ctx: Ctx) -> Response {
         first_empty: 0,
         pool_names: Vec::new(),
     };
-    if page.configured {
-        match crate::api::tape::drives(State(st.clone()), ctx.caller.clone()).await {
-            Ok(list) => {
-                page.drives = list
-                    .0
-                    .items
+    if let Some(changer) = st.tape.clone() {
+        // One element status (a `mtx status` on a real library) serves drives and slots.
+        match changer.status().await {
+            Ok(lib) => {
+                page.kind = lib.kind;
+                page.changer = lib.changer;
+                page.first_full = lib.slots.iter().find(|s| s.full && !s.cleaning).map_or(0, |s| s.number);
+                page.first_empty = lib.slots.iter().find(|s| !s.full && !s.import_export).map_or(0, |s| s.number);
+                page.slots = lib
+                    .slots
+                    .into_iter()
+                    .map(|s| SlotCell {
+                        number: s.number,
+                        full: s.full,
+                        barcode: s.barcode.unwrap_or_default(),
+                        mail: s.import_export,
+                        cleaning: s.cleaning,
+                    })
+                    .collect();
+                page.drives = crate::api::tape::drive_views(changer.as_ref(), lib.drives)
+                    .await
                     .into_iter()
                     .map(|d| DriveCell {
                         id: d.drive.id,
@@ -208,28 +220,7 @@ pub async fn tape(State(st): State<AppState>, ctx: Ctx) -> Response {
                     })
                     .collect();
             }
-            Err(e) => page.error = e.message,
-        }
-        match crate::api::tape::library(State(st.clone()), ctx.caller.clone()).await {
-            Ok(lib) => {
-                let lib = lib.0;
-                page.kind = lib.kind;
-                page.changer = lib.changer;
-                page.first_full = lib.slots.iter().find(|s| s.full && !s.cleaning).map_or(0, |s| s.number);
-                page.first_empty = lib.slots.iter().find(|s| !s.full && !s.import_export).map_or(0, |s| s.number);
-                page.slots = lib
-                    .slots
-                    .into_iter()
-                    .map(|s| SlotCell {
-                        number: s.number,
-                        full: s.full,
-                        barcode: s.barcode.unwrap_or_default(),
-                        mail: s.import_export,
-                        cleaning: s.cleaning,
-                    })
-                    .collect();
-            }
-            Err(e) => page.error = e.message,
+            Err(e) => page.error = crate::error::ApiError::from(e).message,
         }
         if let Ok(p) = crate::api::tape_media::list_pools(State(st.clone()), ctx.caller.clone()).await {
             page.pool_names = p.0.items.iter().map(|v| v.name.clone()).collect();
@@ -339,10 +330,7 @@ pub async fn iscsi(State(st): State<AppState>, ctx: Ctx) -> Response {
             may_modify: ctx.may(Privs::SYS_MODIFY, "/appliance/iscsi"),
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
 
 /// One line of a diff: `+`, `-` or ` `, and the text.
@@ -405,8 +393,5 @@ pub async fn bacula(State(st): State<AppState>, ctx: Ctx) -> Response {
             may_modify: ctx.may(Privs::SYS_MODIFY, "/appliance/bacula"),
         })
     };
-    match build.await {
-        Ok(p) => render(&p),
-        Err(e) => e.into_response(),
-    }
+    respond(build.await)
 }
