@@ -11,18 +11,6 @@ use bams_store::archiver::{self, BackupOptions, NoProgress};
 use bams_store::browse::{self, Lookup};
 use bams_store::id::Id;
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// Back up `path` as a disk image (the image chunker, as for a block device) and return the
 /// chunk list of the file there.
 fn content_of(f: &common::Fixture, path: &std::path::Path) -> Vec<Id> {
@@ -40,13 +28,13 @@ fn content_of(f: &common::Fixture, path: &std::path::Path) -> Vec<Id> {
 fn a_disk_with_the_old_version_fetches_only_changed_chunks_and_ends_identical() {
     let f = common::fixture();
     let img = f.dir.path().join("disk.img");
-    let v1 = noise(16 << 20, 7);
+    let v1 = bams_testkit::random_bytes(16 << 20, 7);
     std::fs::write(&img, &v1).unwrap();
     let c1 = content_of(&f, &img);
     // Version 2: a few scattered in-place changes, as a filesystem makes them.
     let mut v2 = v1.clone();
     for at in [1 << 20, 5 << 20, 9 << 20, 9 << 20 | 4096, 15 << 20] {
-        v2[at..at + 64].copy_from_slice(&noise(64, at as u64));
+        v2[at..at + 64].copy_from_slice(&bams_testkit::random_bytes(64, at as u64));
     }
     std::fs::write(&img, &v2).unwrap();
     let c2 = content_of(&f, &img);
@@ -77,7 +65,7 @@ fn a_disk_with_the_old_version_fetches_only_changed_chunks_and_ends_identical() 
     assert_eq!((again.bytes_fetched, again.bytes_written), (0, 0));
 
     // Unrelated data, and an empty file: every chunk, and the same bytes in the end.
-    std::fs::write(&disk_path, noise(16 << 20, 99)).unwrap();
+    std::fs::write(&disk_path, bams_testkit::random_bytes(16 << 20, 99)).unwrap();
     let disk = std::fs::OpenOptions::new().read(true).write(true).open(&disk_path).unwrap();
     let full = bams_store::flash::flash(&f.repo, &index, &c2, &disk, &|_| {}).unwrap();
     assert_eq!(full.bytes_fetched, full.bytes_total);

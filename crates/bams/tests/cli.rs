@@ -95,16 +95,7 @@ impl Env {
 }
 
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    // xorshift: deterministic, incompressible enough for dedup tests.
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    bams_testkit::random_bytes(n, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// Compare two trees: content, type, mode, symlink targets, xattrs.

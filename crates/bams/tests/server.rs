@@ -1091,16 +1091,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn random_file(path: &Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    std::fs::write(path, data).unwrap();
+    std::fs::write(path, bams_testkit::random_bytes(len, seed)).unwrap();
 }
 
 async fn start_long_backup(s: &Server) -> (Api, i64, PathBuf) {

@@ -22,16 +22,7 @@ fn source_tree(dir: &Path) {
     std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
     std::fs::write(dir.join("sub/a.txt"), "alpha\n").unwrap();
     std::fs::write(dir.join("sub/deeper/b.txt"), "beta\n".repeat(1000)).unwrap();
-    let mut data = std::fs::File::create(dir.join("data.bin")).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut buf = Vec::with_capacity(3 << 20);
-    for _ in 0..(3 << 20) / 8 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        buf.extend_from_slice(&x.to_le_bytes());
-    }
-    data.write_all(&buf).unwrap();
+    std::fs::write(dir.join("data.bin"), bams_testkit::random_bytes(3 << 20, 0x9e37_79b9_7f4a_7c15)).unwrap();
     std::fs::write(dir.join("<img src=x onerror=alert(1)>.txt"), "hostile\n").unwrap();
     std::fs::create_dir_all(dir.join("many")).unwrap();
     for i in 0..250 {
