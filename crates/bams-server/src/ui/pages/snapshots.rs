@@ -258,7 +258,11 @@ async fn listing(st: &AppState, ctx: &Ctx, id: &str, repository: i64, path: &str
                 format!("/api/v1/snapshots/{id}/file?repository={repository}&path={}", url_encode(&e.path))
             };
             EntryView {
-                archive: format!("/api/v1/snapshots/{id}/archive?repository={repository}&path={}", url_encode(&e.path)),
+                archive: if is_dir {
+                    format!("/api/v1/snapshots/{id}/archive?repository={repository}&path={}", url_encode(&e.path))
+                } else {
+                    String::new()
+                },
                 name,
                 is_dir,
                 is_file,
