@@ -135,11 +135,11 @@ stop_server
 
 # 4. Upgrade: data, config, certificate, job and snapshot stay; the catalog is migrated. Both
 #    versions here carry the same schema, so the catalog is first taken back to what the
-#    previous migration (0011) left: the upgrade must apply 0012 again.
+#    previous migration (0012) left: the upgrade must apply 0013 again.
 command -v sqlite3 >/dev/null || fail "sqlite3 is missing (bash scripts/setup-dev.sh installs it)"
-sqlite3 "$root/var/lib/bams/catalog.db" "DROP INDEX repositories_parent_agent;
-  ALTER TABLE repositories DROP COLUMN parent_id; ALTER TABLE repositories DROP COLUMN agent_id;
-  ALTER TABLE pools DROP COLUMN shared_dedup; DELETE FROM _sqlx_migrations WHERE version = 12;"
+sqlite3 "$root/var/lib/bams/catalog.db" "DROP TABLE machine_events; DROP TABLE machine_macs; DROP TABLE machines;
+  DROP TABLE image_sets; DROP TABLE image_versions; DROP TABLE images; ALTER TABLE users DROP COLUMN email;
+  DELETE FROM _sqlx_migrations WHERE version = 13;"
 in_root bams doctor --config /etc/bams/config.yaml >"$work/doctor-before.txt" || true
 grep -q 'catalog  1 migration(s) pending' "$work/doctor-before.txt" || { cat "$work/doctor-before.txt"; fail "doctor did not report the pending migration"; }
 cert_before="$(sha256sum "$root/etc/bams/tls/cert.pem")"

@@ -12,6 +12,7 @@ mod agents;
 mod audit;
 mod disks;
 mod error;
+mod images;
 mod iscsi;
 mod jobs;
 mod pools;
@@ -33,6 +34,10 @@ pub use agents::{Agent, AgentStatus, ENROLL_TTL_MS};
 pub use audit::{AuditEntry, AuditFilter, AuditObject, NewAudit};
 pub use disks::DiskRecord;
 pub use error::{CatalogError, Result};
+pub use images::{
+    BootEntry, BootPlan, Image, ImageChange, ImageKind, ImageSet, ImageVersion, Machine, MachineChange, MachineEvent,
+    MachineState, NewImage, NewImageVersion,
+};
 pub use iscsi::IscsiRecord;
 pub use jobs::{Job, JobKind, JobSpec, Level, Schedule, ScheduleSpec, PRIORITY_RANGE};
 pub use pools::{Pool, PoolRef, PoolSpec};

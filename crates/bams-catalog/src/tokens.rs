@@ -176,7 +176,7 @@ impl Catalog {
     /// Resolve a presented secret: `None` if unknown, revoked, expired or its user is disabled.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Authenticated>> {
         let row = sqlx::query(&format!(
-            "SELECT {TOKEN_COLS}, t.csrf, u.username, u.role, u.disabled, u.created_at AS user_created_at, \
+            "SELECT {TOKEN_COLS}, t.csrf, u.username, u.role, u.email, u.disabled, u.created_at AS user_created_at, \
              CAST(CASE WHEN u.totp_secret IS NULL THEN 0 ELSE 1 END AS BIGINT) AS user_totp \
              FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.secret_hash = $1"
         ))
@@ -189,6 +189,7 @@ impl Catalog {
             id: token.user_id,
             username: row.str("username")?,
             role: row.str("role")?.parse()?,
+            email: row.opt_str("email")?,
             disabled: row.flag("disabled")?,
             totp: row.flag("user_totp")?,
             created_at: row.i64("user_created_at")?,

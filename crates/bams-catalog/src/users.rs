@@ -8,12 +8,15 @@ use crate::error::{named_conflict, CatalogError, Result};
 use crate::row::RowExt;
 use crate::{now_ms, Catalog};
 
-/// What a user may do. Ordered: each role includes the ones below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+/// What a user may do (the privileges of each role are the server's policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read only.
     Viewer,
+    /// A user of the image service: manages their own images and image sets and boots them on
+    /// machines; sees nothing of the backups.
+    User,
     /// Run jobs, restore, load tapes.
     Operator,
     /// Everything, including users and configuration.
@@ -25,6 +28,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Viewer => "viewer",
+            Self::User => "user",
             Self::Operator => "operator",
             Self::Admin => "admin",
         }
@@ -36,9 +40,10 @@ impl std::str::FromStr for Role {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "viewer" => Ok(Self::Viewer),
+            "user" => Ok(Self::User),
             "operator" => Ok(Self::Operator),
             "admin" => Ok(Self::Admin),
-            _ => Err(CatalogError::Invalid(format!("unknown role {s:?} (admin, operator, viewer)"))),
+            _ => Err(CatalogError::Invalid(format!("unknown role {s:?} (admin, operator, viewer, user)"))),
         }
     }
 }
@@ -58,6 +63,8 @@ pub struct User {
     pub username: String,
     /// Role.
     pub role: Role,
+    /// E-mail address (the image service's users have one).
+    pub email: Option<String>,
     /// Disabled users cannot log in and their tokens stop working.
     pub disabled: bool,
     /// A TOTP second factor is required at login.
@@ -74,6 +81,7 @@ impl User {
             id: r.i64("id")?,
             username: r.str("username")?,
             role: r.str("role")?.parse()?,
+            email: r.opt_str("email")?,
             disabled: r.flag("disabled")?,
             totp: r.flag("totp")?,
             created_at: r.i64("created_at")?,
@@ -124,6 +132,18 @@ fn validate_username(name: &str) -> Result<()> {
     }
 }
 
+/// An e-mail address is one line with one `@` between non-empty parts.
+fn validate_email(e: &str) -> Result<()> {
+    let ok = e.len() <= 254
+        && !e.chars().any(|c| c.is_control() || c.is_whitespace())
+        && e.split_once('@').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CatalogError::Invalid(format!("invalid e-mail address {e:?}")))
+    }
+}
+
 /// The shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 8;
 
@@ -135,7 +155,7 @@ fn validate_password(p: &str) -> Result<()> {
 }
 
 const USER_COLS: &str =
-    "id, username, role, disabled, CAST(CASE WHEN totp_secret IS NULL THEN 0 ELSE 1 END AS BIGINT) AS totp, created_at";
+    "id, username, role, email, disabled, CAST(CASE WHEN totp_secret IS NULL THEN 0 ELSE 1 END AS BIGINT) AS totp, created_at";
 
 impl Catalog {
     /// Create a user with a password.
@@ -155,6 +175,36 @@ impl Catalog {
         .await;
         let row = named_conflict(r.map_err(Into::into), || format!("user {username:?} already exists"))?;
         User::from_row(&row)
+    }
+
+    /// Create a user who cannot log in until given a password (the image service's
+    /// `POST /user` makes users by name and e-mail only); the stored hash matches nothing.
+    pub async fn create_user_without_password(&self, username: &str, email: Option<&str>, role: Role) -> Result<User> {
+        validate_username(username)?;
+        if let Some(e) = email {
+            validate_email(e)?;
+        }
+        let r = sqlx::query(&format!(
+            "INSERT INTO users (username, password_hash, role, email, disabled, created_at) \
+             VALUES ($1, '!', $2, $3, 0, $4) RETURNING {USER_COLS}"
+        ))
+        .bind(username)
+        .bind(role.as_str())
+        .bind(email)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await;
+        let row = named_conflict(r.map_err(Into::into), || format!("user {username:?} already exists"))?;
+        User::from_row(&row)
+    }
+
+    /// Set or clear a user's e-mail address.
+    pub async fn set_email(&self, id: i64, email: Option<&str>) -> Result<User> {
+        if let Some(e) = email {
+            validate_email(e)?;
+        }
+        sqlx::query("UPDATE users SET email = $1 WHERE id = $2").bind(email).bind(id).execute(&self.pool).await?;
+        self.get_user(id).await
     }
 
     /// How many users exist (first start creates `admin` when there are none).

@@ -121,17 +121,25 @@ impl RepoPool {
 
     /// Make sure the default repository exists (first start): registered as `default`.
     pub async fn ensure_default(&self, url: &str) -> Result<bams_catalog::Repository, RepoPoolError> {
-        if let Ok(r) = self.catalog.get_repository_by_name("default").await {
+        self.ensure("default", url).await
+    }
+
+    /// Make sure repository `name` exists, creating it at `url` with a key file when it does
+    /// not (the default repository, the image repository).
+    pub async fn ensure(&self, name: &str, url: &str) -> Result<bams_catalog::Repository, RepoPoolError> {
+        bams_catalog::validate_name("repository", name)?;
+        let _making = self.making.lock().await;
+        if let Ok(r) = self.catalog.get_repository_by_name(name).await {
             return Ok(r);
         }
-        let key = self.keys_dir.join("default.key");
+        let key = self.keys_dir.join(format!("{name}.key"));
         if key.exists() {
             // A catalog rebuilt next to an existing repository: reuse its key.
             let secret = std::fs::read(&key).map_err(|e| RepoPoolError::Io(format!("{}: {e}", key.display())))?;
-            let secret = String::from_utf8(secret).map_err(|_| RepoPoolError::Io("default key is not text".into()))?;
-            return self.register("default", url, Some(secret.trim()), true).await;
+            let secret = String::from_utf8(secret).map_err(|_| RepoPoolError::Io(format!("{name} key is not text")))?;
+            return self.register(name, url, Some(secret.trim()), true).await;
         }
-        self.register("default", url, None, true).await
+        self.register(name, url, None, true).await
     }
 
     /// Agent `agent`'s own repository under `parent`, made on first use: at

@@ -168,8 +168,15 @@ fn local_peer(st: &AppState, peer: &crate::local_socket::Peer, route: &str) -> A
         return Err(ApiError::forbidden("local socket users have no sessions or tokens of their own"));
     }
     let id = -1 - i64::from(peer.uid);
-    let user =
-        User { id, username: format!("unix:{}", peer.username), role, disabled: false, totp: false, created_at: 0 };
+    let user = User {
+        id,
+        username: format!("unix:{}", peer.username),
+        role,
+        email: None,
+        disabled: false,
+        totp: false,
+        created_at: 0,
+    };
     let token = bams_catalog::AuthToken {
         id: 0,
         user_id: id,
@@ -313,11 +320,13 @@ pub async fn middleware(State(st): State<AppState>, mut req: Request, next: Next
             On::Repository | On::Pool => {
                 grants.anywhere_below("/repositories", rule.privs) || grants.anywhere_below("/pools", rule.privs)
             }
+            On::Image => grants.anywhere_below("/images", rule.privs),
         };
         if !allowed {
             let on = match rule.on {
                 On::Path(p) => p,
                 On::Pool => "/pools",
+                On::Image => "/images",
                 _ => "/repositories",
             };
             return Err(denied(&user, rule.privs, on));

@@ -105,6 +105,8 @@ pub struct Config {
     pub iscsi: bams_appliance::iscsi::IscsiConfig,
     /// Which services' logs the API may read, and how many may follow at once.
     pub logs: bams_appliance::logs::LogsConfig,
+    /// The bare-metal image service: its repository, boot files and tokens.
+    pub images: bams_images::ImagesConfig,
 }
 
 impl Default for Config {
@@ -140,6 +142,7 @@ impl Default for Config {
             tape: bams_appliance::tape::TapeConfig::default(),
             iscsi: bams_appliance::iscsi::IscsiConfig::default(),
             logs: bams_appliance::logs::LogsConfig::default(),
+            images: bams_images::ImagesConfig::default(),
         }
     }
 }
@@ -191,6 +194,12 @@ const KEYS: &[&str] = &[
     "iscsi.scst_config",
     "logs.journal_directory",
     "logs.max_stream_clients",
+    "images.repository",
+    "images.netboot_dir",
+    "images.public_url",
+    "images.kernel_cmdline",
+    "images.default_size",
+    "images.boot_token_ttl_secs",
 ];
 
 impl Config {
@@ -233,6 +242,10 @@ impl Config {
                         | "iscsi.backend"
                         | "iscsi.scst_config"
                         | "logs.journal_directory"
+                        | "images.repository"
+                        | "images.netboot_dir"
+                        | "images.public_url"
+                        | "images.kernel_cmdline"
                         | "notifications.email.smtp_host"
                         | "notifications.email.security"
                         | "notifications.email.username"

@@ -130,6 +130,22 @@ impl From<bams_director::RepoPoolError> for ApiError {
     }
 }
 
+impl From<bams_images::ImageError> for ApiError {
+    fn from(e: bams_images::ImageError) -> Self {
+        use bams_images::ImageError as I;
+        match e {
+            I::Catalog(c) => c.into(),
+            I::Repo(r) => r.into(),
+            I::Store(s) => s.into(),
+            I::Invalid(m) => Self::bad_request(m),
+            I::NotFound(m) => Self::not_found(format!("{m} not found")),
+            I::Conflict(m) => Self::conflict(m),
+            I::Unauthorized(m) => Self::unauthorized(m),
+            I::Internal(m) => Self::internal(m),
+        }
+    }
+}
+
 impl From<bams_appliance::ApplianceError> for ApiError {
     fn from(e: bams_appliance::ApplianceError) -> Self {
         use bams_appliance::runner::RunError as R;

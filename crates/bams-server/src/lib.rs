@@ -206,6 +206,12 @@ pub async fn prepare(config: Config) -> Result<Server> {
         warn!("{w}");
     }
     let log_followers = Arc::new(tokio::sync::Semaphore::new(config.logs.max_stream_clients));
+    let images = Arc::new(bams_images::ImageService::new(
+        catalog.clone(),
+        repos.clone(),
+        config.images.clone(),
+        config.data_dir.clone(),
+    ));
     let state = AppState {
         config: Arc::new(config),
         catalog,
@@ -221,6 +227,7 @@ pub async fn prepare(config: Config) -> Result<Server> {
         system_report: Arc::default(),
         limiter: Arc::new(auth::LoginLimiter::default()),
         auth_cache: Arc::new(auth::AuthCache::default()),
+        images,
         metrics: metrics::install(),
     };
     if let Err(e) = state.repos.refresh_snapshots(default.id).await {

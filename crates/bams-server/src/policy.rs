@@ -54,8 +54,20 @@ impl Privs {
     pub const AGENTS_AUDIT: Self = Self(1 << 12);
     /// Create, disable, enable and revoke agents.
     pub const AGENTS_MODIFY: Self = Self(1 << 13);
+    /// See images, their versions, image sets and machines.
+    pub const IMAGES_AUDIT: Self = Self(1 << 14);
+    /// Download any image's versions and boot them on machines.
+    pub const IMAGES_READ: Self = Self(1 << 15);
+    /// Create images and image sets, and manage (upload, download, delete, boot) one's own.
+    pub const IMAGES_OWN: Self = Self(1 << 16);
+    /// Manage anyone's images and image sets.
+    pub const IMAGES_MODIFY: Self = Self(1 << 17);
+    /// Queue and clear boots on accepted machines.
+    pub const MACHINES_OPERATE: Self = Self(1 << 18);
+    /// Accept, change and remove machines.
+    pub const MACHINES_MODIFY: Self = Self(1 << 19);
     /// Everything.
-    pub const ALL: Self = Self((1 << 14) - 1);
+    pub const ALL: Self = Self((1 << 20) - 1);
 
     /// No privilege at all.
     pub const fn is_none(self) -> bool {
@@ -75,7 +87,7 @@ impl Privs {
     }
 }
 
-const PRIV_NAMES: [(Privs, &str); 14] = [
+const PRIV_NAMES: [(Privs, &str); 20] = [
     (Privs::SYS_AUDIT, "Sys.Audit"),
     (Privs::SYS_OPERATE, "Sys.Operate"),
     (Privs::SYS_MODIFY, "Sys.Modify"),
@@ -90,6 +102,12 @@ const PRIV_NAMES: [(Privs, &str); 14] = [
     (Privs::JOBS_MODIFY, "Jobs.Modify"),
     (Privs::AGENTS_AUDIT, "Agents.Audit"),
     (Privs::AGENTS_MODIFY, "Agents.Modify"),
+    (Privs::IMAGES_AUDIT, "Images.Audit"),
+    (Privs::IMAGES_READ, "Images.Read"),
+    (Privs::IMAGES_OWN, "Images.Own"),
+    (Privs::IMAGES_MODIFY, "Images.Modify"),
+    (Privs::MACHINES_OPERATE, "Machines.Operate"),
+    (Privs::MACHINES_MODIFY, "Machines.Modify"),
 ];
 
 const fn all(list: &[Privs]) -> Privs {
@@ -119,13 +137,21 @@ pub const ROLES: &[(&str, Privs, &str)] = &[
             P::JOBS_AUDIT,
             P::JOBS_RUN,
             P::AGENTS_AUDIT,
+            P::IMAGES_AUDIT,
+            P::IMAGES_READ,
+            P::MACHINES_OPERATE,
         ]),
-        "run jobs, restore, read backed-up files, operate tapes",
+        "run jobs, restore, read backed-up files and images, operate tapes, boot machines",
     ),
     (
         "viewer",
-        all(&[P::SYS_AUDIT, P::DATASTORE_AUDIT, P::JOBS_AUDIT, P::AGENTS_AUDIT]),
+        all(&[P::SYS_AUDIT, P::DATASTORE_AUDIT, P::JOBS_AUDIT, P::AGENTS_AUDIT, P::IMAGES_AUDIT]),
         "see state and history; no backed-up content",
+    ),
+    (
+        "user",
+        all(&[P::IMAGES_AUDIT, P::IMAGES_OWN, P::MACHINES_OPERATE]),
+        "the image service: own images and image sets, boot them on machines; nothing of the backups",
     ),
     ("reader", all(&[P::DATASTORE_AUDIT, P::DATASTORE_READ]), "browse, download and restore backed-up files"),
     ("backup", all(&[P::DATASTORE_AUDIT, P::DATASTORE_BACKUP]), "write new backups"),
@@ -159,6 +185,10 @@ pub enum On {
     Pool,
     /// Agent credentials only (`/api/v1/agent/*`).
     Agent,
+    /// The image (or image set) the request names; the handler checks it, owners included.
+    /// The middleware asks only that the caller holds the privileges somewhere under
+    /// `/images`.
+    Image,
 }
 
 /// One route's policy.
@@ -189,6 +219,10 @@ const ISCSI: On = On::Path("/appliance/iscsi");
 const LOGS: On = On::Path("/appliance/logs");
 const REPO: On = On::Repository;
 const POOL: On = On::Pool;
+const IMAGE: On = On::Image;
+const MACHINES: On = On::Path("/machines");
+const IMAGE_WRITE: Privs = P::IMAGES_OWN.union(P::IMAGES_MODIFY);
+const IMAGE_READ: Privs = P::IMAGES_OWN.union(P::IMAGES_READ).union(P::IMAGES_MODIFY);
 const ENDPOINT_READ: Privs = P::DATASTORE_BACKUP.union(P::DATASTORE_READ);
 
 /// The policy: one rule per route and method.
@@ -318,6 +352,49 @@ pub const POLICY: &[Rule] = &[
     r("GET", "/api/v1/logs/{service}", P::SYS_AUDIT, LOGS),
     r("GET", "/api/v1/logs/{service}/stream", P::SYS_AUDIT, LOGS),
     r("GET", "/api/v1/logs/{service}/events", P::SYS_AUDIT, LOGS),
+    // Bare-metal images (bams-images): checked per image by the handlers (owners included).
+    r("GET", "/api/v1/images", P::IMAGES_AUDIT, IMAGE),
+    r("POST", "/api/v1/images", IMAGE_WRITE, IMAGE),
+    r("GET", "/api/v1/images/{uuid}", P::IMAGES_AUDIT, IMAGE),
+    r("PATCH", "/api/v1/images/{uuid}", IMAGE_WRITE, IMAGE),
+    r("DELETE", "/api/v1/images/{uuid}", IMAGE_WRITE, IMAGE),
+    r("GET", "/api/v1/images/{uuid}/versions", P::IMAGES_AUDIT, IMAGE),
+    r("POST", "/api/v1/images/{uuid}/versions", IMAGE_WRITE, IMAGE),
+    r("GET", "/api/v1/images/{uuid}/versions/{version}", IMAGE_READ, IMAGE),
+    r("DELETE", "/api/v1/images/{uuid}/versions/{version}", IMAGE_WRITE, IMAGE),
+    r("GET", "/api/v1/images/{uuid}/versions/{version}/manifest", IMAGE_READ, IMAGE),
+    r("GET", "/api/v1/image-sets", P::IMAGES_AUDIT, IMAGE),
+    r("POST", "/api/v1/image-sets", IMAGE_WRITE, IMAGE),
+    r("GET", "/api/v1/image-sets/{id}", P::IMAGES_AUDIT, IMAGE),
+    r("DELETE", "/api/v1/image-sets/{id}", IMAGE_WRITE, IMAGE),
+    r("GET", "/api/v1/machines", P::IMAGES_AUDIT, MACHINES),
+    r("POST", "/api/v1/machines", P::MACHINES_MODIFY, MACHINES),
+    r("GET", "/api/v1/machines/{id}", P::IMAGES_AUDIT, MACHINES),
+    r("PATCH", "/api/v1/machines/{id}", P::MACHINES_MODIFY, MACHINES),
+    r("DELETE", "/api/v1/machines/{id}", P::MACHINES_MODIFY, MACHINES),
+    r("POST", "/api/v1/machines/{id}/accept", P::MACHINES_MODIFY, MACHINES),
+    r("POST", "/api/v1/machines/{id}/boot", P::MACHINES_OPERATE, MACHINES),
+    r("DELETE", "/api/v1/machines/{id}/boot", P::MACHINES_OPERATE, MACHINES),
+    r("GET", "/api/v1/machines/{id}/history", P::IMAGES_AUDIT, MACHINES),
+    // Network boot: a boot ROM cannot log in; the management OS proves itself with the
+    // one-time boot token its kernel command line carries (checked by the handlers).
+    r("GET", "/boot/{file}", NO, On::Public),
+    r("GET", "/boot/files/{name}", NO, On::Public),
+    r("GET", "/v1/boot/{mac}", NO, On::Public),
+    r("GET", "/api/v1/boot/task", NO, On::Public),
+    r("POST", "/api/v1/boot/report", NO, On::Public),
+    r("GET", "/api/v1/boot/images/{uuid}/{version}/manifest", NO, On::Public),
+    r("GET", "/api/v1/boot/images/{uuid}/{version}/raw", NO, On::Public),
+    r("POST", "/api/v1/boot/images/{uuid}/{version}/needed", NO, On::Public),
+    r("POST", "/api/v1/boot/images/{uuid}/{version}/sync", NO, On::Public),
+    // The bare-metal seed's control-server routes, kept so its scripts work unchanged.
+    r("POST", "/user", P::SYS_ADMIN, SYSTEM),
+    r("POST", "/user/{name}/image", IMAGE_WRITE, IMAGE),
+    r("GET", "/image/{uuid}/{version}", IMAGE_READ, IMAGE),
+    r("POST", "/image/{uuid}", IMAGE_WRITE, IMAGE),
+    r("POST", "/machine/{mac}/boot", P::MACHINES_OPERATE, MACHINES),
+    r("GET", "/machines", P::IMAGES_AUDIT, MACHINES),
+    r("GET", "/machine/{mac}", P::IMAGES_AUDIT, MACHINES),
     // The web UI's pages (crate::ui): each shows what its rule's privileges allow.
     r("GET", "/", NO, On::Public),
     r("GET", "/login", NO, On::Public),
@@ -382,7 +459,7 @@ pub fn validate_path(path: &str) -> Result<(), String> {
     let ok_chars = |p: &str| {
         !p.is_empty() && p.len() <= 128 && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     };
-    let known = ["repositories", "pools", "jobs", "agents", "appliance", "system", "images"];
+    let known = ["repositories", "pools", "jobs", "agents", "appliance", "system", "images", "machines"];
     if path == "/" {
         return Ok(());
     }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub auth_cache: Arc<AuthCache>,
     /// Password-guessing brake.
     pub limiter: Arc<LoginLimiter>,
+    /// The bare-metal image service.
+    pub images: Arc<bams_images::ImageService>,
     /// Prometheus exposition.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }

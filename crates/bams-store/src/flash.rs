@@ -107,3 +107,87 @@ pub fn flash(
     }
     Ok(report)
 }
+
+/// Where a flash gets the bytes a disk lacks: `fetch(start, end, sink)` hands the image's
+/// bytes `start..end` to `sink` in order, in pieces of any size (an HTTP range request,
+/// streamed).
+pub type Fetch<'a> = dyn FnMut(u64, u64, &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> + 'a;
+
+/// The most bytes one fetch asks for: long runs of missing chunks are split so that one
+/// failed request costs little.
+const MAX_FETCH: u64 = 64 << 20;
+
+/// Make `disk` hold the image `manifest` describes, comparing unkeyed chunk hashes (the
+/// management OS holds no repository key): chunks whose bytes already match are kept; runs
+/// of differing chunks are fetched with `fetch` and written in place; then the whole disk is
+/// read back and every chunk checked. `progress` gets bytes as they are compared.
+pub fn flash_manifest(
+    manifest: &crate::image::Manifest,
+    disk: &File,
+    fetch: &mut Fetch<'_>,
+    progress: &dyn Fn(u64),
+) -> Result<FlashReport> {
+    let total = manifest.size();
+    let meta = disk.metadata().map_err(|e| Error::io("the disk", e))?;
+    if meta.is_file() && meta.len() < total {
+        disk.set_len(total).map_err(|e| Error::io("growing the disk file", e))?;
+    }
+    let mut report = FlashReport { bytes_total: total, chunks: manifest.chunks.len() as u64, ..FlashReport::default() };
+    let mut buf = Vec::new();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (offset, len, hash) in manifest.places() {
+        let (same, read) = holds_plain(disk, hash, offset, u64::from(len), &mut buf)?;
+        report.bytes_read += read;
+        if !same {
+            report.chunks_fetched += 1;
+            let end = offset + u64::from(len);
+            match runs.last_mut() {
+                Some((run_start, run_end)) if *run_end == offset && end - *run_start <= MAX_FETCH => *run_end = end,
+                _ => runs.push((offset, end)),
+            }
+        }
+        progress(u64::from(len));
+    }
+    for (start, end) in runs {
+        let mut at = start;
+        fetch(start, end, &mut |piece: &[u8]| {
+            if at + piece.len() as u64 > end {
+                return Err(Error::corrupt(format!("the server sent more than bytes {start}..{end}")));
+            }
+            disk.write_all_at(piece, at).map_err(|e| Error::io("writing the disk", e))?;
+            at += piece.len() as u64;
+            Ok(())
+        })?;
+        if at != end {
+            return Err(Error::corrupt(format!("the server sent bytes {start}..{at} of {start}..{end}")));
+        }
+        report.bytes_fetched += end - start;
+        report.bytes_written += end - start;
+    }
+    disk.sync_data().map_err(|e| Error::io("flushing the disk", e))?;
+    for (offset, len, hash) in manifest.places() {
+        let (same, read) = holds_plain(disk, hash, offset, u64::from(len), &mut buf)?;
+        report.bytes_read += read;
+        if !same {
+            return Err(Error::corrupt(format!(
+                "after flashing, the disk at offset {offset} does not hold the image's chunk ({len} bytes)"
+            )));
+        }
+    }
+    Ok(report)
+}
+
+/// Whether the disk holds a chunk with unkeyed hash `hash` at `offset`.
+fn holds_plain(disk: &File, hash: &[u8; 32], offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(bool, u64)> {
+    buf.resize(usize::try_from(len).map_err(|_| Error::invalid("chunk too large"))?, 0);
+    let mut got = 0usize;
+    while got < buf.len() {
+        match disk.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => return Ok((false, got as u64)),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("reading the disk", e)),
+        }
+    }
+    Ok((blake3::hash(buf).as_bytes() == hash, got as u64))
+}

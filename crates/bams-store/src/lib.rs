@@ -40,6 +40,7 @@ pub mod forget;
 pub mod fsmeta;
 pub mod host;
 pub mod id;
+pub mod image;
 pub mod index;
 pub mod lock;
 pub mod pack;

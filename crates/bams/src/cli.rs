@@ -82,6 +82,9 @@ pub enum Command {
     Tape(TapeCmd),
     /// File daemon for a protected machine: `bams agent enroll` once, then `bams agent`
     Agent(AgentArgs),
+    /// Put a stored disk image on a disk, fetching only the chunks it lacks; with a boot token
+    /// (the management OS), sync disks back, flash what is queued and report
+    Flash(FlashArgs),
     /// Run the server: REST API, scheduler and job runner (docs/design.md §5, §6)
     Server(ServerArgs),
     /// Manage server users in the catalog (works with the server stopped too)
@@ -152,6 +155,41 @@ pub struct AgentArgs {
     pub max_jobs: u32,
     #[command(subcommand)]
     pub cmd: Option<AgentCmd>,
+}
+
+/// `bams flash` (docs/images.md).
+#[derive(Args, Debug)]
+pub struct FlashArgs {
+    /// The server, e.g. http://10.0.2.2:4848
+    #[arg(long, env = "BAMS_SERVER")]
+    pub server: Option<String>,
+    /// Image to flash: UUID or UUID@VERSION (default the latest version)
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Disk (block device or image file) to flash it onto
+    #[arg(long)]
+    pub device: Option<PathBuf>,
+    /// API token (with --image)
+    #[arg(long, env = "BAMS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// One-time boot token of this boot (the management OS)
+    #[arg(long, env = "BAMS_BOOT_TOKEN", hide_env_values = true)]
+    pub boot_token: Option<String>,
+    /// Take bams.server= and bams.token= from /proc/cmdline (the management OS)
+    #[arg(long)]
+    pub from_cmdline: bool,
+    /// Write a task's disk elsewhere: DISK=PATH (e.g. /dev/sda=/dev/vda)
+    #[arg(long)]
+    pub device_map: Vec<String>,
+    /// Reboot or power off when done, as the server says
+    #[arg(long)]
+    pub power: bool,
+    /// Trust this CA certificate (PEM) for the server
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint
+    #[arg(long)]
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -208,6 +208,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Key(k) => key(g, out, k),
         Command::Tape(t) => crate::tape_cmds::run(g, out, t),
         Command::Agent(a) => crate::agent::run(out, a),
+        Command::Flash(a) => crate::flash_cmd::run(out, a),
         Command::Mount(a) => {
             let signals = crate::mount::block_signals()?;
             let s = session::open(g)?;

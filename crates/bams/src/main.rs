@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod commands;
+mod flash_cmd;
 mod install_cmds;
 mod mount;
 mod output;

@@ -681,7 +681,7 @@ fn expected(rule: &bams_server::policy::Rule, role: Option<&str>) -> Option<bool
         (_, None) => Some(false),
         (On::Agent, Some(_)) => Some(false), // agent credentials only
         (On::Own, Some(_)) => Some(true),
-        (On::SelfOr(_) | On::Path(_) | On::Repository | On::Pool, Some(p)) => Some(p.any_of(rule.privs)),
+        (On::SelfOr(_) | On::Path(_) | On::Repository | On::Pool | On::Image, Some(p)) => Some(p.any_of(rule.privs)),
     }
 }
 
@@ -690,7 +690,7 @@ async fn authorization_follows_the_policy_table_on_every_route() {
     use bams_server::policy::POLICY;
     let s = Server::start(None);
     let admin = Api::login(&s, "admin", &s.admin_password()).await;
-    for (u, r) in [("op", "operator"), ("view", "viewer")] {
+    for (u, r) in [("op", "operator"), ("view", "viewer"), ("lab", "user")] {
         admin
             .ok(Method::POST, "/api/v1/users", Some(json!({"username": u, "password": "long-password", "role": r})))
             .await;
@@ -740,6 +740,7 @@ async fn authorization_follows_the_policy_table_on_every_route() {
         ("admin", admin.clone()),
         ("operator", Api::login(&s, "op", "long-password").await),
         ("viewer", Api::login(&s, "view", "long-password").await),
+        ("user", Api::login(&s, "lab", "long-password").await),
     ];
     let anon = Api::anon(&s);
     let mut checked = 0;

@@ -4,12 +4,15 @@
 pub mod acl;
 pub mod agents;
 pub mod bacula;
+pub mod compat;
 pub mod diag;
 pub mod disks;
 pub mod endpoint;
+pub mod images;
 pub mod iscsi;
 pub mod jobs;
 pub mod logs;
+pub mod machines;
 pub mod notifications;
 pub mod pools;
 pub mod repos;
@@ -123,8 +126,41 @@ pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(endpoint::list_objects))
         .routes(routes!(endpoint::get_object, endpoint::head_object, endpoint::put_object, endpoint::delete_object))
         .layer(axum::extract::DefaultBodyLimit::max(max_object_bytes));
+    // Disk images stream through without a size limit (they never sit in memory); a boot's
+    // manifest is bounded by its handler.
+    let image_uploads = OpenApiRouter::new()
+        .routes(routes!(images::list_versions, images::upload_version))
+        .routes(routes!(compat::upload))
+        .routes(routes!(machines::boot_needed))
+        .routes(routes!(machines::boot_sync))
+        .layer(axum::extract::DefaultBodyLimit::disable());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(endpoint)
+        .merge(image_uploads)
+        .routes(routes!(images::list_images, images::create_image))
+        .routes(routes!(images::get_image, images::update_image, images::delete_image))
+        .routes(routes!(images::download_version, images::delete_version))
+        .routes(routes!(images::version_manifest))
+        .routes(routes!(images::list_sets, images::create_set))
+        .routes(routes!(images::get_set, images::delete_set))
+        .routes(routes!(machines::list_machines, machines::create_machine))
+        .routes(routes!(machines::get_machine, machines::update_machine, machines::delete_machine))
+        .routes(routes!(machines::accept_machine))
+        .routes(routes!(machines::queue_boot, machines::clear_boot))
+        .routes(routes!(machines::history))
+        .routes(routes!(machines::ipxe_script))
+        .routes(routes!(machines::pixiecore))
+        .routes(routes!(machines::boot_file))
+        .routes(routes!(machines::task))
+        .routes(routes!(machines::report))
+        .routes(routes!(machines::boot_manifest))
+        .routes(routes!(machines::boot_raw))
+        .routes(routes!(compat::create_user))
+        .routes(routes!(compat::create_image))
+        .routes(routes!(compat::download))
+        .routes(routes!(compat::boot))
+        .routes(routes!(compat::machines))
+        .routes(routes!(compat::machine))
         .routes(routes!(crate::auth::login))
         .routes(routes!(crate::auth::logout))
         .routes(routes!(crate::auth::me))

@@ -1,0 +1,518 @@
+//! Disk images stored as versions (the bare-metal image service's engine).
+//!
+//! A version is a snapshot whose root holds two files: [`DISK`], the raw disk cut by the image
+//! chunker and restored sparse, and [`MANIFEST`], the list of each chunk's length and
+//! *unkeyed* BLAKE3 hash. The manifest is what lets a machine that holds no repository key
+//! take part in deduplication: to flash, it hashes its disk at each chunk's place and asks
+//! (by HTTP range) only for the chunks that differ; to sync a disk back, it sends the
+//! manifest of its disk and then only the chunks the previous version lacks
+//! ([`needed`], [`store_delta`]). Unkeyed hashes of an image tell nothing beyond what the
+//! machine flashing that image holds anyway. Keyed blob ids stay the repository's secret, and
+//! a manifest copied to another repository stays valid (it names plaintext, not ids).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::MasterIndex;
+use crate::pack::BlobKind;
+use crate::pipeline::{BlobWriter, PipelineOptions};
+use crate::repo::{ChunkerParams, Repository};
+use crate::snapshot::{Snapshot, SnapshotEntry, Summary};
+use crate::tree::{Node, NodeKind, RawName, Tree};
+
+/// Name of the disk file in a version's snapshot.
+pub const DISK: &str = "disk.img";
+/// Name of the chunk manifest in a version's snapshot.
+pub const MANIFEST: &str = "disk.blake3";
+
+const MAGIC: &[u8; 8] = b"BAMSIMG1";
+/// Most chunks a manifest may list (16 TiB of 128 KiB chunks); bounds what a hostile upload
+/// can make the server allocate.
+const MAX_CHUNKS: u64 = 1 << 27;
+
+/// Unkeyed BLAKE3 of a chunk's plaintext.
+pub type PlainHash = [u8; 32];
+
+/// Each chunk of a disk, in order: its length and unkeyed hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    /// `(length, hash)` per chunk.
+    pub chunks: Vec<(u32, PlainHash)>,
+}
+
+impl Manifest {
+    /// Bytes: magic, chunk count (u64 LE), then per chunk its length (u32 LE) and hash.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.chunks.len() * 36);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
+        for (len, hash) in &self.chunks {
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(hash);
+        }
+        out
+    }
+
+    /// Parse [`Manifest::encode`]'s bytes; every length must be 1..=`max_chunk`.
+    pub fn decode(data: &[u8], max_chunk: u32) -> Result<Self> {
+        let bad = |what: &str| Error::invalid(format!("image manifest: {what}"));
+        if data.len() < 16 || &data[..8] != MAGIC {
+            return Err(bad("does not start with BAMSIMG1 and a chunk count"));
+        }
+        let count = u64::from_le_bytes(data[8..16].try_into().map_err(|_| bad("short"))?);
+        if count > MAX_CHUNKS || (data.len() as u64 - 16) != count * 36 {
+            return Err(bad(&format!("{} bytes cannot hold {count} chunks", data.len())));
+        }
+        let chunks = data[16..]
+            .chunks_exact(36)
+            .map(|c| {
+                let len = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                if len == 0 || len > max_chunk {
+                    return Err(bad(&format!("chunk length {len} is outside 1..={max_chunk}")));
+                }
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&c[4..]);
+                Ok((len, hash))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { chunks })
+    }
+
+    /// The disk's size.
+    pub fn size(&self) -> u64 {
+        self.chunks.iter().map(|(l, _)| u64::from(*l)).sum()
+    }
+
+    /// `(offset, length, hash)` of each chunk.
+    pub fn places(&self) -> impl Iterator<Item = (u64, u32, &PlainHash)> + '_ {
+        let mut at = 0u64;
+        self.chunks.iter().map(move |(len, hash)| {
+            let here = at;
+            at += u64::from(*len);
+            (here, *len, hash)
+        })
+    }
+}
+
+/// What a new version records besides its data.
+#[derive(Debug, Clone, Default)]
+pub struct VersionMeta {
+    /// Host name in the snapshot (the image's UUID).
+    pub host: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// The previous version.
+    pub parent: Option<Id>,
+}
+
+/// A stored version.
+#[derive(Debug, Clone)]
+pub struct StoredImage {
+    /// Snapshot id.
+    pub id: Id,
+    /// Disk size.
+    pub size: u64,
+    /// Chunks in the disk.
+    pub chunks: u64,
+    /// Plaintext bytes the repository did not hold before.
+    pub bytes_added: u64,
+}
+
+/// Cut a chunk-sized piece into a blob: keyed id, unkeyed hash. All-zero chunks (most of a
+/// fresh disk) are hashed once per length.
+struct Hasher {
+    zeros: HashMap<usize, (Id, PlainHash)>,
+}
+
+impl Hasher {
+    fn new() -> Self {
+        Self { zeros: HashMap::new() }
+    }
+
+    fn hash(&mut self, repo: &Repository, data: &[u8]) -> (Id, PlainHash) {
+        if data.iter().all(|b| *b == 0) {
+            return *self
+                .zeros
+                .entry(data.len())
+                .or_insert_with(|| (repo.key().blob_id(data), *blake3::hash(data).as_bytes()));
+        }
+        (repo.key().blob_id(data), *blake3::hash(data).as_bytes())
+    }
+}
+
+/// Store a version from a raw disk stream (an upload): cut by the image chunker here.
+/// `progress` gets the bytes of each chunk. A read error (a truncated upload) stores no
+/// version.
+pub fn store_stream(
+    repo: &Repository,
+    reader: &mut dyn Read,
+    meta: VersionMeta,
+    progress: &dyn Fn(u64),
+) -> Result<StoredImage> {
+    let params = repo.config().image_chunker;
+    write_version(repo, meta, |writer| {
+        let mut hasher = Hasher::new();
+        let mut content = Vec::new();
+        let mut manifest = Manifest::default();
+        cut_stream(reader, params, |chunk| {
+            let (id, plain) = hasher.hash(repo, chunk);
+            if !writer.has(&id) {
+                writer.add_with_id(BlobKind::Data, id, chunk.to_vec())?;
+            }
+            content.push(id);
+            manifest.chunks.push((chunk.len() as u32, plain));
+            progress(chunk.len() as u64);
+            Ok(())
+        })?;
+        Ok((content, manifest))
+    })
+}
+
+/// Store an empty disk of `size` bytes (a new image's first version) without reading
+/// `size` zeros: a stream of zeros is cut at the same length over and over, so the chunk
+/// list is that one chunk repeated and a tail cut on its own — exactly what
+/// [`store_stream`] of the zeros would store.
+pub fn store_zeros(repo: &Repository, size: u64, meta: VersionMeta) -> Result<StoredImage> {
+    let c = repo.config().image_chunker;
+    let probe = vec![0u8; 2 * c.max_size as usize + 1];
+    let period = fastcdc::v2020::FastCDC::new(&probe, c.min_size, c.avg_size, c.max_size)
+        .next()
+        .map_or(c.max_size as u64, |ch| ch.length as u64);
+    write_version(repo, meta, |writer| {
+        let mut hasher = Hasher::new();
+        let mut content = Vec::new();
+        let mut manifest = Manifest::default();
+        let mut push = |writer: &mut BlobWriter<'_, '_>, data: &[u8]| -> Result<()> {
+            let (id, plain) = hasher.hash(repo, data);
+            if !writer.has(&id) {
+                writer.add_with_id(BlobKind::Data, id, data.to_vec())?;
+            }
+            content.push(id);
+            manifest.chunks.push((data.len() as u32, plain));
+            Ok(())
+        };
+        let whole = size / period;
+        let tail = size % period;
+        // Any stretch of zeros at least a period long followed by more zeros is cut at
+        // `period`; the last stretch (a whole period plus the tail) is cut as FastCDC cuts it.
+        let (repeat, last) = if whole > 0 { (whole - 1, period + tail) } else { (0, tail) };
+        let chunk = &probe[..period as usize];
+        for _ in 0..repeat {
+            push(writer, chunk)?;
+        }
+        let end = vec![0u8; last as usize];
+        for ch in fastcdc::v2020::FastCDC::new(&end, c.min_size, c.avg_size, c.max_size) {
+            push(writer, &end[ch.offset..ch.offset + ch.length])?;
+        }
+        Ok((content, manifest))
+    })
+}
+
+/// Which chunks of `manifest` a delta upload has to send: those whose hash `known` (the
+/// previous version's chunks) lacks, each once.
+pub fn needed(manifest: &Manifest, known: &HashMap<PlainHash, Id>) -> Vec<usize> {
+    let mut sent = std::collections::HashSet::new();
+    manifest
+        .chunks
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, h))| !known.contains_key(h) && sent.insert(*h))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Store a version from a machine's manifest and, read from `data` in order, the bytes of
+/// the chunks [`needed`] named. Each sent chunk must match its hash and `data` must end
+/// after the last; otherwise nothing is stored.
+pub fn store_delta(
+    repo: &Repository,
+    manifest: &Manifest,
+    known: &HashMap<PlainHash, Id>,
+    data: &mut dyn Read,
+    meta: VersionMeta,
+) -> Result<StoredImage> {
+    let max = repo.config().image_chunker.max_size;
+    write_version(repo, meta, |writer| {
+        let mut hasher = Hasher::new();
+        let mut sent: HashMap<PlainHash, Id> = HashMap::new();
+        let mut content = Vec::with_capacity(manifest.chunks.len());
+        let mut buf = Vec::new();
+        for (i, (len, hash)) in manifest.chunks.iter().enumerate() {
+            if *len == 0 || *len > max {
+                return Err(Error::invalid(format!("chunk {i}: length {len} is outside 1..={max}")));
+            }
+            if let Some(id) = known.get(hash).or_else(|| sent.get(hash)) {
+                content.push(*id);
+                continue;
+            }
+            buf.resize(*len as usize, 0);
+            data.read_exact(&mut buf).map_err(|e| {
+                Error::invalid(format!("the upload ended inside chunk {i} of {}: {e}", manifest.chunks.len()))
+            })?;
+            let (id, plain) = hasher.hash(repo, &buf);
+            if plain != *hash {
+                return Err(Error::invalid(format!("chunk {i}: the bytes sent do not match the manifest's hash")));
+            }
+            if !writer.has(&id) {
+                writer.add_with_id(BlobKind::Data, id, buf.clone())?;
+            }
+            sent.insert(plain, id);
+            content.push(id);
+        }
+        let mut extra = [0u8; 1];
+        if data.read(&mut extra).map_err(|e| Error::invalid(format!("reading the upload: {e}")))? != 0 {
+            return Err(Error::invalid("the upload carries more bytes than the manifest's missing chunks"));
+        }
+        Ok((content, manifest.clone()))
+    })
+}
+
+/// Write a version's blobs, tree and snapshot under a shared lock, in the backup's order
+/// (packs, index, tree, snapshot): a failure before the snapshot leaves only unreferenced
+/// packs that the next writer re-indexes and prune removes.
+fn write_version(
+    repo: &Repository,
+    meta: VersionMeta,
+    fill: impl FnOnce(&mut BlobWriter<'_, '_>) -> Result<(Vec<Id>, Manifest)>,
+) -> Result<StoredImage> {
+    let started = Instant::now();
+    let mut lock = crate::lock::acquire(repo, false, "image upload", Duration::from_secs(60))?;
+    let mut index = repo.load_index()?;
+    if lock.others_seen() {
+        repo.recover_unindexed_packs(&mut index)?;
+        lock.clear_stale();
+    }
+    let (tree, summary, size, chunks) = std::thread::scope(|scope| -> Result<(Id, Summary, u64, u64)> {
+        let mut writer = BlobWriter::start(scope, repo, &index, PipelineOptions::default());
+        let filled = fill(&mut writer);
+        let (content, manifest) = match filled {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = writer.finish();
+                return Err(e);
+            }
+        };
+        let size = manifest.size();
+        let manifest_bytes = manifest.encode();
+        let c = repo.config().chunker;
+        let mut manifest_content = Vec::new();
+        for piece in fastcdc::v2020::FastCDC::new(&manifest_bytes, c.min_size, c.avg_size, c.max_size) {
+            let data = manifest_bytes[piece.offset..piece.offset + piece.length].to_vec();
+            manifest_content.push(writer.add(BlobKind::Data, data)?);
+        }
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        let mut disk = file_node(DISK, content, size, now);
+        disk.sparse = true;
+        let listing = file_node(MANIFEST, manifest_content, manifest_bytes.len() as u64, now);
+        let mut root = Tree { nodes: vec![disk, listing] };
+        root.sort();
+        let tree = writer.add(BlobKind::Tree, root.encode()?)?;
+        let mut summary = Summary {
+            files_new: 2,
+            total_bytes: size,
+            bytes_read: size,
+            data_blobs_added: writer.added.0,
+            tree_blobs_added: writer.added.1,
+            data_added: writer.added_bytes,
+            ..Summary::default()
+        };
+        let stats = writer.finish()?;
+        summary.data_added_packed = stats.packed_bytes;
+        Ok((tree, summary, size, manifest.chunks.len() as u64))
+    })?;
+    let mut summary = summary;
+    summary.duration_secs = started.elapsed().as_secs_f64();
+    let bytes_added = summary.data_added;
+    let snapshot = Snapshot {
+        time: chrono::Local::now(),
+        host: meta.host,
+        username: crate::host::username(),
+        paths: vec![format!("/{DISK}")],
+        tags: meta.tags,
+        parent: meta.parent,
+        tree,
+        partial: false,
+        job: None,
+        origin: None,
+        program: format!("bams {}", env!("CARGO_PKG_VERSION")),
+        summary,
+    };
+    lock.ensure_held()?;
+    let id = repo.save_snapshot(&snapshot)?;
+    Ok(StoredImage { id, size, chunks, bytes_added })
+}
+
+fn file_node(name: &str, content: Vec<Id>, size: u64, now: i64) -> Node {
+    Node {
+        name: RawName(name.as_bytes().to_vec()),
+        kind: NodeKind::File,
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+        user: None,
+        group: None,
+        size,
+        mtime_ns: now,
+        atime_ns: now,
+        ctime_ns: now,
+        inode: 0,
+        device_id: 0,
+        links: 1,
+        rdev: None,
+        link_target: None,
+        content,
+        subtree: None,
+        xattrs: Vec::new(),
+        sparse: false,
+    }
+}
+
+/// Cut a stream into content-defined chunks with `c`, calling `each` with every chunk in
+/// order. Reads large slices (fewer syscalls when chunks are small).
+pub(crate) fn cut_stream(
+    reader: &mut dyn Read,
+    c: ChunkerParams,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
+    let cap = (2 * c.max_size as usize).max(4 << 20);
+    let mut buf = vec![0u8; cap];
+    let mut filled = 0usize;
+    let mut eof = false;
+    let mut total = 0u64;
+    loop {
+        while !eof && filled < cap {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => eof = true,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::invalid(format!("reading the image: {e}"))),
+            }
+        }
+        if filled == 0 {
+            return Ok(total);
+        }
+        let mut consumed = 0usize;
+        for chunk in fastcdc::v2020::FastCDC::new(&buf[..filled], c.min_size, c.avg_size, c.max_size) {
+            let end = chunk.offset + chunk.length;
+            if end == filled && !eof {
+                break; // may continue past the buffer: cut again after refilling
+            }
+            each(&buf[chunk.offset..end])?;
+            total += chunk.length as u64;
+            consumed = end;
+        }
+        buf.copy_within(consumed..filled, 0);
+        filled -= consumed;
+        if eof && filled == 0 {
+            return Ok(total);
+        }
+    }
+}
+
+/// A stored version, opened for reading.
+#[derive(Debug)]
+pub struct OpenedImage {
+    /// Its snapshot.
+    pub snapshot: SnapshotEntry,
+    /// `(blob, offset, length)` of each chunk of the disk.
+    pub layout: Vec<(Id, u64, u64)>,
+    /// The chunk manifest.
+    pub manifest: Manifest,
+}
+
+/// Open version snapshot `snapshot_id` (a full id or unique prefix).
+pub fn open(repo: &Repository, index: &MasterIndex, snapshot_id: &str) -> Result<OpenedImage> {
+    let snapshot = repo.find_snapshot(snapshot_id)?;
+    let root = repo.load_tree(index, &snapshot.snapshot.tree)?;
+    let node = |name: &str| {
+        root.nodes
+            .iter()
+            .find(|n| n.name.0 == name.as_bytes() && n.kind == NodeKind::File)
+            .ok_or_else(|| Error::corrupt(format!("snapshot {} holds no {name}: not an image version", snapshot.id)))
+    };
+    let disk = node(DISK)?;
+    let layout = crate::flash::layout(index, &disk.content)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(node(MANIFEST)?.size).unwrap_or(0));
+    for id in &node(MANIFEST)?.content {
+        bytes.extend_from_slice(&repo.read_blob(index, id)?);
+    }
+    let manifest = Manifest::decode(&bytes, u32::MAX)?;
+    if manifest.chunks.len() != layout.len()
+        || manifest.chunks.iter().zip(&layout).any(|((len, _), (_, _, l))| u64::from(*len) != *l)
+    {
+        return Err(Error::corrupt(format!(
+            "snapshot {}: the manifest does not describe the disk's chunks",
+            snapshot.id
+        )));
+    }
+    Ok(OpenedImage { snapshot, layout, manifest })
+}
+
+impl OpenedImage {
+    /// Disk size.
+    pub fn size(&self) -> u64 {
+        self.layout.last().map_or(0, |(_, off, len)| off + len)
+    }
+
+    /// Hash → blob of every chunk: what a delta upload with this version as parent need
+    /// not send.
+    pub fn known(&self) -> HashMap<PlainHash, Id> {
+        self.manifest.chunks.iter().zip(&self.layout).map(|((_, h), (id, _, _))| (*h, *id)).collect()
+    }
+
+    /// Write bytes `start..end` of the disk to `out`. A chunk repeated back to back (the
+    /// zeros of a fresh disk) is read once.
+    pub fn write_range(
+        &self,
+        repo: &Repository,
+        index: &MasterIndex,
+        start: u64,
+        end: u64,
+        out: &mut dyn Write,
+    ) -> Result<u64> {
+        let end = end.min(self.size());
+        if start >= end {
+            return Ok(0);
+        }
+        let first = self.layout.partition_point(|(_, off, len)| off + len <= start);
+        let mut last: Option<(Id, Vec<u8>)> = None;
+        let mut written = 0u64;
+        for (id, off, len) in &self.layout[first..] {
+            if *off >= end {
+                break;
+            }
+            if last.as_ref().is_none_or(|(l, _)| l != id) {
+                last = Some((*id, repo.read_blob(index, id)?));
+            }
+            let data = &last.as_ref().map(|(_, d)| d).ok_or_else(|| Error::invalid("no chunk"))?;
+            if data.len() as u64 != *len {
+                return Err(Error::corrupt(format!("chunk {} is not {len} bytes long", id.short())));
+            }
+            let from = start.saturating_sub(*off) as usize;
+            let to = (end - off).min(*len) as usize;
+            out.write_all(&data[from..to]).map_err(|e| Error::io("sending the image", e))?;
+            written += (to - from) as u64;
+        }
+        Ok(written)
+    }
+}
+
+/// The manifest of a disk as read from `reader`, cut with `c` (a machine syncing its disk
+/// back cuts exactly as the server would).
+pub fn manifest_of(reader: &mut dyn Read, c: ChunkerParams) -> Result<Manifest> {
+    let mut m = Manifest::default();
+    let mut hasher_zero: HashMap<usize, PlainHash> = HashMap::new();
+    cut_stream(reader, c, |chunk| {
+        let hash = if chunk.iter().all(|b| *b == 0) {
+            *hasher_zero.entry(chunk.len()).or_insert_with(|| *blake3::hash(chunk).as_bytes())
+        } else {
+            *blake3::hash(chunk).as_bytes()
+        };
+        m.chunks.push((chunk.len() as u32, hash));
+        Ok(())
+    })?;
+    Ok(m)
+}

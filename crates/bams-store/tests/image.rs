@@ -1,0 +1,139 @@
+//! Image versions in the engine: uploads stream into versions whose raw bytes (and any byte
+//! range) come back identical; an empty disk is stored without reading zeros and equals a
+//! stream of zeros; a machine's delta (its manifest plus the chunks the parent lacks) makes
+//! the same version as a whole upload; a truncated or lying upload stores nothing; the
+//! manifest-driven flash fetches only runs of differing chunks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Read;
+
+use bams_store::image::{self, Manifest, VersionMeta};
+
+fn meta(parent: Option<bams_store::Id>) -> VersionMeta {
+    VersionMeta { host: "img".into(), tags: vec![], parent }
+}
+
+fn raw(f: &common::Fixture, snapshot: &bams_store::Id, start: u64, end: u64) -> Vec<u8> {
+    let index = f.repo.load_index().unwrap();
+    let opened = image::open(&f.repo, &index, &snapshot.to_hex()).unwrap();
+    let mut out = Vec::new();
+    opened.write_range(&f.repo, &index, start, end, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn versions_round_trip_whole_and_by_range() {
+    let f = common::fixture();
+    let v1 = bams_testkit::random_bytes(3 << 20, 1);
+    let s = image::store_stream(&f.repo, &mut &v1[..], meta(None), &|_| {}).unwrap();
+    assert_eq!(s.size, v1.len() as u64);
+    assert_eq!(raw(&f, &s.id, 0, u64::MAX), v1);
+    for (a, b) in [(0u64, 1u64), (12_345, 400_000), (1 << 20, (1 << 20) + 7), ((3 << 20) - 5, 3 << 20)] {
+        assert_eq!(raw(&f, &s.id, a, b), v1[a as usize..b as usize], "{a}..{b}");
+    }
+    assert!(raw(&f, &s.id, 3 << 20, 4 << 20).is_empty());
+    let report = bams_store::check::check(&f.repo, bams_store::check::ReadData::All, &|| {}).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+}
+
+#[test]
+fn an_empty_disk_equals_a_stream_of_zeros() {
+    let f = common::fixture();
+    for size in [512u64, 100_000, 131_072, 262_144 + 4096, 6 << 20, (6 << 20) + 512] {
+        let fast = image::store_zeros(&f.repo, size, meta(None)).unwrap();
+        let slow = image::store_stream(&f.repo, &mut std::io::repeat(0).take(size), meta(None), &|_| {}).unwrap();
+        let index = f.repo.load_index().unwrap();
+        let a = image::open(&f.repo, &index, &fast.id.to_hex()).unwrap();
+        let b = image::open(&f.repo, &index, &slow.id.to_hex()).unwrap();
+        assert_eq!(a.manifest, b.manifest, "size {size}");
+        assert_eq!(a.size(), size);
+        assert_eq!(raw(&f, &fast.id, 0, size), vec![0u8; size as usize]);
+    }
+}
+
+#[test]
+fn a_delta_makes_the_same_version_and_lies_store_nothing() {
+    let f = common::fixture();
+    let c = f.repo.config().image_chunker;
+    let v1 = bams_testkit::random_bytes(4 << 20, 2);
+    let s1 = image::store_stream(&f.repo, &mut &v1[..], meta(None), &|_| {}).unwrap();
+    let mut v2 = v1.clone();
+    v2[(1 << 20)..(1 << 20) + 300_000].copy_from_slice(&bams_testkit::random_bytes(300_000, 3));
+    let index = f.repo.load_index().unwrap();
+    let known = image::open(&f.repo, &index, &s1.id.to_hex()).unwrap().known();
+    let m2 = image::manifest_of(&mut &v2[..], c).unwrap();
+    let needed = image::needed(&m2, &known);
+    let places: Vec<(u64, u32)> = m2.places().map(|(o, l, _)| (o, l)).collect();
+    let body: Vec<u8> = needed
+        .iter()
+        .flat_map(|&i| v2[places[i].0 as usize..(places[i].0 + u64::from(places[i].1)) as usize].to_vec())
+        .collect();
+    assert!(body.len() < 500_000, "only the changed region travels: {}", body.len());
+    let snapshots_before = f.repo.snapshots().unwrap().0.len();
+    // Lies: a chunk that does not match its hash, a body cut short, a body too long.
+    let mut wrong = body.clone();
+    wrong[10] ^= 1;
+    for bad in [wrong, body[..body.len() - 1].to_vec(), [body.clone(), vec![0]].concat()] {
+        assert!(image::store_delta(&f.repo, &m2, &known, &mut &bad[..], meta(Some(s1.id))).is_err());
+    }
+    assert_eq!(f.repo.snapshots().unwrap().0.len(), snapshots_before, "nothing stored");
+    let s2 = image::store_delta(&f.repo, &m2, &known, &mut &body[..], meta(Some(s1.id))).unwrap();
+    assert_eq!(raw(&f, &s2.id, 0, u64::MAX), v2);
+    assert!(s2.bytes_added < 600_000, "{}", s2.bytes_added);
+    // A manifest naming no chunks the parent has, and a huge chunk length, are refused.
+    let huge = Manifest { chunks: vec![(u32::MAX, [0; 32])] };
+    assert!(Manifest::decode(&huge.encode(), c.max_size).is_err());
+    assert!(Manifest::decode(b"BAMSIMG1\xff\xff\xff\xff\xff\xff\xff\x7f", c.max_size).is_err());
+}
+
+#[test]
+fn a_truncated_stream_stores_no_version() {
+    struct Failing(usize);
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(7);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    let f = common::fixture();
+    assert!(image::store_stream(&f.repo, &mut Failing(5 << 20), meta(None), &|_| {}).is_err());
+    assert!(f.repo.snapshots().unwrap().0.is_empty());
+}
+
+#[test]
+fn the_manifest_flash_fetches_runs_of_differing_chunks() {
+    let f = common::fixture();
+    let v1 = bams_testkit::random_bytes(8 << 20, 4);
+    let mut v2 = v1.clone();
+    v2[(2 << 20)..(2 << 20) + (1 << 20)].copy_from_slice(&bams_testkit::random_bytes(1 << 20, 5));
+    let s2 = image::store_stream(&f.repo, &mut &v2[..], meta(None), &|_| {}).unwrap();
+    let index = f.repo.load_index().unwrap();
+    let opened = image::open(&f.repo, &index, &s2.id.to_hex()).unwrap();
+    let disk_path = f.dir.path().join("disk.img");
+    for (start, expect_max) in [(v1.clone(), (1u64 << 20) * 13 / 10), (vec![0u8; 100], v2.len() as u64)] {
+        std::fs::write(&disk_path, &start).unwrap();
+        let disk = std::fs::OpenOptions::new().read(true).write(true).open(&disk_path).unwrap();
+        let mut requests = 0;
+        let mut fetch = |a: u64, b: u64, sink: &mut dyn FnMut(&[u8]) -> bams_store::Result<()>| {
+            requests += 1;
+            let mut buf = Vec::new();
+            opened.write_range(&f.repo, &index, a, b, &mut buf)?;
+            for piece in buf.chunks(10_000) {
+                sink(piece)?;
+            }
+            Ok(())
+        };
+        let r = bams_store::flash::flash_manifest(&opened.manifest, &disk, &mut fetch, &|_| {}).unwrap();
+        assert_eq!(std::fs::read(&disk_path).unwrap(), v2);
+        assert!(r.bytes_fetched <= expect_max, "{r:?}");
+        assert!(r.bytes_fetched > 0);
+        assert!(requests <= 1 + (r.bytes_fetched >> 26), "one request per run of changed chunks: {requests}");
+    }
+}
