@@ -33,6 +33,8 @@ packages=(
   chromium                        # the web UI's browser tests (driven by Playwright, below)
   cockpit-ws cockpit-bridge cockpit-system  # the Cockpit plugin, tested through a real cockpit-ws
   fonts-dejavu-core               # one font for chromium's screenshots
+  ipxe-qemu                       # the NIC boot ROM of the network-boot test VM
+  cpio kmod binutils              # scripts/build-netboot.sh: initramfs, depmod, strip
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -100,6 +102,30 @@ SRC
   apt-get install -y -qq --no-install-recommends "qemu-block-extra=$want" >/dev/null ||
     { echo "setup-dev.sh: cannot install qemu-block-extra $want to match qemu-utils $want" >&2; exit 1; }
   qemu_iscsi_ok || { echo "setup-dev.sh: qemu-img still cannot load its iSCSI module" >&2; exit 1; }
+fi
+
+# qemu-system-x86 runs the network-boot test VM (TCG). Its qemu-system-common must not be
+# older than the qemu-utils present: next to a preinstalled backport, take it (and the
+# seabios it needs) from the same suite.
+if ! installed qemu-system-x86; then
+  want="$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)"
+  case "$want" in
+    *~bpo12*)
+      [ -e /etc/apt/sources.list.d/bams-bookworm-backports.sources ] || {
+        cat >/etc/apt/sources.list.d/bams-bookworm-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+        apt-get update -qq
+      }
+      apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null ||
+        { echo "setup-dev.sh: cannot install qemu-system-x86 from bookworm-backports next to qemu-utils $want" >&2; exit 1; }
+      ;;
+    *) install_missing qemu-system-x86 ;;
+  esac
 fi
 
 # From PyPI, in their own venv: a real S3-compatible server for tests (moto's server mode),

@@ -580,9 +580,38 @@
     }
   });
 
+  // A disk image chosen in a file field goes up as the raw request body, streamed by the
+  // browser (never read into the page). Cockpit's channel cannot carry a file: there the
+  // form says to use the web UI or curl instead.
+  function uploadFile(form) {
+    const input = form.querySelector('input[type="file"]');
+    const alert = form.querySelector(".alert");
+    const say = function (cls, text) { if (alert) { alert.className = "alert " + cls; alert.textContent = text; alert.focus(); } };
+    if (inCockpit) return say("bad", "Uploads go through the web UI on port 4848 or curl, not through Cockpit.");
+    if (!input || !input.files || !input.files.length) return say("bad", "Choose a disk image file first.");
+    const h = { "Content-Type": "application/octet-stream" };
+    const csrf = meta("csrf-token");
+    if (csrf) h["X-CSRF-Token"] = csrf;
+    const submit = form.querySelector('[type="submit"]');
+    if (submit) submit.disabled = true;
+    say("", "Uploading " + input.files[0].name + "…");
+    return fetch(form.getAttribute("data-upload"), { method: "POST", body: input.files[0], headers: h, credentials: "same-origin" })
+      .then(function (r) { return r.text().then(function (t) { return { status: r.status, text: t }; }); })
+      .catch(function (e) { return { status: 0, text: String(e) }; })
+      .then(function (res) {
+        if (submit) submit.disabled = false;
+        if (res.status === 401) return loginAgain();
+        if (res.status >= 200 && res.status < 300) return afterSuccess(form, parseJson(res.text));
+        say("bad", errorMessage(res).message);
+      });
+  }
+
   document.addEventListener("submit", function (ev) {
     const form = ev.target;
-    if (form instanceof HTMLFormElement && form.hasAttribute("data-api")) {
+    if (form instanceof HTMLFormElement && form.hasAttribute("data-upload")) {
+      ev.preventDefault();
+      uploadFile(form);
+    } else if (form instanceof HTMLFormElement && form.hasAttribute("data-api")) {
       ev.preventDefault();
       submitForm(form, ev.submitter || null);
     } else if (form instanceof HTMLFormElement && form.hasAttribute("data-get") && inCockpit) {

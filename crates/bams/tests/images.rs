@@ -519,3 +519,165 @@ async fn a_machine_syncs_its_disk_back_and_is_flashed_with_only_the_changed_chun
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A tiny boot sector that writes a line to the first serial port and halts: what a VM
+/// booting its local disk prints.
+fn boot_sector() -> Vec<u8> {
+    let mut code = vec![
+        0xFC, // cld
+        0x31, 0xC0, // xor ax, ax
+        0x8E, 0xD8, // mov ds, ax
+        0xBE, 0x15, 0x7C, // mov si, 0x7c15
+        0xAC, // lodsb
+        0x08, 0xC0, // or al, al
+        0x74, 0x06, // jz halt
+        0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+        0xEE, // out dx, al
+        0xEB, 0xF5, // jmp lodsb
+        0xFA, 0xF4, // halt: cli; hlt
+    ];
+    code.extend_from_slice(b"BAMS-LOCAL-DISK-BOOTED\r\n\0");
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xAA]);
+    code
+}
+
+/// Bytes of 4 KiB blocks that differ between two disks.
+fn changed_blocks(a: &[u8], b: &[u8]) -> u64 {
+    a.chunks(4096).zip(b.chunks(4096)).filter(|(x, y)| x != y).count() as u64 * 4096
+}
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (bash scripts/setup-dev.sh installs it)"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// One network boot of the test VM: qemu (TCG) whose NIC's iPXE ROM asks the server for its
+/// script; ends when the VM reboots (`-no-reboot`), or once `until` shows on its serial
+/// console. Returns the console output.
+fn boot_vm(lab: &Lab, disk: &Path, mac: &str, until: Option<&str>) -> String {
+    let serial = lab.path("serial.log");
+    let _ = std::fs::remove_file(&serial);
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-machine", "accel=tcg", "-m", "512", "-display", "none", "-monitor", "none", "-no-reboot"])
+        .args(["-serial", &format!("file:{}", serial.display())])
+        .args(["-netdev", &format!("user,id=n0,bootfile=http://10.0.2.2:{}/boot/{mac}.ipxe", lab.server.port)])
+        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1")])
+        .args(["-drive", &format!("file={},format=raw,if=none,id=d0", disk.display())])
+        .args(["-device", "virtio-blk-pci,drive=d0,bootindex=2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (bash scripts/setup-dev.sh installs it)");
+    let started = std::time::Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).to_string();
+        if until.is_some_and(|u| text.contains(u)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return text;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return text;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(600) {
+            let _ = child.kill();
+            panic!("the VM did not finish in 10 minutes:\n{text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A real network boot: the VM's iPXE ROM fetches its script from the server, boots the
+/// management OS (scripts/build-netboot.sh: Debian's kernel, busybox, bams), which flashes
+/// the queued version onto the VM's disk; a boot with nothing queued boots that disk; a disk
+/// changed inside is synced back as a new version, sending about the changed bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_network_boots_is_flashed_boots_its_disk_and_syncs_back() {
+    let lab = Lab::start(None);
+    let netboot = lab.path("netboot");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-netboot.sh");
+    sh(Command::new("bash").arg(&script).arg(&netboot).arg(env!("CARGO_BIN_EXE_bams")));
+    // Point the server at the boot files (restart it with the setting).
+    drop(lab.server);
+    let lab = Lab {
+        server: ServerProcess::start(
+            Path::new(env!("CARGO_BIN_EXE_bams")),
+            lab.dir.path(),
+            &[("BAMS_IMAGES_NETBOOT_DIR", netboot.to_str().unwrap())],
+        ),
+        ..lab
+    };
+    // A 64 MiB disk: ext4 with a file, and a boot sector.
+    let src = lab.path("src.img");
+    std::fs::File::create(&src).unwrap().set_len(64 << 20).unwrap();
+    sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&src));
+    std::fs::write(lab.path("data.bin"), bams_testkit::random_bytes(6 << 20, 1)).unwrap();
+    sh(Command::new("debugfs")
+        .args(["-w", "-R", &format!("write {} data.bin", lab.path("data.bin").display())])
+        .arg(&src));
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(&src).unwrap().write_all_at(&boot_sector(), 0).unwrap();
+    }
+    let v = std::fs::read(&src).unwrap();
+    let a = lab.admin.clone();
+    let img = lab
+        .ok(&a, Method::POST, "/api/v1/images", Some(json!({"name": "vm", "size": 1048576, "disk": "/dev/vda"})))
+        .await;
+    let uuid = img["uuid"].as_str().unwrap().to_string();
+    assert_eq!(lab.curl_upload(&a, &uuid, &src).1, "Successfully uploaded image: 2");
+    let mac = "52:54:00:12:34:56";
+    let m = lab.ok(&a, Method::POST, "/api/v1/machines", Some(json!({"name": "vm1", "macs": [mac]}))).await;
+    let id = m["id"].as_i64().unwrap();
+    let disk = lab.path("vm-disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
+
+    // 1. Flash version 2 (with `update`: the machine's changes come back at its next reclaim).
+    lab.ok(
+        &a,
+        Method::POST,
+        &format!("/api/v1/machines/{id}/boot"),
+        Some(json!({"entries": [{"image": uuid, "version": 2, "update": true}]})),
+    )
+    .await;
+    let console = boot_vm(&lab, &disk, mac, None);
+    assert!(console.contains("bams: machine vm1"), "{console}");
+    assert!(std::fs::read(&disk).unwrap() == v, "the VM's disk is version 2, byte for byte:\n{console}");
+    let m = lab.ok(&a, Method::GET, &format!("/api/v1/machines/{id}"), None).await;
+    assert_eq!(m["state"], "booted", "{m}");
+
+    // 2. Nothing queued: the boot script sends it to its local disk, which boots.
+    let console = boot_vm(&lab, &disk, mac, Some("BAMS-LOCAL-DISK-BOOTED"));
+    assert!(console.contains("BAMS-LOCAL-DISK-BOOTED"), "{console}");
+    assert!(!console.contains("bams: machine"), "no management OS without a queued boot");
+
+    // 3. A file inside the disk changes; reclaimed with version 2, the disk goes back as
+    //    version 3 (only the changed chunks travel), then version 2 is flashed again.
+    std::fs::write(lab.path("new.bin"), bams_testkit::random_bytes(3 << 20, 2)).unwrap();
+    sh(Command::new("debugfs").args(["-w", "-R", "rm data.bin"]).arg(&disk));
+    sh(Command::new("debugfs")
+        .args(["-w", "-R", &format!("write {} data.bin", lab.path("new.bin").display())])
+        .arg(&disk));
+    let used = std::fs::read(&disk).unwrap();
+    let changed = changed_blocks(&v, &used);
+    assert!(changed >= 3 << 20, "{changed}");
+    lab.ok(
+        &a,
+        Method::POST,
+        &format!("/api/v1/machines/{id}/boot"),
+        Some(json!({"entries": [{"image": uuid, "version": 2}]})),
+    )
+    .await;
+    let console = boot_vm(&lab, &disk, mac, None);
+    assert!(console.contains("synced /dev/vda back as version 3"), "{console}");
+    let versions = lab.ok(&a, Method::GET, &format!("/api/v1/images/{uuid}/versions"), None).await;
+    let sent = versions[2]["bytes_sent"].as_u64().unwrap();
+    let manifest = 16 + 36 * (64 << 20) / (8 << 10);
+    assert!(sent <= changed * 13 / 10 + manifest, "the sync sent {sent} bytes for {changed} changed");
+    assert!(lab.bytes(Some(&a), &format!("/image/{uuid}/3")).await.2 == used, "version 3 is the changed disk");
+    assert!(std::fs::read(&disk).unwrap() == v, "and the disk is version 2 again");
+    let hist = lab.ok(&a, Method::GET, &format!("/api/v1/machines/{id}/history"), None).await;
+    let fetched = hist[0]["details"]["flashed"][0]["report"]["bytes_fetched"].as_u64().unwrap();
+    assert!(fetched <= changed * 13 / 10, "the flash fetched {fetched} bytes for {changed} changed");
+}

@@ -84,6 +84,53 @@ fn the_web_ui_works_in_a_real_browser_for_admins_and_viewers() {
     assert!(text.contains("every check passed"), "{text}");
 }
 
+/// The Images and Machines screens (`tests/ui/images.py`): an image user creates an image,
+/// uploads a version from a file field, boots it on a machine; an administrator accepts a
+/// machine that registered itself by booting, and freezes an image set.
+#[test]
+fn the_image_screens_work_in_a_real_browser() {
+    for tool in [PYTHON, CHROMIUM] {
+        assert!(Path::new(tool).exists(), "{tool} is missing: run scripts/setup-dev.sh");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let server = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_bams")), &dir, &[]);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let admin_pw = std::fs::read_to_string(dir.join("data/initial-admin-password")).unwrap().trim().to_string();
+    let admin = server.login("admin", &admin_pw);
+    let curl = |method: &str, path: &str, body: &str| {
+        let out = Command::new("curl")
+            .args(["-sf", "-X", method, &format!("{base}{path}")])
+            .args(["-H", "content-type: application/json", "-H", &format!("Authorization: Bearer {admin}")])
+            .args(["-d", body])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{method} {path}: {}", String::from_utf8_lossy(&out.stdout));
+    };
+    curl("POST", "/api/v1/users", r#"{"username":"alice","password":"alice-password","role":"user"}"#);
+    curl("POST", "/api/v1/machines", r#"{"name":"lab1","macs":["52:54:00:00:00:01"]}"#);
+    // A machine that booted once and waits to be accepted.
+    let booted = Command::new("curl").args(["-sf", &format!("{base}/boot/52:54:00:00:00:02.ipxe")]).output().unwrap();
+    assert!(String::from_utf8_lossy(&booted.stdout).contains("waits"), "{booted:?}");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/images.py");
+    let mut cmd = Command::new(PYTHON);
+    browser_home(&mut cmd, &dir);
+    cmd.arg(&script)
+        .env("BAMS_URL", &base)
+        .env("ADMIN_PASSWORD", &admin_pw)
+        .env("USER_PASSWORD", "alice-password")
+        .env("WORK", &work);
+    if let Some(shots) = std::env::var_os("BAMS_SCREENSHOTS") {
+        cmd.env("SCREENSHOTS", shots);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("every check passed"), "the image screens failed:\n{text}");
+}
+
 /// Chromium keeps crash reports and caches under the user's home: give it the test's own.
 fn browser_home(cmd: &mut Command, dir: &Path) {
     for (var, sub) in [("XDG_CONFIG_HOME", "xdg-config"), ("XDG_CACHE_HOME", "xdg-cache")] {

@@ -441,6 +441,43 @@ pub async fn delete_version(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// One disk of a set or boot: an object, or the text `UUID@VERSION` with `+update` to sync it
+/// back (what a form's lines send).
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EntrySpec {
+    /// `{"image", "version", "update"}`.
+    Entry(BootEntry),
+    /// `UUID@VERSION[+update]`.
+    Text(String),
+}
+
+impl EntrySpec {
+    fn entry(self) -> ApiResult<BootEntry> {
+        match self {
+            Self::Entry(e) => Ok(e),
+            Self::Text(t) => {
+                let (spec, update) = match t.trim().strip_suffix("+update") {
+                    Some(s) => (s, true),
+                    None => (t.trim(), false),
+                };
+                let (image, version) = spec
+                    .split_once('@')
+                    .ok_or_else(|| ApiError::bad_request(format!("{t:?}: write UUID@VERSION")).at_field("entries"))?;
+                let version = version_param(version).map_err(|e| e.at_field("entries"))?.ok_or_else(|| {
+                    ApiError::bad_request(format!("{t:?}: name the version by number")).at_field("entries")
+                })?;
+                Ok(BootEntry { image: image.to_string(), version, update })
+            }
+        }
+    }
+}
+
+/// Entries from their specs.
+pub(crate) fn entries(specs: Vec<EntrySpec>) -> ApiResult<Vec<BootEntry>> {
+    specs.into_iter().map(EntrySpec::entry).collect()
+}
+
 /// A new image set.
 #[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -448,7 +485,7 @@ pub struct NewImageSet {
     /// Unique name.
     pub name: String,
     /// The disks: image, version, whether to sync it back.
-    pub entries: Vec<BootEntry>,
+    pub entries: Vec<EntrySpec>,
     /// Free text.
     #[serde(default)]
     pub description: String,
@@ -477,12 +514,13 @@ pub async fn create_set(
     Json(req): Json<NewImageSet>,
 ) -> ApiResult<(StatusCode, Json<ImageSet>)> {
     let owner = owner_for(&st, &caller, req.owner.as_deref()).await?;
-    for image in st.images.check_entries(&req.entries).await.map_err(|e| ApiError::from(e).at_field("entries"))? {
+    let list = entries(req.entries)?;
+    for image in st.images.check_entries(&list).await.map_err(|e| ApiError::from(e).at_field("entries"))? {
         require_image(&caller, &image, Need::Read)?;
     }
     let set = st
         .images
-        .create_set(&req.name, owner, &req.entries, &req.description)
+        .create_set(&req.name, owner, &list, &req.description)
         .await
         .map_err(|e| ApiError::from(e).at_field("name"))?;
     Ok((StatusCode::CREATED, Json(set)))

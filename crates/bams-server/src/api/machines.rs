@@ -153,7 +153,7 @@ pub async fn accept_machine(State(st): State<AppState>, Path(id): Path<String>) 
     Ok(Json(st.catalog.update_machine(m.id, &change).await?))
 }
 
-/// What to boot: a set (by id or name) or a list of entries.
+/// What to boot: a set (by id or name), a list of entries, or one image.
 #[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BootRequest {
@@ -162,7 +162,16 @@ pub struct BootRequest {
     pub set: Option<String>,
     /// Or the disks themselves.
     #[serde(default)]
-    pub entries: Option<Vec<BootEntry>>,
+    pub entries: Option<Vec<super::images::EntrySpec>>,
+    /// Or one image (UUID) ...
+    #[serde(default)]
+    pub image: Option<String>,
+    /// ... at this version (default its latest) ...
+    #[serde(default)]
+    pub version: Option<i64>,
+    /// ... synced back at the next boot.
+    #[serde(default)]
+    pub update: bool,
 }
 
 /// Queue a boot: at its next network boot the machine flashes these disks (after syncing
@@ -175,13 +184,21 @@ pub async fn queue_boot(
     Json(req): Json<BootRequest>,
 ) -> ApiResult<Json<Machine>> {
     let m = machine(&st, &id).await?;
-    let (set, entries) = match (req.set, req.entries) {
-        (Some(s), None) => {
+    let (set, entries) = match (req.set, req.entries, req.image) {
+        (Some(s), None, None) => {
             let set = st.catalog.get_image_set(&s).await.map_err(|e| ApiError::from(e).at_field("set"))?;
             (Some(set.name), set.entries)
         }
-        (None, Some(e)) => (None, e),
-        _ => return Err(ApiError::bad_request("give either set or entries").at_field("set")),
+        (None, Some(e), None) => (None, super::images::entries(e)?),
+        (None, None, Some(uuid)) => {
+            let image = image_by_uuid(&st, &uuid).await.map_err(|e| e.at_field("image"))?;
+            let version = match req.version {
+                Some(v) => v,
+                None => image.latest.ok_or_else(|| ApiError::not_found("a version of that image").at_field("image"))?,
+            };
+            (None, vec![BootEntry { image: image.uuid, version, update: req.update }])
+        }
+        _ => return Err(ApiError::bad_request("give one of set, entries or image").at_field("set")),
     };
     queue(&st, &caller, &m, set, entries).await.map(Json)
 }

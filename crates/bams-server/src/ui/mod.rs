@@ -47,6 +47,10 @@ pub const ROUTES: &[&str] = &[
     "/snapshots/find",
     "/repositories",
     "/agents",
+    "/bare-metal/images",
+    "/bare-metal/images/{uuid}",
+    "/bare-metal/machines",
+    "/bare-metal/machines/{id}",
     "/logs",
     "/storage/disks",
     "/storage/tape",
@@ -82,6 +86,10 @@ pub fn routes() -> Router<AppState> {
         .route("/snapshots/find", get(pages::snapshots::find))
         .route("/repositories", get(pages::repositories::list))
         .route("/agents", get(pages::agents::list))
+        .route("/bare-metal/images", get(pages::images::list))
+        .route("/bare-metal/images/{uuid}", get(pages::images::show))
+        .route("/bare-metal/machines", get(pages::images::machines))
+        .route("/bare-metal/machines/{id}", get(pages::images::machine))
         .route("/logs", get(pages::logs::page))
         .route("/storage/disks", get(pages::storage::disks))
         .route("/storage/tape", get(pages::storage::tape))
@@ -233,6 +241,8 @@ const NAV: &[(&str, &str, &str, Privs, &str)] = &[
     ("/snapshots", "Snapshots", "Backups", Privs::DATASTORE_AUDIT, "/repositories"),
     ("/repositories", "Repositories & pools", "Backups", Privs::DATASTORE_AUDIT, "/repositories"),
     ("/agents", "Agents", "Backups", Privs::AGENTS_AUDIT, "/agents"),
+    ("/bare-metal/images", "Images", "Bare metal", Privs::IMAGES_AUDIT, "/images"),
+    ("/bare-metal/machines", "Machines", "Bare metal", Privs::IMAGES_AUDIT, "/machines"),
     ("/storage/disks", "Disk repositories", "Appliance", Privs::SYS_AUDIT, "/appliance/disks"),
     ("/storage/tape", "Tape library", "Appliance", Privs::SYS_AUDIT, "/appliance/tape"),
     ("/storage/iscsi", "iSCSI targets", "Appliance", Privs::SYS_AUDIT, "/appliance/iscsi"),

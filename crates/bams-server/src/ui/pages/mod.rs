@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agents;
 pub mod dashboard;
+pub mod images;
 pub mod jobs;
 pub mod logs;
 pub mod repositories;
