@@ -26,7 +26,7 @@ use bams_catalog::{
     NewImage, NewImageVersion,
 };
 use bams_director::{RepoPool, RepoPoolError};
-use bams_store::image::{Manifest, OpenedImage, PlainHash, VersionMeta};
+use bams_store::image::{BlobCache, Manifest, OpenedImage, PlainHash, VersionMeta};
 use bams_store::index::MasterIndex;
 use bams_store::{Id, Repository};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,8 @@ pub struct ImagesConfig {
     pub public_url: Option<String>,
     /// Extra kernel arguments for the management OS.
     pub kernel_cmdline: String,
+    /// Seconds between checks for temporal images past their expiry.
+    pub expire_every_secs: u64,
 }
 
 impl Default for ImagesConfig {
@@ -97,6 +99,7 @@ impl Default for ImagesConfig {
             netboot_dir: None,
             public_url: None,
             kernel_cmdline: "console=tty0 console=ttyS0,115200".into(),
+            expire_every_secs: 60,
         }
     }
 }
@@ -166,6 +169,7 @@ pub struct VersionData {
     repo: Arc<Repository>,
     index: Arc<MasterIndex>,
     opened: Arc<OpenedImage>,
+    cache: Arc<BlobCache>,
 }
 
 impl VersionData {
@@ -181,7 +185,12 @@ impl VersionData {
 
     /// Write bytes `start..end` to `out` (blocking: run on a blocking thread).
     pub fn write_range(&self, start: u64, end: u64, out: &mut dyn std::io::Write) -> Result<u64> {
-        Ok(self.opened.write_range(&self.repo, &self.index, start, end, out)?)
+        Ok(self.opened.write_range(&self.repo, &self.index, Some(&self.cache), start, end, out)?)
+    }
+
+    /// Write each range's bytes to `out`, back to back (blocking).
+    pub fn write_ranges(&self, ranges: &[(u64, u64)], out: &mut dyn std::io::Write) -> Result<u64> {
+        Ok(self.opened.write_ranges(&self.repo, &self.index, Some(&self.cache), ranges, out)?)
     }
 }
 
@@ -198,7 +207,11 @@ pub struct ImageService {
     data_dir: PathBuf,
     indexes: IndexCache,
     opened: OpenCache,
+    chunks: Arc<BlobCache>,
 }
+
+/// Plaintext chunks kept for concurrent readers of the same versions.
+const CHUNK_CACHE_BYTES: usize = 256 << 20;
 
 /// How long an index read stays fresh for versions written by another server.
 const INDEX_TTL: Duration = Duration::from_secs(30);
@@ -206,7 +219,15 @@ const INDEX_TTL: Duration = Duration::from_secs(30);
 impl ImageService {
     /// The service over the catalog and repositories of this server.
     pub fn new(catalog: Catalog, repos: Arc<RepoPool>, config: ImagesConfig, data_dir: PathBuf) -> Self {
-        Self { catalog, repos, config, data_dir, indexes: Mutex::default(), opened: Mutex::default() }
+        Self {
+            catalog,
+            repos,
+            config,
+            data_dir,
+            indexes: Mutex::default(),
+            opened: Mutex::default(),
+            chunks: Arc::new(BlobCache::new(CHUNK_CACHE_BYTES)),
+        }
     }
 
     /// The settings.
@@ -420,7 +441,7 @@ impl ImageService {
                 opened
             }
         };
-        Ok(VersionData { version, repo, index, opened })
+        Ok(VersionData { version, repo, index, opened, cache: self.chunks.clone() })
     }
 
     fn finish_open(
@@ -432,7 +453,7 @@ impl ImageService {
     ) -> Result<VersionData> {
         let opened = Arc::new(opened);
         self.lock_opened().insert(version.snapshot_id.clone(), opened.clone());
-        Ok(VersionData { version, repo, index, opened })
+        Ok(VersionData { version, repo, index, opened, cache: self.chunks.clone() })
     }
 
     fn lock_opened(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<OpenedImage>>> {

@@ -200,6 +200,7 @@ const KEYS: &[&str] = &[
     "images.kernel_cmdline",
     "images.default_size",
     "images.boot_token_ttl_secs",
+    "images.expire_every_secs",
 ];
 
 impl Config {

@@ -272,6 +272,20 @@ async fn housekeeping(st: AppState) {
     }
 }
 
+/// Temporal images past their expiry lose their versions (checked every
+/// `images.expire_every_secs`).
+async fn expire_images(st: AppState) {
+    let every = Duration::from_secs(st.config.images.expire_every_secs.max(1));
+    loop {
+        tokio::time::sleep(every).await;
+        match st.images.expire().await {
+            Ok(n) if n > 0 => info!(versions = n, "forgot the versions of expired temporal images"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not expire temporal images"),
+        }
+    }
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -304,6 +318,7 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     let loop_handle = director.start().await?;
     let housekeeping = tokio::spawn(housekeeping(server.state.clone()));
+    let expiry = tokio::spawn(expire_images(server.state.clone()));
     let (stop_socket, socket_stopped) = tokio::sync::oneshot::channel::<()>();
     let socket_task = socket.map(|socket| {
         let router = server.router.clone();
@@ -351,6 +366,7 @@ pub async fn serve(config: Config) -> Result<()> {
     director.shutdown(timeout).await;
     loop_handle.abort();
     housekeeping.abort();
+    expiry.abort();
     server.state.catalog.close().await;
     info!("server stopped");
     Ok(())

@@ -363,6 +363,7 @@ pub const POLICY: &[Rule] = &[
     r("GET", "/api/v1/images/{uuid}/versions/{version}", IMAGE_READ, IMAGE),
     r("DELETE", "/api/v1/images/{uuid}/versions/{version}", IMAGE_WRITE, IMAGE),
     r("GET", "/api/v1/images/{uuid}/versions/{version}/manifest", IMAGE_READ, IMAGE),
+    r("POST", "/api/v1/images/{uuid}/versions/{version}/ranges", IMAGE_READ, IMAGE),
     r("GET", "/api/v1/image-sets", P::IMAGES_AUDIT, IMAGE),
     r("POST", "/api/v1/image-sets", IMAGE_WRITE, IMAGE),
     r("GET", "/api/v1/image-sets/{id}", P::IMAGES_AUDIT, IMAGE),
@@ -385,6 +386,7 @@ pub const POLICY: &[Rule] = &[
     r("POST", "/api/v1/boot/report", NO, On::Public),
     r("GET", "/api/v1/boot/images/{uuid}/{version}/manifest", NO, On::Public),
     r("GET", "/api/v1/boot/images/{uuid}/{version}/raw", NO, On::Public),
+    r("POST", "/api/v1/boot/images/{uuid}/{version}/ranges", NO, On::Public),
     r("POST", "/api/v1/boot/images/{uuid}/{version}/needed", NO, On::Public),
     r("POST", "/api/v1/boot/images/{uuid}/{version}/sync", NO, On::Public),
     // The bare-metal seed's control-server routes, kept so its scripts work unchanged.

@@ -108,73 +108,128 @@ pub fn flash(
     Ok(report)
 }
 
-/// Where a flash gets the bytes a disk lacks: `fetch(start, end, sink)` hands the image's
-/// bytes `start..end` to `sink` in order, in pieces of any size (an HTTP range request,
-/// streamed).
-pub type Fetch<'a> = dyn FnMut(u64, u64, &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> + 'a;
+/// Where a flash gets the bytes a disk lacks: `fetch(ranges, sink)` hands the image's bytes
+/// of every `start..end` range, in order and back to back, to `sink` in pieces of any size
+/// (one HTTP request for many ranges, streamed).
+pub type Fetch<'a> = dyn FnMut(&[(u64, u64)], &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> + 'a;
 
-/// The most bytes one fetch asks for: long runs of missing chunks are split so that one
-/// failed request costs little.
+/// The most bytes one fetch asks for, and the most ranges: a failed request costs little and
+/// a request's list stays small.
 const MAX_FETCH: u64 = 64 << 20;
+const MAX_RANGES: usize = 4096;
 
 /// Make `disk` hold the image `manifest` describes, comparing unkeyed chunk hashes (the
 /// management OS holds no repository key): chunks whose bytes already match are kept; runs
-/// of differing chunks are fetched with `fetch` and written in place; then the whole disk is
-/// read back and every chunk checked. `progress` gets bytes as they are compared.
+/// of differing chunks are fetched with `fetch`, many per request, and written in place; then
+/// the whole disk is read back and every chunk checked. Both comparisons hash on every core.
+/// `progress` gets bytes as they are compared.
 pub fn flash_manifest(
     manifest: &crate::image::Manifest,
     disk: &File,
     fetch: &mut Fetch<'_>,
-    progress: &dyn Fn(u64),
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<FlashReport> {
     let total = manifest.size();
     let meta = disk.metadata().map_err(|e| Error::io("the disk", e))?;
     if meta.is_file() && meta.len() < total {
         disk.set_len(total).map_err(|e| Error::io("growing the disk file", e))?;
     }
-    let mut report = FlashReport { bytes_total: total, chunks: manifest.chunks.len() as u64, ..FlashReport::default() };
-    let mut buf = Vec::new();
+    let places: Vec<(u64, u32, [u8; 32])> = manifest.places().map(|(o, l, h)| (o, l, *h)).collect();
+    let mut report = FlashReport { bytes_total: total, chunks: places.len() as u64, ..FlashReport::default() };
+    let (same, read) = compare(&places, disk, progress)?;
+    report.bytes_read += read;
     let mut runs: Vec<(u64, u64)> = Vec::new();
-    for (offset, len, hash) in manifest.places() {
-        let (same, read) = holds_plain(disk, hash, offset, u64::from(len), &mut buf)?;
-        report.bytes_read += read;
-        if !same {
-            report.chunks_fetched += 1;
-            let end = offset + u64::from(len);
-            match runs.last_mut() {
-                Some((run_start, run_end)) if *run_end == offset && end - *run_start <= MAX_FETCH => *run_end = end,
-                _ => runs.push((offset, end)),
-            }
+    for ((offset, len, _), ok) in places.iter().zip(&same) {
+        if *ok {
+            continue;
         }
-        progress(u64::from(len));
+        report.chunks_fetched += 1;
+        let end = offset + u64::from(*len);
+        match runs.last_mut() {
+            Some((run_start, run_end)) if *run_end == *offset && end - *run_start <= MAX_FETCH => *run_end = end,
+            _ => runs.push((*offset, end)),
+        }
     }
-    for (start, end) in runs {
-        let mut at = start;
-        fetch(start, end, &mut |piece: &[u8]| {
-            if at + piece.len() as u64 > end {
-                return Err(Error::corrupt(format!("the server sent more than bytes {start}..{end}")));
+    let mut batch_start = 0;
+    while batch_start < runs.len() {
+        let mut bytes = 0;
+        let mut batch_end = batch_start;
+        while batch_end < runs.len() && batch_end - batch_start < MAX_RANGES && (bytes == 0 || bytes < MAX_FETCH) {
+            bytes += runs[batch_end].1 - runs[batch_end].0;
+            batch_end += 1;
+        }
+        let batch = &runs[batch_start..batch_end];
+        let (mut run, mut at) = (0usize, batch[0].0);
+        fetch(batch, &mut |mut piece: &[u8]| {
+            while !piece.is_empty() {
+                let Some(&(_, end)) = batch.get(run) else {
+                    return Err(Error::corrupt("the server sent more than the ranges asked for"));
+                };
+                let n = piece.len().min(usize::try_from(end - at).unwrap_or(usize::MAX));
+                disk.write_all_at(&piece[..n], at).map_err(|e| Error::io("writing the disk", e))?;
+                at += n as u64;
+                piece = &piece[n..];
+                if at == end {
+                    run += 1;
+                    at = batch.get(run).map_or(end, |r| r.0);
+                }
             }
-            disk.write_all_at(piece, at).map_err(|e| Error::io("writing the disk", e))?;
-            at += piece.len() as u64;
             Ok(())
         })?;
-        if at != end {
-            return Err(Error::corrupt(format!("the server sent bytes {start}..{at} of {start}..{end}")));
+        if run != batch.len() {
+            return Err(Error::corrupt(format!("the server sent {run} of {} ranges", batch.len())));
         }
-        report.bytes_fetched += end - start;
-        report.bytes_written += end - start;
+        report.bytes_fetched += bytes;
+        report.bytes_written += bytes;
+        batch_start = batch_end;
     }
     disk.sync_data().map_err(|e| Error::io("flushing the disk", e))?;
-    for (offset, len, hash) in manifest.places() {
-        let (same, read) = holds_plain(disk, hash, offset, u64::from(len), &mut buf)?;
-        report.bytes_read += read;
-        if !same {
-            return Err(Error::corrupt(format!(
-                "after flashing, the disk at offset {offset} does not hold the image's chunk ({len} bytes)"
-            )));
-        }
+    let (same, read) = compare(&places, disk, &|_| {})?;
+    report.bytes_read += read;
+    if let Some(((offset, len, _), _)) = places.iter().zip(&same).find(|(_, ok)| !**ok) {
+        return Err(Error::corrupt(format!(
+            "after flashing, the disk at offset {offset} does not hold the image's chunk ({len} bytes)"
+        )));
     }
     Ok(report)
+}
+
+/// For each chunk, whether the disk holds it (unkeyed hash) — on every core, each worker a
+/// contiguous share of the disk so reads stay sequential; and the bytes read.
+fn compare(places: &[(u64, u32, [u8; 32])], disk: &File, progress: &(dyn Fn(u64) + Sync)) -> Result<(Vec<bool>, u64)> {
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).clamp(1, 8);
+    let share = places.len().div_ceil(workers).max(1);
+    let results: Vec<Result<(Vec<bool>, u64)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = places
+            .chunks(share)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut out = Vec::with_capacity(part.len());
+                    let mut read = 0;
+                    for (offset, len, hash) in part {
+                        let (same, n) = holds_plain(disk, hash, *offset, u64::from(*len), &mut buf)?;
+                        read += n;
+                        out.push(same);
+                        progress(u64::from(*len));
+                    }
+                    Ok((out, read))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::invalid("a comparing thread failed"))))
+            .collect()
+    });
+    let mut same = Vec::with_capacity(places.len());
+    let mut read = 0;
+    for r in results {
+        let (part, n) = r?;
+        same.extend(part);
+        read += n;
+    }
+    Ok((same, read))
 }
 
 /// Whether the disk holds a chunk with unkeyed hash `hash` at `offset`.

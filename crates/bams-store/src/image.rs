@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -463,12 +464,31 @@ impl OpenedImage {
         self.manifest.chunks.iter().zip(&self.layout).map(|((_, h), (id, _, _))| (*h, *id)).collect()
     }
 
-    /// Write bytes `start..end` of the disk to `out`. A chunk repeated back to back (the
-    /// zeros of a fresh disk) is read once.
+    /// Write the bytes of each `start..end` range of the disk to `out`, back to back (the delta
+    /// flash's batched fetch); every range must lie within the disk.
+    pub fn write_ranges(
+        &self,
+        repo: &Repository,
+        index: &MasterIndex,
+        cache: Option<&BlobCache>,
+        ranges: &[(u64, u64)],
+        out: &mut dyn Write,
+    ) -> Result<u64> {
+        let size = self.size();
+        if let Some((a, b)) = ranges.iter().find(|(a, b)| a >= b || *b > size) {
+            return Err(Error::invalid(format!("range {a}..{b} is not within the image's {size} bytes")));
+        }
+        ranges.iter().try_fold(0, |n, (a, b)| Ok(n + self.write_range(repo, index, cache, *a, *b, out)?))
+    }
+
+    /// Write bytes `start..end` of the disk to `out`. Chunks come from `cache` when it holds
+    /// them (machines flashing one version at once share the reads); a chunk repeated back to
+    /// back (the zeros of a fresh disk) is read once.
     pub fn write_range(
         &self,
         repo: &Repository,
         index: &MasterIndex,
+        cache: Option<&BlobCache>,
         start: u64,
         end: u64,
         out: &mut dyn Write,
@@ -478,16 +498,23 @@ impl OpenedImage {
             return Ok(0);
         }
         let first = self.layout.partition_point(|(_, off, len)| off + len <= start);
-        let mut last: Option<(Id, Vec<u8>)> = None;
+        let mut last: Option<(Id, Arc<Vec<u8>>)> = None;
         let mut written = 0u64;
         for (id, off, len) in &self.layout[first..] {
             if *off >= end {
                 break;
             }
-            if last.as_ref().is_none_or(|(l, _)| l != id) {
-                last = Some((*id, repo.read_blob(index, id)?));
-            }
-            let data = &last.as_ref().map(|(_, d)| d).ok_or_else(|| Error::invalid("no chunk"))?;
+            let data = match &last {
+                Some((l, d)) if l == id => d.clone(),
+                _ => {
+                    let d = match cache {
+                        Some(c) => c.get_or_read(id, || repo.read_blob(index, id))?,
+                        None => Arc::new(repo.read_blob(index, id)?),
+                    };
+                    last = Some((*id, d.clone()));
+                    d
+                }
+            };
             if data.len() as u64 != *len {
                 return Err(Error::corrupt(format!("chunk {} is not {len} bytes long", id.short())));
             }
@@ -500,14 +527,74 @@ impl OpenedImage {
     }
 }
 
+/// Plaintext chunks recently served, shared by everyone reading image versions: 20 machines
+/// flashing one version at once decrypt and decompress each chunk about once, not 20 times.
+/// Bounded by bytes; the least recently used go first.
+pub struct BlobCache {
+    budget: usize,
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    map: HashMap<Id, (Arc<Vec<u8>>, u64)>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl BlobCache {
+    /// A cache of at most `budget` bytes of chunks.
+    pub fn new(budget: usize) -> Self {
+        Self { budget, inner: std::sync::Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The chunk `id`, read with `read` unless cached.
+    pub fn get_or_read(&self, id: &Id, read: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+        {
+            let mut g = self.lock();
+            g.tick += 1;
+            let tick = g.tick;
+            if let Some((data, used)) = g.map.get_mut(id) {
+                *used = tick;
+                return Ok(data.clone());
+            }
+        }
+        let data = Arc::new(read()?);
+        let mut g = self.lock();
+        g.tick += 1;
+        let tick = g.tick;
+        if g.map.insert(*id, (data.clone(), tick)).is_none() {
+            g.bytes += data.len();
+        }
+        if g.bytes > self.budget {
+            // Drop the least recently used quarter of the budget at once (rarely, in bulk).
+            let mut by_age: Vec<(u64, Id, usize)> = g.map.iter().map(|(k, (d, t))| (*t, *k, d.len())).collect();
+            by_age.sort_unstable_by_key(|(t, _, _)| *t);
+            let target = self.budget / 4 * 3;
+            for (_, k, n) in by_age {
+                if g.bytes <= target {
+                    break;
+                }
+                g.map.remove(&k);
+                g.bytes -= n;
+            }
+        }
+        Ok(data)
+    }
+}
+
 /// The manifest of a disk as read from `reader`, cut with `c` (a machine syncing its disk
 /// back cuts exactly as the server would).
 pub fn manifest_of(reader: &mut dyn Read, c: ChunkerParams) -> Result<Manifest> {
     let mut m = Manifest::default();
-    let mut hasher_zero: HashMap<usize, PlainHash> = HashMap::new();
+    let mut zero_hashes: HashMap<usize, PlainHash> = HashMap::new();
     cut_stream(reader, c, |chunk| {
         let hash = if chunk.iter().all(|b| *b == 0) {
-            *hasher_zero.entry(chunk.len()).or_insert_with(|| *blake3::hash(chunk).as_bytes())
+            *zero_hashes.entry(chunk.len()).or_insert_with(|| *blake3::hash(chunk).as_bytes())
         } else {
             *blake3::hash(chunk).as_bytes()
         };

@@ -37,37 +37,29 @@ impl Conn {
         checked(r).await
     }
 
-    /// Bytes `start..end` of `path`, each piece handed to `sink` as it arrives.
+    /// The bytes of `ranges` of the version at `path` (`…/ranges`), back to back, each piece
+    /// handed to `sink` as it arrives.
     fn fetch(
         &self,
         path: &str,
-        start: u64,
-        end: u64,
+        ranges: &[(u64, u64)],
         sink: &mut dyn FnMut(&[u8]) -> bams_store::Result<()>,
     ) -> bams_store::Result<()> {
         let url = format!("{}{path}", self.server);
+        let transient = |e: String| bams_store::Error::new(bams_store::ErrorKind::Transient, e);
         self.rt.block_on(async {
             let r = self
                 .http
-                .get(&url)
+                .post(&url)
                 .bearer_auth(&self.token)
-                .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1))
+                .json(&json!({ "ranges": ranges }))
                 .send()
                 .await
-                .map_err(|e| {
-                    bams_store::Error::new(bams_store::ErrorKind::Transient, format!("fetching {url}: {e}"))
-                })?;
-            let r = checked(r)
-                .await
-                .map_err(|e| bams_store::Error::new(bams_store::ErrorKind::Transient, e.to_string()))?;
-            if r.status() != reqwest::StatusCode::PARTIAL_CONTENT {
-                return Err(bams_store::Error::corrupt(format!("{url}: the server ignored the byte range")));
-            }
+                .map_err(|e| transient(format!("fetching {url}: {e}")))?;
+            let r = checked(r).await.map_err(|e| transient(e.to_string()))?;
             let mut body = r.bytes_stream();
             while let Some(piece) = body.next().await {
-                let piece = piece.map_err(|e| {
-                    bams_store::Error::new(bams_store::ErrorKind::Transient, format!("reading {url}: {e}"))
-                })?;
+                let piece = piece.map_err(|e| transient(format!("reading {url}: {e}")))?;
                 sink(&piece)?;
             }
             Ok(())
@@ -129,7 +121,7 @@ pub fn run(out: Out, a: FlashArgs) -> Result<u8> {
                 None => (image.clone(), "latest".to_string()),
             };
             let base = format!("/api/v1/images/{uuid}/versions/{version}");
-            let report = rt.block_on(flash_disk(out, conn, &format!("{base}/manifest"), &base, &device))?;
+            let report = rt.block_on(flash_disk(out, conn, &base, &device))?;
             print_report(out, &report.0, &format!("{uuid}@{}", report.1))?;
             Ok(exit::OK)
         }
@@ -161,16 +153,10 @@ fn mapped(maps: &[(String, PathBuf)], disk: &str) -> PathBuf {
     maps.iter().find(|(f, _)| f == disk).map_or_else(|| PathBuf::from(disk), |(_, t)| t.clone())
 }
 
-/// Flash one disk from `manifest_path` and the raw bytes at `raw_path`; returns the report
-/// and the version number the server resolved.
-async fn flash_disk(
-    out: Out,
-    conn: Arc<Conn>,
-    manifest_path: &str,
-    raw_path: &str,
-    device: &Path,
-) -> Result<(FlashReport, i64)> {
-    let r = conn.get(manifest_path).await?;
+/// Flash one disk from the version at `base` (its `/manifest` and `/ranges`); returns the
+/// report and the version number the server resolved.
+async fn flash_disk(out: Out, conn: Arc<Conn>, base: &str, device: &Path) -> Result<(FlashReport, i64)> {
+    let r = conn.get(&format!("{base}/manifest")).await?;
     let version =
         r.headers().get("x-bams-version").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
     let manifest = Manifest::decode(&r.bytes().await?, u32::MAX)?;
@@ -182,12 +168,12 @@ async fn flash_disk(
         .with_context(|| format!("opening {}", device.display()))?;
     let bar = Bar::new(out, "flash");
     bar.set_total(manifest.size());
-    let raw = raw_path.to_string();
+    let ranges = format!("{base}/ranges");
     let started = Instant::now();
     let report = tokio::task::spawn_blocking(move || {
         let progress = |n: u64| bams_store::archiver::Progress::bytes(&*bar, n);
         let mut fetch =
-            |s: u64, e: u64, sink: &mut dyn FnMut(&[u8]) -> bams_store::Result<()>| conn.fetch(&raw, s, e, sink);
+            |r: &[(u64, u64)], sink: &mut dyn FnMut(&[u8]) -> bams_store::Result<()>| conn.fetch(&ranges, r, sink);
         let r = bams_store::flash::flash_manifest(&manifest, &disk, &mut fetch, &progress);
         bar.finish();
         r
@@ -291,8 +277,7 @@ async fn run_task(out: Out, conn: &Arc<Conn>, task: &Value, maps: &[(String, Pat
         report(conn, json!({"state": "flashing", "message": format!("flashing {} version {version} onto {}", d["name"], device.display())})).await?;
         let base = format!("/api/v1/boot/images/{uuid}/{version}");
         let started = Instant::now();
-        let (r, _) =
-            flash_disk(out, conn.clone(), &format!("{base}/manifest"), &format!("{base}/raw"), &device).await?;
+        let (r, _) = flash_disk(out, conn.clone(), &base, &device).await?;
         print_report(out, &r, &format!("{uuid}@{version}"))?;
         flashed.push(json!({"image": uuid, "version": version, "device": device.display().to_string(),
             "report": r, "seconds": started.elapsed().as_secs_f64()}));

@@ -21,7 +21,7 @@ struct Lab {
 impl Lab {
     fn start(catalog: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut env = vec![("BAMS_IMAGES_DEFAULT_SIZE", "8388608")];
+        let mut env = vec![("BAMS_IMAGES_DEFAULT_SIZE", "8388608"), ("BAMS_IMAGES_EXPIRE_EVERY_SECS", "1")];
         if let Some(c) = catalog {
             env.push(("BAMS_CATALOG", c));
         }
@@ -314,6 +314,27 @@ async fn image_users_manage_only_their_own_images() {
         lab.call(Some(&alice), Method::GET, &format!("/api/v1/images/{uuid}"), None).await.0,
         StatusCode::NOT_FOUND
     );
+    // A temporal image loses its versions at its expiry.
+    let tmp = lab
+        .ok(
+            &alice,
+            Method::POST,
+            "/api/v1/images",
+            Some(json!({"name": "scratch", "kind": "temporal", "size": 1048576, "expires_in_secs": 1})),
+        )
+        .await;
+    assert_eq!(tmp["versions"], 1);
+    let tmp_uuid = tmp["uuid"].as_str().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let v = lab.ok(&alice, Method::GET, &format!("/api/v1/images/{tmp_uuid}/versions"), None).await;
+        if v.as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the temporal image kept its versions: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(lab.bytes(Some(&alice), &format!("/image/{tmp_uuid}/latest")).await.0, StatusCode::NOT_FOUND);
     // Unknown machines register themselves and wait; accepted with nothing queued, local disk.
     let (script, token) = lab.boot("52:54:00:00:00:99").await;
     assert!(script.contains("waits for an administrator") && token.is_none(), "{script}");

@@ -402,6 +402,62 @@ fn parse_range(raw: &str, size: u64) -> Option<(u64, u64)> {
     (start < end && start < size).then_some((start, end))
 }
 
+/// Byte ranges of a version, for the delta flash.
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RangesRequest {
+    /// `[start, end)` pairs within the image, at most 4096.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// The most ranges one request may ask for.
+const MAX_RANGES: usize = 4096;
+
+/// The bytes of many ranges of a version, back to back, as one stream.
+pub(crate) fn stream_ranges(data: VersionData, req: RangesRequest) -> ApiResult<Response> {
+    if req.ranges.is_empty() || req.ranges.len() > MAX_RANGES {
+        return Err(ApiError::bad_request(format!("ask for 1 to {MAX_RANGES} ranges")).at_field("ranges"));
+    }
+    let size = data.size();
+    let mut total = 0u64;
+    for (a, b) in &req.ranges {
+        if a >= b || *b > size {
+            return Err(ApiError::bad_request(format!("range {a}..{b} is not within the image's {size} bytes"))
+                .at_field("ranges"));
+        }
+        total += b - a;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut out = super::ChannelWriter::new(tx.clone());
+        let result = data.write_ranges(&req.ranges, &mut out).map_err(|e| std::io::Error::other(e.to_string()));
+        if let Err(e) = result.and_then(|_| std::io::Write::flush(&mut out)) {
+            tracing::warn!("image ranges stopped: {e}");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let mut r = axum::body::Body::from_stream(super::receiver_stream(rx)).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Ok(v) = HeaderValue::from_str(&total.to_string()) {
+        r.headers_mut().insert(header::CONTENT_LENGTH, v);
+    }
+    Ok(r)
+}
+
+/// Many byte ranges of a version in one answer, back to back: how `bams flash` fetches the
+/// runs of chunks a disk lacks (a read, though a POST: the list can be long).
+#[utoipa::path(post, path = "/api/v1/images/{uuid}/versions/{version}/ranges", tag = "images", params(("uuid" = String, Path), ("version" = String, Path)), request_body = RangesRequest, responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>)))]
+pub async fn version_ranges(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((uuid, version)): Path<(String, String)>,
+    Json(req): Json<RangesRequest>,
+) -> ApiResult<Response> {
+    let image = image_by_uuid(&st, &uuid).await?;
+    require_image(&caller, &image, Need::Read)?;
+    stream_ranges(st.images.open_version(&image, version_param(&version)?).await?, req)
+}
+
 /// A version's chunk manifest (binary: `BAMSIMG1`, chunk count, then each chunk's length and
 /// unkeyed BLAKE3), for flashing with ranges.
 #[utoipa::path(get, path = "/api/v1/images/{uuid}/versions/{version}/manifest", tag = "images", params(("uuid" = String, Path), ("version" = String, Path)), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>)))]

@@ -402,6 +402,18 @@ pub async fn boot_raw(
     Ok(stream_version(st.images.open_version(&image, Some(number)).await?, &image.uuid, &headers))
 }
 
+/// Many byte ranges of a version for the flashing machine (boot token).
+#[utoipa::path(post, path = "/api/v1/boot/images/{uuid}/{version}/ranges", tag = "boot", params(("uuid" = String, Path), ("version" = i64, Path)), request_body = super::images::RangesRequest, responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>)), security(("bearer" = [])))]
+pub async fn boot_ranges(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path((uuid, version)): Path<(String, String)>,
+    Json(req): Json<super::images::RangesRequest>,
+) -> ApiResult<Response> {
+    let (_, image, number) = boot_image(&st, &headers, &uuid, &version, false).await?;
+    super::images::stream_ranges(st.images.open_version(&image, Some(number)).await?, req)
+}
+
 /// Which chunks of the machine's disk a sync back must send: the body is the disk's
 /// manifest; the answer lists chunk indexes (boot token).
 #[utoipa::path(post, path = "/api/v1/boot/images/{uuid}/{version}/needed", tag = "boot", params(("uuid" = String, Path), ("version" = i64, Path)), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, body = Needed)), security(("bearer" = [])))]

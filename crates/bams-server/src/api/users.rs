@@ -20,6 +20,9 @@ pub struct NewUser {
     pub password: String,
     /// Role.
     pub role: Role,
+    /// E-mail address.
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 /// Changes to a user.
@@ -36,6 +39,8 @@ pub struct UserPatch {
     pub current_password: Option<String>,
     /// `false` turns the user's TOTP second factor off (an admin, for a lost device).
     pub totp: Option<bool>,
+    /// E-mail address (empty clears it).
+    pub email: Option<String>,
 }
 
 /// List users.
@@ -53,7 +58,18 @@ pub async fn create_user(
     Json(u): Json<NewUser>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     caller.require_on(Privs::SYS_ADMIN, "/system")?;
-    Ok((StatusCode::CREATED, Json(st.catalog.create_user(&u.username, &u.password, u.role).await?)))
+    let user = st.catalog.create_user(&u.username, &u.password, u.role).await?;
+    let user = match u.email.as_deref().filter(|e| !e.is_empty()) {
+        Some(e) => match st.catalog.set_email(user.id, Some(e)).await {
+            Ok(user) => user,
+            Err(err) => {
+                let _ = st.catalog.delete_user(user.id).await;
+                return Err(ApiError::from(err).at_field("email"));
+            }
+        },
+        None => user,
+    };
+    Ok((StatusCode::CREATED, Json(user)))
 }
 
 /// One user (admins, or yourself).
@@ -74,6 +90,7 @@ pub async fn update_user(
     Json(p): Json<UserPatch>,
 ) -> ApiResult<Json<User>> {
     let own_password_only = caller.user.id == id && p.role.is_none() && p.disabled.is_none() && p.totp.is_none();
+    // Everyone may set their own e-mail address along with their password.
     if !own_password_only {
         caller.require_on(Privs::SYS_ADMIN, "/system")?;
     }
@@ -99,6 +116,12 @@ pub async fn update_user(
             st.auth_cache.clear();
         }
         None => {}
+    }
+    if let Some(e) = &p.email {
+        st.catalog
+            .set_email(id, Some(e.as_str()).filter(|e| !e.is_empty()))
+            .await
+            .map_err(|e| ApiError::from(e).at_field("email"))?;
     }
     Ok(Json(st.catalog.update_user(id, p.role, p.disabled).await?))
 }

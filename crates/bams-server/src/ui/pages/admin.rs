@@ -51,7 +51,7 @@ pub async fn users(State(st): State<AppState>, ctx: Ctx) -> Response {
                 username: u.username,
             })
             .collect();
-        ApiResult::Ok(UsersPage { frame: ctx.frame("Users"), users, roles: &["admin", "operator", "viewer"] })
+        ApiResult::Ok(UsersPage { frame: ctx.frame("Users"), users, roles: &["admin", "operator", "viewer", "user"] })
     };
     respond(build.await)
 }
