@@ -65,18 +65,7 @@ if [ ! -f "$BENCH_DIR/.ready" ]; then
   umount "$mnt"; rmdir "$mnt"
   touch "$BENCH_DIR/.ready"
 fi
-CHANGED=$(python3 - "$IMG1" "$IMG2" <<'PY'
-import sys
-a, b = open(sys.argv[1], 'rb'), open(sys.argv[2], 'rb')
-n = 0
-while True:
-    x, y = a.read(1 << 20), b.read(1 << 20)
-    if not x and not y: break
-    for i in range(0, max(len(x), len(y)), 4096):
-        if x[i:i+4096] != y[i:i+4096]: n += 4096
-print(n)
-PY
-)
+CHANGED=$(python3 bench/changed_blocks.py "$IMG1" "$IMG2")
 IMG_BYTES=$(stat -c %s "$IMG1")
 SUM2=$(sha256sum "$IMG2" | cut -d' ' -f1)
 echo "dataset: $(mib "$IMG_BYTES") image, $(du -sm "$IMG1" | cut -f1) MiB used; v2 changes $(mib "$CHANGED") in 4 KiB blocks"

@@ -46,18 +46,7 @@ if [ ! -f "$BENCH_DIR/.image-ready" ]; then
   touch "$BENCH_DIR/.image-ready"
 fi
 # Bytes that really changed between the image versions: differing 4 KiB blocks.
-CHANGED=$(python3 - "$IMG1" "$IMG2" <<'PY'
-import sys
-a, b = open(sys.argv[1], 'rb'), open(sys.argv[2], 'rb')
-n = 0
-while True:
-    x, y = a.read(1 << 20), b.read(1 << 20)
-    if not x and not y: break
-    for i in range(0, max(len(x), len(y)), 4096):
-        if x[i:i+4096] != y[i:i+4096]: n += 4096
-print(n)
-PY
-)
+CHANGED=$(python3 bench/changed_blocks.py "$IMG1" "$IMG2")
 # Change 2% of the tree's files for the incremental step (on a copy, so reruns start equal).
 MOD=$BENCH_DIR/tree-mod
 rm -rf "$MOD"; cp -a "$DATA" "$MOD"

@@ -107,6 +107,8 @@ for f in manifest.json index.html bams.js bams.css favicon.svg; do
 done
 grep -q 'content="/run/bams/api.sock"' "$root/usr/share/cockpit/bams/index.html" || fail "the plugin does not name the socket"
 say "local socket answers root as admin; Cockpit plugin installed in /usr/share/cockpit/bams"
+[ -x "$root/usr/share/bams/build-netboot.sh" ] || fail "the package lacks build-netboot.sh"
+bash -n "$root/usr/share/bams/build-netboot.sh" || fail "build-netboot.sh does not parse"
 api() { curl -fsS --cacert "$root/etc/bams/tls/cert.pem" -H "Authorization: Bearer $token" -H 'content-type: application/json' "$@"; }
 password="$(cat "$root/var/lib/bams/initial-admin-password")"
 token="$(curl -fsS --cacert "$root/etc/bams/tls/cert.pem" -H 'content-type: application/json' \

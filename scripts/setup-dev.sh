@@ -71,6 +71,20 @@ install_missing() {
 }
 install_missing "${missing[@]}"
 
+# bookworm-backports as an apt source (once): where a preinstalled backported qemu-utils came
+# from, so its companions can come from there too.
+add_backports() {
+  [ -e /etc/apt/sources.list.d/bams-bookworm-backports.sources ] && return 0
+  cat >/etc/apt/sources.list.d/bams-bookworm-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  apt-get update -qq
+}
+
 # qemu-img must speak iSCSI (the iSCSI tests read LUNs with it). It does through the
 # block-iscsi module of qemu-block-extra, whose version must equal qemu-utils' exactly:
 # bookworm's 7.2 cannot go beside a preinstalled newer qemu-utils (a backport), so take the
@@ -85,18 +99,9 @@ if ! qemu_iscsi_ok; then
   want="$(dpkg-query -W -f='${Version}' qemu-utils)"
   if ! apt-cache madison qemu-block-extra | awk '{print $3}' | grep -qxF "$want"; then
     case "$want" in
-      *~bpo12*)
-        # The preinstalled qemu-utils is a bookworm backport: add that suite (apt never picks
-        # a backport unless asked by version, as below).
-        cat >/etc/apt/sources.list.d/bams-bookworm-backports.sources <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-        apt-get update -qq
-        ;;
+      # The preinstalled qemu-utils is a bookworm backport: add that suite (apt never picks
+      # a backport unless asked by version, as below).
+      *~bpo12*) add_backports ;;
     esac
   fi
   apt-get install -y -qq --no-install-recommends "qemu-block-extra=$want" >/dev/null ||
@@ -111,16 +116,7 @@ if ! installed qemu-system-x86; then
   want="$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)"
   case "$want" in
     *~bpo12*)
-      [ -e /etc/apt/sources.list.d/bams-bookworm-backports.sources ] || {
-        cat >/etc/apt/sources.list.d/bams-bookworm-backports.sources <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-        apt-get update -qq
-      }
+      add_backports
       apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null ||
         { echo "setup-dev.sh: cannot install qemu-system-x86 from bookworm-backports next to qemu-utils $want" >&2; exit 1; }
       ;;

@@ -211,7 +211,7 @@ pub struct ImageService {
 }
 
 /// Plaintext chunks kept for concurrent readers of the same versions.
-const CHUNK_CACHE_BYTES: usize = 256 << 20;
+const CHUNK_CACHE_BYTES: usize = 128 << 20;
 
 /// How long an index read stays fresh for versions written by another server.
 const INDEX_TTL: Duration = Duration::from_secs(30);

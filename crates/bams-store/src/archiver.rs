@@ -24,7 +24,7 @@ use crate::pack::BlobKind;
 use crate::pipeline::{BlobWriter, PipelineOptions};
 use crate::repo::{ChunkerParams, Repository};
 use crate::snapshot::{Snapshot, SnapshotEntry, Summary};
-use crate::tree::{Node, NodeKind, RawName, Tree};
+use crate::tree::{Node, NodeKind, Tree};
 
 /// Callbacks for progress display; all optional.
 pub trait Progress: Send + Sync {
@@ -544,51 +544,20 @@ impl Walker<'_, '_, '_> {
         reader: &mut dyn Read,
         c: ChunkerParams,
     ) -> std::result::Result<(Vec<Id>, u64), ChunkError> {
-        // Read in large slices even when chunks are small (image mode): fewer syscalls.
-        let cap = (2 * c.max_size as usize).max(4 << 20);
         let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(cap, 0);
-        let result = (|| {
-            let mut content = Vec::new();
-            let mut size = 0u64;
-            let mut filled = 0usize;
-            let mut eof = false;
-            loop {
-                while !eof && filled < cap {
-                    match reader.read(&mut buf[filled..]) {
-                        Ok(0) => eof = true,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(ChunkError::Read(e.to_string())),
-                    }
-                }
-                if filled == 0 {
-                    break;
-                }
-                let mut consumed = 0usize;
-                for chunk in fastcdc::v2020::FastCDC::new(&buf[..filled], c.min_size, c.avg_size, c.max_size) {
-                    let end = chunk.offset + chunk.length;
-                    if end == filled && !eof {
-                        break; // may continue past the buffer: cut again after refilling
-                    }
-                    let data = buf[chunk.offset..end].to_vec();
-                    let id = self.writer.add(BlobKind::Data, data).map_err(ChunkError::Store)?;
-                    content.push(id);
-                    size += chunk.length as u64;
-                    self.summary.bytes_read += chunk.length as u64;
-                    self.progress.bytes(chunk.length as u64);
-                    consumed = end;
-                }
-                buf.copy_within(consumed..filled, 0);
-                filled -= consumed;
-                if eof && filled == 0 {
-                    break;
-                }
-            }
-            Ok((content, size))
-        })();
+        let mut content = Vec::new();
+        let cut = crate::image::cut_stream(reader, c, &mut buf, |chunk| {
+            content.push(self.writer.add(BlobKind::Data, chunk.to_vec())?);
+            self.summary.bytes_read += chunk.len() as u64;
+            self.progress.bytes(chunk.len() as u64);
+            Ok(())
+        });
         self.buf = buf;
-        result
+        match cut {
+            Ok(size) => Ok((content, size)),
+            Err(crate::image::CutError::Read(e)) => Err(ChunkError::Read(e.to_string())),
+            Err(crate::image::CutError::Each(e)) => Err(ChunkError::Store(e)),
+        }
     }
 
     fn stdin_tree(&mut self, reader: &mut dyn Read, name: &str) -> Result<Id> {
@@ -602,29 +571,11 @@ impl Walker<'_, '_, '_> {
         };
         self.summary.files_new += 1;
         self.summary.total_bytes += size;
-        let uid = nix::unistd::getuid().as_raw();
-        let gid = nix::unistd::getgid().as_raw();
         let node = Node {
-            name: RawName(name.as_bytes().to_vec()),
-            kind: NodeKind::File,
-            mode: 0o600,
-            uid,
-            gid,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
             user: Some(crate::host::username()),
-            group: None,
-            size,
-            mtime_ns: now,
-            atime_ns: now,
-            ctime_ns: now,
-            inode: 0,
-            device_id: 0,
-            links: 1,
-            rdev: None,
-            link_target: None,
-            content,
-            subtree: None,
-            xattrs: Vec::new(),
-            sparse: false,
+            ..Node::plain_file(name, content, size, now)
         };
         self.save_tree(Tree { nodes: vec![node] })
     }

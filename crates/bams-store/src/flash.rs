@@ -49,8 +49,9 @@ pub fn layout(index: &MasterIndex, content: &[Id]) -> Result<Vec<(Id, u64, u64)>
         .collect()
 }
 
-/// Whether the disk already holds chunk `id` at `offset` (a short read means no).
-fn holds(repo: &Repository, disk: &File, id: &Id, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(bool, u64)> {
+/// Read the `len` bytes at `offset` into `buf`; `None` when the disk ends first (it then
+/// holds no chunk there). Returns the bytes read either way.
+fn read_chunk(disk: &File, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(bool, u64)> {
     buf.resize(usize::try_from(len).map_err(|_| Error::invalid("chunk too large"))?, 0);
     let mut got = 0usize;
     while got < buf.len() {
@@ -61,7 +62,13 @@ fn holds(repo: &Repository, disk: &File, id: &Id, offset: u64, len: u64, buf: &m
             Err(e) => return Err(Error::io("reading the disk", e)),
         }
     }
-    Ok((repo.key().blob_id(buf) == *id, got as u64))
+    Ok((true, got as u64))
+}
+
+/// Whether the disk already holds chunk `id` at `offset` (a short read means no).
+fn holds(repo: &Repository, disk: &File, id: &Id, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(bool, u64)> {
+    let (whole, read) = read_chunk(disk, offset, len, buf)?;
+    Ok((whole && repo.key().blob_id(buf) == *id, read))
 }
 
 /// Make `disk` hold the image whose chunks are `content`, writing only what differs, then
@@ -234,15 +241,6 @@ fn compare(places: &[(u64, u32, [u8; 32])], disk: &File, progress: &(dyn Fn(u64)
 
 /// Whether the disk holds a chunk with unkeyed hash `hash` at `offset`.
 fn holds_plain(disk: &File, hash: &[u8; 32], offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(bool, u64)> {
-    buf.resize(usize::try_from(len).map_err(|_| Error::invalid("chunk too large"))?, 0);
-    let mut got = 0usize;
-    while got < buf.len() {
-        match disk.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => return Ok((false, got as u64)),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("reading the disk", e)),
-        }
-    }
-    Ok((blake3::hash(buf).as_bytes() == hash, got as u64))
+    let (whole, read) = read_chunk(disk, offset, len, buf)?;
+    Ok((whole && blake3::hash(buf).as_bytes() == hash, read))
 }

@@ -22,7 +22,7 @@ use crate::pack::BlobKind;
 use crate::pipeline::{BlobWriter, PipelineOptions};
 use crate::repo::{ChunkerParams, Repository};
 use crate::snapshot::{Snapshot, SnapshotEntry, Summary};
-use crate::tree::{Node, NodeKind, RawName, Tree};
+use crate::tree::{Node, NodeKind, Tree};
 
 /// Name of the disk file in a version's snapshot.
 pub const DISK: &str = "disk.img";
@@ -158,7 +158,7 @@ pub fn store_stream(
         let mut hasher = Hasher::new();
         let mut content = Vec::new();
         let mut manifest = Manifest::default();
-        cut_stream(reader, params, |chunk| {
+        cut(reader, params, |chunk| {
             let (id, plain) = hasher.hash(repo, chunk);
             if !writer.has(&id) {
                 writer.add_with_id(BlobKind::Data, id, chunk.to_vec())?;
@@ -305,9 +305,9 @@ fn write_version(
             manifest_content.push(writer.add(BlobKind::Data, data)?);
         }
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-        let mut disk = file_node(DISK, content, size, now);
+        let mut disk = Node::plain_file(DISK, content, size, now);
         disk.sparse = true;
-        let listing = file_node(MANIFEST, manifest_content, manifest_bytes.len() as u64, now);
+        let listing = Node::plain_file(MANIFEST, manifest_content, manifest_bytes.len() as u64, now);
         let mut root = Tree { nodes: vec![disk, listing] };
         root.sort();
         let tree = writer.add(BlobKind::Tree, root.encode()?)?;
@@ -346,40 +346,26 @@ fn write_version(
     Ok(StoredImage { id, size, chunks, bytes_added })
 }
 
-fn file_node(name: &str, content: Vec<Id>, size: u64, now: i64) -> Node {
-    Node {
-        name: RawName(name.as_bytes().to_vec()),
-        kind: NodeKind::File,
-        mode: 0o600,
-        uid: 0,
-        gid: 0,
-        user: None,
-        group: None,
-        size,
-        mtime_ns: now,
-        atime_ns: now,
-        ctime_ns: now,
-        inode: 0,
-        device_id: 0,
-        links: 1,
-        rdev: None,
-        link_target: None,
-        content,
-        subtree: None,
-        xattrs: Vec::new(),
-        sparse: false,
-    }
+/// Why cutting a stream stopped: its reader failed, or what was done with a chunk.
+pub(crate) enum CutError<E> {
+    /// Reading the stream failed.
+    Read(std::io::Error),
+    /// The chunk callback failed.
+    Each(E),
 }
 
 /// Cut a stream into content-defined chunks with `c`, calling `each` with every chunk in
-/// order. Reads large slices (fewer syscalls when chunks are small).
-pub(crate) fn cut_stream(
+/// order; returns the bytes cut. Reads large slices into `buf` (kept by the caller across
+/// files: a fresh multi-MiB buffer per small file would dominate a tree backup), so there are
+/// few syscalls even when chunks are small.
+pub(crate) fn cut_stream<E>(
     reader: &mut dyn Read,
     c: ChunkerParams,
-    mut each: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<u64> {
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(&[u8]) -> std::result::Result<(), E>,
+) -> std::result::Result<u64, CutError<E>> {
     let cap = (2 * c.max_size as usize).max(4 << 20);
-    let mut buf = vec![0u8; cap];
+    buf.resize(cap, 0);
     let mut filled = 0usize;
     let mut eof = false;
     let mut total = 0u64;
@@ -389,7 +375,7 @@ pub(crate) fn cut_stream(
                 Ok(0) => eof = true,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::invalid(format!("reading the image: {e}"))),
+                Err(e) => return Err(CutError::Read(e)),
             }
         }
         if filled == 0 {
@@ -401,7 +387,7 @@ pub(crate) fn cut_stream(
             if end == filled && !eof {
                 break; // may continue past the buffer: cut again after refilling
             }
-            each(&buf[chunk.offset..end])?;
+            each(&buf[chunk.offset..end]).map_err(CutError::Each)?;
             total += chunk.length as u64;
             consumed = end;
         }
@@ -411,6 +397,15 @@ pub(crate) fn cut_stream(
             return Ok(total);
         }
     }
+}
+
+/// [`cut_stream`] with the engine's errors: a read failure is invalid input (a truncated
+/// upload), a callback failure passes through.
+fn cut(reader: &mut dyn Read, c: ChunkerParams, each: impl FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+    cut_stream(reader, c, &mut Vec::new(), each).map_err(|e| match e {
+        CutError::Read(e) => Error::invalid(format!("reading the image: {e}")),
+        CutError::Each(e) => e,
+    })
 }
 
 /// A stored version, opened for reading.
@@ -592,7 +587,7 @@ impl BlobCache {
 pub fn manifest_of(reader: &mut dyn Read, c: ChunkerParams) -> Result<Manifest> {
     let mut m = Manifest::default();
     let mut zero_hashes: HashMap<usize, PlainHash> = HashMap::new();
-    cut_stream(reader, c, |chunk| {
+    cut(reader, c, |chunk| {
         let hash = if chunk.iter().all(|b| *b == 0) {
             *zero_hashes.entry(chunk.len()).or_insert_with(|| *blake3::hash(chunk).as_bytes())
         } else {

@@ -165,6 +165,35 @@ pub struct Tree {
     pub nodes: Vec<Node>,
 }
 
+impl Node {
+    /// A regular file made by BAMS itself (a stream, an image version's parts): mode 0600,
+    /// owned by root, all times `now_ns`.
+    pub fn plain_file(name: &str, content: Vec<Id>, size: u64, now_ns: i64) -> Self {
+        Self {
+            name: RawName(name.as_bytes().to_vec()),
+            kind: NodeKind::File,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            user: None,
+            group: None,
+            size,
+            mtime_ns: now_ns,
+            atime_ns: now_ns,
+            ctime_ns: now_ns,
+            inode: 0,
+            device_id: 0,
+            links: 1,
+            rdev: None,
+            link_target: None,
+            content,
+            subtree: None,
+            xattrs: Vec::new(),
+            sparse: false,
+        }
+    }
+}
+
 impl Tree {
     /// Serialize to the blob plaintext.
     pub fn encode(&self) -> Result<Vec<u8>> {

@@ -12,7 +12,7 @@ use bams_images::CreateImage;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::images::{image_by_uuid, owner_for, require_image, stream_version, upload_stream, version_param, Need};
+use super::images::{image_by_uuid, owner_for, require_image, upload_stream, version_param, Need};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, Json, Path};
 use crate::policy::Privs;
@@ -172,10 +172,7 @@ pub async fn download(
     Path((uuid, version)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let image = image_by_uuid(&st, &uuid).await?;
-    require_image(&caller, &image, Need::Read)?;
-    let data = st.images.open_version(&image, version_param(&version)?).await?;
-    Ok(stream_version(data, &image.uuid, &headers))
+    super::images::download_version(State(st), caller, Path((uuid, version)), headers).await
 }
 
 /// Upload a new version as the multipart part `file`; answers `Successfully uploaded image:
