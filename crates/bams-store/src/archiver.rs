@@ -455,7 +455,13 @@ impl Walker<'_, '_, '_> {
     /// and zero runs are restored as holes.
     fn image_content(&mut self, path: &Path, node: &mut Node) -> Result<bool> {
         node.sparse = true;
-        if !self.read_content(path, node, self.repo.config().image_chunker)? {
+        let regular = fs::metadata(path).is_ok_and(|m| m.is_file());
+        let read = if regular {
+            self.read_sparse_content(path, node)?
+        } else {
+            self.read_content(path, node, self.repo.config().image_chunker)?
+        };
+        if !read {
             return Ok(false);
         }
         self.summary.total_bytes += node.size;
@@ -534,6 +540,67 @@ impl Walker<'_, '_, '_> {
                 Ok(false)
             }
             Err(ChunkError::Store(e)) => Err(e),
+        }
+    }
+
+    /// Chunk a disk image file without reading its holes (`image::cut_sparse_file`: the same
+    /// chunks as reading it whole); read errors skip the file with a warning.
+    fn read_sparse_content(&mut self, path: &Path, node: &mut Node) -> Result<bool> {
+        if self.progress.cancelled() {
+            return Err(Error::new(crate::ErrorKind::Cancelled, "backup cancelled"));
+        }
+        self.progress.file(path);
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn(format!("{}: {e}", path.display()));
+                return Ok(false);
+            }
+        };
+        let c = self.repo.config().image_chunker;
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut content = Vec::new();
+        let mut zero_id: Option<(u64, Id)> = None;
+        let cut = crate::image::cut_sparse_file(&file, c, &mut buf, |piece| {
+            match piece {
+                crate::image::Piece::Data(chunk) => {
+                    content.push(self.writer.add(BlobKind::Data, chunk.to_vec())?);
+                    self.summary.bytes_read += chunk.len() as u64;
+                    self.progress.bytes(chunk.len() as u64);
+                }
+                crate::image::Piece::Zeros { len, count } => {
+                    let id = match zero_id {
+                        Some((l, id)) if l == len => id,
+                        _ => {
+                            let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                            let id = self.repo.key().blob_id(&zeros);
+                            if !self.writer.has(&id) {
+                                self.writer.add_with_id(BlobKind::Data, id, zeros)?;
+                            }
+                            zero_id = Some((len, id));
+                            id
+                        }
+                    };
+                    content.extend(std::iter::repeat_n(id, usize::try_from(count).unwrap_or(0)));
+                    self.summary.bytes_read += len * count;
+                    self.progress.bytes(len * count);
+                }
+            }
+            Ok(())
+        });
+        self.buf = buf;
+        match cut {
+            Ok(size) => {
+                node.content = content;
+                node.size = size;
+                self.progress.file_done();
+                Ok(true)
+            }
+            Err(crate::image::CutError::Read(e)) => {
+                self.warn(format!("{}: read error: {e}", path.display()));
+                Ok(false)
+            }
+            Err(crate::image::CutError::Each(e)) => Err(e),
         }
     }
 

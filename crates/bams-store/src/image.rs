@@ -178,10 +178,8 @@ pub fn store_stream(
 /// [`store_stream`] of the zeros would store.
 pub fn store_zeros(repo: &Repository, size: u64, meta: VersionMeta) -> Result<StoredImage> {
     let c = repo.config().image_chunker;
-    let probe = vec![0u8; 2 * c.max_size as usize + 1];
-    let period = fastcdc::v2020::FastCDC::new(&probe, c.min_size, c.avg_size, c.max_size)
-        .next()
-        .map_or(c.max_size as u64, |ch| ch.length as u64);
+    let period = zero_period(c);
+    let probe = vec![0u8; period as usize];
     write_version(repo, meta, |writer| {
         let mut hasher = Hasher::new();
         let mut content = Vec::new();
@@ -397,6 +395,126 @@ pub(crate) fn cut_stream<E>(
             return Ok(total);
         }
     }
+}
+
+/// The length FastCDC cuts a long run of zeros at, from a chunk start: every chunk of the
+/// run but the last has this length.
+pub(crate) fn zero_period(c: ChunkerParams) -> u64 {
+    let probe = vec![0u8; 2 * c.max_size as usize + 1];
+    fastcdc::v2020::FastCDC::new(&probe, c.min_size, c.avg_size, c.max_size)
+        .next()
+        .map_or(u64::from(c.max_size), |ch| ch.length as u64)
+}
+
+/// The data extents of a file (`SEEK_DATA`/`SEEK_HOLE`), `[start, end)` in order; the whole
+/// file when the filesystem cannot say.
+fn data_extents(file: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut at = 0i64;
+    let size_i = i64::try_from(size).unwrap_or(i64::MAX);
+    while at < size_i {
+        let data = match lseek(file.as_raw_fd(), at, Whence::SeekData) {
+            Ok(d) => d,
+            // Only a hole remains.
+            Err(nix::errno::Errno::ENXIO) => break,
+            // No hole support here: read it all.
+            Err(_) => return vec![(0, size)],
+        };
+        let hole = lseek(file.as_raw_fd(), data, Whence::SeekHole).unwrap_or(size_i).min(size_i);
+        if hole <= data {
+            break;
+        }
+        out.push((data as u64, hole as u64));
+        at = hole;
+    }
+    out
+}
+
+/// What [`cut_sparse_file`] hands on: a chunk read, or `count` zero chunks of `len` bytes
+/// known without reading.
+pub(crate) enum Piece<'a> {
+    /// A chunk's bytes.
+    Data(&'a [u8]),
+    /// Zero chunks.
+    Zeros {
+        /// Length of each.
+        len: u64,
+        /// How many.
+        count: u64,
+    },
+}
+
+/// Cut a regular file (a disk image) exactly as [`cut_stream`] would, without reading its
+/// holes: where a chunk starts inside a hole with at least one zero period left, the zero
+/// chunks up to the hole's end are known without reading ([`Piece::Zeros`]); only data
+/// extents and the zeros next to them are read and cut. Returns the bytes cut.
+pub(crate) fn cut_sparse_file<E>(
+    file: &std::fs::File,
+    c: ChunkerParams,
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(Piece<'_>) -> std::result::Result<(), E>,
+) -> std::result::Result<u64, CutError<E>> {
+    use std::os::unix::fs::FileExt;
+    let size = file.metadata().map_err(CutError::Read)?.len();
+    let extents = data_extents(file, size);
+    let period = zero_period(c);
+    let window = (2 * c.max_size as usize).max(4 << 20) as u64;
+    // The hole holding `at`, as its end, when `at` is in one.
+    let hole_end = |at: u64| -> Option<u64> {
+        let i = extents.partition_point(|(_, e)| *e <= at);
+        match extents.get(i) {
+            Some((s, _)) if *s <= at => None,
+            Some((s, _)) => Some(*s),
+            None => Some(size),
+        }
+    };
+    let mut start = 0u64;
+    while start < size {
+        if let Some(end) = hole_end(start) {
+            let k = (end - start) / period;
+            if k > 0 {
+                each(Piece::Zeros { len: period, count: k }).map_err(CutError::Each)?;
+                start += k * period;
+                continue;
+            }
+        }
+        // Materialize [start, stop): data read from the file, holes as zeros.
+        let stop = (start + window).min(size);
+        let len = (stop - start) as usize;
+        buf.clear();
+        buf.resize(len, 0);
+        let first = extents.partition_point(|(_, e)| *e <= start);
+        for (s, e) in extents[first..].iter().take_while(|(s, _)| *s < stop) {
+            let (a, b) = ((*s).max(start), (*e).min(stop));
+            file.read_exact_at(&mut buf[(a - start) as usize..(b - start) as usize], a).map_err(CutError::Read)?;
+        }
+        let eof = stop == size;
+        let mut consumed = 0usize;
+        for chunk in fastcdc::v2020::FastCDC::new(&buf[..len], c.min_size, c.avg_size, c.max_size) {
+            let end = chunk.offset + chunk.length;
+            if end == len && !eof {
+                break; // may continue past the window: cut again from its start
+            }
+            each(Piece::Data(&buf[chunk.offset..end])).map_err(CutError::Each)?;
+            consumed = end;
+            // A cut inside a long hole: let the fast path take the rest of it.
+            let at = start + end as u64;
+            if hole_end(at).is_some_and(|e| e - at >= period) {
+                break;
+            }
+        }
+        if consumed == 0 && !eof {
+            // Not one whole chunk in a window: cannot happen with windows ≥ 2 × max_size.
+            return Err(CutError::Read(std::io::Error::other("chunking window too small")));
+        }
+        start += consumed as u64;
+        if eof && consumed == len {
+            break;
+        }
+    }
+    Ok(size)
 }
 
 /// [`cut_stream`] with the engine's errors: a read failure is invalid input (a truncated

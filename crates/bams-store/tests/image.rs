@@ -158,3 +158,41 @@ fn the_manifest_flash_fetches_runs_of_differing_chunks() {
     assert!(opened.write_ranges(&f.repo, &index, None, &[(0, 10), (5, 5)], &mut Vec::new()).is_err());
     assert!(opened.write_ranges(&f.repo, &index, None, &[(0, (8 << 20) + 1)], &mut Vec::new()).is_err());
 }
+
+/// An image file's holes are skipped, not read, yet it is cut into exactly the chunks of the
+/// same bytes read whole: holes at the start, in the middle, at the end, data runs shorter
+/// and longer than a chunk, holes shorter than the zero period.
+#[test]
+fn a_sparse_image_is_cut_as_if_read_whole() {
+    use std::os::unix::fs::FileExt;
+    let f = common::fixture();
+    let path = f.dir.path().join("sparse.img");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(40 << 20).unwrap();
+    for (at, len, seed) in [
+        (1 << 20, 10_000usize, 1u64),
+        (5 << 20, 300_000, 2),
+        ((5 << 20) + 300_000 + 50_000, 3, 3),
+        (12 << 20, 4 << 20, 4),
+        ((20 << 20) + 4096, 200_000, 5),
+        ((40 << 20) - 5000, 5000, 6),
+    ] {
+        file.write_all_at(&bams_testkit::random_bytes(len, seed), at).unwrap();
+    }
+    drop(file);
+    let bytes = std::fs::read(&path).unwrap();
+    let whole = image::store_stream(&f.repo, &mut &bytes[..], meta(None), &|_| {}).unwrap();
+    let mut opts = bams_store::archiver::BackupOptions::paths(vec![path.clone()]);
+    opts.image = true;
+    let r = bams_store::archiver::backup(&f.repo, opts, &bams_store::archiver::NoProgress).unwrap();
+    let index = f.repo.load_index().unwrap();
+    let node = match bams_store::browse::lookup(&f.repo, &index, &r.snapshot.tree, &path.display().to_string()).unwrap()
+    {
+        bams_store::browse::Lookup::Node(n) => n,
+        bams_store::browse::Lookup::Root(_) => panic!("a file"),
+    };
+    let expected: Vec<bams_store::Id> =
+        image::open(&f.repo, &index, &whole.id.to_hex()).unwrap().layout.iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(node.size, 40 << 20);
+    assert_eq!(node.content, expected, "the same chunks as reading every byte");
+}
