@@ -186,6 +186,7 @@ pub fn backup(repo: &Repository, opts: BackupOptions, progress: &dyn Progress) -
             hardlinks: HashMap::new(),
             names: NameCache::default(),
             buf: Vec::new(),
+            prefetch: crate::prefetch::Prefetcher::start(prefetch_bytes()),
         };
         let root = match opts.source {
             Source::Stdin { mut reader, name } => walker.stdin_tree(&mut reader, &name),
@@ -260,6 +261,18 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Whether a file's metadata says it is the parent snapshot's `parent` unchanged (its
+/// content is then taken from the parent without reading, if its blobs are all stored).
+fn unchanged(parent: Option<&Node>, meta: &fs::Metadata) -> bool {
+    parent.is_some_and(|p| {
+        p.kind == NodeKind::File
+            && p.size == meta.len()
+            && p.mtime_ns == crate::fsmeta::ns(meta.mtime(), meta.mtime_nsec())
+            && p.ctime_ns == crate::fsmeta::ns(meta.ctime(), meta.ctime_nsec())
+            && p.inode == meta.ino()
+    })
+}
+
 /// Intermediate directories between `/` and the backup targets.
 #[derive(Default)]
 struct VirtualDir {
@@ -301,6 +314,13 @@ struct Walker<'a, 'scope, 'env> {
     hardlinks: HashMap<(u64, u64), Vec<Id>>,
     names: NameCache,
     buf: Vec<u8>,
+    prefetch: crate::prefetch::Prefetcher,
+}
+
+/// How far the prefetcher may run ahead of the walker, unless `BAMS_READAHEAD_MIB` says
+/// otherwise (0 turns it off; the benchmark compares settings with it).
+fn prefetch_bytes() -> u64 {
+    std::env::var("BAMS_READAHEAD_MIB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(128 << 20, |m| m << 20)
 }
 
 impl Walker<'_, '_, '_> {
@@ -383,20 +403,38 @@ impl Walker<'_, '_, '_> {
             }
         }
         names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        // Every entry's metadata first, so the files this directory will have read can be
+        // announced to the prefetcher before the first of them is opened.
+        let mut entries = Vec::with_capacity(names.len());
         for name in names {
             let child = path.join(&name);
-            let meta = match fs::symlink_metadata(&child) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.warn(format!("{}: {e}", child.display()));
-                    continue;
+            match fs::symlink_metadata(&child) {
+                Ok(meta) => {
+                    if !self.excluder.matches(&child, meta.is_dir()) {
+                        entries.push((name, child, meta));
+                    }
                 }
-            };
-            if self.excluder.matches(&child, meta.is_dir()) {
-                continue;
+                Err(e) => self.warn(format!("{}: {e}", child.display())),
             }
+        }
+        let to_read: Vec<bool> = entries
+            .iter()
+            .map(|(name, _, meta)| {
+                meta.is_file()
+                    && meta.len() > 0
+                    && !unchanged(parent.and_then(|t| t.find(name.as_encoded_bytes())), meta)
+            })
+            .collect();
+        self.prefetch.announce(
+            entries.iter().zip(&to_read).filter(|(_, r)| **r).map(|((_, child, meta), _)| (child.clone(), meta.len())),
+        );
+        for ((name, child, meta), read) in entries.into_iter().zip(to_read) {
             let parent_node = parent.and_then(|t| t.find(name.as_encoded_bytes()));
-            if let Some(node) = self.entry(&child, &name, &meta, parent_node, root_dev, false)? {
+            let node = self.entry(&child, &name, &meta, parent_node, root_dev, false);
+            if read {
+                self.prefetch.consumed(meta.len());
+            }
+            if let Some(node) = node? {
                 tree.nodes.push(node);
             }
         }

@@ -50,7 +50,8 @@ pub fn kind_of(meta: &Metadata) -> NodeKind {
     }
 }
 
-fn ns(secs: i64, nsec: i64) -> i64 {
+/// Seconds and nanoseconds as nanoseconds since the epoch, as nodes store times.
+pub(crate) fn ns(secs: i64, nsec: i64) -> i64 {
     secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 

@@ -45,6 +45,7 @@ pub mod index;
 pub mod lock;
 pub mod pack;
 pub mod pipeline;
+pub mod prefetch;
 pub mod prune;
 pub mod repo;
 pub mod restorer;
