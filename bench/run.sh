@@ -4,9 +4,11 @@
 # Dataset (built once under $BENCH_DIR, reused): a tree of real files (/usr/share + a Python
 # stdlib, ~1.4 GB, ~60k files) and a 3 GiB ext4 image on a loop device holding a copy of it;
 # image v2 = v1 with ~3% of its files overwritten in place.
-# Steps per tool: init, first tree backup, unchanged re-backup, re-backup after 2% of files
-# changed, image v1, image v2, full restore of the tree (checked byte-identical with diff -r),
-# repository size, peak RSS. Prints a table of times/sizes and bams/peer ratios.
+# Steps per tool: first tree backup with the page cache dropped (into a throwaway repository),
+# init, first tree backup warm, unchanged re-backup, re-backup after 2% of files changed,
+# image v1 and v2 (page cache dropped), full restore of the tree (checked byte-identical with
+# diff -r), repository size, peak RSS. Prints a table of times/sizes, bams/peer ratios and
+# issue 18's targets.
 #
 # Needs root (loop mount) and scripts/setup-dev.sh (restic, borgbackup, /usr/bin/time).
 # Usage: bench/run.sh            (BENCH_DIR=/var/tmp/bams-bench by default)
@@ -54,6 +56,7 @@ rm -rf "$MOD"; cp -a "$DATA" "$MOD"
 # The page cache here holds ~2.8 GB: warm the tree right before each tree step so every tool
 # reads it from memory. (GNU tar skips reading when writing to /dev/null, so use cat.)
 warm() { find "$1" -type f -print0 | xargs -0 cat > /dev/null; }
+cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 RESULTS=$BENCH_DIR/results.tsv
 : > "$RESULTS"
@@ -68,7 +71,17 @@ size_of() { du -sb "$1" | cut -f1; }
 
 run_tool() { # tool
   local tool=$1 repo=$BENCH_DIR/repo-$1 out=$BENCH_DIR/restore-$1
-  rm -rf "$repo" "$out"; mkdir -p "$out"
+  rm -rf "$repo" "$out" "$repo-cold"; mkdir -p "$out"
+  # A first backup as a nightly job meets its data: nothing in the page cache.
+  case $tool in
+    bams) "$BAMS" -q -r "$repo-cold" repo init >/dev/null; cold
+          measure bams tree0 "$BAMS" -q -r "$repo-cold" backup "$DATA" --host bench ;;
+    restic) restic -q -r "$repo-cold" init >/dev/null; cold
+            measure restic tree0 restic -q -r "$repo-cold" backup "$DATA" --host bench ;;
+    borg) borg init -e repokey "$repo-cold" >/dev/null 2>&1; cold
+          measure borg tree0 borg create "$repo-cold::t0" "$DATA" ;;
+  esac
+  rm -rf "$repo-cold"
   warm "$DATA"
   case $tool in
     bams)
@@ -97,6 +110,7 @@ run_tool() { # tool
   esac
   umount "$DATA"
   local before; before=$(size_of "$repo")
+  cold
   case $tool in
     bams) measure bams img1 "$BAMS" -q -r "$repo" backup --image "$IMG1" --host img ;;
     restic) measure restic img1 restic -q -r "$repo" backup "$IMG1" --host img ;;
@@ -106,6 +120,7 @@ run_tool() { # tool
   cp --sparse=always "$IMG2" "$BENCH_DIR/img-cur.img"
   # Same path for both versions so each tool sees "the same file, changed".
   mount --bind "$IMG2" "$IMG1"
+  cold
   case $tool in
     bams) measure bams img2 "$BAMS" -q -r "$repo" backup --image "$IMG1" --host img ;;
     restic) measure restic img2 restic -q -r "$repo" backup "$IMG1" --host img ;;
