@@ -440,6 +440,17 @@ fn machine_select(backend: crate::Backend) -> String {
     )
 }
 
+/// Give machine `id` the MAC address `mac` (which no other machine may have).
+async fn add_mac(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: i64, mac: &str) -> Result<()> {
+    let r = sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2)")
+        .bind(mac)
+        .bind(id)
+        .execute(&mut **tx)
+        .await;
+    named_conflict(r.map_err(Into::into), || format!("MAC address {mac} belongs to another machine"))?;
+    Ok(())
+}
+
 impl Catalog {
     // ---- images ----
 
@@ -688,12 +699,7 @@ impl Catalog {
         .await;
         let row = named_conflict(r.map_err(Into::into), || format!("a machine named {name:?} already exists"))?;
         let id: i64 = sqlx::Row::try_get(&row, 0)?;
-        let r = sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2)")
-            .bind(mac)
-            .bind(id)
-            .execute(&mut *tx)
-            .await;
-        named_conflict(r.map_err(Into::into), || format!("MAC address {mac} belongs to another machine"))?;
+        add_mac(&mut tx, id, mac).await?;
         sqlx::query("INSERT INTO machine_events (machine_id, time, state, message) VALUES ($1, $2, 'registered', $3)")
             .bind(id)
             .bind(now)
@@ -761,12 +767,7 @@ impl Catalog {
             }
             sqlx::query("DELETE FROM machine_macs WHERE machine_id = $1").bind(id).execute(&mut *tx).await?;
             for mac in macs {
-                let r = sqlx::query("INSERT INTO machine_macs (mac, machine_id) VALUES ($1, $2)")
-                    .bind(mac)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await;
-                named_conflict(r.map_err(Into::into), || format!("MAC address {mac} belongs to another machine"))?;
+                add_mac(&mut tx, id, mac).await?;
             }
         }
         tx.commit().await?;

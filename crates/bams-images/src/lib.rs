@@ -330,16 +330,8 @@ impl ImageService {
 
     /// Store a whole disk read from `body` as the image's next version (blocking reads on a
     /// worker thread; nothing is buffered beyond a few chunks). A body that fails midway
-    /// stores no version. `sent` is the bytes that crossed the network (0 if unknown: the
-    /// disk's size is used).
-    pub async fn upload(
-        &self,
-        image: &Image,
-        mut body: Box<dyn Read + Send>,
-        who: &str,
-        source: &str,
-        sent: u64,
-    ) -> Result<ImageVersion> {
+    /// stores no version.
+    pub async fn upload(&self, image: &Image, mut body: Box<dyn Read + Send>, who: &str) -> Result<ImageVersion> {
         let repo = self.repos.get(image.repository).await?;
         let parent = self.latest_snapshot(image).await?;
         let meta = version_meta(image, parent);
@@ -354,7 +346,8 @@ impl ImageService {
             Ok(stored)
         })
         .await?;
-        self.record(image, &stored, if sent == 0 { stored.size } else { sent }, source, who).await
+        // The whole disk crossed the network.
+        self.record(image, &stored, stored.size, "upload", who).await
     }
 
     async fn record(
@@ -406,53 +399,35 @@ impl ImageService {
                 .pop()
                 .ok_or_else(|| ImageError::NotFound(format!("a version of image {}", image.uuid)))?,
         };
-        let cached = self.lock_opened().get(&version.snapshot_id).cloned();
-        let (repo, index) = self.index(image.repository, false).await?;
-        let (repo, index) = match &cached {
-            Some(o) if o.layout.iter().all(|(id, _, _)| index.contains(id)) => (repo, index),
-            _ if cached.is_some() => self.index(image.repository, true).await?,
-            _ => (repo, index),
-        };
+        let snapshot = version.snapshot_id.clone();
+        let cached = self.lock_opened().get(&snapshot).cloned();
+        let (mut repo, mut index) = self.index(image.repository, false).await?;
         let opened = match cached {
-            Some(o) => o,
+            Some(opened) => {
+                // Our index predates chunks this version uses (written by another server):
+                // read it again.
+                if !opened.layout.iter().all(|(id, _, _)| index.contains(id)) {
+                    (repo, index) = self.index(image.repository, true).await?;
+                }
+                opened
+            }
             None => {
-                let (r, i, snap) = (repo.clone(), index.clone(), version.snapshot_id.clone());
-                let opened = match blocking(move || Ok(bams_store::image::open(&r, &i, &snap)?)).await {
-                    Ok(o) => o,
+                let opened = match open_snapshot(&repo, &index, &snapshot).await {
                     Err(ImageError::Store(e)) if e.kind() == bams_store::ErrorKind::NotFound => {
-                        // Written by another server after our index was read: read it again.
-                        let (repo2, index2) = self.index(image.repository, true).await?;
-                        let snap = version.snapshot_id.clone();
-                        return self.finish_open(
-                            version,
-                            repo2.clone(),
-                            index2.clone(),
-                            blocking(move || Ok(bams_store::image::open(&repo2, &index2, &snap)?)).await?,
-                        );
+                        (repo, index) = self.index(image.repository, true).await?;
+                        open_snapshot(&repo, &index, &snapshot).await?
                     }
-                    Err(e) => return Err(e),
+                    r => r?,
                 };
                 let opened = Arc::new(opened);
                 let mut cache = self.lock_opened();
                 if cache.len() > 64 {
                     cache.clear();
                 }
-                cache.insert(version.snapshot_id.clone(), opened.clone());
+                cache.insert(snapshot, opened.clone());
                 opened
             }
         };
-        Ok(VersionData { version, repo, index, opened, cache: self.chunks.clone() })
-    }
-
-    fn finish_open(
-        &self,
-        version: ImageVersion,
-        repo: Arc<Repository>,
-        index: Arc<MasterIndex>,
-        opened: OpenedImage,
-    ) -> Result<VersionData> {
-        let opened = Arc::new(opened);
-        self.lock_opened().insert(version.snapshot_id.clone(), opened.clone());
         Ok(VersionData { version, repo, index, opened, cache: self.chunks.clone() })
     }
 
@@ -814,6 +789,12 @@ impl Read for CountingReader {
         self.n.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
+}
+
+/// Open a version's snapshot on a blocking thread.
+async fn open_snapshot(repo: &Arc<Repository>, index: &Arc<MasterIndex>, snapshot: &str) -> Result<OpenedImage> {
+    let (repo, index, snapshot) = (repo.clone(), index.clone(), snapshot.to_string());
+    blocking(move || Ok(bams_store::image::open(&repo, &index, &snapshot)?)).await
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::exclude::PathMatcher;
 use crate::fsmeta::{node_from_metadata, NameCache};
 use crate::id::Id;
+use crate::image::{CutError, Piece};
 use crate::index::MasterIndex;
 use crate::pack::BlobKind;
 use crate::pipeline::{BlobWriter, PipelineOptions};
@@ -417,19 +418,17 @@ impl Walker<'_, '_, '_> {
                 Err(e) => self.warn(format!("{}: {e}", child.display())),
             }
         }
+        let parents: Vec<Option<&Node>> =
+            entries.iter().map(|(name, _, _)| parent.and_then(|t| t.find(name.as_encoded_bytes()))).collect();
         let to_read: Vec<bool> = entries
             .iter()
-            .map(|(name, _, meta)| {
-                meta.is_file()
-                    && meta.len() > 0
-                    && !unchanged(parent.and_then(|t| t.find(name.as_encoded_bytes())), meta)
-            })
+            .zip(&parents)
+            .map(|((_, _, meta), p)| meta.is_file() && meta.len() > 0 && !unchanged(*p, meta))
             .collect();
         self.prefetch.announce(
             entries.iter().zip(&to_read).filter(|(_, r)| **r).map(|((_, child, meta), _)| (child.clone(), meta.len())),
         );
-        for ((name, child, meta), read) in entries.into_iter().zip(to_read) {
-            let parent_node = parent.and_then(|t| t.find(name.as_encoded_bytes()));
+        for (((name, child, meta), read), parent_node) in entries.into_iter().zip(to_read).zip(parents) {
             let node = self.entry(&child, &name, &meta, parent_node, root_dev, false);
             if read {
                 self.prefetch.consumed(meta.len());
@@ -493,13 +492,9 @@ impl Walker<'_, '_, '_> {
     /// and zero runs are restored as holes.
     fn image_content(&mut self, path: &Path, node: &mut Node) -> Result<bool> {
         node.sparse = true;
+        // A regular file may have holes to skip; a block device has none to find.
         let regular = fs::metadata(path).is_ok_and(|m| m.is_file());
-        let read = if regular {
-            self.read_sparse_content(path, node)?
-        } else {
-            self.read_content(path, node, self.repo.config().image_chunker)?
-        };
-        if !read {
+        if !self.read_content(path, node, self.repo.config().image_chunker, regular)? {
             return Ok(false);
         }
         self.summary.total_bytes += node.size;
@@ -517,11 +512,7 @@ impl Walker<'_, '_, '_> {
     ) -> Result<bool> {
         self.summary.total_bytes += node.size;
         if let Some(p) = parent {
-            let same = p.kind == NodeKind::File
-                && p.size == node.size
-                && p.mtime_ns == node.mtime_ns
-                && p.ctime_ns == node.ctime_ns
-                && p.inode == node.inode
+            let same = unchanged(Some(p), meta)
                 && (p.size == 0 || !p.content.is_empty())
                 && p.content.iter().all(|id| self.writer.has(id));
             if same {
@@ -539,7 +530,7 @@ impl Walker<'_, '_, '_> {
             self.progress.file_done();
             return Ok(true);
         }
-        if !self.read_content(path, node, self.repo.config().chunker)? {
+        if !self.read_content(path, node, self.repo.config().chunker, false)? {
             return Ok(false);
         }
         if parent.is_some() {
@@ -553,8 +544,9 @@ impl Walker<'_, '_, '_> {
         Ok(true)
     }
 
-    /// Chunk a file or device into blobs. Read errors skip the file with a warning.
-    fn read_content(&mut self, path: &Path, node: &mut Node, chunker: ChunkerParams) -> Result<bool> {
+    /// Chunk a file or device into blobs (`sparse`: a disk image file whose holes are not
+    /// read, giving the same chunks). Read errors skip the file with a warning.
+    fn read_content(&mut self, path: &Path, node: &mut Node, chunker: ChunkerParams, sparse: bool) -> Result<bool> {
         if self.progress.cancelled() {
             return Err(Error::new(crate::ErrorKind::Cancelled, "backup cancelled"));
         }
@@ -566,55 +558,40 @@ impl Walker<'_, '_, '_> {
                 return Ok(false);
             }
         };
-        match self.chunk_stream(&mut file, chunker) {
+        let cut = if sparse { self.chunk_sparse(&file, chunker) } else { self.chunk_stream(&mut file, chunker) };
+        match cut {
             Ok((content, size)) => {
                 node.content = content;
                 node.size = size;
                 self.progress.file_done();
                 Ok(true)
             }
-            Err(ChunkError::Read(e)) => {
+            Err(CutError::Read(e)) => {
                 self.warn(format!("{}: read error: {e}", path.display()));
                 Ok(false)
             }
-            Err(ChunkError::Store(e)) => Err(e),
+            Err(CutError::Each(e)) => Err(e),
         }
     }
 
-    /// Chunk a disk image file without reading its holes (`image::cut_sparse_file`: the same
-    /// chunks as reading it whole); read errors skip the file with a warning.
-    fn read_sparse_content(&mut self, path: &Path, node: &mut Node) -> Result<bool> {
-        if self.progress.cancelled() {
-            return Err(Error::new(crate::ErrorKind::Cancelled, "backup cancelled"));
-        }
-        self.progress.file(path);
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                self.warn(format!("{}: {e}", path.display()));
-                return Ok(false);
-            }
-        };
-        let c = self.repo.config().image_chunker;
+    /// Cut a disk image file without reading its holes (`image::cut_sparse_file`) and queue
+    /// the chunks; the zero chunk is hashed once.
+    fn chunk_sparse(&mut self, file: &File, c: ChunkerParams) -> std::result::Result<(Vec<Id>, u64), CutError<Error>> {
         let mut buf = std::mem::take(&mut self.buf);
         let mut content = Vec::new();
         let mut zero_id: Option<(u64, Id)> = None;
-        let cut = crate::image::cut_sparse_file(&file, c, &mut buf, |piece| {
+        let cut = crate::image::cut_sparse_file(file, c, &mut buf, |piece| {
             match piece {
-                crate::image::Piece::Data(chunk) => {
+                Piece::Data(chunk) => {
                     content.push(self.writer.add(BlobKind::Data, chunk.to_vec())?);
                     self.summary.bytes_read += chunk.len() as u64;
                     self.progress.bytes(chunk.len() as u64);
                 }
-                crate::image::Piece::Zeros { len, count } => {
+                Piece::Zeros { len, count } => {
                     let id = match zero_id {
                         Some((l, id)) if l == len => id,
                         _ => {
-                            let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
-                            let id = self.repo.key().blob_id(&zeros);
-                            if !self.writer.has(&id) {
-                                self.writer.add_with_id(BlobKind::Data, id, zeros)?;
-                            }
+                            let id = self.writer.add(BlobKind::Data, vec![0u8; usize::try_from(len).unwrap_or(0)])?;
                             zero_id = Some((len, id));
                             id
                         }
@@ -627,19 +604,7 @@ impl Walker<'_, '_, '_> {
             Ok(())
         });
         self.buf = buf;
-        match cut {
-            Ok(size) => {
-                node.content = content;
-                node.size = size;
-                self.progress.file_done();
-                Ok(true)
-            }
-            Err(crate::image::CutError::Read(e)) => {
-                self.warn(format!("{}: read error: {e}", path.display()));
-                Ok(false)
-            }
-            Err(crate::image::CutError::Each(e)) => Err(e),
-        }
+        cut.map(|size| (content, size))
     }
 
     /// Cut a stream into content-defined chunks and queue them. The buffer is reused across
@@ -648,7 +613,7 @@ impl Walker<'_, '_, '_> {
         &mut self,
         reader: &mut dyn Read,
         c: ChunkerParams,
-    ) -> std::result::Result<(Vec<Id>, u64), ChunkError> {
+    ) -> std::result::Result<(Vec<Id>, u64), CutError<Error>> {
         let mut buf = std::mem::take(&mut self.buf);
         let mut content = Vec::new();
         let cut = crate::image::cut_stream(reader, c, &mut buf, |chunk| {
@@ -658,21 +623,17 @@ impl Walker<'_, '_, '_> {
             Ok(())
         });
         self.buf = buf;
-        match cut {
-            Ok(size) => Ok((content, size)),
-            Err(crate::image::CutError::Read(e)) => Err(ChunkError::Read(e.to_string())),
-            Err(crate::image::CutError::Each(e)) => Err(ChunkError::Store(e)),
-        }
+        cut.map(|size| (content, size))
     }
 
     fn stdin_tree(&mut self, reader: &mut dyn Read, name: &str) -> Result<Id> {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         let (content, size) = match self.chunk_stream(reader, self.repo.config().chunker) {
             Ok(r) => r,
-            Err(ChunkError::Read(e)) => {
+            Err(CutError::Read(e)) => {
                 return Err(Error::new(crate::error::ErrorKind::Io, format!("reading stdin: {e}")))
             }
-            Err(ChunkError::Store(e)) => return Err(e),
+            Err(CutError::Each(e)) => return Err(e),
         };
         self.summary.files_new += 1;
         self.summary.total_bytes += size;
@@ -684,9 +645,4 @@ impl Walker<'_, '_, '_> {
         };
         self.save_tree(Tree { nodes: vec![node] })
     }
-}
-
-enum ChunkError {
-    Read(String),
-    Store(Error),
 }

@@ -1,9 +1,9 @@
 //! Flashing a stored disk image onto a disk in place: the heart of the bare-metal image
-//! service (`bams flash`). A version is a file in a snapshot whose content is a list of
-//! chunks; the disk is read at each chunk's place, and only a chunk whose bytes there hash
-//! differently is fetched from the repository and written. A disk that holds an older version
-//! of the same image therefore costs only the chunks that changed; a disk holding anything
-//! else gets every chunk. A second pass reads the whole disk back and checks every chunk.
+//! service (`bams flash`). A version's manifest lists its chunks; the disk is read at each
+//! chunk's place, and only a chunk whose bytes there hash differently is fetched and written.
+//! A disk that holds an older version of the same image therefore costs only the chunks that
+//! changed; a disk holding anything else gets every chunk. A second pass reads the whole disk
+//! back and checks every chunk.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -13,7 +13,6 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::MasterIndex;
-use crate::repo::Repository;
 
 /// What a flash did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -49,7 +48,7 @@ pub fn layout(index: &MasterIndex, content: &[Id]) -> Result<Vec<(Id, u64, u64)>
         .collect()
 }
 
-/// Read the `len` bytes at `offset` into `buf`; `None` when the disk ends first (it then
+/// Read the `len` bytes at `offset` into `buf`; `false` when the disk ends first (it then
 /// holds no chunk there). Returns the bytes read either way.
 fn read_chunk(disk: &File, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(bool, u64)> {
     buf.resize(usize::try_from(len).map_err(|_| Error::invalid("chunk too large"))?, 0);
@@ -63,56 +62,6 @@ fn read_chunk(disk: &File, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(
         }
     }
     Ok((true, got as u64))
-}
-
-/// Whether the disk already holds chunk `id` at `offset` (a short read means no).
-fn holds(repo: &Repository, disk: &File, id: &Id, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(bool, u64)> {
-    let (whole, read) = read_chunk(disk, offset, len, buf)?;
-    Ok((whole && repo.key().blob_id(buf) == *id, read))
-}
-
-/// Make `disk` hold the image whose chunks are `content`, writing only what differs, then
-/// read it all back and check every chunk. A regular file is grown to the image's size; a
-/// block device must be at least that large. `progress` gets the bytes of each chunk done.
-pub fn flash(
-    repo: &Repository,
-    index: &MasterIndex,
-    content: &[Id],
-    disk: &File,
-    progress: &dyn Fn(u64),
-) -> Result<FlashReport> {
-    let chunks = layout(index, content)?;
-    let total = chunks.last().map_or(0, |(_, off, len)| off + len);
-    let meta = disk.metadata().map_err(|e| Error::io("the disk", e))?;
-    if meta.is_file() && meta.len() < total {
-        disk.set_len(total).map_err(|e| Error::io("growing the disk file", e))?;
-    }
-    let mut report = FlashReport { bytes_total: total, chunks: chunks.len() as u64, ..FlashReport::default() };
-    let mut buf = Vec::new();
-    for (id, offset, len) in &chunks {
-        let (same, read) = holds(repo, disk, id, *offset, *len, &mut buf)?;
-        report.bytes_read += read;
-        if !same {
-            let data = repo.read_blob(index, id)?;
-            disk.write_all_at(&data, *offset).map_err(|e| Error::io("writing the disk", e))?;
-            report.bytes_fetched += data.len() as u64;
-            report.bytes_written += data.len() as u64;
-            report.chunks_fetched += 1;
-        }
-        progress(*len);
-    }
-    disk.sync_data().map_err(|e| Error::io("flushing the disk", e))?;
-    for (id, offset, len) in &chunks {
-        let (same, read) = holds(repo, disk, id, *offset, *len, &mut buf)?;
-        report.bytes_read += read;
-        if !same {
-            return Err(Error::corrupt(format!(
-                "after flashing, the disk at offset {offset} does not hold chunk {} ({len} bytes)",
-                id.short()
-            )));
-        }
-    }
-    Ok(report)
 }
 
 /// Where a flash gets the bytes a disk lacks: `fetch(ranges, sink)` hands the image's bytes

@@ -124,15 +124,12 @@ pub struct StoredImage {
 
 /// Cut a chunk-sized piece into a blob: keyed id, unkeyed hash. All-zero chunks (most of a
 /// fresh disk) are hashed once per length.
+#[derive(Default)]
 struct Hasher {
     zeros: HashMap<usize, (Id, PlainHash)>,
 }
 
 impl Hasher {
-    fn new() -> Self {
-        Self { zeros: HashMap::new() }
-    }
-
     fn hash(&mut self, repo: &Repository, data: &[u8]) -> (Id, PlainHash) {
         if data.iter().all(|b| *b == 0) {
             return *self
@@ -141,6 +138,27 @@ impl Hasher {
                 .or_insert_with(|| (repo.key().blob_id(data), *blake3::hash(data).as_bytes()));
         }
         (repo.key().blob_id(data), *blake3::hash(data).as_bytes())
+    }
+}
+
+/// A version's chunk list and manifest as they are built: each chunk hashed (keyed and
+/// unkeyed) and queued unless stored already.
+#[derive(Default)]
+struct Chunks {
+    hasher: Hasher,
+    content: Vec<Id>,
+    manifest: Manifest,
+}
+
+impl Chunks {
+    fn push(&mut self, repo: &Repository, writer: &mut BlobWriter<'_, '_>, data: &[u8]) -> Result<()> {
+        let (id, plain) = self.hasher.hash(repo, data);
+        if !writer.has(&id) {
+            writer.add_with_id(BlobKind::Data, id, data.to_vec())?;
+        }
+        self.content.push(id);
+        self.manifest.chunks.push((data.len() as u32, plain));
+        Ok(())
     }
 }
 
@@ -155,20 +173,13 @@ pub fn store_stream(
 ) -> Result<StoredImage> {
     let params = repo.config().image_chunker;
     write_version(repo, meta, |writer| {
-        let mut hasher = Hasher::new();
-        let mut content = Vec::new();
-        let mut manifest = Manifest::default();
+        let mut chunks = Chunks::default();
         cut(reader, params, |chunk| {
-            let (id, plain) = hasher.hash(repo, chunk);
-            if !writer.has(&id) {
-                writer.add_with_id(BlobKind::Data, id, chunk.to_vec())?;
-            }
-            content.push(id);
-            manifest.chunks.push((chunk.len() as u32, plain));
+            chunks.push(repo, writer, chunk)?;
             progress(chunk.len() as u64);
             Ok(())
         })?;
-        Ok((content, manifest))
+        Ok((chunks.content, chunks.manifest))
     })
 }
 
@@ -181,18 +192,7 @@ pub fn store_zeros(repo: &Repository, size: u64, meta: VersionMeta) -> Result<St
     let period = zero_period(c);
     let probe = vec![0u8; period as usize];
     write_version(repo, meta, |writer| {
-        let mut hasher = Hasher::new();
-        let mut content = Vec::new();
-        let mut manifest = Manifest::default();
-        let mut push = |writer: &mut BlobWriter<'_, '_>, data: &[u8]| -> Result<()> {
-            let (id, plain) = hasher.hash(repo, data);
-            if !writer.has(&id) {
-                writer.add_with_id(BlobKind::Data, id, data.to_vec())?;
-            }
-            content.push(id);
-            manifest.chunks.push((data.len() as u32, plain));
-            Ok(())
-        };
+        let mut chunks = Chunks::default();
         let whole = size / period;
         let tail = size % period;
         // Any stretch of zeros at least a period long followed by more zeros is cut at
@@ -200,13 +200,13 @@ pub fn store_zeros(repo: &Repository, size: u64, meta: VersionMeta) -> Result<St
         let (repeat, last) = if whole > 0 { (whole - 1, period + tail) } else { (0, tail) };
         let chunk = &probe[..period as usize];
         for _ in 0..repeat {
-            push(writer, chunk)?;
+            chunks.push(repo, writer, chunk)?;
         }
         let end = vec![0u8; last as usize];
         for ch in fastcdc::v2020::FastCDC::new(&end, c.min_size, c.avg_size, c.max_size) {
-            push(writer, &end[ch.offset..ch.offset + ch.length])?;
+            chunks.push(repo, writer, &end[ch.offset..ch.offset + ch.length])?;
         }
-        Ok((content, manifest))
+        Ok((chunks.content, chunks.manifest))
     })
 }
 
@@ -235,7 +235,7 @@ pub fn store_delta(
 ) -> Result<StoredImage> {
     let max = repo.config().image_chunker.max_size;
     write_version(repo, meta, |writer| {
-        let mut hasher = Hasher::new();
+        let mut hasher = Hasher::default();
         let mut sent: HashMap<PlainHash, Id> = HashMap::new();
         let mut content = Vec::with_capacity(manifest.chunks.len());
         let mut buf = Vec::new();

@@ -273,43 +273,50 @@ pub async fn upload_version(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
-/// Store a stream of byte chunks as an image's next version: the chunks are handed to a
-/// blocking reader through a small channel, so memory stays at a few chunks.
+/// Store a stream of byte chunks as an image's next version.
 pub(crate) async fn upload_stream(
     st: &AppState,
     image: Image,
-    mut stream: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
+    stream: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
     who: &str,
 ) -> ApiResult<ImageVersion> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
     let images = st.images.clone();
     let who = who.to_string();
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counted = sent.clone();
-    let task = tokio::spawn(async move {
-        let reader = ChannelReader { rx, cur: bytes::Bytes::new() };
-        let total = counted.clone();
-        images.upload(&image, Box::new(reader), &who, "upload", 0).await.map(|v| (v, total))
-    });
+    with_body_reader(bytes::Bytes::new(), stream, move |reader| async move {
+        images.upload(&image, Box::new(reader), &who).await
+    })
+    .await
+}
+
+/// Run `consume` (a task that reads on a blocking thread) over a reader of `first`, then the
+/// stream's chunks, handed over through a small channel so memory stays at a few chunks. A
+/// stream error fails the reader's read (a truncated upload).
+pub(crate) async fn with_body_reader<T, F>(
+    first: bytes::Bytes,
+    mut stream: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
+    consume: impl FnOnce(ChannelReader) -> F,
+) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, bams_images::ImageError>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    let task = tokio::spawn(consume(ChannelReader { rx, cur: first }));
     while let Some(item) = stream.next().await {
         let failed = item.is_err();
-        if let Ok(b) = &item {
-            sent.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
         if tx.send(item).await.is_err() || failed {
             break;
         }
     }
     drop(tx);
-    let (v, _) = task.await??;
-    Ok(v)
+    Ok(task.await??)
 }
 
 /// A blocking reader over a channel of byte chunks; an error item fails the read (a
 /// truncated upload), the end of the channel is the end of the data.
 pub(crate) struct ChannelReader {
-    pub(crate) rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
-    pub(crate) cur: bytes::Bytes,
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    cur: bytes::Bytes,
 }
 
 impl Read for ChannelReader {
@@ -361,15 +368,8 @@ pub(crate) fn stream_version(data: VersionData, uuid: &str, headers: &HeaderMap)
         }
     };
     let name = format!("{uuid}-{}.img", data.version.number);
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
-    tokio::task::spawn_blocking(move || {
-        let mut out = super::ChannelWriter::new(tx.clone());
-        let result = data.write_range(start, end, &mut out).map_err(|e| std::io::Error::other(e.to_string()));
-        let result = result.and_then(|_| std::io::Write::flush(&mut out));
-        if let Err(e) = result {
-            tracing::warn!("image download stopped: {e}");
-            let _ = tx.blocking_send(Err(e));
-        }
+    let rx = super::written_body("image download", move |out| {
+        data.write_range(start, end, out).map(drop).map_err(|e| std::io::Error::other(e.to_string()))
     });
     let mut r = super::attachment(rx, "application/octet-stream", &name, Some(end - start));
     *r.status_mut() = status;
@@ -427,14 +427,8 @@ pub(crate) fn stream_ranges(data: VersionData, req: RangesRequest) -> ApiResult<
         }
         total += b - a;
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
-    tokio::task::spawn_blocking(move || {
-        let mut out = super::ChannelWriter::new(tx.clone());
-        let result = data.write_ranges(&req.ranges, &mut out).map_err(|e| std::io::Error::other(e.to_string()));
-        if let Err(e) = result.and_then(|_| std::io::Write::flush(&mut out)) {
-            tracing::warn!("image ranges stopped: {e}");
-            let _ = tx.blocking_send(Err(e));
-        }
+    let rx = super::written_body("image ranges", move |out| {
+        data.write_ranges(&req.ranges, out).map(drop).map_err(|e| std::io::Error::other(e.to_string()))
     });
     let mut r = axum::body::Body::from_stream(super::receiver_stream(rx)).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

@@ -317,14 +317,8 @@ pub async fn boot_file(State(st): State<AppState>, Path(name): Path<String>) -> 
         ApiError::not_found(format!("{} ({e}); build it with scripts/build-netboot.sh", path.display()))
     })?;
     let len = file.metadata().map(|m| m.len()).ok();
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        let mut out = super::ChannelWriter::new(tx.clone());
-        if let Err(e) = std::io::copy(&mut file, &mut out).and_then(|_| std::io::Write::flush(&mut out)) {
-            let _ = tx.blocking_send(Err(e));
-        }
-    });
+    let mut file = file;
+    let rx = super::written_body("boot file", move |out| std::io::copy(&mut file, out).map(drop));
     Ok(super::attachment(rx, "application/octet-stream", &name, len))
 }
 
@@ -489,22 +483,14 @@ pub async fn boot_sync(
         }
     };
     let manifest = head[8..want].to_vec();
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
     let images = st.images.clone();
     let who = format!("machine:{}", m.name);
     let img = image.clone();
-    let task = tokio::spawn(async move {
-        let reader = super::images::ChannelReader { rx, cur: rest };
+    let rest_of_body = stream.map(|r| r.map_err(std::io::Error::other));
+    let v = super::images::with_body_reader(rest, rest_of_body, move |reader| async move {
         images.store_sync(&img, number, &manifest, Box::new(reader), &who).await
-    });
-    while let Some(item) = stream.next().await {
-        let failed = item.is_err();
-        if tx.send(item.map_err(std::io::Error::other)).await.is_err() || failed {
-            break;
-        }
-    }
-    drop(tx);
-    let v = task.await??;
+    })
+    .await?;
     st.images.synced(&m, &image.uuid, &v).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }

@@ -120,6 +120,23 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
+/// A response body that `write` produces on a blocking thread. An error ends the body with
+/// that error (logged as `what`), so the client sees a broken download, not a short one.
+pub(crate) fn written_body(
+    what: &'static str,
+    write: impl FnOnce(&mut ChannelWriter) -> std::io::Result<()> + Send + 'static,
+) -> tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter::new(tx.clone());
+        if let Err(e) = write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+            tracing::warn!("{what} stopped: {e}");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    rx
+}
+
 /// All documented routes; the repository endpoint accepts objects up to `max_object_bytes`.
 pub fn routes(max_object_bytes: usize) -> OpenApiRouter<AppState> {
     let endpoint = OpenApiRouter::new()
