@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::exclude::PathMatcher;
-use crate::fsmeta::{node_from_metadata, NameCache};
+use crate::fsmeta::{node_from_metadata, node_from_parts, Extras, NameCache};
 use crate::id::Id;
 use crate::image::{CutError, Piece};
 use crate::index::MasterIndex;
 use crate::pack::BlobKind;
 use crate::pipeline::{BlobWriter, PipelineOptions};
 use crate::repo::{ChunkerParams, Repository};
+use crate::scan::Scanner;
 use crate::snapshot::{Snapshot, SnapshotEntry, Summary};
 use crate::tree::{Node, NodeKind, Tree};
 
@@ -188,6 +189,7 @@ pub fn backup(repo: &Repository, opts: BackupOptions, progress: &dyn Progress) -
             names: NameCache::default(),
             buf: Vec::new(),
             prefetch: crate::prefetch::Prefetcher::start(prefetch_bytes()),
+            scanner: None,
         };
         let root = match opts.source {
             Source::Stdin { mut reader, name } => walker.stdin_tree(&mut reader, &name),
@@ -316,6 +318,8 @@ struct Walker<'a, 'scope, 'env> {
     names: NameCache,
     buf: Vec<u8>,
     prefetch: crate::prefetch::Prefetcher,
+    /// Reads directories ahead of the walker while it is inside a target directory.
+    scanner: Option<Scanner>,
 }
 
 /// How far the prefetcher may run ahead of the walker, unless `BAMS_READAHEAD_MIB` says
@@ -370,7 +374,7 @@ impl Walker<'_, '_, '_> {
                         }
                     };
                     let root_dev = meta.dev();
-                    if let Some(node) = self.entry(full, name, &meta, parent_node, root_dev, true)? {
+                    if let Some(node) = self.entry(full, name, &meta, None, parent_node, root_dev, true)? {
                         tree.nodes.push(node);
                     }
                 }
@@ -388,50 +392,49 @@ impl Walker<'_, '_, '_> {
     }
 
     fn dir_tree(&mut self, path: &Path, root_dev: u64, parent: Option<&Tree>) -> Result<Id> {
-        let mut tree = Tree::default();
-        let entries = match fs::read_dir(path) {
-            Ok(e) => e,
-            Err(e) => {
-                self.warn(format!("{}: {e}", path.display()));
+        // The outermost directory of a target starts the scanner for everything below it.
+        if self.scanner.is_some() {
+            return self.scanned_dir_tree(path, root_dev, parent);
+        }
+        self.scanner = Some(Scanner::start(path.to_owned(), root_dev, self.excluder.clone(), self.one_file_system));
+        let tree = self.scanned_dir_tree(path, root_dev, parent);
+        self.scanner = None;
+        tree
+    }
+
+    fn scanned_dir_tree(&mut self, path: &Path, root_dev: u64, parent: Option<&Tree>) -> Result<Id> {
+        let tree = Tree::default();
+        let scan = self
+            .scanner
+            .as_mut()
+            .and_then(|s| s.next(path))
+            .unwrap_or_else(|| crate::scan::scan_dir(path, &self.excluder));
+        for w in scan.warnings {
+            self.warn(w);
+        }
+        let entries = match scan.entries {
+            Ok(entries) => entries,
+            Err(msg) => {
+                self.warn(msg);
                 return self.save_tree(tree);
             }
         };
-        let mut names: Vec<OsString> = Vec::new();
-        for entry in entries {
-            match entry {
-                Ok(e) => names.push(e.file_name()),
-                Err(e) => self.warn(format!("{}: {e}", path.display())),
-            }
-        }
-        names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-        // Every entry's metadata first, so the files this directory will have read can be
-        // announced to the prefetcher before the first of them is opened.
-        let mut entries = Vec::with_capacity(names.len());
-        for name in names {
-            let child = path.join(&name);
-            match fs::symlink_metadata(&child) {
-                Ok(meta) => {
-                    if !self.excluder.matches(&child, meta.is_dir()) {
-                        entries.push((name, child, meta));
-                    }
-                }
-                Err(e) => self.warn(format!("{}: {e}", child.display())),
-            }
-        }
         let parents: Vec<Option<&Node>> =
-            entries.iter().map(|(name, _, _)| parent.and_then(|t| t.find(name.as_encoded_bytes()))).collect();
+            entries.iter().map(|e| parent.and_then(|t| t.find(e.name.as_encoded_bytes()))).collect();
         let to_read: Vec<bool> = entries
             .iter()
             .zip(&parents)
-            .map(|((_, _, meta), p)| meta.is_file() && meta.len() > 0 && !unchanged(*p, meta))
+            .map(|(e, p)| e.meta.is_file() && e.meta.len() > 0 && !unchanged(*p, &e.meta))
             .collect();
-        self.prefetch.announce(
-            entries.iter().zip(&to_read).filter(|(_, r)| **r).map(|((_, child, meta), _)| (child.clone(), meta.len())),
-        );
-        for (((name, child, meta), read), parent_node) in entries.into_iter().zip(to_read).zip(parents) {
-            let node = self.entry(&child, &name, &meta, parent_node, root_dev, false);
+        // The files this directory will have read, announced before the first is opened.
+        self.prefetch
+            .announce(entries.iter().zip(&to_read).filter(|(_, r)| **r).map(|(e, _)| (e.path.clone(), e.meta.len())));
+        let mut tree = tree;
+        for ((e, read), parent_node) in entries.into_iter().zip(to_read).zip(parents) {
+            let len = e.meta.len();
+            let node = self.entry(&e.path, &e.name, &e.meta, Some(e.extras), parent_node, root_dev, false);
             if read {
-                self.prefetch.consumed(meta.len());
+                self.prefetch.consumed(len);
             }
             if let Some(node) = node? {
                 tree.nodes.push(node);
@@ -440,21 +443,24 @@ impl Walker<'_, '_, '_> {
         self.save_tree(tree)
     }
 
-    /// One filesystem entry. `Ok(None)` = skipped with a warning.
+    /// One filesystem entry (`extras` when already read). `Ok(None)` = skipped with a warning.
+    #[allow(clippy::too_many_arguments)]
     fn entry(
         &mut self,
         path: &Path,
         name: &OsStr,
         meta: &fs::Metadata,
+        extras: Option<Extras>,
         parent: Option<&Node>,
         root_dev: u64,
         top: bool,
     ) -> Result<Option<Node>> {
-        let mut node = node_from_metadata(name, path, meta, &mut self.names);
+        let extras = extras.unwrap_or_else(|| Extras::read(path, meta));
+        let mut node = node_from_parts(name, meta, extras, &mut self.names);
         match node.kind {
             NodeKind::Dir => {
                 self.summary.dirs += 1;
-                let sub = if self.one_file_system && meta.dev() != root_dev {
+                let sub = if !crate::scan::descends(self.one_file_system, meta, root_dev) {
                     self.save_tree(Tree::default())?
                 } else {
                     let parent_sub = self.parent_subtree(parent);

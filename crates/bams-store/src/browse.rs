@@ -223,7 +223,7 @@ pub fn stats(repo: &Repository, index: &MasterIndex) -> Result<RepoStats> {
     let (snaps, _) = repo.snapshots()?;
     let mut s =
         RepoStats { snapshots: snaps.len(), packs: index.packs().len(), blobs: index.len(), ..Default::default() };
-    for (_, loc) in index.iter() {
+    for loc in index.locations() {
         s.raw_bytes += u64::from(loc.raw_len);
     }
     let listed: HashSet<Id> = index.packs().iter().copied().collect();

@@ -55,15 +55,38 @@ pub(crate) fn ns(secs: i64, nsec: i64) -> i64 {
     secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
+/// What a node needs besides `lstat`: the symlink's target and the extended attributes
+/// (read by the directory scanner, off the walker's thread).
+#[derive(Debug, Default, Clone)]
+pub struct Extras {
+    /// Target of a symlink.
+    pub link_target: Option<RawName>,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<Xattr>,
+}
+
+impl Extras {
+    /// Read them for the entry at `path` whose `lstat` is `meta`.
+    pub fn read(path: &Path, meta: &Metadata) -> Self {
+        let link_target = if meta.file_type().is_symlink() {
+            std::fs::read_link(path).ok().map(|t| RawName::from(t.as_os_str()))
+        } else {
+            None
+        };
+        Self { link_target, xattrs: read_xattrs(path) }
+    }
+}
+
 /// A node with everything but content/subtree filled from `lstat` + xattrs.
 pub fn node_from_metadata(name: &OsStr, path: &Path, meta: &Metadata, names: &mut NameCache) -> Node {
+    node_from_parts(name, meta, Extras::read(path, meta), names)
+}
+
+/// [`node_from_metadata`] with the extras already read.
+pub fn node_from_parts(name: &OsStr, meta: &Metadata, extras: Extras, names: &mut NameCache) -> Node {
     let kind = kind_of(meta);
     let rdev = matches!(kind, NodeKind::Blockdev | NodeKind::Chardev).then(|| meta.rdev());
-    let link_target = if kind == NodeKind::Symlink {
-        std::fs::read_link(path).ok().map(|t| RawName::from(t.as_os_str()))
-    } else {
-        None
-    };
+    let link_target = if kind == NodeKind::Symlink { extras.link_target } else { None };
     let is_file = kind == NodeKind::File;
     Node {
         name: RawName::from(name),
@@ -84,7 +107,7 @@ pub fn node_from_metadata(name: &OsStr, path: &Path, meta: &Metadata, names: &mu
         link_target,
         content: Vec::new(),
         subtree: None,
-        xattrs: read_xattrs(path),
+        xattrs: extras.xattrs,
         sparse: is_file && meta.blocks().saturating_mul(512) < meta.size(),
     }
 }

@@ -50,6 +50,7 @@ pub mod prune;
 pub mod repo;
 pub mod restorer;
 pub mod safe_fs;
+pub mod scan;
 pub mod snapshot;
 pub mod tree;
 

@@ -18,6 +18,9 @@ struct State {
     /// Bytes the walker has read (or skipped) so far.
     consumed: u64,
     done: bool,
+    /// The helper is asleep: only then is a wake-up worth a syscall (the walker calls
+    /// `consumed` once per file).
+    asleep: bool,
 }
 
 /// The helper thread and its queue; stops when dropped.
@@ -46,14 +49,26 @@ impl Prefetcher {
         if self.thread.is_none() {
             return;
         }
-        self.lock().queue.extend(files);
-        self.shared.1.notify_all();
+        let mut g = self.lock();
+        let before = g.queue.len();
+        g.queue.extend(files);
+        if g.asleep && g.queue.len() > before {
+            drop(g);
+            self.shared.1.notify_all();
+        }
     }
 
     /// The walker is done with `bytes` of announced data.
     pub fn consumed(&self, bytes: u64) {
-        self.lock().consumed += bytes;
-        self.shared.1.notify_all();
+        if self.thread.is_none() {
+            return;
+        }
+        let mut g = self.lock();
+        g.consumed += bytes;
+        if g.asleep && !g.queue.is_empty() {
+            drop(g);
+            self.shared.1.notify_all();
+        }
     }
 }
 
@@ -67,8 +82,17 @@ impl Drop for Prefetcher {
     }
 }
 
+/// Files checked in a row found already cached before the prefetcher stands down.
+const CACHED_IN_ROW: u32 = 64;
+/// Files it then lets pass without opening them, before it checks again.
+const STAND_DOWN_FILES: u32 = 1024;
+
 fn run(shared: &(Mutex<State>, Condvar), budget: u64) {
     let (lock, cv) = shared;
+    // On a warm cache the open/fadvise/close per file is pure cost: after CACHED_IN_ROW
+    // files whose last byte was already in memory, skip the next STAND_DOWN_FILES.
+    let mut cached_in_row = 0u32;
+    let mut skip = 0u32;
     loop {
         let (path, size) = {
             let mut g = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -79,21 +103,42 @@ fn run(shared: &(Mutex<State>, Condvar), budget: u64) {
                 if !g.queue.is_empty() && g.issued.saturating_sub(g.consumed) < budget {
                     break;
                 }
+                g.asleep = true;
                 g = cv.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
+                g.asleep = false;
             }
             let Some(next) = g.queue.pop_front() else { continue };
             g.issued += next.1;
             next
         };
-        // Best effort: a file that cannot be opened is the walker's to report.
-        if let Ok(f) = std::fs::File::open(&path) {
-            let len = i64::try_from(size).unwrap_or(0);
-            let _ = nix::fcntl::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-                len,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-            );
+        if skip > 0 {
+            skip -= 1;
+            continue;
         }
+        // Best effort: a file that cannot be opened is the walker's to report.
+        let Ok(f) = std::fs::File::open(&path) else { continue };
+        if is_cached(&f, size) {
+            cached_in_row += 1;
+            if cached_in_row >= CACHED_IN_ROW {
+                cached_in_row = 0;
+                skip = STAND_DOWN_FILES;
+            }
+            continue;
+        }
+        cached_in_row = 0;
+        let len = i64::try_from(size).unwrap_or(0);
+        let _ = nix::fcntl::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+            len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
     }
+}
+
+/// Whether the file's last byte is in the page cache (a read that may not wait succeeds).
+fn is_cached(f: &std::fs::File, size: u64) -> bool {
+    let mut byte = [0u8; 1];
+    let mut bufs = [std::io::IoSliceMut::new(&mut byte)];
+    rustix::io::preadv2(f, &mut bufs, size.saturating_sub(1), rustix::io::ReadWriteFlags::NOWAIT) == Ok(1)
 }

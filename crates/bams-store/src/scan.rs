@@ -1,0 +1,203 @@
+//! Directory scanning ahead of the walker. A backup's walker spends most of an unchanged
+//! re-backup in the kernel: listing directories, `lstat`, extended attributes, symlink
+//! targets, each a path lookup. The scanner does that work on its own thread, in the order the
+//! walker will ask for it (depth first, names sorted), a bounded number of directories ahead;
+//! the walker then only compares, reads changed files and writes trees.
+//!
+//! The two stay in step because the walker descends exactly where [`descends`] says, using the
+//! metadata the scanner read. If a walker ever asks for another directory than the next one
+//! scanned, it gets `None` and scans that directory itself ([`scan_dir`]).
+
+use std::ffi::OsString;
+use std::fs::{self, Metadata};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::{bounded, Receiver};
+
+use crate::exclude::PathMatcher;
+use crate::fsmeta::Extras;
+
+/// Directories the scanner may be ahead of the walker.
+const AHEAD: usize = 64;
+
+/// One entry of a scanned directory.
+pub struct Entry {
+    /// File name.
+    pub name: OsString,
+    /// Full path.
+    pub path: PathBuf,
+    /// `lstat` of it.
+    pub meta: Metadata,
+    /// Symlink target and extended attributes.
+    pub extras: Extras,
+}
+
+/// One directory, entries sorted by name, exclusions removed.
+pub struct DirScan {
+    /// The directory.
+    pub path: PathBuf,
+    /// Its entries, or why it could not be listed.
+    pub entries: std::result::Result<Vec<Entry>, String>,
+    /// Entries that could not be read (reported as warnings, the rest is backed up).
+    pub warnings: Vec<String>,
+}
+
+/// Whether the walker backs up the inside of directory `meta` (the scanner asks the same).
+pub fn descends(one_file_system: bool, meta: &Metadata, root_dev: u64) -> bool {
+    meta.is_dir() && !(one_file_system && meta.dev() != root_dev)
+}
+
+/// List, sort and `lstat` one directory.
+pub fn scan_dir(path: &Path, excluder: &PathMatcher) -> DirScan {
+    let mut warnings = Vec::new();
+    let listing = match fs::read_dir(path) {
+        Ok(l) => l,
+        Err(e) => return DirScan { path: path.to_owned(), entries: Err(format!("{}: {e}", path.display())), warnings },
+    };
+    let mut names: Vec<OsString> = Vec::new();
+    for entry in listing {
+        match entry {
+            Ok(e) => names.push(e.file_name()),
+            Err(e) => warnings.push(format!("{}: {e}", path.display())),
+        }
+    }
+    names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+    let mut entries = Vec::with_capacity(names.len());
+    for name in names {
+        let child = path.join(&name);
+        match fs::symlink_metadata(&child) {
+            Ok(meta) => {
+                if !excluder.matches(&child, meta.is_dir()) {
+                    let extras = Extras::read(&child, &meta);
+                    entries.push(Entry { name, path: child, meta, extras });
+                }
+            }
+            Err(e) => warnings.push(format!("{}: {e}", child.display())),
+        }
+    }
+    DirScan { path: path.to_owned(), entries: Ok(entries), warnings }
+}
+
+/// The scanning thread of one backup target; stops when dropped.
+pub struct Scanner {
+    rx: Option<Receiver<DirScan>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Scanner {
+    /// Scan the tree under `root` (a directory on device `root_dev`).
+    pub fn start(root: PathBuf, root_dev: u64, excluder: PathMatcher, one_file_system: bool) -> Self {
+        let (tx, rx) = bounded(AHEAD);
+        let thread = std::thread::Builder::new()
+            .name("bams-scan".into())
+            .spawn(move || {
+                // Depth first, pre-order: a directory, then its subdirectories in name order.
+                let mut stack = vec![root];
+                while let Some(dir) = stack.pop() {
+                    let scan = scan_dir(&dir, &excluder);
+                    if let Ok(entries) = &scan.entries {
+                        let subdirs = entries.iter().filter(|e| descends(one_file_system, &e.meta, root_dev));
+                        let start = stack.len();
+                        stack.extend(subdirs.map(|e| e.path.clone()));
+                        stack[start..].reverse();
+                    }
+                    if tx.send(scan).is_err() {
+                        return; // the walker stopped
+                    }
+                }
+            })
+            .ok();
+        // Without a thread the walker scans every directory itself.
+        Self { rx: thread.is_some().then_some(rx), thread }
+    }
+
+    /// The scan of `path`, if it is the next one; `None` puts the walker on its own.
+    pub fn next(&mut self, path: &Path) -> Option<DirScan> {
+        let scan = self.rx.as_ref()?.recv().ok()?;
+        if scan.path == path {
+            Some(scan)
+        } else {
+            tracing::debug!("directory scanner out of step at {}", path.display());
+            self.stop();
+            None
+        }
+    }
+
+    fn stop(&mut self) {
+        self.rx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Scanner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["a/x/deep", "a/y", "b", "skip/inner", "z"] {
+            fs::create_dir_all(dir.path().join(d)).expect("mkdir");
+        }
+        for f in ["a/x/deep/1", "a/y/2", "b/3", "skip/inner/4", "top"] {
+            fs::write(dir.path().join(f), f).expect("write");
+        }
+        std::os::unix::fs::symlink("a", dir.path().join("link")).expect("symlink");
+        dir
+    }
+
+    /// What a walker that scans every directory itself visits, in its order.
+    fn walk(path: &Path, excluder: &PathMatcher, out: &mut Vec<PathBuf>) {
+        let scan = scan_dir(path, excluder);
+        out.push(scan.path.clone());
+        for e in scan.entries.expect("listed") {
+            if descends(false, &e.meta, 0) {
+                walk(&e.path, excluder, out);
+            }
+        }
+    }
+
+    #[test]
+    fn scanner_hands_out_directories_in_the_walkers_order() {
+        let dir = tree();
+        let excluder = PathMatcher::new(&[format!("{}/skip", dir.path().display())]).expect("pattern");
+        let mut expected = Vec::new();
+        walk(dir.path(), &excluder, &mut expected);
+        assert_eq!(expected.len(), 7, "{expected:?}"); // root a a/x a/x/deep a/y b z
+        let mut scanner = Scanner::start(dir.path().to_owned(), 0, excluder, false);
+        for path in &expected {
+            let scan = scanner.next(path).expect("in step");
+            assert_eq!(&scan.path, path);
+            let names: Vec<_> = scan.entries.expect("listed").into_iter().map(|e| e.name).collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            assert_eq!(names, sorted);
+        }
+        let root = scan_dir(dir.path(), &PathMatcher::new(&[]).expect("none")).entries.expect("listed");
+        let link = root.iter().find(|e| e.name == "link").expect("symlink listed");
+        assert_eq!(link.extras.link_target.as_ref().map(|t| t.0.clone()), Some(b"a".to_vec()));
+    }
+
+    #[test]
+    fn a_walker_out_of_step_is_told_to_scan_itself() {
+        let dir = tree();
+        let mut scanner = Scanner::start(dir.path().to_owned(), 0, PathMatcher::new(&[]).expect("none"), false);
+        assert!(scanner.next(dir.path()).is_some());
+        assert!(scanner.next(&dir.path().join("b")).is_none(), "a/ comes first");
+        assert!(scanner.next(&dir.path().join("a")).is_none(), "stopped for good");
+    }
+
+    #[test]
+    fn unreadable_directories_are_reported_not_fatal() {
+        let scan = scan_dir(Path::new("/nonexistent/bams-scan-test"), &PathMatcher::new(&[]).expect("none"));
+        assert!(scan.entries.is_err());
+    }
+}
