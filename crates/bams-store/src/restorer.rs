@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use crate::archiver::Progress;
@@ -20,7 +21,7 @@ use crate::id::Id;
 use crate::index::{BlobLocation, MasterIndex};
 use crate::pack::pack_key;
 use crate::repo::Repository;
-use crate::safe_fs::TargetDir;
+use crate::safe_fs::{HeldDir, TargetDir};
 use crate::tree::{Node, NodeKind, Tree};
 
 /// What to restore and how.
@@ -78,6 +79,10 @@ struct PlannedFile {
     path: PathBuf,
     node: Node,
     damaged: bool,
+    /// Content writes still to do; the one that brings it to 0 applies the metadata.
+    remaining: AtomicU32,
+    /// Metadata applied by the last content write.
+    meta_done: AtomicBool,
 }
 
 /// The tree to restore and its path for `sub` (a directory inside the snapshot, or the whole
@@ -125,9 +130,10 @@ pub fn restore(
         hardlinks: &mut hardlinks,
         result: &mut result,
     };
-    planner.tree(root, Path::new(root_path), Path::new(""), 0, false)?;
+    planner.tree(root, Path::new(root_path), Path::new(""), 0, false, true)?;
 
-    write_content(repo, index, &target, &mut files, opts, progress, &mut result);
+    let apply = ApplyOptions { owners: opts.owners, numeric_owner: opts.numeric_owner };
+    write_content(repo, index, &target, &mut files, opts, apply, progress, &mut result);
     // A file with content that could not be read must not pass for the original: it keeps
     // what was restored (useful for salvage) under a name that says it is incomplete.
     for f in files.iter().filter(|f| f.damaged) {
@@ -142,8 +148,7 @@ pub fn restore(
         }
     }
 
-    let apply = ApplyOptions { owners: opts.owners, numeric_owner: opts.numeric_owner };
-    for f in files.iter().filter(|f| !f.damaged) {
+    for f in files.iter().filter(|f| !f.damaged && !f.meta_done.load(Ordering::Relaxed)) {
         result.warnings.extend(target.apply_metadata(&f.path, &f.node, apply));
     }
     for (path, node) in &others {
@@ -188,8 +193,17 @@ struct Planner<'a> {
 }
 
 impl Planner<'_> {
-    /// Plan one tree; returns whether anything in it was selected.
-    fn tree(&mut self, id: &Id, snap_path: &Path, dest: &Path, depth: usize, selected: bool) -> Result<bool> {
+    /// Plan one tree; returns whether anything in it was selected. `fresh`: this restore made
+    /// `dest` and every directory above it inside the target, so it may be held open.
+    fn tree(
+        &mut self,
+        id: &Id,
+        snap_path: &Path,
+        dest: &Path,
+        depth: usize,
+        selected: bool,
+        fresh: bool,
+    ) -> Result<bool> {
         let tree: Tree = match self.repo.load_tree(self.index, id) {
             Ok(t) => t,
             Err(e) => {
@@ -197,6 +211,8 @@ impl Planner<'_> {
                 return Ok(false);
             }
         };
+        let held = if fresh { self.target.hold_dir(dest).ok() } else { None };
+        let held = held.as_ref();
         let mut any = false;
         for node in tree.nodes {
             let name = safe_name(&node)?;
@@ -205,12 +221,15 @@ impl Planner<'_> {
             let sel = selected || self.include.is_none_or(|inc| inc.matches(&sp, node.kind == NodeKind::Dir));
             if node.kind == NodeKind::Dir {
                 let pre = self.dirs.len();
-                if let Err(e) = self.target.ensure_dir(&dp) {
-                    self.result.errors.push(format!("{}: {e}", self.target.display(&dp).display()));
-                    continue;
-                }
+                let created = match self.target.ensure_dir(&dp, held) {
+                    Ok(created) => created,
+                    Err(e) => {
+                        self.result.errors.push(format!("{}: {e}", self.target.display(&dp).display()));
+                        continue;
+                    }
+                };
                 let inner = match node.subtree {
-                    Some(sub) => self.tree(&sub, &sp, &dp, depth + 1, sel)?,
+                    Some(sub) => self.tree(&sub, &sp, &dp, depth + 1, sel, held.is_some() && created)?,
                     None => false,
                 };
                 if sel || inner {
@@ -226,36 +245,43 @@ impl Planner<'_> {
                 continue;
             }
             any = true;
-            if let Err(e) = self.leaf(&dp, node) {
+            if let Err(e) = self.leaf(&dp, node, held) {
                 self.result.errors.push(format!("{}: {e}", self.target.display(&dp).display()));
             }
         }
         Ok(any)
     }
 
-    fn leaf(&mut self, dp: &Path, node: Node) -> std::io::Result<()> {
+    fn leaf(&mut self, dp: &Path, node: Node, held: Option<&HeldDir>) -> std::io::Result<()> {
         match node.kind {
             NodeKind::File => {
                 if node.links > 1 {
                     let key = (node.device_id, node.inode);
                     if let Some(first) = self.hardlinks.get(&key) {
-                        self.target.hard_link(first, dp)?;
+                        self.target.hard_link(first, dp, held)?;
                         self.result.others += 1;
                         return Ok(());
                     }
                     self.hardlinks.insert(key, dp.to_path_buf());
                 }
-                self.target.create_file(dp, node.size)?;
-                self.files.push(PlannedFile { path: dp.to_path_buf(), node, damaged: false });
+                self.target.create_file(dp, node.size, node.sparse, held)?;
+                let writes = u32::try_from(node.content.len()).unwrap_or(u32::MAX);
+                self.files.push(PlannedFile {
+                    path: dp.to_path_buf(),
+                    node,
+                    damaged: false,
+                    remaining: AtomicU32::new(writes),
+                    meta_done: AtomicBool::new(false),
+                });
             }
             NodeKind::Symlink => {
                 let target = node.link_target.clone().unwrap_or_default();
-                self.target.symlink(target.as_os_str(), dp)?;
+                self.target.symlink(target.as_os_str(), dp, held)?;
                 self.others.push((dp.to_path_buf(), node));
                 self.result.others += 1;
             }
             NodeKind::Blockdev | NodeKind::Chardev | NodeKind::Fifo => {
-                self.target.make_special(dp, &node)?;
+                self.target.make_special(dp, &node, held)?;
                 self.others.push((dp.to_path_buf(), node));
                 self.result.others += 1;
             }
@@ -288,12 +314,14 @@ fn max_range(repo: &Repository) -> u64 {
 }
 const MAX_GAP: u64 = 1024 * 1024;
 
+#[allow(clippy::too_many_arguments)]
 fn write_content(
     repo: &Repository,
     index: &MasterIndex,
     target: &TargetDir,
     files: &mut [PlannedFile],
     opts: &RestoreOptions,
+    apply: ApplyOptions,
     progress: &dyn Progress,
     result: &mut RestoreResult,
 ) {
@@ -307,6 +335,8 @@ fn write_content(
                     .errors
                     .push(format!("{}: blob {id} is missing from the index", target.display(&f.path).display()));
                 f.damaged = true;
+                // Never counts down to its metadata.
+                f.remaining.store(u32::MAX, Ordering::Relaxed);
                 break;
             };
             plan.entry(loc.pack)
@@ -321,13 +351,24 @@ fn write_content(
     let packs: Mutex<Vec<(Id, PackPlan)>> = Mutex::new(plan.into_iter().collect());
     let errors: Mutex<Vec<(Option<usize>, String)>> = Mutex::new(Vec::new());
     let bytes = std::sync::atomic::AtomicU64::new(0);
+    let warnings: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let files_ro: &[PlannedFile] = files;
+    let ctx = PackWriter {
+        repo,
+        target,
+        files: files_ro,
+        apply,
+        progress,
+        bytes: &bytes,
+        errors: &errors,
+        warnings: &warnings,
+    };
     std::thread::scope(|s| {
         for _ in 0..opts.readers.max(1) {
             s.spawn(|| loop {
                 let next = packs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
                 let Some((pack, blobs)) = next else { break };
-                restore_pack(repo, target, &pack, &blobs, files_ro, progress, &bytes, &errors);
+                ctx.restore_pack(&pack, &blobs);
             });
         }
     });
@@ -338,77 +379,97 @@ fn write_content(
         result.errors.push(msg);
     }
     result.bytes = bytes.into_inner();
+    result.warnings.extend(warnings.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
 }
 
-#[allow(clippy::too_many_arguments)]
-fn restore_pack(
-    repo: &Repository,
-    target: &TargetDir,
-    pack: &Id,
-    blobs: &PackPlan,
-    files: &[PlannedFile],
-    progress: &dyn Progress,
-    bytes: &std::sync::atomic::AtomicU64,
-    errors: &Mutex<Vec<(Option<usize>, String)>>,
-) {
-    let fail = |placements: &[Placement], msg: String| {
-        let mut errs = errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut seen = std::collections::HashSet::new();
-        for p in placements {
-            if seen.insert(p.file) {
-                errs.push((Some(p.file), format!("{}: {msg}", target.display(&files[p.file].path).display())));
-            }
-        }
-    };
-    let entries: Vec<_> = blobs.values().collect();
-    let limit = max_range(repo);
-    let mut i = 0;
-    while i < entries.len() {
-        // Coalesce neighbouring blobs into one range read.
-        let start = u64::from(entries[i].1.offset);
-        let mut end = start + u64::from(entries[i].1.length);
-        let mut j = i + 1;
-        while j < entries.len() {
-            let o = u64::from(entries[j].1.offset);
-            let e = o + u64::from(entries[j].1.length);
-            if o > end + MAX_GAP || e - start > limit {
-                break;
-            }
-            end = end.max(e);
-            j += 1;
-        }
-        let range = repo.get_range(&pack_key(pack), start, end - start);
-        for (id, loc, placements) in &entries[i..j] {
-            let data = match &range {
-                Ok(buf) => {
-                    let o = (u64::from(loc.offset) - start) as usize;
-                    match repo.open_blob(&buf[o..o + loc.length as usize], id, pack) {
-                        // Damage in transit: read this blob alone again (verified, bounded).
-                        Err(e) if e.kind() == ErrorKind::Corrupt => {
-                            tracing::warn!("{e}; reading it again");
-                            repo.read_blob_at(pack, loc.offset, loc.length, id)
-                        }
-                        other => other,
-                    }
+/// What the content writers share.
+struct PackWriter<'a> {
+    repo: &'a Repository,
+    target: &'a TargetDir,
+    files: &'a [PlannedFile],
+    apply: ApplyOptions,
+    progress: &'a dyn Progress,
+    bytes: &'a std::sync::atomic::AtomicU64,
+    errors: &'a Mutex<Vec<(Option<usize>, String)>>,
+    warnings: &'a Mutex<Vec<String>>,
+}
+
+impl PackWriter<'_> {
+    fn restore_pack(&self, pack: &Id, blobs: &PackPlan) {
+        let Self { repo, target, files, progress, bytes, errors, .. } = *self;
+        let fail = |placements: &[Placement], msg: String| {
+            let mut errs = errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut seen = std::collections::HashSet::new();
+            for p in placements {
+                if seen.insert(p.file) {
+                    errs.push((Some(p.file), format!("{}: {msg}", target.display(&files[p.file].path).display())));
                 }
-                Err(e) => Err(Error::new(e.kind(), e.to_string())),
-            };
-            match data {
-                Ok(data) => {
-                    for p in placements {
-                        let f = &files[p.file];
-                        if let Err(e) = write_at(target, &f.path, &data, p.offset, f.node.sparse) {
-                            fail(std::slice::from_ref(p), e.to_string());
-                        } else {
-                            bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                            progress.bytes(data.len() as u64);
+            }
+        };
+        let entries: Vec<_> = blobs.values().collect();
+        let limit = max_range(repo);
+        let mut i = 0;
+        while i < entries.len() {
+            // Coalesce neighbouring blobs into one range read.
+            let start = u64::from(entries[i].1.offset);
+            let mut end = start + u64::from(entries[i].1.length);
+            let mut j = i + 1;
+            while j < entries.len() {
+                let o = u64::from(entries[j].1.offset);
+                let e = o + u64::from(entries[j].1.length);
+                if o > end + MAX_GAP || e - start > limit {
+                    break;
+                }
+                end = end.max(e);
+                j += 1;
+            }
+            let range = repo.get_range(&pack_key(pack), start, end - start);
+            for (id, loc, placements) in &entries[i..j] {
+                let data = match &range {
+                    Ok(buf) => {
+                        let o = (u64::from(loc.offset) - start) as usize;
+                        match repo.open_blob(&buf[o..o + loc.length as usize], id, pack) {
+                            // Damage in transit: read this blob alone again (verified, bounded).
+                            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                                tracing::warn!("{e}; reading it again");
+                                repo.read_blob_at(pack, loc.offset, loc.length, id)
+                            }
+                            other => other,
                         }
                     }
+                    Err(e) => Err(Error::new(e.kind(), e.to_string())),
+                };
+                match data {
+                    Ok(data) => {
+                        for p in placements {
+                            let f = &files[p.file];
+                            match write_at(target, &f.path, &data, p.offset, f.node.sparse) {
+                                Err(e) => fail(std::slice::from_ref(p), e.to_string()),
+                                Ok(file) => {
+                                    bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                                    progress.bytes(data.len() as u64);
+                                    if f.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                                        self.finish_file(f, &file);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => fail(placements, e.to_string()),
                 }
-                Err(e) => fail(placements, e.to_string()),
             }
+            i = j;
         }
-        i = j;
+    }
+
+    /// The file's last content write is done: its metadata goes on with the same handle
+    /// (one open, not a second one in the metadata pass).
+    fn finish_file(&self, f: &PlannedFile, file: &std::fs::File) {
+        let w = self.target.apply_file_metadata(&f.path, file, &f.node, self.apply);
+        if !w.is_empty() {
+            self.warnings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(w);
+        }
+        f.meta_done.store(true, Ordering::Relaxed);
     }
 }
 
@@ -417,11 +478,13 @@ const SPARSE_BLOCK: usize = 4096;
 /// Appended to the name of a restored file whose content could not be read completely.
 pub const INCOMPLETE_SUFFIX: &str = ".bams-incomplete";
 
-fn write_at(target: &TargetDir, path: &Path, data: &[u8], offset: u64, sparse: bool) -> Result<()> {
+/// Write one blob into its file; the open file is returned for the metadata.
+fn write_at(target: &TargetDir, path: &Path, data: &[u8], offset: u64, sparse: bool) -> Result<std::fs::File> {
     let io = |e| Error::io(target.display(path).display(), e);
     let f = target.open_write(path).map_err(io)?;
     if !sparse {
-        return f.write_all_at(data, offset).map_err(io);
+        f.write_all_at(data, offset).map_err(io)?;
+        return Ok(f);
     }
     // Write only non-zero blocks; the file was pre-sized, so skipped blocks stay holes.
     let mut pos = 0;
@@ -443,7 +506,7 @@ fn write_at(target: &TargetDir, path: &Path, data: &[u8], offset: u64, sparse: b
             pos = end;
         }
     }
-    Ok(())
+    Ok(f)
 }
 
 /// Re-read a restored file and compare every chunk's keyed hash with the snapshot.

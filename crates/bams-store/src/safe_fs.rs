@@ -21,6 +21,28 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps};
 
 use crate::tree::{Node, NodeKind};
 
+/// A directory inside the target held open, for creating many entries in it without resolving
+/// its path each time. Only for directories this restore created, below directories it
+/// created: nobody else can move those elsewhere (moving a directory to another parent needs
+/// write permission on it, and they are 0700 until the restore ends), so the handle stays
+/// inside the target.
+pub struct HeldDir(OwnedFd);
+
+/// The parent an operation works in: a held directory, or one opened for it.
+enum Parent<'h> {
+    Held(&'h OwnedFd),
+    Opened(OwnedFd),
+}
+
+impl AsFd for Parent<'_> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Parent::Held(fd) => fd.as_fd(),
+            Parent::Opened(fd) => fd.as_fd(),
+        }
+    }
+}
+
 /// The one directory a restore may write into, held open.
 pub struct TargetDir {
     root: OwnedFd,
@@ -66,8 +88,22 @@ impl TargetDir {
         self.resolve(rel, OFlags::DIRECTORY | OFlags::RDONLY)
     }
 
+    /// Hold the directory `rel` open (see [`HeldDir`] for when that is safe).
+    pub fn hold_dir(&self, rel: &Path) -> io::Result<HeldDir> {
+        self.dir(rel).map(HeldDir)
+    }
+
+    /// The parent of `rel` and the final name: `held` when given (it must be that parent).
+    fn parent<'h>(&self, rel: &'h Path, held: Option<&'h HeldDir>) -> io::Result<(Parent<'h>, &'h OsStr)> {
+        let (parent, name) = split(rel)?;
+        match held {
+            Some(h) => Ok((Parent::Held(&h.0), name)),
+            None => Ok((Parent::Opened(self.dir(parent)?), name)),
+        }
+    }
+
     /// Remove whatever non-directory entry sits at `name` (a link is removed, not followed).
-    fn clear_entry(parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    fn clear_entry(parent: &impl AsFd, name: &OsStr) -> io::Result<()> {
         match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
                 Err(io::Error::new(io::ErrorKind::AlreadyExists, "a directory is in the way of a non-directory entry"))
@@ -79,24 +115,24 @@ impl TargetDir {
     }
 
     /// Make `rel` a directory: keep an existing one, replace a file or symlink in the way.
-    pub fn ensure_dir(&self, rel: &Path) -> io::Result<()> {
-        let (parent, name) = split(rel)?;
-        let parent = self.dir(parent)?;
+    /// True when it made a new one. `held` is the parent, when held (so for all of these).
+    pub fn ensure_dir(&self, rel: &Path, held: Option<&HeldDir>) -> io::Result<bool> {
+        let (parent, name) = self.parent(rel, held)?;
         match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(rustix::io::Errno::EXIST) => {
                 let st = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
                 if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                    return Ok(());
+                    return Ok(false);
                 }
                 rustix::fs::unlinkat(&parent, name, AtFlags::empty()).map_err(errno)?;
-                rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)).map_err(errno)
+                rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)).map_err(errno)?;
+                Ok(true)
             }
             Err(e) => Err(errno(e)),
         }
     }
 
-    /// Remove the directory `rel` if empty (a directory created for nothing selected).
     pub fn remove_empty_dir(&self, rel: &Path) {
         if let Ok((parent, name)) = split(rel) {
             if let Ok(parent) = self.dir(parent) {
@@ -105,22 +141,34 @@ impl TargetDir {
         }
     }
 
-    /// A new regular file of `size` bytes (holes), replacing a non-directory in the way.
-    pub fn create_file(&self, rel: &Path, size: u64) -> io::Result<()> {
-        let (parent, name) = split(rel)?;
-        let parent = self.dir(parent)?;
-        Self::clear_entry(&parent, name)?;
-        let fd = rustix::fs::openat(
-            &parent,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
+    /// A new regular file for `size` bytes, replacing a non-directory in the way; a sparse or
+    /// empty one gets its size now (holes), others from their content writes.
+    pub fn create_file(&self, rel: &Path, size: u64, sparse: bool, held: Option<&HeldDir>) -> io::Result<()> {
+        let (parent, name) = self.parent(rel, held)?;
+        let create = || {
+            rustix::fs::openat(
+                &parent,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        };
+        // Into an empty target the name is free: try first, clear what is in the way after.
+        let fd = match create() {
+            Err(rustix::io::Errno::EXIST) => {
+                Self::clear_entry(&parent, name)?;
+                create()
+            }
+            other => other,
+        }
         .map_err(errno)?;
-        File::from(fd).set_len(size)
+        // Content writes give a dense file its size; a sparse one may end in a hole.
+        if sparse || size == 0 {
+            File::from(fd).set_len(size)?;
+        }
+        Ok(())
     }
 
-    /// Open an existing regular file beneath the target for writing.
     pub fn open_write(&self, rel: &Path) -> io::Result<File> {
         Ok(File::from(self.resolve(rel, OFlags::WRONLY)?))
     }
@@ -131,33 +179,30 @@ impl TargetDir {
     }
 
     /// A symlink at `rel` pointing at `target` (stored as is: a link is data, not followed).
-    pub fn symlink(&self, target: &OsStr, rel: &Path) -> io::Result<()> {
-        let (parent, name) = split(rel)?;
-        let parent = self.dir(parent)?;
+    pub fn symlink(&self, target: &OsStr, rel: &Path, held: Option<&HeldDir>) -> io::Result<()> {
+        let (parent, name) = self.parent(rel, held)?;
         Self::clear_entry(&parent, name)?;
         rustix::fs::symlinkat(target, &parent, name).map_err(errno)
     }
 
     /// A hard link at `rel` to `existing`, both beneath the target.
-    pub fn hard_link(&self, existing: &Path, rel: &Path) -> io::Result<()> {
+    pub fn hard_link(&self, existing: &Path, rel: &Path, held: Option<&HeldDir>) -> io::Result<()> {
         let (old_parent, old_name) = split(existing)?;
-        let (parent, name) = split(rel)?;
         let old_parent = self.dir(old_parent)?;
-        let parent = self.dir(parent)?;
+        let (parent, name) = self.parent(rel, held)?;
         Self::clear_entry(&parent, name)?;
         rustix::fs::linkat(&old_parent, old_name, &parent, name, AtFlags::empty()).map_err(errno)
     }
 
     /// A device node or FIFO at `rel`.
-    pub fn make_special(&self, rel: &Path, node: &Node) -> io::Result<()> {
+    pub fn make_special(&self, rel: &Path, node: &Node, held: Option<&HeldDir>) -> io::Result<()> {
         let kind = match node.kind {
             NodeKind::Blockdev => FileType::BlockDevice,
             NodeKind::Chardev => FileType::CharacterDevice,
             NodeKind::Fifo => FileType::Fifo,
             _ => return Ok(()),
         };
-        let (parent, name) = split(rel)?;
-        let parent = self.dir(parent)?;
+        let (parent, name) = self.parent(rel, held)?;
         Self::clear_entry(&parent, name)?;
         rustix::fs::mknodat(&parent, name, kind, Mode::from_raw_mode(node.mode & 0o777), node.rdev.unwrap_or(0))
             .map_err(errno)
@@ -200,25 +245,7 @@ impl TargetDir {
                     return warnings;
                 }
             }
-            if uid.is_some() || gid.is_some() {
-                if let Err(e) = rustix::fs::fchown(&fd, uid, gid) {
-                    if e != rustix::io::Errno::PERM {
-                        warn("chown", &errno(e));
-                    }
-                }
-            }
-            let file = File::from(fd);
-            for (name, value) in node_xattrs(node) {
-                if let Err(e) = xattr::FileExt::set_xattr(&file, name, &value) {
-                    warn(&format!("xattr {}", name.to_string_lossy()), &e);
-                }
-            }
-            if let Err(e) = rustix::fs::fchmod(&file, mode) {
-                warn("chmod", &errno(e));
-            }
-            if let Err(e) = rustix::fs::futimens(&file, &times) {
-                warn("set times", &errno(e));
-            }
+            warnings.extend(Self::apply_to_open_file(&shown, &File::from(fd), node, opts));
             return warnings;
         }
         let Ok((parent_rel, name)) = split(rel) else { return warnings };
@@ -260,6 +287,47 @@ impl TargetDir {
             }
         }
         if let Err(e) = rustix::fs::utimensat(&parent, name, &times, AtFlags::SYMLINK_NOFOLLOW) {
+            warn("set times", &errno(e));
+        }
+        warnings
+    }
+}
+
+impl TargetDir {
+    /// Owner, extended attributes, mode and times of `node` on a file or directory already
+    /// open (the restore applies them with the handle of a file's last content write).
+    pub fn apply_file_metadata(
+        &self,
+        rel: &Path,
+        file: &File,
+        node: &Node,
+        opts: crate::fsmeta::ApplyOptions,
+    ) -> Vec<String> {
+        Self::apply_to_open_file(&self.display(rel), file, node, opts)
+    }
+
+    fn apply_to_open_file(shown: &Path, file: &File, node: &Node, opts: crate::fsmeta::ApplyOptions) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let mut warn =
+            |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", shown.display()));
+        let (uid, gid) = if opts.owners { crate::fsmeta::owner_ids(node, opts) } else { (None, None) };
+        if uid.is_some() || gid.is_some() {
+            if let Err(e) = rustix::fs::fchown(file, uid, gid) {
+                if e != rustix::io::Errno::PERM {
+                    warn("chown", &errno(e));
+                }
+            }
+        }
+        for (name, value) in node_xattrs(node) {
+            if let Err(e) = xattr::FileExt::set_xattr(file, name, &value) {
+                warn(&format!("xattr {}", name.to_string_lossy()), &e);
+            }
+        }
+        if let Err(e) = rustix::fs::fchmod(file, Mode::from_raw_mode(node.mode & 0o7777)) {
+            warn("chmod", &errno(e));
+        }
+        let times = Timestamps { last_access: timespec(node.atime_ns), last_modification: timespec(node.mtime_ns) };
+        if let Err(e) = rustix::fs::futimens(file, &times) {
             warn("set times", &errno(e));
         }
         warnings
