@@ -93,8 +93,9 @@ impl<'scope, 'env> BlobWriter<'scope, 'env> {
         opts: PipelineOptions,
     ) -> Self {
         let sealers_n = opts.sealers.max(1);
-        let (tx, rx) = bounded::<Vec<RawBlob>>(sealers_n * 2);
-        let (ptx, prx) = bounded::<Vec<SealedBlob>>(sealers_n * 2);
+        // One batch queued per sealer each way keeps every stage busy; more only holds memory.
+        let (tx, rx) = bounded::<Vec<RawBlob>>(sealers_n);
+        let (ptx, prx) = bounded::<Vec<SealedBlob>>(sealers_n);
         let sealers = (0..sealers_n)
             .map(|_| {
                 let rx = rx.clone();

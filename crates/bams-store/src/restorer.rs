@@ -77,7 +77,8 @@ pub struct RestoreResult {
 struct PlannedFile {
     /// Relative to the target.
     path: PathBuf,
-    node: Node,
+    /// Boxed: the list holds one entry per file, and growing it moves only pointers.
+    node: Box<Node>,
     damaged: bool,
     /// Content writes still to do; the one that brings it to 0 applies the metadata.
     remaining: AtomicU32,
@@ -268,7 +269,7 @@ impl Planner<'_> {
                 let writes = u32::try_from(node.content.len()).unwrap_or(u32::MAX);
                 self.files.push(PlannedFile {
                     path: dp.to_path_buf(),
-                    node,
+                    node: Box::new(node),
                     damaged: false,
                     remaining: AtomicU32::new(writes),
                     meta_done: AtomicBool::new(false),

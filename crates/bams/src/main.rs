@@ -28,12 +28,17 @@ pub mod exit {
 /// glibc gives every thread that allocates its own arena, and freed multi-MiB buffers linger in
 /// them; the pipeline's and the restorer's threads would each keep tens of MiB resident. Two
 /// arenas cost nothing measurable in speed and cut peak RSS by ~20% (bench/README.md).
+/// glibc also raises its mmap threshold to the size of each large buffer freed (up to 32 MiB),
+/// after which 16 MiB packs come from the arenas and stay resident once freed; a fixed 4 MiB
+/// threshold returns every pack-sized buffer to the kernel (first tree backup 155 -> 114 MiB
+/// peak, restore 173 -> 137 MiB, same speed).
 #[allow(unsafe_code)]
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: called first thing in main, before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 
