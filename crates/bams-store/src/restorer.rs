@@ -84,6 +84,9 @@ struct PlannedFile {
     remaining: AtomicU32,
     /// Metadata applied by the last content write.
     meta_done: AtomicBool,
+    /// Not created while planning: its one content write creates it (a single-blob file in a
+    /// directory this restore made), one open instead of two.
+    deferred: bool,
 }
 
 /// The tree to restore and its path for `sub` (a directory inside the snapshot, or the whole
@@ -139,6 +142,14 @@ pub fn restore(
     // what was restored (useful for salvage) under a name that says it is incomplete.
     for f in files.iter().filter(|f| f.damaged) {
         let shown = target.display(&f.path);
+        if f.deferred {
+            // Its write never created it: an empty file stands for what could not be read.
+            if let Err(e) = target.create_new(&f.path) {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    result.errors.push(format!("{}: {e}", shown.display()));
+                }
+            }
+        }
         match target.add_suffix(&f.path, INCOMPLETE_SUFFIX) {
             Ok(marked) => result.errors.push(format!(
                 "{}: content incomplete, kept as {}",
@@ -265,7 +276,11 @@ impl Planner<'_> {
                     }
                     self.hardlinks.insert(key, dp.to_path_buf());
                 }
-                self.target.create_file(dp, node.size, node.sparse, held)?;
+                // Hard links need their first name now; sparse and empty files their size.
+                let deferred = held.is_some() && node.content.len() == 1 && !node.sparse && node.links <= 1;
+                if !deferred {
+                    self.target.create_file(dp, node.size, node.sparse, held)?;
+                }
                 let writes = u32::try_from(node.content.len()).unwrap_or(u32::MAX);
                 self.files.push(PlannedFile {
                     path: dp.to_path_buf(),
@@ -273,6 +288,7 @@ impl Planner<'_> {
                     damaged: false,
                     remaining: AtomicU32::new(writes),
                     meta_done: AtomicBool::new(false),
+                    deferred,
                 });
             }
             NodeKind::Symlink => {
@@ -444,7 +460,7 @@ impl PackWriter<'_> {
                     Ok(data) => {
                         for p in placements {
                             let f = &files[p.file];
-                            match write_at(target, &f.path, &data, p.offset, f.node.sparse) {
+                            match write_at(target, &f.path, &data, p.offset, f.node.sparse, f.deferred) {
                                 Err(e) => fail(std::slice::from_ref(p), e.to_string()),
                                 Ok(file) => {
                                     bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -479,10 +495,18 @@ const SPARSE_BLOCK: usize = 4096;
 /// Appended to the name of a restored file whose content could not be read completely.
 pub const INCOMPLETE_SUFFIX: &str = ".bams-incomplete";
 
-/// Write one blob into its file; the open file is returned for the metadata.
-fn write_at(target: &TargetDir, path: &Path, data: &[u8], offset: u64, sparse: bool) -> Result<std::fs::File> {
+/// Write one blob into its file (creating it when `create`); the open file is returned for
+/// the metadata.
+fn write_at(
+    target: &TargetDir,
+    path: &Path,
+    data: &[u8],
+    offset: u64,
+    sparse: bool,
+    create: bool,
+) -> Result<std::fs::File> {
     let io = |e| Error::io(target.display(path).display(), e);
-    let f = target.open_write(path).map_err(io)?;
+    let f = if create { target.create_new(path) } else { target.open_write(path) }.map_err(io)?;
     if !sparse {
         f.write_all_at(data, offset).map_err(io)?;
         return Ok(f);

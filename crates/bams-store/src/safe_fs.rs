@@ -169,6 +169,13 @@ impl TargetDir {
         Ok(())
     }
 
+    /// Create the regular file `rel` (it must not exist) and open it for writing. For files
+    /// whose creation the restore left to their one content write, in a directory it made.
+    pub fn create_new(&self, rel: &Path) -> io::Result<File> {
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        rustix::fs::openat2(&self.root, rel, flags, Mode::from_raw_mode(0o600), BENEATH).map(File::from).map_err(errno)
+    }
+
     pub fn open_write(&self, rel: &Path) -> io::Result<File> {
         Ok(File::from(self.resolve(rel, OFlags::WRONLY)?))
     }

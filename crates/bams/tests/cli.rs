@@ -376,6 +376,15 @@ fn corrupted_pack_is_named_by_check_and_restore_keeps_the_rest() {
         .filter(|(i, n)| fs::read(base.join(n)).ok() == Some(random_bytes(100_000, *i as u64 + 10)))
         .count();
     assert_eq!(intact, 2, "every file but the damaged one is restored");
+    // The damaged one is there, under a name that says so (a one-blob file is created by its
+    // content write, so this also covers a write that never happened).
+    let marked: Vec<String> = fs::read_dir(&base)
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bams-incomplete"))
+        .collect();
+    assert_eq!(marked.len(), 1, "{marked:?}");
 
     // Truncation is named too.
     let len = bytes.len();
