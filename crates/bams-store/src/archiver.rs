@@ -403,7 +403,7 @@ impl Walker<'_, '_, '_> {
     }
 
     fn scanned_dir_tree(&mut self, path: &Path, root_dev: u64, parent: Option<&Tree>) -> Result<Id> {
-        let tree = Tree::default();
+        let mut tree = Tree::default();
         let scan = self
             .scanner
             .as_mut()
@@ -429,7 +429,6 @@ impl Walker<'_, '_, '_> {
         // The files this directory will have read, announced before the first is opened.
         self.prefetch
             .announce(entries.iter().zip(&to_read).filter(|(_, r)| **r).map(|(e, _)| (e.path.clone(), e.meta.len())));
-        let mut tree = tree;
         for ((e, read), parent_node) in entries.into_iter().zip(to_read).zip(parents) {
             let len = e.meta.len();
             let node = self.entry(&e.path, &e.name, &e.meta, Some(e.extras), parent_node, root_dev, false);

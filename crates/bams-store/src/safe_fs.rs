@@ -133,6 +133,7 @@ impl TargetDir {
         }
     }
 
+    /// Remove the directory `rel` if empty (a directory created for nothing selected).
     pub fn remove_empty_dir(&self, rel: &Path) {
         if let Ok((parent, name)) = split(rel) {
             if let Ok(parent) = self.dir(parent) {
@@ -176,6 +177,7 @@ impl TargetDir {
         rustix::fs::openat2(&self.root, rel, flags, Mode::from_raw_mode(0o600), BENEATH).map(File::from).map_err(errno)
     }
 
+    /// Open an existing regular file beneath the target for writing.
     pub fn open_write(&self, rel: &Path) -> io::Result<File> {
         Ok(File::from(self.resolve(rel, OFlags::WRONLY)?))
     }
@@ -233,9 +235,6 @@ impl TargetDir {
         let mut warnings = Vec::new();
         let mut warn =
             |what: &str, e: &dyn std::fmt::Display| warnings.push(format!("{}: {what}: {e}", shown.display()));
-        let (uid, gid) = if opts.owners { crate::fsmeta::owner_ids(node, opts) } else { (None, None) };
-        let times = Timestamps { last_access: timespec(node.atime_ns), last_modification: timespec(node.mtime_ns) };
-        let mode = Mode::from_raw_mode(node.mode & 0o7777);
         if matches!(node.kind, NodeKind::File | NodeKind::Dir) {
             let want = if node.kind == NodeKind::Dir { FileType::Directory } else { FileType::RegularFile };
             let fd = match self.resolve(rel, OFlags::RDONLY | OFlags::NONBLOCK) {
@@ -255,6 +254,9 @@ impl TargetDir {
             warnings.extend(Self::apply_to_open_file(&shown, &File::from(fd), node, opts));
             return warnings;
         }
+        let (uid, gid) = if opts.owners { crate::fsmeta::owner_ids(node, opts) } else { (None, None) };
+        let times = Timestamps { last_access: timespec(node.atime_ns), last_modification: timespec(node.mtime_ns) };
+        let mode = Mode::from_raw_mode(node.mode & 0o7777);
         let Ok((parent_rel, name)) = split(rel) else { return warnings };
         let parent = match self.dir(parent_rel) {
             Ok(p) => p,
@@ -298,9 +300,7 @@ impl TargetDir {
         }
         warnings
     }
-}
 
-impl TargetDir {
     /// Owner, extended attributes, mode and times of `node` on a file or directory already
     /// open (the restore applies them with the handle of a file's last content write).
     pub fn apply_file_metadata(
