@@ -43,7 +43,7 @@ pub use jobs::{Job, JobKind, JobSpec, Level, Schedule, ScheduleSpec, PRIORITY_RA
 pub use pools::{Pool, PoolRef, PoolSpec};
 pub use repos::{agent_repository_name, validate_name, Repository};
 pub use row::time_ms;
-pub use runs::{Dashboard, JobActivity, NewRun, Run, RunFilter, RunStats, RunStatus};
+pub use runs::{Dashboard, JobActivity, LostRun, NewRun, Run, RunFilter, RunStats, RunStatus};
 pub use snapshots::{SnapshotFilter, SnapshotSummary};
 pub use tokens::{AuthToken, Authenticated, TokenKind, TokenScope};
 pub use users::{hash_password, verify_password, Role, TotpState, User};

@@ -209,6 +209,18 @@ impl Run {
     }
 }
 
+/// A server run whose server went silent ([`Catalog::lost_server_runs`]), with what
+/// [`Catalog::interrupt_lost_run`] compares to be sure it is still lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostRun {
+    /// The run.
+    pub id: i64,
+    /// The server that claimed it.
+    pub server_id: String,
+    /// Its last sign of life (ms since the epoch; none from servers before heartbeats).
+    pub heartbeat_at: Option<i64>,
+}
+
 /// A run to queue.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -317,8 +329,8 @@ impl Catalog {
         // `$2` is read before the statement runs, which may wait for a finishing run's
         // transaction: a run never starts before the last finish on its repository.
         let sql = format!(
-            "UPDATE runs SET status = 'running', server_id = $1, started_at = {greatest}($2, COALESCE((SELECT \
-             MAX(f.finished_at) FROM runs f WHERE f.repository_id = runs.repository_id), 0)) \
+            "UPDATE runs SET status = 'running', server_id = $1, heartbeat_at = $2, started_at = {greatest}($2, \
+             COALESCE((SELECT MAX(f.finished_at) FROM runs f WHERE f.repository_id = runs.repository_id), 0)) \
              WHERE status = 'queued' AND id = (SELECT r.id FROM runs r WHERE r.status = 'queued' \
              AND r.agent_id IS NULL AND ($3 = 0 OR r.repository_id IS NULL OR (SELECT COUNT(*) FROM runs x \
              WHERE x.status = 'running' AND x.repository_id = r.repository_id) < $3) \
@@ -401,6 +413,76 @@ impl Catalog {
         rows.iter().map(Run::from_row).collect()
     }
 
+    /// A server's sign of life for the runs it executes (agent runs have their own). Returns
+    /// the ids still running under `server_id`: a run missing from them was declared lost and
+    /// re-queued while this server was cut off, and must stop here (fencing).
+    pub async fn server_heartbeat(&self, server_id: &str) -> Result<Vec<i64>> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE runs SET heartbeat_at = $1 WHERE server_id = $2 AND status = 'running' AND agent_id IS NULL \
+             RETURNING id",
+        )
+        .bind(now_ms())
+        .bind(server_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Server runs whose server stopped giving signs of life `silent_ms` ago (killed, hung or
+    /// cut off from the catalog). Runs of servers that never heartbeat (older versions) are
+    /// left alone.
+    pub async fn lost_server_runs(&self, silent_ms: i64) -> Result<Vec<LostRun>> {
+        let rows: Vec<(i64, String, Option<i64>)> = sqlx::query_as(
+            "SELECT id, server_id, heartbeat_at FROM runs WHERE status = 'running' AND agent_id IS NULL \
+             AND server_id IS NOT NULL AND heartbeat_at IS NOT NULL AND heartbeat_at < $1 ORDER BY id",
+        )
+        .bind(now_ms() - silent_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, server_id, heartbeat_at)| LostRun { id, server_id, heartbeat_at }).collect())
+    }
+
+    /// End a run its server lost (crash, kill, lost catalog connection) as interrupted and
+    /// queue it again, in one transaction, so that exactly one server does it. If the run has
+    /// moved on since `lost` was read (ended, or its server's heartbeat came back), nothing
+    /// happens and `None` is returned. A run that was itself a re-queue is not queued a third
+    /// time (a job that kills its server would loop), nor is a run whose job is gone.
+    /// Returns `Some(new run id)`, or `Some(None)` when ended but not re-queued.
+    pub async fn interrupt_lost_run(&self, lost: &LostRun, message: &str) -> Result<Option<Option<i64>>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let ended = sqlx::query(
+            "UPDATE runs SET status = 'interrupted', finished_at = $1, message = $2 WHERE id = $3 \
+             AND status = 'running' AND server_id = $4 AND COALESCE(heartbeat_at, -1) = $5",
+        )
+        .bind(now)
+        .bind(message)
+        .bind(lost.id)
+        .bind(&lost.server_id)
+        .bind(lost.heartbeat_at.unwrap_or(-1))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !ended {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        count_hourly(&mut tx, RunStatus::Interrupted, 0).await?;
+        let again: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO runs (job_id, kind, level, status, triggered_by, queued_at, priority, repository_id) \
+             SELECT r.job_id, r.kind, r.level, 'queued', $1, $2, r.priority, r.repository_id FROM runs r \
+             JOIN jobs j ON j.id = r.job_id WHERE r.id = $3 AND r.triggered_by NOT LIKE 'requeue:%' RETURNING id",
+        )
+        .bind(format!("requeue:{}", lost.id))
+        .bind(now)
+        .bind(lost.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(again.map(|r| r.0)))
+    }
+
     /// Record the end of a run (only a running or queued run can end), and count it in the
     /// hourly totals the dashboard reads.
     pub async fn finish_run(&self, id: i64, status: RunStatus, stats: &RunStats, message: &str) -> Result<()> {
@@ -423,23 +505,8 @@ impl Catalog {
         .await?
         .rows_affected()
             == 1;
-        let (ok, failed) = match status {
-            RunStatus::Succeeded => (1i64, 0i64),
-            RunStatus::Failed | RunStatus::Interrupted => (0, 1),
-            _ => (0, 0),
-        };
-        if ended && ok + failed > 0 {
-            sqlx::query(
-                "INSERT INTO run_hourly (hour, succeeded, failed, new_bytes) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (hour) DO UPDATE SET succeeded = run_hourly.succeeded + excluded.succeeded, \
-                 failed = run_hourly.failed + excluded.failed, new_bytes = run_hourly.new_bytes + excluded.new_bytes",
-            )
-            .bind(now - now.rem_euclid(HOUR_MS))
-            .bind(ok)
-            .bind(failed)
-            .bind(stats.new_bytes)
-            .execute(&mut *tx)
-            .await?;
+        if ended {
+            count_hourly(&mut tx, status, stats.new_bytes).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -534,19 +601,25 @@ impl Catalog {
         self.get_run(id).await
     }
 
-    /// Runs a (re)starting server left running: mark them interrupted. Returns how many.
+    /// Runs a (re)starting server left running: mark them interrupted and queue them again
+    /// ([`Self::interrupt_lost_run`]). Returns (interrupted run, its re-queued run) pairs.
     /// (Runs on agents go on without this server: the agent reports their end to any server;
     /// a silent one is failed by its heartbeat.)
-    pub async fn mark_interrupted(&self, server_id: &str, message: &str) -> Result<u64> {
-        let ids: Vec<(i64,)> =
-            sqlx::query_as("SELECT id FROM runs WHERE status = 'running' AND server_id = $1 AND agent_id IS NULL")
-                .bind(server_id)
-                .fetch_all(&self.pool)
-                .await?;
-        for (id,) in &ids {
-            self.finish_run(*id, RunStatus::Interrupted, &RunStats::default(), message).await?;
+    pub async fn mark_interrupted(&self, server_id: &str, message: &str) -> Result<Vec<(i64, Option<i64>)>> {
+        let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, heartbeat_at FROM runs WHERE status = 'running' AND server_id = $1 AND agent_id IS NULL",
+        )
+        .bind(server_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ended = Vec::new();
+        for (id, heartbeat_at) in rows {
+            let lost = LostRun { id, server_id: server_id.to_string(), heartbeat_at };
+            if let Some(again) = self.interrupt_lost_run(&lost, message).await? {
+                ended.push((id, again));
+            }
         }
-        Ok(ids.len() as u64)
+        Ok(ended)
     }
 
     /// The job's most recent successful backup run (optionally only Full ones), for levels.
@@ -704,4 +777,27 @@ impl Catalog {
         .await?;
         Ok(rows)
     }
+}
+
+/// Count an ended run in the hourly totals the dashboard reads (succeeded or failed; other
+/// ends are not counted).
+async fn count_hourly(tx: &mut sqlx::Transaction<'_, sqlx::Any>, status: RunStatus, new_bytes: i64) -> Result<()> {
+    let (ok, failed) = match status {
+        RunStatus::Succeeded => (1i64, 0i64),
+        RunStatus::Failed | RunStatus::Interrupted => (0, 1),
+        _ => return Ok(()),
+    };
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO run_hourly (hour, succeeded, failed, new_bytes) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (hour) DO UPDATE SET succeeded = run_hourly.succeeded + excluded.succeeded, \
+         failed = run_hourly.failed + excluded.failed, new_bytes = run_hourly.new_bytes + excluded.new_bytes",
+    )
+    .bind(now - now.rem_euclid(HOUR_MS))
+    .bind(ok)
+    .bind(failed)
+    .bind(new_bytes)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

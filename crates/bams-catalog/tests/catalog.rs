@@ -145,10 +145,18 @@ async fn scenario(cat: &Catalog) {
     assert_eq!(running.level, Some(Level::Incremental));
     let flagged = cat.request_cancel(running.id).await.unwrap();
     assert!(flagged.cancel_requested && flagged.status == RunStatus::Running);
-    assert_eq!(cat.mark_interrupted("server-a", "server restarted").await.unwrap(), 1);
+    let ended = cat.mark_interrupted("server-a", "server restarted").await.unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].0, running.id);
     assert_eq!(cat.get_run(running.id).await.unwrap().status, RunStatus::Interrupted);
+    // The interrupted run is queued again, once.
+    let again = cat.get_run(ended[0].1.expect("queued again")).await.unwrap();
+    assert_eq!(
+        (again.status, again.triggered_by.as_str()),
+        (RunStatus::Queued, format!("requeue:{}", running.id).as_str())
+    );
     let d = cat.dashboard().await.unwrap();
-    assert_eq!((d.jobs, d.repositories, d.active_runs, d.successes_24h, d.failures_24h), (1, 1, 3, 1, 1));
+    assert_eq!((d.jobs, d.repositories, d.active_runs, d.successes_24h, d.failures_24h), (1, 1, 4, 1, 1));
     assert_eq!(d.new_bytes_24h, 40);
 
     // Snapshot cache.
@@ -404,6 +412,120 @@ async fn no_double_runs(a: Catalog, b: Catalog) {
     claimed.sort_unstable();
     assert_eq!(fired.len(), 20, "each schedule fired exactly once");
     assert_eq!(claimed, fired, "each run claimed exactly once");
+}
+
+/// A server that stops heartbeating loses its runs: exactly one of the surviving servers
+/// interrupts each and queues it again once; a run still heartbeating is never taken; the
+/// lost server learns from its next heartbeat that the run is no longer its own.
+async fn lost_runs_are_requeued_once(a: Catalog, b: Catalog) {
+    let repo = a.add_repository("r", "/r", "/k").await.unwrap();
+    let mut jobs = Vec::new();
+    for i in 0..6 {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": format!("job{i}"), "type": "backup", "paths": ["/data"], "repository": repo.id
+        }))
+        .unwrap();
+        let job = a.create_job(&spec).await.unwrap();
+        a.queue_run(&NewRun { job_id: job.id, level: None, triggered_by: "manual".into() }).await.unwrap();
+        jobs.push(job.id);
+    }
+    let mut dead_runs = Vec::new();
+    for _ in 0..3 {
+        dead_runs.push(a.claim_run("dead").await.unwrap().unwrap().id);
+    }
+    let alive = b.claim_run("alive").await.unwrap().unwrap().id;
+    assert_eq!(a.server_heartbeat("dead").await.unwrap().len(), 3);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(b.server_heartbeat("alive").await.unwrap(), vec![alive]);
+    let lost = b.lost_server_runs(200).await.unwrap();
+    assert_eq!(lost.iter().map(|l| l.id).collect::<Vec<_>>(), dead_runs, "only the silent server's runs are lost");
+    // Both survivors try to recover every lost run at once: each run is taken exactly once.
+    let (ra, rb) = tokio::join!(
+        {
+            let (cat, lost) = (a.clone(), lost.clone());
+            tokio::spawn(async move {
+                let mut won = Vec::new();
+                for l in &lost {
+                    if let Some(again) = cat.interrupt_lost_run(l, "silent").await.unwrap() {
+                        won.push((l.id, again.unwrap()));
+                    }
+                }
+                won
+            })
+        },
+        {
+            let (cat, lost) = (b.clone(), lost.clone());
+            tokio::spawn(async move {
+                let mut won = Vec::new();
+                for l in &lost {
+                    if let Some(again) = cat.interrupt_lost_run(l, "silent").await.unwrap() {
+                        won.push((l.id, again.unwrap()));
+                    }
+                }
+                won
+            })
+        }
+    );
+    let mut won: Vec<(i64, i64)> = ra.unwrap().into_iter().chain(rb.unwrap()).collect();
+    won.sort_unstable();
+    assert_eq!(won.iter().map(|w| w.0).collect::<Vec<_>>(), dead_runs, "each lost run recovered once");
+    for (old, new) in &won {
+        assert_eq!(a.get_run(*old).await.unwrap().status, RunStatus::Interrupted);
+        let again = a.get_run(*new).await.unwrap();
+        assert_eq!(again.status, RunStatus::Queued);
+        assert_eq!(again.triggered_by, format!("requeue:{old}"));
+        assert_eq!(again.job_id, a.get_run(*old).await.unwrap().job_id);
+    }
+    assert!(b.lost_server_runs(200).await.unwrap().is_empty());
+    // Fencing: the dead server's heartbeat no longer lists the runs taken from it, and its
+    // late end of a run changes nothing.
+    assert!(a.server_heartbeat("dead").await.unwrap().is_empty());
+    a.finish_run(dead_runs[0], RunStatus::Succeeded, &RunStats::default(), "late").await.unwrap();
+    assert_eq!(a.get_run(dead_runs[0]).await.unwrap().status, RunStatus::Interrupted);
+    // A re-queued run that is lost again is interrupted but not queued a third time.
+    let mut requeued = Vec::new();
+    while let Some(r) = b.claim_run("dead-too").await.unwrap() {
+        requeued.push(r.id);
+    }
+    assert_eq!(requeued.len(), 5, "3 re-queued + 2 never claimed");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let lost = b.lost_server_runs(200).await.unwrap();
+    assert_eq!(lost.len(), 6, "the alive server stopped heartbeating too: {lost:?}");
+    for l in lost {
+        let again = b.interrupt_lost_run(&l, "silent").await.unwrap().expect("ended");
+        let was_requeue = b.get_run(l.id).await.unwrap().triggered_by.starts_with("requeue:");
+        assert_eq!(again.is_none(), was_requeue, "run {}", l.id);
+    }
+    // A heartbeat between the read and the recovery wins: the run is not taken.
+    let spec: JobSpec = serde_json::from_value(serde_json::json!({
+        "name": "late", "type": "backup", "paths": ["/data"], "repository": repo.id
+    }))
+    .unwrap();
+    let job = a.create_job(&spec).await.unwrap();
+    a.queue_run(&NewRun { job_id: job.id, level: None, triggered_by: "manual".into() }).await.unwrap();
+    let run = a.claim_run("slow").await.unwrap().unwrap().id;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let lost = b.lost_server_runs(200).await.unwrap();
+    let mine: Vec<_> = lost.iter().filter(|l| l.id == run).cloned().collect();
+    assert_eq!(mine.len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(a.server_heartbeat("slow").await.unwrap(), vec![run]);
+    assert!(b.interrupt_lost_run(&mine[0], "silent").await.unwrap().is_none());
+    assert_eq!(a.get_run(run).await.unwrap().status, RunStatus::Running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_server_runs_are_requeued_once_on_postgres() {
+    let pg = bams_testkit::PgCluster::start();
+    let url = pg.new_database("lost");
+    lost_runs_are_requeued_once(Catalog::open(&url).await.unwrap(), Catalog::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_server_runs_are_requeued_once_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/catalog.db", dir.path().display());
+    lost_runs_are_requeued_once(Catalog::open(&url).await.unwrap(), Catalog::open(&url).await.unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

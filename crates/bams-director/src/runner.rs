@@ -29,6 +29,9 @@ pub struct DirectorOptions {
     pub run_missed: bool,
     /// An agent run without a heartbeat for this long has failed (agent killed or hung).
     pub agent_silence: Duration,
+    /// A server run whose server has not heartbeat for this long is lost (server killed, hung
+    /// or cut off): any server marks it interrupted and queues it again.
+    pub server_silence: Duration,
     /// A queued agent run whose agent does not come for it within this fails.
     pub agent_wait: Duration,
     /// Who hears about ended runs.
@@ -125,12 +128,13 @@ impl Director {
 
     /// Recover from a previous life and start the loop.
     pub async fn start(self: &Arc<Self>) -> Result<tokio::task::JoinHandle<()>, bams_catalog::CatalogError> {
-        let n = self
+        let ended = self
             .catalog()
             .mark_interrupted(&self.opts.server_id, "the server stopped while this run was active")
             .await?;
-        if n > 0 {
-            warn!(runs = n, "marked runs of a previous server process as interrupted");
+        for (run, again) in ended {
+            warn!(run, requeued_as = ?again, "marked a run of a previous server process as interrupted");
+            self.log_requeue(run, again, "this server restarted while it ran").await;
         }
         if !self.opts.run_missed {
             self.skip_missed().await?;
@@ -257,6 +261,7 @@ impl Director {
                 fired = true;
             }
         }
+        fired |= self.heartbeat_and_recover(ms(self.opts.server_silence)).await?;
         if fired {
             self.agent_work.notify_waiters();
         }
@@ -282,6 +287,52 @@ impl Director {
             });
         }
         Ok(())
+    }
+
+    /// Tell the catalog this server still runs its runs, stop those another server has taken
+    /// over meanwhile (fencing: this server was cut off long enough to be declared lost), and
+    /// interrupt and re-queue the runs of servers that went silent. Returns whether runs were
+    /// queued.
+    async fn heartbeat_and_recover(&self, silent_ms: i64) -> Result<bool, bams_catalog::CatalogError> {
+        let mine: Vec<i64> = self.controls().keys().copied().collect();
+        if !mine.is_empty() {
+            let still = self.catalog().server_heartbeat(&self.opts.server_id).await?;
+            for id in mine.iter().filter(|id| !still.contains(id)) {
+                let Some(ctl) = self.controls().get(id).cloned() else { continue };
+                let taken = self.catalog().get_run(*id).await.is_ok_and(|r| {
+                    r.server_id.as_deref() != Some(self.opts.server_id.as_str()) || r.status == RunStatus::Interrupted
+                });
+                if taken && !ctl.cancel.swap(true, Ordering::SeqCst) {
+                    warn!(run = id, "this run was declared lost and queued again elsewhere; stopping it here");
+                }
+            }
+        }
+        let mut queued = false;
+        for lost in self.catalog().lost_server_runs(silent_ms).await? {
+            let silent_s = (bams_catalog::now_ms() - lost.heartbeat_at.unwrap_or(0)) / 1000;
+            let why =
+                format!("server {} gave no sign of life for {silent_s} s (killed, hung or cut off)", lost.server_id);
+            if let Some(again) = self.catalog().interrupt_lost_run(&lost, &why).await? {
+                warn!(run = lost.id, server = %lost.server_id, requeued_as = ?again, "recovered a lost run");
+                self.log_requeue(lost.id, again, &why).await;
+                queued |= again.is_some();
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Note in both runs' logs that `run` was interrupted (and why) and queued again as `again`.
+    async fn log_requeue(&self, run: i64, again: Option<i64>, why: &str) {
+        let cat = self.catalog();
+        let next = match again {
+            Some(n) => format!("; queued again as run {n}"),
+            None => "; not queued again (it was a re-queue itself, or its job is gone)".into(),
+        };
+        let _ = cat.append_log(run, &format!("{} interrupted: {why}{next}\n", stamp())).await;
+        if let Some(n) = again {
+            let _ = cat.append_log(n, &format!("{} queued again: run {run} was interrupted ({why})\n", stamp())).await;
+        }
+        self.notify_ended(run);
     }
 
     async fn execute(self: Arc<Self>, run: Run, ctl: Arc<RunControl>) {

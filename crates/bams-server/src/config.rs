@@ -77,6 +77,9 @@ pub struct Config {
     pub agent_heartbeat_timeout_secs: u64,
     /// Seconds a queued job waits for its agent to come for it before it fails.
     pub agent_wait_secs: u64,
+    /// Seconds without a heartbeat after which another server (sharing the catalog) takes a
+    /// server's running jobs for lost: interrupted and queued again.
+    pub server_heartbeat_timeout_secs: u64,
     /// Webhooks and e-mail when runs end.
     pub notifications: bams_director::notify::NotifyConfig,
     /// Seconds running jobs get to finish on SIGTERM before they checkpoint and stop.
@@ -128,6 +131,7 @@ impl Default for Config {
             run_missed: true,
             agent_heartbeat_timeout_secs: 60,
             agent_wait_secs: 3600,
+            server_heartbeat_timeout_secs: 30,
             notifications: bams_director::notify::NotifyConfig::default(),
             shutdown_timeout_secs: 60,
             max_body_bytes: 2 << 20,
@@ -168,6 +172,7 @@ const KEYS: &[&str] = &[
     "run_missed",
     "agent_heartbeat_timeout_secs",
     "agent_wait_secs",
+    "server_heartbeat_timeout_secs",
     "notifications.on",
     "notifications.webhooks",
     "notifications.email.smtp_host",

@@ -164,6 +164,8 @@ pub async fn prepare(config: Config) -> Result<Server> {
             run_missed: config.run_missed,
             agent_silence: Duration::from_secs(config.agent_heartbeat_timeout_secs.max(1)),
             agent_wait: Duration::from_secs(config.agent_wait_secs.max(1)),
+            server_silence: Duration::from_secs(config.server_heartbeat_timeout_secs.max(1))
+                .max(Duration::try_from_secs_f64(config.scheduler_interval_secs * 3.0).unwrap_or(Duration::MAX)),
             notifications: config.notifications.clone(),
         },
     );

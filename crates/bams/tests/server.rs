@@ -1411,6 +1411,219 @@ async fn two_servers_over_one_postgres_fire_each_schedule_once() {
     drop(b);
 }
 
+/// Holds something that owns a tokio runtime (the fault proxy) and drops it on a plain
+/// thread: a runtime may be neither started nor dropped inside an async test.
+struct OffRuntime<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> Drop for OffRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = std::thread::spawn(move || drop(t)).join();
+        }
+    }
+}
+
+/// Every run of the catalog (up to 500), oldest first.
+async fn all_runs(api: &Api) -> Vec<Value> {
+    let runs = api.ok(Method::GET, "/api/v1/runs?limit=500", None).await;
+    let mut items = runs["items"].as_array().unwrap().clone();
+    items.sort_by_key(|r| r["id"].as_i64());
+    items
+}
+
+/// Scale-out: two servers over one PostgreSQL catalog and one S3 bucket. One is killed (-9)
+/// while it runs jobs: the other marks its runs interrupted and queues each again within the
+/// heartbeat timeout, runs them and the schedules, no run executes twice, and the repository
+/// (every snapshot) passes `check --read-data`. (`bench/failover.sh` times the same with the
+/// default 30 s timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_two_servers_requeues_its_runs_on_the_other() {
+    let pg = bams_testkit::PgCluster::start();
+    let s3 = bams_testkit::S3Server::start("failover");
+    let mut env = s3.env();
+    env.extend([
+        ("BAMS_SERVER_HEARTBEAT_TIMEOUT_SECS".into(), "3".into()),
+        ("BAMS_MAX_CONCURRENT_JOBS".into(), "2".into()),
+    ]);
+    // Server A reaches the bucket over a slow link (each pack upload waits 1.5 s in a proxy),
+    // so that its jobs are still running when it is killed.
+    let upstream = format!("http://127.0.0.1:{}", s3.port());
+    let proxy = OffRuntime(Some(
+        std::thread::spawn(move || bams_testkit::faultproxy::FaultProxy::start(&upstream, 7)).join().unwrap(),
+    ));
+    let proxy = proxy.0.as_ref().unwrap();
+    proxy.set_plan(Some(bams_testkit::faultproxy::FaultPlan {
+        stall: Duration::from_millis(1500),
+        ..bams_testkit::faultproxy::FaultPlan::new(bams_testkit::faultproxy::Fault::Stall, 1.0)
+            .method("PUT")
+            .path_contains("/data/")
+    }));
+    let slow = proxy.url();
+    let env_a: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(k, v)| (k.as_str(), if k == "AWS_ENDPOINT_URL" { slow.as_str() } else { v.as_str() }))
+        .chain([("BAMS_SERVER_ID", "server-a")])
+        .collect();
+    let env_b: Vec<(&str, &str)> =
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain([("BAMS_SERVER_ID", "server-b")]).collect();
+    let mut a = Server::start_with(Some(pg.url()), &env_a);
+    let b = Server::start_with(Some(pg.url()), &env_b);
+    let admin_a = Api::login(&a, "admin", &a.admin_password()).await;
+    let admin = Api::login(&b, "admin", &a.admin_password()).await;
+    let repo = admin_a
+        .ok(
+            Method::POST,
+            "/api/v1/repositories",
+            Some(json!({"name": "bucket", "url": "s3://failover/repo", "password": "bucket-pass"})),
+        )
+        .await;
+    // Shared key files, as the docs ask of servers sharing a catalog.
+    std::fs::create_dir_all(b.data().join("keys")).unwrap();
+    std::fs::copy(a.data().join("keys/bucket.key"), b.data().join("keys/bucket.key")).unwrap();
+    // Four big jobs (two per server at most), started on server A.
+    let mut big = Vec::new();
+    for j in 0..4u64 {
+        let src = a.dir.path().join(format!("big{j}"));
+        std::fs::create_dir_all(&src).unwrap();
+        for i in 0..16 {
+            random_file(&src.join(format!("f{i}")), 6 << 20, 100 * j + i + 1);
+        }
+        let job = admin
+            .ok(
+                Method::POST,
+                "/api/v1/jobs",
+                Some(json!({"name": format!("big{j}"), "type": "backup", "paths": [src], "repository": repo["id"]})),
+            )
+            .await;
+        big.push(job["id"].as_i64().unwrap());
+    }
+    // A small job on a schedule every two seconds: it must go on firing after the kill.
+    let small_src = a.dir.path().join("small");
+    write_tree(&small_src);
+    let small = admin
+        .ok(Method::POST, "/api/v1/jobs", Some(json!({"name": "small", "type": "backup", "paths": [small_src], "repository": repo["id"], "schedule": "*/2 * * * * *"})))
+        .await;
+    for id in &big {
+        admin_a.ok(Method::POST, &format!("/api/v1/jobs/{id}/run"), None).await;
+    }
+    // Kill A once it is writing: its runs are running and the bucket holds data.
+    let start = Instant::now();
+    loop {
+        let runs = all_runs(&admin).await;
+        if runs
+            .iter()
+            .any(|r| r["server_id"] == "server-a" && r["status"] == "running" && r["bytes"].as_i64() > Some(0))
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "server A never ran a job: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill9();
+    let killed = Instant::now();
+    // What A was running when it died (nobody can change it for the 3 s of the timeout).
+    let on_a: Vec<i64> = all_runs(&admin)
+        .await
+        .iter()
+        .filter(|r| r["server_id"] == "server-a" && r["status"] == "running")
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert!(!on_a.is_empty());
+    // B interrupts and re-queues each of A's runs (3 s timeout here, 30 s by default).
+    let requeued: Vec<i64> = loop {
+        let runs = all_runs(&admin).await;
+        let done: Vec<i64> = on_a
+            .iter()
+            .filter_map(|id| {
+                let r = runs.iter().find(|r| r["id"].as_i64() == Some(*id))?;
+                (r["status"] == "interrupted").then_some(())?;
+                let again: Vec<&Value> =
+                    runs.iter().filter(|n| n["triggered_by"] == format!("requeue:{id}").as_str()).collect();
+                assert!(again.len() <= 1, "run {id} was queued again twice: {again:?}");
+                again.first().and_then(|n| n["id"].as_i64())
+            })
+            .collect();
+        if done.len() == on_a.len() {
+            break done;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(60), "A's runs were not re-queued within 60 s: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("{} run(s) of server A re-queued {:?} after the kill", on_a.len(), killed.elapsed());
+    let interrupted = admin.ok(Method::GET, &format!("/api/v1/runs/{}", on_a[0]), None).await;
+    assert!(interrupted["message"].as_str().unwrap().contains("server-a gave no sign of life"), "{interrupted}");
+    let log = admin.ok(Method::GET, &format!("/api/v1/runs/{}/log", on_a[0]), None).await;
+    assert!(log["log"].as_str().unwrap().contains("queued again as run"), "{log}");
+    // B runs everything to the end, including the schedule fired after the kill.
+    let killed_at = chrono::Utc::now() - chrono::Duration::from_std(killed.elapsed()).unwrap();
+    let deadline = Instant::now();
+    loop {
+        let runs = all_runs(&admin).await;
+        let requeued_done = requeued.iter().all(|id| {
+            runs.iter()
+                .any(|r| r["id"].as_i64() == Some(*id) && r["status"] == "succeeded" && r["server_id"] == "server-b")
+        });
+        let scheduled_on_b = runs.iter().any(|r| {
+            r["job_id"] == small["id"]
+                && r["status"] == "succeeded"
+                && r["server_id"] == "server-b"
+                && r["queued_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| t > killed_at)
+        });
+        if requeued_done && scheduled_on_b {
+            break;
+        }
+        assert!(deadline.elapsed() < Duration::from_secs(240), "B did not finish A's work: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    admin
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/jobs/{}", small["id"]),
+            Some(json!({"name": "small", "type": "backup", "paths": [small_src], "repository": repo["id"], "enabled": false})),
+        )
+        .await;
+    let runs = loop {
+        let runs = all_runs(&admin).await;
+        if runs.iter().all(|r| !matches!(r["status"].as_str(), Some("queued" | "running"))) {
+            break runs;
+        }
+        assert!(deadline.elapsed() < Duration::from_secs(300), "runs never ended: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // No run executed twice: one snapshot per succeeded run, each run on one named server,
+    // and only A's killed runs interrupted.
+    let mut snapshots: Vec<&str> = Vec::new();
+    for r in &runs {
+        assert!(matches!(r["server_id"].as_str(), Some("server-a" | "server-b")), "{r}");
+        match r["status"].as_str() {
+            Some("succeeded") => snapshots.push(r["snapshot_id"].as_str().expect("a snapshot")),
+            Some("interrupted") => assert!(on_a.contains(&r["id"].as_i64().unwrap()), "{r}"),
+            _ => panic!("unexpected end: {r}"),
+        }
+    }
+    let n = snapshots.len();
+    snapshots.sort_unstable();
+    snapshots.dedup();
+    assert_eq!(snapshots.len(), n, "two runs wrote the same snapshot");
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bams"));
+        c.args(["-r", "s3://failover/repo"]).args(args).env("BAMS_PASSWORD", "bucket-pass");
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "bams {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let listed: Value = serde_json::from_slice(&cli(&["snapshots", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), n, "the bucket holds exactly one snapshot per succeeded run");
+    cli(&["check", "--read-data"]);
+    drop(b);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_concurrency_limit_keeps_extra_runs_queued() {
     let s = Server::start_with(None, &[("BAMS_MAX_CONCURRENT_JOBS", "1")]);
@@ -3282,12 +3495,17 @@ async fn two_agents_on_schedules_run_full_incremental_differential_into_a_pool_a
         // of the same level: it must succeed too before the next night.
         for (i, (job, _, _)) in agents.iter().enumerate() {
             let runs = admin.ok(Method::GET, &format!("/api/v1/runs?job={job}"), None).await;
-            let newer: Vec<_> =
+            let mut newer: Vec<_> =
                 runs["items"].as_array().unwrap().iter().filter(|r| r["id"].as_i64().unwrap() > last_run[i]).collect();
+            newer.sort_by_key(|r| r["id"].as_i64());
             for r in newer {
                 let r = admin.wait_run(r["id"].as_i64().unwrap()).await;
                 assert_eq!(r["status"], "succeeded", "{r}");
                 last_run[i] = last_run[i].max(r["id"].as_i64().unwrap());
+                // A later Full is the one the Differential bases on.
+                if r["level"] == "full" {
+                    full_snapshots[i] = r["snapshot_id"].as_str().unwrap().to_string();
+                }
             }
         }
     }
