@@ -77,6 +77,11 @@ pub struct Config {
     pub agent_heartbeat_timeout_secs: u64,
     /// Seconds a queued job waits for its agent to come for it before it fails.
     pub agent_wait_secs: u64,
+    /// Seconds between background merges of each repository's small index files (0: never;
+    /// `bams repo consolidate` does it by hand).
+    pub index_consolidate_every_secs: u64,
+    /// A repository's index is merged once it has at least this many small index files.
+    pub index_consolidate_min_files: usize,
     /// Seconds without a heartbeat after which another server (sharing the catalog) takes a
     /// server's running jobs for lost: interrupted and queued again.
     pub server_heartbeat_timeout_secs: u64,
@@ -132,6 +137,8 @@ impl Default for Config {
             agent_heartbeat_timeout_secs: 60,
             agent_wait_secs: 3600,
             server_heartbeat_timeout_secs: 30,
+            index_consolidate_every_secs: 3600,
+            index_consolidate_min_files: 64,
             notifications: bams_director::notify::NotifyConfig::default(),
             shutdown_timeout_secs: 60,
             max_body_bytes: 2 << 20,
@@ -173,6 +180,8 @@ const KEYS: &[&str] = &[
     "agent_heartbeat_timeout_secs",
     "agent_wait_secs",
     "server_heartbeat_timeout_secs",
+    "index_consolidate_every_secs",
+    "index_consolidate_min_files",
     "notifications.on",
     "notifications.webhooks",
     "notifications.email.smtp_host",

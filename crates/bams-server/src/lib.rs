@@ -288,6 +288,54 @@ async fn expire_images(st: AppState) {
     }
 }
 
+/// Every `index_consolidate_every_secs`: merge the small index files of each repository the
+/// catalog knows (agents' own included) once they reach `index_consolidate_min_files`, so
+/// repositories written by many agents keep opening fast. Safe beside running backups (a
+/// shared lock); a repository that cannot be opened or merged now is tried next time.
+async fn consolidate_indexes(st: AppState) {
+    let every = st.config.index_consolidate_every_secs;
+    if every == 0 {
+        return;
+    }
+    let opts = bams_store::consolidate::ConsolidateOptions {
+        min_files: st.config.index_consolidate_min_files.max(2),
+        ..Default::default()
+    };
+    loop {
+        tokio::time::sleep(Duration::from_secs(every)).await;
+        let repos = match st.catalog.list_repositories().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "index consolidation: cannot list repositories");
+                continue;
+            }
+        };
+        for rec in repos {
+            let repo = match st.director.repos().get(rec.id).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(repository = %rec.name, error = %e, "index consolidation: cannot open the repository");
+                    continue;
+                }
+            };
+            let opts = opts.clone();
+            let done = tokio::task::spawn_blocking(move || bams_store::consolidate::consolidate(&repo, &opts)).await;
+            match done {
+                Ok(Ok(r)) if r.files_merged > 0 => info!(
+                    repository = %rec.name,
+                    merged = r.files_merged,
+                    written = r.files_written,
+                    files = r.files_after,
+                    "merged small index files"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(repository = %rec.name, error = %e, "index consolidation failed"),
+                Err(e) => warn!(repository = %rec.name, error = %e, "index consolidation crashed"),
+            }
+        }
+    }
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -321,6 +369,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let loop_handle = director.start().await?;
     let housekeeping = tokio::spawn(housekeeping(server.state.clone()));
     let expiry = tokio::spawn(expire_images(server.state.clone()));
+    let consolidation = tokio::spawn(consolidate_indexes(server.state.clone()));
     let (stop_socket, socket_stopped) = tokio::sync::oneshot::channel::<()>();
     let socket_task = socket.map(|socket| {
         let router = server.router.clone();
@@ -369,6 +418,7 @@ pub async fn serve(config: Config) -> Result<()> {
     loop_handle.abort();
     housekeeping.abort();
     expiry.abort();
+    consolidation.abort();
     server.state.catalog.close().await;
     info!("server stopped");
     Ok(())

@@ -30,6 +30,7 @@ pub mod backend;
 pub mod browse;
 pub mod cache;
 pub mod check;
+pub mod consolidate;
 pub mod copy;
 pub mod crypto;
 pub mod error;

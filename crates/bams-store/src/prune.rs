@@ -199,12 +199,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         })?;
     }
     // (2) index for kept packs, (3) drop old index files, (4) delete packs.
-    if !keep.packs.is_empty() {
-        repo.save_index(&keep)?;
-    }
-    for (id, _) in &files {
-        repo.delete_index(id)?;
-    }
+    crate::consolidate::save_split(repo, keep.packs)?;
+    repo.delete_indexes(&files.iter().map(|(id, _)| *id).collect::<Vec<_>>())?;
     for pid in delete.iter().chain(repack.iter().map(|(p, _)| p)).chain(unindexed.iter()) {
         repo.delete(&pack_key(pid))?;
     }

@@ -554,22 +554,43 @@ impl Repository {
         Ok(out)
     }
 
+    /// Load the index files `ids`, each on its own (one damaged file fails only its entry).
+    pub fn load_index_files_by_id(&self, ids: &[Id]) -> Vec<Result<IndexFile>> {
+        self.load_many_sealed("index", ids)
+            .into_iter()
+            .zip(ids)
+            .map(|(plain, id)| plain.and_then(|p| IndexFile::decode(&p, &id.to_hex())))
+            .collect()
+    }
+
     /// The lookup over all index files. An index file that cannot be read or decoded is
     /// reported and skipped (its blobs are then simply unknown: a backup stores them again, a
     /// restore names what it lacks), so one bad object does not stop every reader. Prune and
     /// check use [`Self::load_index_files`], which fails on it instead.
+    ///
+    /// An index file that vanished between listing and reading was merged away by a
+    /// consolidation running meanwhile, which wrote its replacement first: the listing is
+    /// read again (a few times at most) so the replacement is found.
     pub fn load_index(&self) -> Result<MasterIndex> {
-        let ids = self.index_ids()?;
-        let plains = self.load_many_sealed("index", &ids);
-        let mut mi = MasterIndex::default();
-        for (id, plain) in ids.into_iter().zip(plains) {
-            match plain.and_then(|p| IndexFile::decode(&p, &id.to_hex())) {
-                Ok(f) => mi.add_file(&f),
-                Err(e) => tracing::warn!("skipping index file {id}: {e}"),
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let ids = self.index_ids()?;
+            let plains = self.load_many_sealed("index", &ids);
+            let mut mi = MasterIndex::default();
+            let mut vanished = false;
+            for (id, plain) in ids.into_iter().zip(plains) {
+                match plain.and_then(|p| IndexFile::decode(&p, &id.to_hex())) {
+                    Ok(f) => mi.add_file(&f),
+                    Err(e) if e.kind() == crate::ErrorKind::NotFound && attempt <= 3 => vanished = true,
+                    Err(e) => tracing::warn!("skipping index file {id}: {e}"),
+                }
+            }
+            if !vanished {
+                mi.finalize();
+                return Ok(mi);
             }
         }
-        mi.finalize();
-        Ok(mi)
     }
 
     /// Write an index file.
@@ -583,6 +604,31 @@ impl Repository {
             c.remove(&index_key(id));
         }
         self.delete(&index_key(id))
+    }
+
+    /// Delete many index files, 16 at a time (one request each on object stores, where one
+    /// after another would take minutes for a many-writer repository).
+    pub fn delete_indexes(&self, ids: &[Id]) -> Result<()> {
+        if let Some(c) = &self.cache {
+            for id in ids {
+                c.remove(&index_key(id));
+            }
+        }
+        let backend = self.backend.clone();
+        let keys: Vec<String> = ids.iter().map(index_key).collect();
+        self.rt.block_on(async move {
+            use futures_util::StreamExt;
+            let mut done = futures_util::stream::iter(keys)
+                .map(|k| {
+                    let b = backend.clone();
+                    async move { b.delete(&k).await }
+                })
+                .buffer_unordered(16);
+            while let Some(r) = done.next().await {
+                r?;
+            }
+            Ok(())
+        })
     }
 
     /// Read the header of a pack (two range reads), for resume and index repair.

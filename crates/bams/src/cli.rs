@@ -280,6 +280,16 @@ pub enum CatalogCmd {
 pub enum RepoCmd {
     /// Create a new repository
     Init(InitArgs),
+    /// Merge small index files into a few large ones (many writers add one per backup;
+    /// opening a repository reads them all). Safe beside running backups; prune waits
+    Consolidate(ConsolidateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConsolidateArgs {
+    /// Only when at least this many small index files exist
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..))]
+    pub min_files: u32,
 }
 
 #[derive(Args, Debug)]

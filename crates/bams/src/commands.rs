@@ -51,6 +51,26 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
             Ok(exit::OK)
         }
+        Command::Repo(RepoCmd::Consolidate(a)) => {
+            let s = session::open(g)?;
+            let opts =
+                bams_store::consolidate::ConsolidateOptions { min_files: a.min_files as usize, ..Default::default() };
+            let r = bams_store::consolidate::consolidate(&s.repo, &opts)?;
+            if out.json {
+                out.json(&r)?;
+            } else if r.files_merged == 0 {
+                out.info(format!("{} index file(s); nothing to merge", r.files_before));
+            } else {
+                out.info(format!(
+                    "merged {} index files into {} ({} packs, {} blobs): {} index file(s) now",
+                    r.files_merged, r.files_written, r.packs, r.blobs, r.files_after
+                ));
+            }
+            for id in &r.unreadable {
+                eprintln!("warning: index file {id} could not be read and was left in place (bams check tells more)");
+            }
+            Ok(exit::OK)
+        }
         Command::Backup(a) => backup(g, out, a),
         Command::Snapshots(a) => {
             let s = session::open(g)?;

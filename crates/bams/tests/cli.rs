@@ -420,6 +420,46 @@ fn concurrent_backups_both_land() {
     }
 }
 
+/// `bams repo consolidate` merges the small index files of many backups into one, even while
+/// backups run beside it, and every snapshot still restores.
+#[test]
+fn consolidate_merges_index_files_beside_running_backups() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    for i in 0..12 {
+        fs::write(src.join(format!("f{i}")), random_bytes(50_000, i)).expect("write");
+        env.backup(&[&src]);
+    }
+    let index_files = || fs::read_dir(env.repo.join("index")).expect("index dir").count();
+    assert!(index_files() >= 12, "one index file per backup at least");
+    let out = env.run(&["repo", "consolidate", "--min-files", "1"]);
+    assert!(!out.status.success(), "--min-files below 2 is refused");
+    // Consolidate while more backups add index files.
+    let big = env.path("big");
+    fs::create_dir_all(&big).expect("mkdir");
+    for j in 0..30 {
+        fs::write(big.join(format!("g{j}")), random_bytes(300_000, 1000 + j)).expect("write");
+    }
+    let running =
+        env.cmd(&["backup", "--json", big.to_str().expect("utf8")]).stdout(Stdio::piped()).spawn().expect("spawn");
+    let r = env.json(&["repo", "consolidate"]);
+    assert!(r["files_merged"].as_u64().expect("merged") >= 12, "{r}");
+    assert_eq!(r["files_written"], 1, "{r}");
+    assert!(running.wait_with_output().expect("wait").status.success());
+    env.check_read_data();
+    let again = env.json(&["repo", "consolidate"]);
+    assert!(again["files_after"].as_u64().expect("after") <= 2, "{again}");
+    let snaps = env.json(&["snapshots"]);
+    let snaps = snaps.as_array().expect("list");
+    assert_eq!(snaps.len(), 13);
+    for (i, snap) in snaps.iter().enumerate() {
+        let target = env.path(&format!("r{i}"));
+        assert!(env.restore(snap["id"].as_str().expect("id"), &target).status.success());
+    }
+    assert_same_tree(&big, &env.path("r12").join(big.strip_prefix("/").expect("abs")));
+}
+
 fn wait_for_packs(env: &Env, min: usize, deadline: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < deadline {

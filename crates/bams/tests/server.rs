@@ -1624,6 +1624,45 @@ async fn killing_one_of_two_servers_requeues_its_runs_on_the_other() {
     drop(b);
 }
 
+/// The server merges a repository's small index files in the background once enough pile
+/// up, and the repository still checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_consolidates_small_index_files_in_the_background() {
+    let s = Server::start_with(
+        None,
+        &[("BAMS_INDEX_CONSOLIDATE_EVERY_SECS", "1"), ("BAMS_INDEX_CONSOLIDATE_MIN_FILES", "4")],
+    );
+    let admin = Api::login(&s, "admin", &s.admin_password()).await;
+    let src = s.dir.path().join("src");
+    write_tree(&src);
+    let job = admin
+        .ok(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({"name": "small", "type": "backup", "paths": [src], "repository": 1})),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let index_files = || std::fs::read_dir(s.data().join("repo/index")).map(|d| d.count()).unwrap_or(0);
+    let mut most = 0;
+    for i in 0..6 {
+        std::fs::write(src.join(format!("n{i}")), format!("change {i}")).unwrap();
+        assert_eq!(admin.run_job(job, None).await["status"], "succeeded");
+        most = most.max(index_files());
+    }
+    assert!(most >= 2, "backups add index files");
+    let log = || std::fs::read_to_string(s.dir.path().join(format!("server-{}.log", s.port))).unwrap_or_default();
+    let start = Instant::now();
+    while index_files() > 3 || !log().contains("merged small index files") {
+        assert!(start.elapsed() < Duration::from_secs(30), "never consolidated: {} index files", index_files());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    check_repo(&s);
+    let snaps = admin.ok(Method::GET, "/api/v1/snapshots?repository=1", None).await;
+    assert_eq!(snaps["items"].as_array().unwrap().len(), 6);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_concurrency_limit_keeps_extra_runs_queued() {
     let s = Server::start_with(None, &[("BAMS_MAX_CONCURRENT_JOBS", "1")]);
