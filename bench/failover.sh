@@ -37,7 +37,7 @@ PGPORT=$(free_port)
 mkdir -p "$WORK/pg" "$WORK/pgsock" && chown postgres "$WORK/pg" "$WORK/pgsock"
 runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/pg" -A trust -U postgres >/dev/null
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -o "-p $PGPORT -k $WORK/pgsock -c listen_addresses=127.0.0.1" \
-  -l "$WORK/pg.log" -w start >/dev/null
+  -l "$WORK/pgsock/pg.log" -w start >/dev/null
 CATALOG="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 
 # S3: moto with one bucket.
@@ -88,7 +88,7 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 sleep 2
-kill -9 "$PID_a"
+kill -9 "$PID_a"; wait "$PID_a" 2>/dev/null || true
 t_kill=$(now_ms)
 ON_A=$(runs | jq -c '[.items[] | select(.server_id == "a" and .status == "running") | .id]')
 echo "server A killed while running runs $ON_A"

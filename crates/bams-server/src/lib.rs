@@ -336,6 +336,21 @@ async fn consolidate_indexes(st: AppState) {
     }
 }
 
+/// Every agent keeps a long poll open: lift the soft open-file limit (often 1,024 outside
+/// systemd, which sets 65,536 in bams.service) to the hard one, so a thousand agents do not
+/// run the server out of descriptors.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => info!(from = soft, to = hard, "raised the open file limit"),
+                Err(e) => warn!(error = %e, soft, "could not raise the open file limit"),
+            }
+        }
+    }
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -354,6 +369,7 @@ async fn shutdown_signal() {
 /// Run the server until SIGTERM/SIGINT, then shut down gracefully: stop accepting, let
 /// requests and running jobs finish (or checkpoint) within `shutdown_timeout_secs`.
 pub async fn serve(config: Config) -> Result<()> {
+    raise_open_file_limit();
     let addr = config.listen_addr()?;
     let tls = config.tls.clone();
     let server = prepare(config).await?;
