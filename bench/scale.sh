@@ -2,19 +2,22 @@
 # Scale benchmark (issue 18): how the cost grows with the number of files and writers.
 #
 # 1. Many small files: DIRS directories × PER_DIR files (default 1,000 × 10,000 = 10 million),
-#    generated here, each with content of its own (0–380 bytes: see below). Timed with peak RSS:
-#    first backup (page cache dropped), unchanged re-backup, `ls` of one directory, restore of
-#    everything, and the index's memory per blob (MasterIndex::BYTES_PER_BLOB, and peak RSS of
-#    the unchanged re-backup over the blobs the repository holds).
+#    each with content of its own (0–380 bytes: see below). Timed with peak RSS: first backup
+#    (page cache dropped), unchanged re-backup, `ls` of one directory, restore of everything;
+#    and the index's memory per blob (MasterIndex::BYTES_PER_BLOB, and the unchanged
+#    re-backup's peak RSS over the blobs the repository holds).
 #    Disk: ten million files of 0–4 KiB need ~40 GB as 4 KiB blocks, twice (source + restore).
-#    This bench puts source and restore on an ext4 file system in a loop file with 512-byte
-#    inodes and inline_data, where files up to ~380 bytes live inside their inode: 10 GB of
-#    inode tables instead of 80 GB of blocks. File sizes are therefore 0–380 bytes.
+#    Source and restore live on ext4 file systems in loop files with 512-byte inodes and
+#    inline_data, where files up to ~380 bytes stay inside their inode: ~5 GB of inode tables
+#    each instead of 40 GB of blocks. File sizes are therefore 0–380 bytes.
+#    The tree is generated once (~10 min for 10M files) into $SCALE_DIR (default
+#    /var/tmp/bams-scale-data) and mounted read-only by later runs; each run restores into a
+#    fresh file system.
 # 2. Many writers: `cargo bench -p bams-store --bench index_open` with INDEX_FILES (default
 #    100,000) small index files: reading the index before and after consolidation.
 #
-# Needs root (loop mount), mkfs.ext4, python3. Usage: bench/scale.sh   (DIRS=, PER_DIR=,
-# INDEX_FILES=, PARTS="1 2" to choose; WORK=/var/tmp by default, needs ~25 GB free for 10M).
+# Needs root (loop mounts), mkfs.ext4, python3. Usage: bench/scale.sh (DIRS=, PER_DIR=,
+# INDEX_FILES=, PARTS="1 2"; WORK=/var/tmp; ~25 GB free for 10M files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIRS=${DIRS:-1000}
@@ -22,12 +25,14 @@ PER_DIR=${PER_DIR:-10000}
 INDEX_FILES=${INDEX_FILES:-100000}
 PARTS=${PARTS:-1 2}
 BASE=${WORK:-/var/tmp}
+DATA=${SCALE_DIR:-/var/tmp/bams-scale-data}
 cargo build --release --locked -q -p bams
 BAMS=$PWD/target/release/bams
 WORK=$(mktemp -d "$BASE/bams-scale.XXXXXX")
-MNT=$WORK/mnt
+SRC_MNT=$WORK/src-fs
+DST_MNT=$WORK/restore-fs
 cleanup() {
-  mountpoint -q "$MNT" && umount "$MNT"
+  for m in "$SRC_MNT" "$DST_MNT"; do mountpoint -q "$m" && umount "$m"; done
   [ -n "${KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -43,16 +48,21 @@ timed() { # label cmd...: runs cmd, appends "label seconds max_rss_kib" to $WORK
 row() { # label description [entries]
   awk -v l="$1" -v d="$2" -v n="${3:-$FILES}" '$1 == l {printf "| %s | %.1f s | %.0f files/s | %.0f MiB |\n", d, $2, n / ($2 > 0 ? $2 : 1), $3 / 1024}' "$WORK/times"
 }
+make_fs() { # image inodes: ext4 where small files live in their inodes
+  truncate -s $(( $2 * 512 + (2 << 30) )) "$1"
+  mkfs.ext4 -q -F -N "$2" -I 512 -O inline_data -E lazy_itable_init=1,nodiscard "$1"
+}
 
 if [[ " $PARTS " == *" 1 "* ]]; then
-  inodes=$(( FILES * 2 + DIRS * 2 + 100000 ))
-  truncate -s $(( inodes * 512 + (4 << 30) )) "$WORK/fs.img"
-  mkfs.ext4 -q -F -N "$inodes" -I 512 -O inline_data -E lazy_itable_init=1,nodiscard "$WORK/fs.img"
-  mkdir -p "$MNT"
-  mount -o loop,noatime "$WORK/fs.img" "$MNT"
-  echo "== generating $FILES files in $DIRS directories"
-  t0=$(date +%s)
-  python3 - "$MNT/src" "$DIRS" "$PER_DIR" <<'PY'
+  READY=$DATA/.ready-${DIRS}x${PER_DIR}
+  mkdir -p "$DATA" "$SRC_MNT" "$DST_MNT"
+  if [ ! -f "$READY" ]; then
+    rm -f "$DATA"/.ready-* "$DATA/src.img"
+    make_fs "$DATA/src.img" $(( FILES + DIRS + 100000 ))
+    mount -o loop,noatime "$DATA/src.img" "$SRC_MNT"
+    echo "== generating $FILES files in $DIRS directories (once; kept in $DATA)"
+    t0=$(date +%s)
+    python3 - "$SRC_MNT/src" "$DIRS" "$PER_DIR" <<'PY'
 import os, sys, random
 root, dirs, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(18)
@@ -69,20 +79,27 @@ for d in range(dirs):
         os.write(fd, body)
         os.close(fd)
 PY
-  echo "generated in $(( $(date +%s) - t0 )) s"
+    echo "generated in $(( $(date +%s) - t0 )) s"
+    umount "$SRC_MNT"
+    touch "$READY"
+  fi
+  mount -o loop,ro "$DATA/src.img" "$SRC_MNT"
+  SRC=$SRC_MNT/src
+  make_fs "$WORK/restore.img" $(( FILES + DIRS * 2 + 100000 ))
+  mount -o loop,noatime "$WORK/restore.img" "$DST_MNT"
   "$BAMS" -r "$WORK/repo" repo init -q
+  echo "== $FILES files: backup, unchanged, ls, restore"
   sync; echo 3 >/proc/sys/vm/drop_caches
-  timed first "$BAMS" -r "$WORK/repo" backup -q --json "$MNT/src"
-  timed unchanged "$BAMS" -r "$WORK/repo" backup -q --json "$MNT/src"
-  timed ls "$BAMS" -r "$WORK/repo" ls latest "$MNT/src/d$(printf %04d $(( DIRS / 2 )))" --no-recursive
-  mkdir -p "$MNT/restore"
+  timed first "$BAMS" -r "$WORK/repo" backup -q --json "$SRC"
+  timed unchanged "$BAMS" -r "$WORK/repo" backup -q --json "$SRC"
+  timed ls "$BAMS" -r "$WORK/repo" ls latest "$SRC/d$(printf %04d $(( DIRS / 2 )))" --no-recursive
   sync; echo 3 >/proc/sys/vm/drop_caches
-  timed restore "$BAMS" -r "$WORK/repo" restore latest --target "$MNT/restore" -q
+  timed restore "$BAMS" -r "$WORK/repo" restore latest --target "$DST_MNT" -q
   listed=$(wc -l <"$WORK/ls.out")
-  restored=$(find "$MNT/restore" -type f | wc -l)
+  restored=$(find "$DST_MNT$SRC" -type f | wc -l)
   sample=$(printf 'd%04d' $(( DIRS - 1 )))
-  diff -r "$MNT/src/$sample" "$MNT/restore$MNT/src/$sample" >/dev/null && same=yes || same=NO
-  blobs=$("$BAMS" -r "$WORK/repo" stats --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s.get("blobs") or s.get("blob_count") or 0)')
+  diff -r "$SRC/$sample" "$DST_MNT$SRC/$sample" >/dev/null && same=yes || same=NO
+  blobs=$("$BAMS" -r "$WORK/repo" stats --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["blobs"])')
   repo_mb=$(du -sm "$WORK/repo" | cut -f1)
   index_mb=$(du -sm "$WORK/repo/index" | cut -f1)
   unchanged_kib=$(awk '$1 == "unchanged" {print $3}' "$WORK/times")
@@ -103,8 +120,8 @@ $(row restore "restore of everything")
 | index memory per blob (MasterIndex::BYTES_PER_BLOB) | 32 B |
 | unchanged re-backup peak RSS per blob | $(python3 -c "print(f'{$unchanged_kib * 1024 / max($blobs, 1):.0f} B')") |
 EOF
-  umount "$MNT"
-  rm -f "$WORK/fs.img"
+  umount "$DST_MNT"
+  rm -f "$WORK/restore.img"
 fi
 
 if [[ " $PARTS " == *" 2 "* ]]; then
