@@ -39,6 +39,9 @@ pub struct RestoreOptions {
     pub numeric_owner: bool,
     /// Parallel pack readers.
     pub readers: usize,
+    /// Files planned and written at once ([`BATCH_FILES`] by default): bounds the memory of
+    /// restoring millions of files.
+    pub batch_files: usize,
 }
 
 impl RestoreOptions {
@@ -51,6 +54,7 @@ impl RestoreOptions {
             owners: nix::unistd::geteuid().is_root(),
             numeric_owner: false,
             readers: std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).max(2),
+            batch_files: BATCH_FILES,
         }
     }
 }
@@ -123,6 +127,10 @@ pub fn restore(
     let mut others: Vec<(PathBuf, Node)> = Vec::new();
     let mut hardlinks: HashMap<(u64, u64), PathBuf> = HashMap::new();
 
+    let apply = ApplyOptions { owners: opts.owners, numeric_owner: opts.numeric_owner };
+    let batch = |files: &mut Vec<PlannedFile>, result: &mut RestoreResult| {
+        finish_files(repo, index, &target, files, opts, apply, progress, result);
+    };
     let mut planner = Planner {
         target: &target,
         repo,
@@ -133,11 +141,46 @@ pub fn restore(
         others: &mut others,
         hardlinks: &mut hardlinks,
         result: &mut result,
+        batch: &batch,
+        batch_files: opts.batch_files.max(1),
     };
     planner.tree(root, Path::new(root_path), Path::new(""), 0, false, true)?;
+    batch(&mut files, &mut result);
 
-    let apply = ApplyOptions { owners: opts.owners, numeric_owner: opts.numeric_owner };
-    write_content(repo, index, &target, &mut files, opts, apply, progress, &mut result);
+    for (path, node) in &others {
+        result.warnings.extend(target.apply_metadata(path, node, apply));
+    }
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
+    for (path, node, _) in &dirs {
+        result.warnings.extend(target.apply_metadata(path, node, apply));
+    }
+    result.dirs = dirs.len() as u64;
+    Ok(result)
+}
+
+/// Files planned before their content is written: a restore of millions of files plans and
+/// writes them in batches of this many, so its memory does not grow with the snapshot (each
+/// planned file holds its node, ~1 KB). Files of one batch are neighbours in the tree and so
+/// mostly in the same packs.
+pub const BATCH_FILES: usize = 1 << 17;
+
+/// Write the content of planned `files`, mark the damaged ones, apply their metadata, verify
+/// them when asked, count them, and forget them.
+#[allow(clippy::too_many_arguments)]
+fn finish_files(
+    repo: &Repository,
+    index: &MasterIndex,
+    target: &TargetDir,
+    files: &mut Vec<PlannedFile>,
+    opts: &RestoreOptions,
+    apply: ApplyOptions,
+    progress: &dyn Progress,
+    result: &mut RestoreResult,
+) {
+    if files.is_empty() {
+        return;
+    }
+    write_content(repo, index, target, files, opts, apply, progress, result);
     // A file with content that could not be read must not pass for the original: it keeps
     // what was restored (useful for salvage) under a name that says it is incomplete.
     for f in files.iter().filter(|f| f.damaged) {
@@ -159,29 +202,19 @@ pub fn restore(
             Err(e) => result.errors.push(format!("{}: content incomplete and not renamed: {e}", shown.display())),
         }
     }
-
     for f in files.iter().filter(|f| !f.damaged && !f.meta_done.load(Ordering::Relaxed)) {
         result.warnings.extend(target.apply_metadata(&f.path, &f.node, apply));
     }
-    for (path, node) in &others {
-        result.warnings.extend(target.apply_metadata(path, node, apply));
-    }
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
-    for (path, node, _) in &dirs {
-        result.warnings.extend(target.apply_metadata(path, node, apply));
-    }
-
     if opts.verify {
         for f in files.iter().filter(|f| !f.damaged) {
-            match verify_file(repo, index, &target, &f.path, &f.node) {
+            match verify_file(repo, index, target, &f.path, &f.node) {
                 Ok(()) => result.verified += 1,
                 Err(e) => result.errors.push(format!("verify {}: {e}", target.display(&f.path).display())),
             }
         }
     }
-    result.files = files.len() as u64;
-    result.dirs = dirs.len() as u64;
-    Ok(result)
+    result.files += files.len() as u64;
+    files.clear();
 }
 
 /// Refuse names that would escape the target directory.
@@ -202,6 +235,9 @@ struct Planner<'a> {
     others: &'a mut Vec<(PathBuf, Node)>,
     hardlinks: &'a mut HashMap<(u64, u64), PathBuf>,
     result: &'a mut RestoreResult,
+    /// Writes and forgets the files planned so far (every [`BATCH_FILES`]).
+    batch: &'a dyn Fn(&mut Vec<PlannedFile>, &mut RestoreResult),
+    batch_files: usize,
 }
 
 impl Planner<'_> {
@@ -290,6 +326,9 @@ impl Planner<'_> {
                     meta_done: AtomicBool::new(false),
                     deferred,
                 });
+                if self.files.len() >= self.batch_files {
+                    (self.batch)(self.files, self.result);
+                }
             }
             NodeKind::Symlink => {
                 let target = node.link_target.clone().unwrap_or_default();
