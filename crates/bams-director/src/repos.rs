@@ -183,7 +183,8 @@ impl RepoPool {
             if exists {
                 Repository::open(backend, rt, &secret)
             } else {
-                Repository::init(backend, rt, &secret, SlotKind::Keyfile, &InitOptions::default())
+                let opts = InitOptions { kdf: bams_store::crypto::KdfParams::RANDOM_KEY, ..InitOptions::default() };
+                Repository::init(backend, rt, &secret, SlotKind::Keyfile, &opts)
             }
         })
         .await
