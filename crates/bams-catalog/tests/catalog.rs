@@ -514,6 +514,43 @@ async fn lost_runs_are_requeued_once(a: Catalog, b: Catalog) {
     assert_eq!(a.get_run(run).await.unwrap().status, RunStatus::Running);
 }
 
+/// Many jobs fire in one transaction; a job another server fired meanwhile is skipped (its
+/// savepoint rolled back) without undoing the others.
+async fn many_jobs_fire_in_one_transaction(cat: Catalog) {
+    let repo = cat.add_repository("r", "/r", "/k").await.unwrap();
+    let mut groups = Vec::new();
+    for i in 0..3 {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": format!("j{i}"), "type": "backup", "paths": ["/data"], "repository": repo.id
+        }))
+        .unwrap();
+        let job = cat.create_job(&spec).await.unwrap();
+        let s = ScheduleSpec { job: job.id, cron: "* * * * *".into(), timezone: None, level: None, enabled: true };
+        let sched = cat.create_schedule(&s, Some(now_ms() - 10)).await.unwrap();
+        groups.push(vec![(sched, Some(now_ms() + 60_000))]);
+    }
+    // Another server fires the second job first.
+    assert!(cat.fire_schedules(&groups[1], now_ms()).await.unwrap().is_some());
+    let fired = cat.fire_many(&groups, now_ms()).await.unwrap();
+    assert!(fired[0].is_some() && fired[1].is_none() && fired[2].is_some(), "{fired:?}");
+    let queued = cat.list_runs(&RunFilter { status: Some("queued".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(queued.items.len(), 3, "one run per job");
+    assert!(cat.fire_many(&groups, now_ms()).await.unwrap().iter().all(Option::is_none), "nothing fires twice");
+}
+
+#[tokio::test]
+async fn many_jobs_fire_in_one_transaction_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    many_jobs_fire_in_one_transaction(Catalog::open(&format!("sqlite://{}/c.db", dir.path().display())).await.unwrap())
+        .await;
+}
+
+#[tokio::test]
+async fn many_jobs_fire_in_one_transaction_on_postgres() {
+    let pg = bams_testkit::PgCluster::start();
+    many_jobs_fire_in_one_transaction(Catalog::open(&pg.new_database("fire")).await.unwrap()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_server_runs_are_requeued_once_on_postgres() {
     let pg = bams_testkit::PgCluster::start();
