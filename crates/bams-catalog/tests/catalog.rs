@@ -378,16 +378,21 @@ async fn catalog_on_postgres() {
     pools_and_schedules(&cat).await;
 }
 
+/// A backup job of `/data` into repository `repo`.
+async fn backup_job(cat: &Catalog, repo: i64, name: impl std::fmt::Display) -> Job {
+    let spec: JobSpec = serde_json::from_value(serde_json::json!({
+        "name": name.to_string(), "type": "backup", "paths": ["/data"], "repository": repo
+    }))
+    .unwrap();
+    cat.create_job(&spec).await.unwrap()
+}
+
 /// Two servers over one catalog: every due schedule fires once and every run is claimed once.
 async fn no_double_runs(a: Catalog, b: Catalog) {
     let repo = a.add_repository("r", "/r", "/k").await.unwrap();
     let mut schedules = Vec::new();
     for i in 0..20 {
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
-            "name": format!("job{i}"), "type": "backup", "paths": ["/data"], "repository": repo.id
-        }))
-        .unwrap();
-        let job = a.create_job(&spec).await.unwrap();
+        let job = backup_job(&a, repo.id, format!("job{i}")).await;
         let s = ScheduleSpec { job: job.id, cron: "* * * * *".into(), timezone: None, level: None, enabled: true };
         schedules.push(a.create_schedule(&s, Some(now_ms() - 10)).await.unwrap());
     }
@@ -421,11 +426,7 @@ async fn lost_runs_are_requeued_once(a: Catalog, b: Catalog) {
     let repo = a.add_repository("r", "/r", "/k").await.unwrap();
     let mut jobs = Vec::new();
     for i in 0..6 {
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
-            "name": format!("job{i}"), "type": "backup", "paths": ["/data"], "repository": repo.id
-        }))
-        .unwrap();
-        let job = a.create_job(&spec).await.unwrap();
+        let job = backup_job(&a, repo.id, format!("job{i}")).await;
         a.queue_run(&NewRun { job_id: job.id, level: None, triggered_by: "manual".into() }).await.unwrap();
         jobs.push(job.id);
     }
@@ -497,11 +498,7 @@ async fn lost_runs_are_requeued_once(a: Catalog, b: Catalog) {
         assert_eq!(again.is_none(), was_requeue, "run {}", l.id);
     }
     // A heartbeat between the read and the recovery wins: the run is not taken.
-    let spec: JobSpec = serde_json::from_value(serde_json::json!({
-        "name": "late", "type": "backup", "paths": ["/data"], "repository": repo.id
-    }))
-    .unwrap();
-    let job = a.create_job(&spec).await.unwrap();
+    let job = backup_job(&a, repo.id, "late").await;
     a.queue_run(&NewRun { job_id: job.id, level: None, triggered_by: "manual".into() }).await.unwrap();
     let run = a.claim_run("slow").await.unwrap().unwrap().id;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -520,11 +517,7 @@ async fn many_jobs_fire_in_one_transaction(cat: Catalog) {
     let repo = cat.add_repository("r", "/r", "/k").await.unwrap();
     let mut groups = Vec::new();
     for i in 0..3 {
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
-            "name": format!("j{i}"), "type": "backup", "paths": ["/data"], "repository": repo.id
-        }))
-        .unwrap();
-        let job = cat.create_job(&spec).await.unwrap();
+        let job = backup_job(&cat, repo.id, format!("j{i}")).await;
         let s = ScheduleSpec { job: job.id, cron: "* * * * *".into(), timezone: None, level: None, enabled: true };
         let sched = cat.create_schedule(&s, Some(now_ms() - 10)).await.unwrap();
         groups.push(vec![(sched, Some(now_ms() + 60_000))]);
