@@ -419,6 +419,18 @@ async fn no_double_runs(a: Catalog, b: Catalog) {
     assert_eq!(claimed, fired, "each run claimed exactly once");
 }
 
+/// As a surviving server: recover every run in `lost`; returns (run, its re-queue) for those
+/// this catalog won.
+async fn recover_all(cat: Catalog, lost: Vec<LostRun>) -> Vec<(i64, i64)> {
+    let mut won = Vec::new();
+    for l in &lost {
+        if let Some(again) = cat.interrupt_lost_run(l, "silent").await.unwrap() {
+            won.push((l.id, again.unwrap()));
+        }
+    }
+    won
+}
+
 /// A server that stops heartbeating loses its runs: exactly one of the surviving servers
 /// interrupts each and queues it again once; a run still heartbeating is never taken; the
 /// lost server learns from its next heartbeat that the run is no longer its own.
@@ -442,30 +454,8 @@ async fn lost_runs_are_requeued_once(a: Catalog, b: Catalog) {
     assert_eq!(lost.iter().map(|l| l.id).collect::<Vec<_>>(), dead_runs, "only the silent server's runs are lost");
     // Both survivors try to recover every lost run at once: each run is taken exactly once.
     let (ra, rb) = tokio::join!(
-        {
-            let (cat, lost) = (a.clone(), lost.clone());
-            tokio::spawn(async move {
-                let mut won = Vec::new();
-                for l in &lost {
-                    if let Some(again) = cat.interrupt_lost_run(l, "silent").await.unwrap() {
-                        won.push((l.id, again.unwrap()));
-                    }
-                }
-                won
-            })
-        },
-        {
-            let (cat, lost) = (b.clone(), lost.clone());
-            tokio::spawn(async move {
-                let mut won = Vec::new();
-                for l in &lost {
-                    if let Some(again) = cat.interrupt_lost_run(l, "silent").await.unwrap() {
-                        won.push((l.id, again.unwrap()));
-                    }
-                }
-                won
-            })
-        }
+        tokio::spawn(recover_all(a.clone(), lost.clone())),
+        tokio::spawn(recover_all(b.clone(), lost.clone()))
     );
     let mut won: Vec<(i64, i64)> = ra.unwrap().into_iter().chain(rb.unwrap()).collect();
     won.sort_unstable();

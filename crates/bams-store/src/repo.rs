@@ -545,13 +545,11 @@ impl Repository {
     /// Load every index file. A damaged index file is an error naming it.
     pub fn load_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
         let ids = self.index_ids()?;
-        let plains = self.load_many_sealed("index", &ids);
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, plain) in ids.into_iter().zip(plains) {
-            let plain = plain.map_err(|e| e.context(format!("index file {id}")))?;
-            out.push((id, IndexFile::decode(&plain, &id.to_hex())?));
-        }
-        Ok(out)
+        let files = self.load_index_files_by_id(&ids);
+        ids.into_iter()
+            .zip(files)
+            .map(|(id, file)| file.map(|f| (id, f)).map_err(|e| e.context(format!("index file {id}"))))
+            .collect()
     }
 
     /// Load the index files `ids`, each on its own (one damaged file fails only its entry).
@@ -576,11 +574,11 @@ impl Repository {
         loop {
             attempt += 1;
             let ids = self.index_ids()?;
-            let plains = self.load_many_sealed("index", &ids);
+            let files = self.load_index_files_by_id(&ids);
             let mut mi = MasterIndex::default();
             let mut vanished = false;
-            for (id, plain) in ids.into_iter().zip(plains) {
-                match plain.and_then(|p| IndexFile::decode(&p, &id.to_hex())) {
+            for (id, file) in ids.into_iter().zip(files) {
+                match file {
                     Ok(f) => mi.add_file(&f),
                     Err(e) if e.kind() == crate::ErrorKind::NotFound && attempt <= 3 => vanished = true,
                     Err(e) => tracing::warn!("skipping index file {id}: {e}"),
@@ -596,14 +594,6 @@ impl Repository {
     /// Write an index file.
     pub fn save_index(&self, file: &IndexFile) -> Result<Id> {
         self.save_sealed("index", &file.encode())
-    }
-
-    /// Delete an index file.
-    pub fn delete_index(&self, id: &Id) -> Result<()> {
-        if let Some(c) = &self.cache {
-            c.remove(&index_key(id));
-        }
-        self.delete(&index_key(id))
     }
 
     /// Delete many index files, 16 at a time (one request each on object stores, where one
