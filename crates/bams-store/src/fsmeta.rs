@@ -129,27 +129,54 @@ pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
 
 /// What metadata restore should apply.
 #[derive(Debug, Clone, Copy)]
-pub struct ApplyOptions {
+pub struct ApplyOptions<'a> {
     /// Try chown (only root can give files away).
     pub owners: bool,
     /// Prefer numeric ids over names.
     pub numeric_owner: bool,
+    /// This restore's lookups of owner names.
+    pub names: &'a OwnerIds,
+}
+
+/// User and group names of one restore, looked up once each: every lookup reads
+/// /etc/passwd or /etc/group (or asks NSS), and a restore of 100,000 files owned by a few
+/// users would otherwise make 200,000 of them. Kept per restore, not for the process, so a
+/// long-running server sees users added since.
+#[derive(Debug, Default)]
+pub struct OwnerIds {
+    users: std::sync::Mutex<HashMap<String, Option<u32>>>,
+    groups: std::sync::Mutex<HashMap<String, Option<u32>>>,
+}
+
+impl OwnerIds {
+    fn cached(
+        map: &std::sync::Mutex<HashMap<String, Option<u32>>>,
+        name: &str,
+        look_up: impl FnOnce(&str) -> Option<u32>,
+    ) -> Option<u32> {
+        let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(id) = map.get(name) {
+            return *id;
+        }
+        let id = look_up(name);
+        map.insert(name.to_owned(), id);
+        id
+    }
+
+    fn uid(&self, name: &str) -> Option<u32> {
+        Self::cached(&self.users, name, |n| nix::unistd::User::from_name(n).ok().flatten().map(|u| u.uid.as_raw()))
+    }
+
+    fn gid(&self, name: &str) -> Option<u32> {
+        Self::cached(&self.groups, name, |n| nix::unistd::Group::from_name(n).ok().flatten().map(|g| g.gid.as_raw()))
+    }
 }
 
 /// The owner to restore for `node`: names first (the ids may differ on this machine), the
 /// numeric ids when a name is unknown here or `numeric_owner` is set.
 pub fn owner_ids(node: &Node, opts: ApplyOptions) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
-    let uid = (!opts.numeric_owner)
-        .then(|| {
-            node.user.as_deref().and_then(|u| nix::unistd::User::from_name(u).ok().flatten()).map(|u| u.uid.as_raw())
-        })
-        .flatten()
-        .unwrap_or(node.uid);
-    let gid = (!opts.numeric_owner)
-        .then(|| {
-            node.group.as_deref().and_then(|g| nix::unistd::Group::from_name(g).ok().flatten()).map(|g| g.gid.as_raw())
-        })
-        .flatten()
-        .unwrap_or(node.gid);
+    let by_name = !opts.numeric_owner;
+    let uid = node.user.as_deref().filter(|_| by_name).and_then(|u| opts.names.uid(u)).unwrap_or(node.uid);
+    let gid = node.group.as_deref().filter(|_| by_name).and_then(|g| opts.names.gid(g)).unwrap_or(node.gid);
     (Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))
 }

@@ -1,10 +1,12 @@
 //! Restore: recreate a snapshot (or the part matching `--include`) under a target directory.
 //!
-//! Phase 1 walks the trees and creates directories, empty files of the final size, links and
-//! special files. Phase 2 reads the needed blobs pack by pack (coalesced ranges, several packs
-//! in parallel) and writes them at their offsets, leaving zero runs of sparse files as holes.
-//! Phase 3 applies metadata, directories last and deepest first. A blob that fails to read or
-//! authenticate damages only the files that use it: they are reported, the rest is restored.
+//! One thread walks the trees and creates directories, files, links and special files (links,
+//! special and empty files get their metadata at once). It hands the files in batches to a
+//! writer that reads their blobs pack by pack (coalesced ranges, several packs in parallel)
+//! and writes them at their offsets, leaving zero runs of sparse files as holes; a file's last
+//! write applies its metadata. Both run at once, and batches bound the memory. Directories get
+//! their metadata at the end, deepest first. A blob that fails to read or authenticate damages
+//! only the files that use it: they are reported, the rest is restored.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -16,7 +18,7 @@ use std::sync::Mutex;
 use crate::archiver::Progress;
 use crate::error::{Error, ErrorKind, Result};
 use crate::exclude::PathMatcher;
-use crate::fsmeta::ApplyOptions;
+use crate::fsmeta::{ApplyOptions, OwnerIds};
 use crate::id::Id;
 use crate::index::{BlobLocation, MasterIndex};
 use crate::pack::pack_key;
@@ -121,48 +123,98 @@ pub fn restore(
 ) -> Result<RestoreResult> {
     let include = if opts.include.is_empty() { None } else { Some(PathMatcher::new(&opts.include)?) };
     let target = TargetDir::open(&opts.target).map_err(|e| Error::io(opts.target.display(), e))?;
+    let names = OwnerIds::default();
+    let apply = ApplyOptions { owners: opts.owners, numeric_owner: opts.numeric_owner, names: &names };
     let mut result = RestoreResult::default();
-    let mut files: Vec<PlannedFile> = Vec::new();
     let mut dirs: Vec<(PathBuf, Node, usize)> = Vec::new();
-    let mut others: Vec<(PathBuf, Node)> = Vec::new();
     let mut hardlinks: HashMap<(u64, u64), PathBuf> = HashMap::new();
 
-    let apply = ApplyOptions { owners: opts.owners, numeric_owner: opts.numeric_owner };
-    let batch = |files: &mut Vec<PlannedFile>, result: &mut RestoreResult| {
-        finish_files(repo, index, &target, files, opts, apply, progress, result);
-    };
-    let mut planner = Planner {
-        target: &target,
-        repo,
-        index,
-        include: include.as_ref(),
-        files: &mut files,
-        dirs: &mut dirs,
-        others: &mut others,
-        hardlinks: &mut hardlinks,
-        result: &mut result,
-        batch: &batch,
-        batch_files: opts.batch_files.max(1),
-    };
-    planner.tree(root, Path::new(root_path), Path::new(""), 0, false, true)?;
-    batch(&mut files, &mut result);
-
-    for (path, node) in &others {
-        result.warnings.extend(target.apply_metadata(path, node, apply));
-    }
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
-    for (path, node, _) in &dirs {
-        result.warnings.extend(target.apply_metadata(path, node, apply));
-    }
+    // This thread walks the trees and makes directories and files while another writes the
+    // content of the batches planned before: the walk costs one core for as long as the
+    // content takes the others, and batches bound the memory of millions of files.
+    let (planned, written) = std::thread::scope(|s| {
+        let (batches, to_write) = std::sync::mpsc::sync_channel::<Vec<PlannedFile>>(0);
+        let target = &target;
+        let writer = s.spawn(move || {
+            let mut written = RestoreResult::default();
+            for mut files in to_write {
+                finish_files(repo, index, target, &mut files, opts, apply, progress, &mut written);
+            }
+            written
+        });
+        let max_batch = opts.batch_files.max(1);
+        let mut planner = Planner {
+            target,
+            repo,
+            index,
+            include: include.as_ref(),
+            apply,
+            files: Vec::new(),
+            dirs: &mut dirs,
+            hardlinks: &mut hardlinks,
+            result: &mut result,
+            batches,
+            batch_files: FIRST_BATCH_FILES.min(max_batch),
+            max_batch,
+        };
+        let planned = planner.tree(root, Path::new(root_path), Path::new(""), 0, false, true);
+        planner.send_batch();
+        // Dropping the planner closes the channel: the writer ends after the last batch.
+        drop(planner);
+        let written = writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (planned, written)
+    });
+    planned?;
+    result.files += written.files;
+    result.bytes += written.bytes;
+    result.verified += written.verified;
+    result.errors.extend(written.errors);
+    result.warnings.extend(written.warnings);
+    result.warnings.extend(apply_dir_metadata(&target, &mut dirs, apply, opts.readers));
     result.dirs = dirs.len() as u64;
     Ok(result)
 }
 
+/// Apply the directories' metadata once everything inside them is written: deepest first (a
+/// parent's mode may shut out the restore from its children), the directories of one depth on
+/// `threads` threads at once.
+fn apply_dir_metadata(
+    target: &TargetDir,
+    dirs: &mut [(PathBuf, Node, usize)],
+    apply: ApplyOptions,
+    threads: usize,
+) -> Vec<String> {
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.2));
+    let warnings = Mutex::new(Vec::new());
+    for level in dirs.chunk_by(|a, b| a.2 == b.2) {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || {
+            while let Some((path, node, _)) = level.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let w = target.apply_metadata(path, node, apply);
+                if !w.is_empty() {
+                    warnings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(w);
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 1..threads.clamp(1, level.len()) {
+                s.spawn(work);
+            }
+            work();
+        });
+    }
+    warnings.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Files planned before their content is written: a restore of millions of files plans and
-/// writes them in batches of this many, so its memory does not grow with the snapshot (each
-/// planned file holds its node, ~1 KB). Files of one batch are neighbours in the tree and so
-/// mostly in the same packs.
-pub const BATCH_FILES: usize = 1 << 17;
+/// writes them in batches of at most this many, so its memory does not grow with the snapshot
+/// (each planned file holds its node, ~1 KB, and two batches are alive: one planned, one
+/// written). Files of one batch are neighbours in the tree and so mostly in the same packs.
+pub const BATCH_FILES: usize = 1 << 15;
+
+/// The first batch is small so that writing starts soon; each next one doubles up to
+/// [`BATCH_FILES`].
+const FIRST_BATCH_FILES: usize = 1 << 10;
 
 /// Write the content of planned `files`, mark the damaged ones, apply their metadata, verify
 /// them when asked, count them, and forget them.
@@ -230,17 +282,31 @@ struct Planner<'a> {
     repo: &'a Repository,
     index: &'a MasterIndex,
     include: Option<&'a PathMatcher>,
-    files: &'a mut Vec<PlannedFile>,
+    apply: ApplyOptions<'a>,
+    /// Files planned since the last batch was sent.
+    files: Vec<PlannedFile>,
     dirs: &'a mut Vec<(PathBuf, Node, usize)>,
-    others: &'a mut Vec<(PathBuf, Node)>,
     hardlinks: &'a mut HashMap<(u64, u64), PathBuf>,
     result: &'a mut RestoreResult,
-    /// Writes and forgets the files planned so far (every [`BATCH_FILES`]).
-    batch: &'a dyn Fn(&mut Vec<PlannedFile>, &mut RestoreResult),
+    /// To the thread that writes the content of planned files.
+    batches: std::sync::mpsc::SyncSender<Vec<PlannedFile>>,
+    /// Size of the next batch.
     batch_files: usize,
+    max_batch: usize,
 }
 
 impl Planner<'_> {
+    /// Hand the files planned so far to the writer (waiting while it writes the batch before).
+    fn send_batch(&mut self) {
+        if self.files.is_empty() {
+            return;
+        }
+        let files = std::mem::take(&mut self.files);
+        // Fails only if the writer panicked; joining it passes the panic on.
+        let _ = self.batches.send(files);
+        self.batch_files = (self.batch_files * 2).min(self.max_batch);
+    }
+
     /// Plan one tree; returns whether anything in it was selected. `fresh`: this restore made
     /// `dest` and every directory above it inside the target, so it may be held open.
     fn tree(
@@ -314,8 +380,14 @@ impl Planner<'_> {
                 }
                 // Hard links need their first name now; sparse and empty files their size.
                 let deferred = held.is_some() && node.content.len() == 1 && !node.sparse && node.links <= 1;
+                let mut meta_done = false;
                 if !deferred {
-                    self.target.create_file(dp, node.size, node.sparse, held)?;
+                    let file = self.target.create_file(dp, node.size, node.sparse, held)?;
+                    // No content write will come to apply it: the metadata goes on now.
+                    if node.content.is_empty() {
+                        self.result.warnings.extend(self.target.apply_file_metadata(dp, &file, &node, self.apply));
+                        meta_done = true;
+                    }
                 }
                 let writes = u32::try_from(node.content.len()).unwrap_or(u32::MAX);
                 self.files.push(PlannedFile {
@@ -323,22 +395,24 @@ impl Planner<'_> {
                     node: Box::new(node),
                     damaged: false,
                     remaining: AtomicU32::new(writes),
-                    meta_done: AtomicBool::new(false),
+                    meta_done: AtomicBool::new(meta_done),
                     deferred,
                 });
                 if self.files.len() >= self.batch_files {
-                    (self.batch)(self.files, self.result);
+                    self.send_batch();
                 }
             }
+            // Nothing written later changes links and special files: their metadata goes on
+            // as they are made.
             NodeKind::Symlink => {
                 let target = node.link_target.clone().unwrap_or_default();
                 self.target.symlink(target.as_os_str(), dp, held)?;
-                self.others.push((dp.to_path_buf(), node));
+                self.result.warnings.extend(self.target.apply_metadata(dp, &node, self.apply));
                 self.result.others += 1;
             }
             NodeKind::Blockdev | NodeKind::Chardev | NodeKind::Fifo => {
                 self.target.make_special(dp, &node, held)?;
-                self.others.push((dp.to_path_buf(), node));
+                self.result.warnings.extend(self.target.apply_metadata(dp, &node, self.apply));
                 self.result.others += 1;
             }
             NodeKind::Socket | NodeKind::Dir => {}
@@ -434,7 +508,7 @@ fn write_content(
         }
         result.errors.push(msg);
     }
-    result.bytes = bytes.into_inner();
+    result.bytes += bytes.into_inner();
     result.warnings.extend(warnings.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
 }
 
@@ -443,7 +517,7 @@ struct PackWriter<'a> {
     repo: &'a Repository,
     target: &'a TargetDir,
     files: &'a [PlannedFile],
-    apply: ApplyOptions,
+    apply: ApplyOptions<'a>,
     progress: &'a dyn Progress,
     bytes: &'a std::sync::atomic::AtomicU64,
     errors: &'a Mutex<Vec<(Option<usize>, String)>>,

@@ -142,9 +142,10 @@ impl TargetDir {
         }
     }
 
-    /// A new regular file for `size` bytes, replacing a non-directory in the way; a sparse or
-    /// empty one gets its size now (holes), others from their content writes.
-    pub fn create_file(&self, rel: &Path, size: u64, sparse: bool, held: Option<&HeldDir>) -> io::Result<()> {
+    /// A new regular file for `size` bytes, replacing a non-directory in the way, open for
+    /// writing; a sparse one gets its size now (it may end in a hole), others from their
+    /// content writes.
+    pub fn create_file(&self, rel: &Path, size: u64, sparse: bool, held: Option<&HeldDir>) -> io::Result<File> {
         let (parent, name) = self.parent(rel, held)?;
         let create = || {
             rustix::fs::openat(
@@ -163,11 +164,12 @@ impl TargetDir {
             other => other,
         }
         .map_err(errno)?;
+        let file = File::from(fd);
         // Content writes give a dense file its size; a sparse one may end in a hole.
-        if sparse || size == 0 {
-            File::from(fd).set_len(size)?;
+        if sparse {
+            file.set_len(size)?;
         }
-        Ok(())
+        Ok(file)
     }
 
     /// Create the regular file `rel` (it must not exist) and open it for writing. For files

@@ -46,22 +46,42 @@ fn batches_of_any_size_restore_the_same_tree() {
     }
     std::fs::hard_link(src.join("d0/sub/f3"), src.join("d3/sub/link-to-d0-f3")).expect("hard link");
     std::os::unix::fs::symlink("../d0/sub/f1", src.join("d1/sub/sym")).expect("symlink");
+    // Old times, so that a restore that forgot them (leaving "now") cannot pass.
+    let old = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec { tv_sec: 1_000_000_000, tv_nsec: 0 },
+        last_modification: rustix::fs::Timespec { tv_sec: 1_000_000_000, tv_nsec: 0 },
+    };
+    for p in ["d1/sub/f0", "d1/sub/sym", "d2/sub"] {
+        rustix::fs::utimensat(rustix::fs::CWD, src.join(p), &old, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .expect("set times");
+    }
     let snap = archiver::backup(&f.repo, BackupOptions::paths(vec![src.clone()]), &NoProgress).expect("backup");
     let index = f.repo.load_index().expect("index");
     let entry = f.repo.find_snapshot(&snap.id.to_hex()).expect("snapshot");
     let (root, root_path) = restorer::resolve_subtree(&f.repo, &index, &entry.snapshot.tree, None).expect("tree");
     let want = tree_of(&src);
+    let want_bytes: u64 =
+        (0..4).flat_map(|d| (0..9).map(move |i| format!("dir {d} file {i} ").len() as u64 * i * 40)).sum();
     for batch in [1, 7, restorer::BATCH_FILES] {
         let target = f.dir.path().join(format!("restore-{batch}"));
         let opts = RestoreOptions { verify: true, batch_files: batch, ..RestoreOptions::new(&target) };
         let r = restorer::restore(&f.repo, &index, &root, &root_path, &opts, &NoProgress).expect("restore");
         assert!(r.errors.is_empty(), "batch {batch}: {:?}", r.errors);
         assert_eq!((r.files, r.verified), (36, 36), "batch {batch}: every file once");
+        assert_eq!(r.bytes, want_bytes, "batch {batch}: the bytes of every batch counted");
         let restored = target.join(src.strip_prefix("/").expect("absolute"));
         assert_eq!(tree_of(&restored), want, "batch {batch}");
         let ino = |p: &str| std::fs::metadata(restored.join(p)).expect("meta").ino();
         assert_eq!(ino("d0/sub/f3"), ino("d3/sub/link-to-d0-f3"), "batch {batch}: still one inode");
         let mtime = |p: &Path| std::fs::metadata(p).expect("meta").mtime();
         assert_eq!(mtime(&restored.join("d2/sub")), mtime(&src.join("d2/sub")), "batch {batch}: directory times last");
+        // Empty files and links get theirs as they are made (no content write follows).
+        assert_eq!(mtime(&restored.join("d1/sub/f0")), mtime(&src.join("d1/sub/f0")), "batch {batch}: empty file");
+        let link_mtime = |p: &Path| std::fs::symlink_metadata(p).expect("meta").mtime();
+        assert_eq!(
+            link_mtime(&restored.join("d1/sub/sym")),
+            link_mtime(&src.join("d1/sub/sym")),
+            "batch {batch}: link"
+        );
     }
 }
