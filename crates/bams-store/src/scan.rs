@@ -55,18 +55,19 @@ pub fn scan_dir(path: &Path, excluder: &PathMatcher) -> DirScan {
         Ok(l) => l,
         Err(e) => return DirScan { path: path.to_owned(), entries: Err(format!("{}: {e}", path.display())), warnings },
     };
-    let mut names: Vec<OsString> = Vec::new();
+    let mut listed: Vec<(OsString, fs::DirEntry)> = Vec::new();
     for entry in listing {
         match entry {
-            Ok(e) => names.push(e.file_name()),
+            Ok(e) => listed.push((e.file_name(), e)),
             Err(e) => warnings.push(format!("{}: {e}", path.display())),
         }
     }
-    names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-    let mut entries = Vec::with_capacity(names.len());
-    for name in names {
-        let child = path.join(&name);
-        match fs::symlink_metadata(&child) {
+    listed.sort_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
+    let mut entries = Vec::with_capacity(listed.len());
+    for (name, e) in listed {
+        let child = e.path();
+        // `lstat` relative to the open directory: one name to look up, not the whole path.
+        match e.metadata() {
             Ok(meta) => {
                 if !excluder.matches(&child, meta.is_dir()) {
                     let extras = Extras::read(&child, &meta);
