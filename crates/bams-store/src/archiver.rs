@@ -499,7 +499,9 @@ impl Walker<'_, '_, '_> {
         node.sparse = true;
         // A regular file may have holes to skip; a block device has none to find.
         let regular = fs::metadata(path).is_ok_and(|m| m.is_file());
-        if !self.read_content(path, node, self.repo.config().image_chunker, regular)? {
+        let config = self.repo.config();
+        let (chunker, image_chunker) = (config.chunker, config.image_chunker);
+        if !self.read_content(path, node, chunker, Some(image_chunker), regular)? {
             return Ok(false);
         }
         self.summary.total_bytes += node.size;
@@ -535,7 +537,7 @@ impl Walker<'_, '_, '_> {
             self.progress.file_done();
             return Ok(true);
         }
-        if !self.read_content(path, node, self.repo.config().chunker, false)? {
+        if !self.read_content(path, node, self.repo.config().chunker, None, false)? {
             return Ok(false);
         }
         if parent.is_some() {
@@ -550,8 +552,16 @@ impl Walker<'_, '_, '_> {
     }
 
     /// Chunk a file or device into blobs (`sparse`: a disk image file whose holes are not
-    /// read, giving the same chunks). Read errors skip the file with a warning.
-    fn read_content(&mut self, path: &Path, node: &mut Node, chunker: ChunkerParams, sparse: bool) -> Result<bool> {
+    /// read, giving the same chunks; `recut`: see [`Self::queue_chunk`]). Read errors skip the
+    /// file with a warning.
+    fn read_content(
+        &mut self,
+        path: &Path,
+        node: &mut Node,
+        chunker: ChunkerParams,
+        recut: Option<ChunkerParams>,
+        sparse: bool,
+    ) -> Result<bool> {
         if self.progress.cancelled() {
             return Err(Error::new(crate::ErrorKind::Cancelled, "backup cancelled"));
         }
@@ -563,7 +573,11 @@ impl Walker<'_, '_, '_> {
                 return Ok(false);
             }
         };
-        let cut = if sparse { self.chunk_sparse(&file, chunker) } else { self.chunk_stream(&mut file, chunker) };
+        let cut = if sparse {
+            self.chunk_sparse(&file, chunker, recut)
+        } else {
+            self.chunk_stream(&mut file, chunker, recut)
+        };
         match cut {
             Ok((content, size)) => {
                 node.content = content;
@@ -581,17 +595,18 @@ impl Walker<'_, '_, '_> {
 
     /// Cut a disk image file without reading its holes (`image::cut_sparse_file`) and queue
     /// the chunks; the zero chunk is hashed once.
-    fn chunk_sparse(&mut self, file: &File, c: ChunkerParams) -> std::result::Result<(Vec<Id>, u64), CutError<Error>> {
+    fn chunk_sparse(
+        &mut self,
+        file: &File,
+        c: ChunkerParams,
+        recut: Option<ChunkerParams>,
+    ) -> std::result::Result<(Vec<Id>, u64), CutError<Error>> {
         let mut buf = std::mem::take(&mut self.buf);
         let mut content = Vec::new();
         let mut zero_id: Option<(u64, Id)> = None;
         let cut = crate::image::cut_sparse_file(file, c, &mut buf, |piece| {
             match piece {
-                Piece::Data(chunk) => {
-                    content.push(self.writer.add(BlobKind::Data, chunk.to_vec())?);
-                    self.summary.bytes_read += chunk.len() as u64;
-                    self.progress.bytes(chunk.len() as u64);
-                }
+                Piece::Data(chunk) => self.queue_chunk(chunk, recut, &mut content)?,
                 Piece::Zeros { len, count } => {
                     let id = match zero_id {
                         Some((l, id)) if l == len => id,
@@ -618,22 +633,47 @@ impl Walker<'_, '_, '_> {
         &mut self,
         reader: &mut dyn Read,
         c: ChunkerParams,
+        recut: Option<ChunkerParams>,
     ) -> std::result::Result<(Vec<Id>, u64), CutError<Error>> {
         let mut buf = std::mem::take(&mut self.buf);
         let mut content = Vec::new();
-        let cut = crate::image::cut_stream(reader, c, &mut buf, |chunk| {
-            content.push(self.writer.add(BlobKind::Data, chunk.to_vec())?);
-            self.summary.bytes_read += chunk.len() as u64;
-            self.progress.bytes(chunk.len() as u64);
-            Ok(())
-        });
+        let cut = crate::image::cut_stream(reader, c, &mut buf, |chunk| self.queue_chunk(chunk, recut, &mut content));
         self.buf = buf;
         cut.map(|size| (content, size))
     }
 
+    /// Queue one chunk of content. With `recut` (disk images), a chunk cut by the file chunker
+    /// is kept whole when the repository already has it (the image holds a copy of a file
+    /// backed up as a file, and shares its blobs) or when it is all zeros. Otherwise
+    /// it is cut again with the small image chunker, so that the image's next version stores
+    /// little more than the blocks that changed.
+    fn queue_chunk(&mut self, chunk: &[u8], recut: Option<ChunkerParams>, content: &mut Vec<Id>) -> Result<()> {
+        self.summary.bytes_read += chunk.len() as u64;
+        self.progress.bytes(chunk.len() as u64);
+        let Some(small) = recut else {
+            content.push(self.writer.add(BlobKind::Data, chunk.to_vec())?);
+            return Ok(());
+        };
+        let whole = self.repo.key().blob_id(chunk);
+        // Zeros stay whole too: a hole skipped without reading gives that same blob.
+        let known = self.writer.has(&whole);
+        if known || chunk.iter().all(|&b| b == 0) {
+            if !known {
+                self.writer.add_with_id(BlobKind::Data, whole, chunk.to_vec())?;
+            }
+            content.push(whole);
+            return Ok(());
+        }
+        for piece in fastcdc::v2020::FastCDC::new(chunk, small.min_size, small.avg_size, small.max_size) {
+            let data = chunk[piece.offset..piece.offset + piece.length].to_vec();
+            content.push(self.writer.add(BlobKind::Data, data)?);
+        }
+        Ok(())
+    }
+
     fn stdin_tree(&mut self, reader: &mut dyn Read, name: &str) -> Result<Id> {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-        let (content, size) = match self.chunk_stream(reader, self.repo.config().chunker) {
+        let (content, size) = match self.chunk_stream(reader, self.repo.config().chunker, None) {
             Ok(r) => r,
             Err(CutError::Read(e)) => {
                 return Err(Error::new(crate::error::ErrorKind::Io, format!("reading stdin: {e}")))

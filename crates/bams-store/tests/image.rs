@@ -159,6 +159,25 @@ fn the_manifest_flash_fetches_runs_of_differing_chunks() {
     assert!(opened.write_ranges(&f.repo, &index, None, &[(0, (8 << 20) + 1)], &mut Vec::new()).is_err());
 }
 
+/// The file node backed up at `path` in `snapshot`.
+fn node_at(
+    f: &common::Fixture,
+    snapshot: &bams_store::snapshot::Snapshot,
+    path: &std::path::Path,
+) -> bams_store::tree::Node {
+    let index = f.repo.load_index().unwrap();
+    match bams_store::browse::lookup(&f.repo, &index, &snapshot.tree, &path.display().to_string()).unwrap() {
+        bams_store::browse::Lookup::Node(n) => *n,
+        bams_store::browse::Lookup::Root(_) => panic!("a file"),
+    }
+}
+
+fn backup(f: &common::Fixture, path: &std::path::Path, image: bool) -> bams_store::archiver::BackupResult {
+    let mut opts = bams_store::archiver::BackupOptions::paths(vec![path.to_owned()]);
+    opts.image = image;
+    bams_store::archiver::backup(&f.repo, opts, &bams_store::archiver::NoProgress).unwrap()
+}
+
 /// An image file's holes are skipped, not read, yet it is cut into exactly the chunks of the
 /// same bytes read whole: holes at the start, in the middle, at the end, data runs shorter
 /// and longer than a chunk, holes shorter than the zero period.
@@ -180,19 +199,61 @@ fn a_sparse_image_is_cut_as_if_read_whole() {
         file.write_all_at(&bams_testkit::random_bytes(len, seed), at).unwrap();
     }
     drop(file);
-    let bytes = std::fs::read(&path).unwrap();
-    let whole = image::store_stream(&f.repo, &mut &bytes[..], meta(None), &|_| {}).unwrap();
-    let mut opts = bams_store::archiver::BackupOptions::paths(vec![path.clone()]);
-    opts.image = true;
-    let r = bams_store::archiver::backup(&f.repo, opts, &bams_store::archiver::NoProgress).unwrap();
+    // The same bytes with every zero written: nothing for the hole-skipping path to skip.
+    let dense = f.dir.path().join("dense.img");
+    std::fs::write(&dense, std::fs::read(&path).unwrap()).unwrap();
+    let sparse_node = node_at(&f, &backup(&f, &path, true).snapshot, &path);
+    let dense_node = node_at(&f, &backup(&f, &dense, true).snapshot, &dense);
+    assert_eq!(sparse_node.size, 40 << 20);
+    assert_eq!(sparse_node.content, dense_node.content, "the same chunks as reading every byte");
+}
+
+/// A disk image holding a copy of a file already backed up shares that file's blobs (as far
+/// as content-defined cuts line up: all but the file's first few chunks and its last), restores
+/// byte for byte, and its next version with a small change adds only a few small chunks.
+#[test]
+fn an_image_shares_blobs_with_the_files_it_holds() {
+    let f = common::fixture();
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let big = bams_testkit::random_bytes(12 << 20, 7);
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    let file_node = node_at(&f, &backup(&f, &src, false).snapshot, &src.join("big.bin"));
+    assert!(file_node.content.len() >= 4, "a file of several chunks: {}", file_node.content.len());
+
+    let mut disk = bams_testkit::random_bytes(1 << 20, 8);
+    disk.extend_from_slice(&big);
+    disk.extend_from_slice(&bams_testkit::random_bytes(1 << 20, 9));
+    disk.extend(std::iter::repeat_n(0u8, 3 << 20));
+    let img = f.dir.path().join("disk.img");
+    std::fs::write(&img, &disk).unwrap();
+    let v1 = backup(&f, &img, true);
+    let image_node = node_at(&f, &v1.snapshot, &img);
+    let shared = file_node.content.iter().filter(|id| image_node.content.contains(id)).count();
+    // Cuts line up again within a chunk or two of where the copy starts, and up to its end.
+    assert!(shared + 3 >= file_node.content.len(), "{shared} of {} file chunks shared", file_node.content.len());
+    assert!(
+        v1.snapshot.summary.data_added < 4 << 20,
+        "the file's copy not stored again: {}",
+        v1.snapshot.summary.data_added
+    );
+
     let index = f.repo.load_index().unwrap();
-    let node = match bams_store::browse::lookup(&f.repo, &index, &r.snapshot.tree, &path.display().to_string()).unwrap()
-    {
-        bams_store::browse::Lookup::Node(n) => n,
-        bams_store::browse::Lookup::Root(_) => panic!("a file"),
-    };
-    let expected: Vec<bams_store::Id> =
-        image::open(&f.repo, &index, &whole.id.to_hex()).unwrap().layout.iter().map(|(id, _, _)| *id).collect();
-    assert_eq!(node.size, 40 << 20);
-    assert_eq!(node.content, expected, "the same chunks as reading every byte");
+    let target = f.dir.path().join("restored");
+    let opts = bams_store::restorer::RestoreOptions::new(&target);
+    let (root, root_path) = bams_store::restorer::resolve_subtree(&f.repo, &index, &v1.snapshot.tree, None).unwrap();
+    let r = bams_store::restorer::restore(&f.repo, &index, &root, &root_path, &opts, &bams_store::archiver::NoProgress)
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(
+        std::fs::read(target.join(img.strip_prefix("/").unwrap())).unwrap() == disk,
+        "the image restores byte for byte"
+    );
+
+    // v2: 100 bytes change outside the file's copy.
+    disk[(512 << 10)..(512 << 10) + 100].fill(0xA5);
+    std::fs::write(&img, &disk).unwrap();
+    let v2 = backup(&f, &img, true);
+    let added = v2.snapshot.summary.data_added;
+    assert!(added > 0 && added < 256 << 10, "a small change adds small chunks, not a file-sized one: {added}");
 }
