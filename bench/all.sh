@@ -9,14 +9,15 @@
 #                       bytes per blob) and 100,000 index files (open before/after consolidation)
 #   bench/agents.sh     1,000 agents with a job each due in the same second, every minute
 #   bench/failover.sh   two servers over PostgreSQL + S3, kill -9 of one: re-queue time
+#   bench/index-s3.sh   10,000 index files on S3 (moto): open before/after consolidation
 #
 # About three hours on 2 cores (the 10M-file part alone takes over an hour). Choose sections
-# with SECTIONS="run scale agents failover"; the sizes with each script's own variables
-# (DIRS/PER_DIR/INDEX_FILES, AGENTS/MINUTES, BENCH_DIR).
+# with SECTIONS="run scale agents failover index-s3"; the sizes with each script's own variables
+# (DIRS/PER_DIR/INDEX_FILES, AGENTS/MINUTES, S3_INDEX_FILES, BENCH_DIR).
 # Needs root and scripts/setup-dev.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-SECTIONS=${SECTIONS:-run scale agents failover}
+SECTIONS=${SECTIONS:-run scale agents failover index-s3}
 OUT=${OUT:-/var/tmp/bams-bench-all.md}
 AGENTS=${AGENTS:-1000}
 MINUTES=${MINUTES:-10}
@@ -44,6 +45,7 @@ for s in $SECTIONS; do
     scale) section "scale: many files, many index files (bench/scale.sh)" bench/scale.sh ;;
     agents) section "$AGENTS agents (bench/agents.sh)" env PARTS=1 AGENT_TREE=small bench/agents.sh "$AGENTS" "$MINUTES" ;;
     failover) section "two servers, kill -9 (bench/failover.sh)" bench/failover.sh ;;
+    index-s3) section "index files on S3 (bench/index-s3.sh)" bench/index-s3.sh "${S3_INDEX_FILES:-10000}" ;;
     *) echo "unknown section $s" >&2; exit 2 ;;
   esac
 done

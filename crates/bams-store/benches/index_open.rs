@@ -3,6 +3,8 @@
 //! index files (one per tiny pack, as FILES agent backups would leave), then times reading the
 //! whole index (list + read + decrypt + build the lookup) before consolidation, the
 //! consolidation itself, and reading it after. Run by `bench/scale.sh`; prints one JSON line.
+//! With `BAMS_BENCH_REPO=s3://bucket/prefix` (and the usual `AWS_*` settings) the repository
+//! is made on object storage instead (`bench/index-s3.sh` runs it against moto).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -21,7 +23,10 @@ fn main() {
     let base = std::env::var_os("BAMS_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
     let dir = tempfile::tempdir_in(base).unwrap();
     let opts = InitOptions { kdf: KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 }, ..InitOptions::default() };
-    let backend = Arc::new(LocalBackend::new(dir.path().join("repo")));
+    let backend: bams_store::backend::DynBackend = match std::env::var("BAMS_BENCH_REPO") {
+        Ok(location) => bams_store::backend::from_location(&location).unwrap(),
+        Err(_) => Arc::new(LocalBackend::new(dir.path().join("repo"))),
+    };
     let repo = Repository::init(backend.clone(), rt.handle().clone(), b"pw", SlotKind::Password, &opts).unwrap();
     let made = Instant::now();
     // Each "backup": one pack of four small blobs and the index file naming it.
