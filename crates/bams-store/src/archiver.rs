@@ -493,8 +493,9 @@ impl Walker<'_, '_, '_> {
         Ok(Some(node))
     }
 
-    /// Read a disk image (block device or `--image` file) with the image chunker; its holes
-    /// and zero runs are restored as holes.
+    /// Read a disk image (block device or `--image` file): cut with the file chunker, new
+    /// pieces cut again with the image chunker ([`Self::queue_chunk`]); its holes and zero
+    /// runs are restored as holes.
     fn image_content(&mut self, path: &Path, node: &mut Node) -> Result<bool> {
         node.sparse = true;
         // A regular file may have holes to skip; a block device has none to find.

@@ -68,7 +68,8 @@ pub struct RepoConfig {
     pub id: Id,
     /// Content-defined chunking parameters.
     pub chunker: ChunkerParams,
-    /// Chunking for block devices and files backed up with `--image`.
+    /// Chunking for new data of block devices and files backed up with `--image` (cut with
+    /// `chunker` first; pieces the repository already has stay whole).
     #[serde(default = "image_chunker_default")]
     pub image_chunker: ChunkerParams,
     /// zstd level; 0 disables compression.
