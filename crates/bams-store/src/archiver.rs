@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::exclude::PathMatcher;
 use crate::fsmeta::{node_from_metadata, node_from_parts, Extras, NameCache};
+use crate::heads::{HeadRecord, HeadTable};
 use crate::id::Id;
 use crate::image::{CutError, Piece};
 use crate::index::MasterIndex;
@@ -190,12 +191,15 @@ pub fn backup(repo: &Repository, opts: BackupOptions, progress: &dyn Progress) -
             buf: Vec::new(),
             prefetch: crate::prefetch::Prefetcher::start(prefetch_bytes()),
             scanner: None,
+            heads: None,
+            new_heads: Vec::new(),
+            image_at: 0,
         };
         let root = match opts.source {
             Source::Stdin { mut reader, name } => walker.stdin_tree(&mut reader, &name),
             Source::Paths(_) => walker.virtual_root(&paths, parent_root.as_ref()),
         };
-        let Walker { writer, mut summary, .. } = walker;
+        let Walker { writer, mut summary, new_heads, .. } = walker;
         let root = match root {
             Ok(root) => root,
             Err(e) => {
@@ -209,6 +213,7 @@ pub fn backup(repo: &Repository, opts: BackupOptions, progress: &dyn Progress) -
         summary.data_added = writer.added_bytes;
         let stats = writer.finish()?;
         summary.data_added_packed = stats.packed_bytes;
+        save_heads(repo, &new_heads);
         Ok((root, summary))
     })?;
 
@@ -234,6 +239,17 @@ pub fn backup(repo: &Repository, opts: BackupOptions, progress: &dyn Progress) -
     lock.ensure_held()?;
     let id = repo.save_snapshot(&snapshot)?;
     Ok(BackupResult { id, snapshot, warnings, recovered_packs })
+}
+
+/// Save file heads ([`crate::heads`]). They only let later disk images share blobs, so a
+/// failure (an older server refusing the object kind) is logged, not fatal.
+fn save_heads(repo: &Repository, records: &[HeadRecord]) {
+    if records.is_empty() {
+        return;
+    }
+    if let Err(e) = crate::heads::save(repo, records) {
+        tracing::warn!("file heads not saved (disk images backed up later will share less): {e}");
+    }
 }
 
 /// Latest snapshot with the same host and path set.
@@ -320,6 +336,12 @@ struct Walker<'a, 'scope, 'env> {
     prefetch: crate::prefetch::Prefetcher,
     /// Reads directories ahead of the walker while it is inside a target directory.
     scanner: Option<Scanner>,
+    /// Heads of the files the repository holds, loaded for the first disk image.
+    heads: Option<HeadTable>,
+    /// Heads of this run's new single-blob files, not yet saved.
+    new_heads: Vec<HeadRecord>,
+    /// Offset in the disk image being read of the next piece queued.
+    image_at: u64,
 }
 
 /// How far the prefetcher may run ahead of the walker, unless `BAMS_READAHEAD_MIB` says
@@ -502,6 +524,13 @@ impl Walker<'_, '_, '_> {
         let regular = fs::metadata(path).is_ok_and(|m| m.is_file());
         let config = self.repo.config();
         let (chunker, image_chunker) = (config.chunker, config.image_chunker);
+        if self.heads.is_none() {
+            let table = HeadTable::load(self.repo).unwrap_or_else(|e| {
+                tracing::warn!("file heads not loaded (this image shares only whole chunks): {e}");
+                HeadTable::default()
+            });
+            self.heads = Some(table);
+        }
         if !self.read_content(path, node, chunker, Some(image_chunker), regular)? {
             return Ok(false);
         }
@@ -567,6 +596,7 @@ impl Walker<'_, '_, '_> {
             return Err(Error::new(crate::ErrorKind::Cancelled, "backup cancelled"));
         }
         self.progress.file(path);
+        self.image_at = 0;
         let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) => {
@@ -618,6 +648,7 @@ impl Walker<'_, '_, '_> {
                         }
                     };
                     content.extend(std::iter::repeat_n(id, usize::try_from(count).unwrap_or(0)));
+                    self.image_at += len * count;
                     self.summary.bytes_read += len * count;
                     self.progress.bytes(len * count);
                 }
@@ -652,9 +683,22 @@ impl Walker<'_, '_, '_> {
         self.summary.bytes_read += chunk.len() as u64;
         self.progress.bytes(chunk.len() as u64);
         let Some(small) = recut else {
-            content.push(self.writer.add(BlobKind::Data, chunk.to_vec())?);
+            let first = content.is_empty();
+            let id = self.repo.key().blob_id(chunk);
+            let new = self.writer.add_with_id(BlobKind::Data, id, chunk.to_vec())?;
+            content.push(id);
+            // Shorter than the chunker's minimum, the first chunk is the whole file.
+            let whole_file = first && chunk.len() < self.repo.config().chunker.min_size as usize;
+            if let Some(head) = (new && whole_file).then(|| HeadRecord::of(self.repo.key(), chunk, &id)).flatten() {
+                self.new_heads.push(head);
+                if self.new_heads.len() >= crate::heads::RECORDS_PER_FILE {
+                    save_heads(self.repo, &std::mem::take(&mut self.new_heads));
+                }
+            }
             return Ok(());
         };
+        let at = self.image_at;
+        self.image_at += chunk.len() as u64;
         let whole = self.repo.key().blob_id(chunk);
         // Zeros stay whole too: a hole skipped without reading gives that same blob.
         let known = self.writer.has(&whole);
@@ -665,9 +709,34 @@ impl Walker<'_, '_, '_> {
             content.push(whole);
             return Ok(());
         }
-        for piece in fastcdc::v2020::FastCDC::new(chunk, small.min_size, small.avg_size, small.max_size) {
-            let data = chunk[piece.offset..piece.offset + piece.length].to_vec();
-            content.push(self.writer.add(BlobKind::Data, data)?);
+        // Small files the repository holds (backed up as files) are referred to, not stored.
+        let found = match &self.heads {
+            Some(table) => crate::heads::find_files(chunk, at, self.repo.key(), table, |id| self.writer.has(id)),
+            None => Vec::new(),
+        };
+        let mut pos = 0;
+        for f in found {
+            self.queue_new_image_data(&chunk[pos..f.offset], small, content)?;
+            content.push(f.id);
+            self.summary.image_bytes_shared += f.len as u64;
+            pos = f.offset + f.len;
+        }
+        self.queue_new_image_data(&chunk[pos..], small, content)
+    }
+
+    /// Queue image bytes no blob holds: zeros (the padding after a file) as one blob, the rest
+    /// cut with the image chunker.
+    fn queue_new_image_data(&mut self, data: &[u8], small: ChunkerParams, content: &mut Vec<Id>) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if data.iter().all(|&b| b == 0) {
+            content.push(self.writer.add(BlobKind::Data, data.to_vec())?);
+            return Ok(());
+        }
+        for piece in fastcdc::v2020::FastCDC::new(data, small.min_size, small.avg_size, small.max_size) {
+            let piece = data[piece.offset..piece.offset + piece.length].to_vec();
+            content.push(self.writer.add(BlobKind::Data, piece)?);
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 
 /// Object directories whose objects never change once written (named by content hash).
-pub const CACHED_DIRS: [&str; 2] = ["index", "snapshots"];
+pub const CACHED_DIRS: [&str; 3] = ["index", "snapshots", "heads"];
 
 /// The cache of one repository.
 #[derive(Debug)]

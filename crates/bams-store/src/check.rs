@@ -140,6 +140,14 @@ pub fn check(repo: &Repository, read: ReadData, on_pack: &dyn Fn()) -> Result<Ch
         }
     }
     report.trees = seen_trees.len();
+    // File heads are hints for disk images: a damaged one loses sharing, not data.
+    let (_, unreadable) = crate::heads::load_all(repo)?;
+    for (id, e) in unreadable {
+        report.warning(
+            format!("heads {id}"),
+            format!("{e} (it only lets disk images share file blobs; the next prune or consolidation drops it)"),
+        );
+    }
 
     let to_read: Vec<&Id> = match read {
         ReadData::None => Vec::new(),

@@ -56,6 +56,10 @@ pub struct ConsolidateReport {
     pub blobs: usize,
     /// Small files that could not be read (left in place).
     pub unreadable: Vec<String>,
+    /// Small file-heads objects merged away ([`crate::heads`]).
+    pub heads_merged: usize,
+    /// File-heads objects written for them.
+    pub heads_written: usize,
 }
 
 /// Merge the repository's small index files (see the module docs).
@@ -63,6 +67,8 @@ pub fn consolidate(repo: &Repository, opts: &ConsolidateOptions) -> Result<Conso
     let _lock = crate::lock::acquire(repo, false, "consolidate", opts.lock_wait)?;
     let listed = repo.list("index/")?;
     let mut report = ConsolidateReport { files_before: listed.len(), ..Default::default() };
+    // Every backup of new files also adds a heads object; merge those the same way.
+    (report.heads_merged, report.heads_written) = crate::heads::merge_small(repo, opts.min_files)?;
     let small: Vec<Id> = listed
         .iter()
         .filter(|o| o.size < SMALL_FILE_BYTES)

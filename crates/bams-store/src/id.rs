@@ -29,6 +29,14 @@ impl Id {
         Self(b)
     }
 
+    /// The first 128 bits: what compact tables keep of a keyed blob id (a collision among
+    /// them is as unlikely as one among the ids a repository will ever hold).
+    pub fn prefix16(&self) -> [u8; 16] {
+        let mut p = [0u8; 16];
+        p.copy_from_slice(&self.0[..16]);
+        p
+    }
+
     /// Full hex form.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)

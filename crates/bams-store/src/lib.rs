@@ -8,6 +8,7 @@
 //! | `keys/<id>` | key slots: the master key wrapped by Argon2id(password or key file) | JSON, wrap inside |
 //! | `data/<ab>/<id>` | packs: many sealed blobs + a sealed header | blobs and header |
 //! | `index/<id>` | which blob is in which pack at which offset | yes |
+//! | `heads/<id>` | hints letting disk images refer to small files' blobs ([heads]) | yes |
 //! | `snapshots/<id>` | one backup's root: time, host, paths, tags, root tree, summary | yes |
 //! | `locks/<id>` | who is using the repository | yes |
 //!
@@ -39,6 +40,7 @@ pub mod export;
 pub mod flash;
 pub mod forget;
 pub mod fsmeta;
+pub mod heads;
 pub mod host;
 pub mod id;
 pub mod image;

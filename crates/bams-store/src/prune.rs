@@ -201,6 +201,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     // (2) index for kept packs, (3) drop old index files, (4) delete packs.
     crate::consolidate::save_split(repo, keep.packs)?;
     repo.delete_indexes(&files.iter().map(|(id, _)| *id).collect::<Vec<_>>())?;
+    // File heads of deleted blobs would only be tried and rejected by image backups: drop them.
+    let used_prefixes: HashSet<[u8; 16]> = used.iter().map(|id| id.prefix16()).collect();
+    crate::heads::retain(repo, &|p| used_prefixes.contains(p))?;
     for pid in delete.iter().chain(repack.iter().map(|(p, _)| p)).chain(unindexed.iter()) {
         repo.delete(&pack_key(pid))?;
     }

@@ -444,7 +444,7 @@ impl Repository {
     /// Load and open many `<dir>/<id>` objects: from the cache when it holds them intact,
     /// the rest downloaded concurrently (and cached), each verified and read again when
     /// damaged on the way. Cache entries of objects no longer listed are dropped.
-    fn load_many_sealed(&self, dir: &str, ids: &[Id]) -> Vec<Result<Vec<u8>>> {
+    pub(crate) fn load_many_sealed(&self, dir: &str, ids: &[Id]) -> Vec<Result<Vec<u8>>> {
         let key = |id: &Id| format!("{dir}/{id}");
         let mut out: Vec<Option<Result<Vec<u8>>>> = ids
             .iter()

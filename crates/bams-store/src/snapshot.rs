@@ -28,6 +28,10 @@ pub struct Summary {
     pub data_added: u64,
     /// Stored (compressed + encrypted) bytes of new blobs.
     pub data_added_packed: u64,
+    /// Bytes of disk images found to be files the repository already held as blobs (from
+    /// a file backup), stored as references instead of again.
+    #[serde(default)]
+    pub image_bytes_shared: u64,
     /// Files or directories that could not be read.
     pub errors: u64,
     /// Wall time of the backup in seconds.

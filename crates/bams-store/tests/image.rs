@@ -257,3 +257,92 @@ fn an_image_shares_blobs_with_the_files_it_holds() {
     let added = v2.snapshot.summary.data_added;
     assert!(added > 0 && added < 256 << 10, "a small change adds small chunks, not a file-sized one: {added}");
 }
+
+/// Lay `files` out as a filesystem would in a disk image: each from a 4 KiB boundary, its last
+/// block padded with zeros, with metadata-like blocks between some of them.
+fn filesystem_image(files: &[Vec<u8>]) -> Vec<u8> {
+    let block = bams_store::heads::BLOCK;
+    let mut disk = bams_testkit::random_bytes(block, 100);
+    for (i, data) in files.iter().enumerate() {
+        if i % 7 == 0 {
+            disk.extend_from_slice(&bams_testkit::random_bytes(block, 200 + i as u64));
+        }
+        disk.extend_from_slice(data);
+        disk.resize(disk.len().next_multiple_of(block), 0);
+    }
+    disk.extend_from_slice(&bams_testkit::random_bytes(3 * block, 300));
+    disk
+}
+
+/// Files backed up as files are found inside a disk image that holds them (small files
+/// included, which no content-defined cut can line up with) and not stored again; the image
+/// restores byte for byte. Consolidation merges the heads objects, and prune drops the heads of
+/// files no snapshot keeps.
+#[test]
+fn an_image_shares_the_small_files_it_holds() {
+    use bams_store::consolidate::{consolidate, ConsolidateOptions};
+    use bams_store::heads;
+    let f = common::fixture();
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // 1 KiB .. 200 KiB: below the file chunker's 256 KiB minimum, so each is one blob. Files
+    // come in pairs from one seed, so each begins like its neighbour: the longer match must win.
+    let files: Vec<Vec<u8>> = (0..120u64)
+        .map(|i| bams_testkit::random_bytes(1024 + ((i * 7919) % 200) as usize * 1024, 1000 + i / 2 * 2))
+        .collect();
+    for (i, data) in files.iter().enumerate() {
+        std::fs::write(src.join(format!("f{i:03}")), data).unwrap();
+    }
+    std::fs::write(src.join("tiny"), b"too small to be looked for").unwrap();
+    backup(&f, &src, false);
+    let file_bytes: u64 = files.iter().map(|d| d.len() as u64).sum();
+
+    let disk = filesystem_image(&files);
+    let img = f.dir.path().join("disk.img");
+    std::fs::write(&img, &disk).unwrap();
+    let v1 = backup(&f, &img, true);
+    let summary = &v1.snapshot.summary;
+    // A file is missed only where the file chunker's cut of the image falls inside it.
+    assert!(summary.image_bytes_shared * 10 >= file_bytes * 8, "{} of {file_bytes} shared", summary.image_bytes_shared);
+    assert!(
+        summary.data_added <= disk.len() as u64 - summary.image_bytes_shared,
+        "shared bytes are not stored: {} added",
+        summary.data_added
+    );
+    let index = f.repo.load_index().unwrap();
+    let target = f.dir.path().join("restored");
+    let opts = bams_store::restorer::RestoreOptions::new(&target);
+    let (root, root_path) = bams_store::restorer::resolve_subtree(&f.repo, &index, &v1.snapshot.tree, None).unwrap();
+    let r = bams_store::restorer::restore(&f.repo, &index, &root, &root_path, &opts, &bams_store::archiver::NoProgress)
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(std::fs::read(target.join(img.strip_prefix("/").unwrap())).unwrap() == disk, "restores byte for byte");
+
+    // Without the heads, the same image shares nothing of the small files.
+    let g = common::fixture();
+    let bare = g.dir.path().join("disk.img");
+    std::fs::write(&bare, &disk).unwrap();
+    let mut opts = bams_store::archiver::BackupOptions::paths(vec![bare.clone()]);
+    opts.image = true;
+    let alone = bams_store::archiver::backup(&g.repo, opts, &bams_store::archiver::NoProgress).unwrap();
+    assert_eq!(alone.snapshot.summary.image_bytes_shared, 0);
+
+    // A second tree backup with new files adds a second heads object; consolidation merges.
+    let more = f.dir.path().join("more");
+    std::fs::create_dir_all(&more).unwrap();
+    std::fs::write(more.join("new"), bams_testkit::random_bytes(5000, 77)).unwrap();
+    let second = backup(&f, &more, false);
+    assert_eq!(heads::ids(&f.repo).unwrap().len(), 2);
+    let r = consolidate(&f.repo, &ConsolidateOptions::default()).unwrap();
+    assert_eq!((r.heads_merged, r.heads_written), (2, 1), "{r:?}");
+    let records = || heads::load_all(&f.repo).unwrap().0.len();
+    assert_eq!(records(), files.len() + 1);
+
+    // Forget the second snapshot and prune: its file's head goes, the others stay.
+    f.repo.delete_snapshot(&second.id).unwrap();
+    let prune = bams_store::prune::PruneOptions { grace: std::time::Duration::ZERO, ..Default::default() };
+    bams_store::prune::prune(&f.repo, &prune).unwrap();
+    assert_eq!(records(), files.len());
+    let check = bams_store::check::check(&f.repo, bams_store::check::ReadData::None, &|| {}).unwrap();
+    assert!(check.ok(), "{:?}", check.problems);
+}

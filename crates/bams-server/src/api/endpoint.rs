@@ -54,7 +54,7 @@ pub struct ListedObject {
 /// Reading objects serves backup clients (index, keys, parent trees) and restores.
 const READ: Privs = Privs::DATASTORE_BACKUP.union(Privs::DATASTORE_READ);
 
-const TOP_LEVEL: &[&str] = &["config", "keys/", "data/", "index/", "snapshots/", "locks/"];
+const TOP_LEVEL: &[&str] = &["config", "keys/", "data/", "index/", "heads/", "snapshots/", "locks/"];
 
 fn check_key(key: &str) -> ApiResult<()> {
     let ok = key.len() <= 512
@@ -227,7 +227,7 @@ fn check_content(key: &str, hash: &blake3::Hash) -> ApiResult<()> {
         && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         && match dir.split_once('/') {
             Some(("data", fan)) => fan.len() == 2 && name.starts_with(fan),
-            None => matches!(dir, "keys" | "index" | "snapshots" | "locks"),
+            None => matches!(dir, "keys" | "index" | "heads" | "snapshots" | "locks"),
             _ => false,
         };
     if !shaped {
