@@ -5,7 +5,7 @@
 //! plaintext starts with one compression byte (`0` raw, `1` zstd). The master key (32-byte
 //! encryption key + 32-byte id key) is random; key slots wrap it under an Argon2id-derived key.
 
-use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -70,24 +70,40 @@ impl MasterKey {
         Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
     }
 
-    /// Compress (when `level` is set and it pays) and encrypt `plain`.
+    /// Compress (when `level` is set and it pays) and encrypt `plain`. One buffer is filled
+    /// and encrypted in place (nonce, flag, body, tag): the backup seals every byte it stores,
+    /// and a copy per stage showed in both its profile and its memory.
     pub fn seal(&self, plain: &[u8], level: Option<i32>) -> Result<Vec<u8>> {
-        let compressed = match level {
-            Some(level) if plain.len() > 64 => {
-                let c = compress(plain, level)?;
-                // Keep it only when it saves at least 1/32: incompressible data stays raw.
-                (c.len() + c.len() / 32 < plain.len()).then_some(c)
+        const HEAD: usize = NONCE_LEN + 1;
+        let mut out = Vec::new();
+        let mut flag = FLAG_RAW;
+        if let Some(level) = level.filter(|_| plain.len() > 64) {
+            out.resize(HEAD + zstd::zstd_safe::compress_bound(plain.len()), 0);
+            let n = compress_into(plain, level, &mut out[HEAD..])?;
+            // Keep it only when it saves at least 1/32: incompressible data stays raw.
+            if n + n / 32 < plain.len() {
+                out.truncate(HEAD + n);
+                out.reserve_exact(TAG_LEN);
+                out.shrink_to(HEAD + n + TAG_LEN);
+                flag = FLAG_ZSTD;
             }
-            _ => None,
-        };
-        let (flag, body) = match &compressed {
-            Some(c) => (FLAG_ZSTD, c.as_slice()),
-            None => (FLAG_RAW, plain),
-        };
-        let mut buf = Vec::with_capacity(body.len() + SEAL_OVERHEAD);
-        buf.push(flag);
-        buf.extend_from_slice(body);
-        seal_with(&self.cipher, &buf)
+        }
+        if flag == FLAG_RAW {
+            out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD);
+            out.resize(HEAD, 0);
+            out.extend_from_slice(plain);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        out[..NONCE_LEN].copy_from_slice(&nonce);
+        out[NONCE_LEN] = flag;
+        // Only a plaintext beyond AES-GCM's limit (64 GiB) fails; never store an empty stand-in.
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut out[NONCE_LEN..])
+            .map_err(|_| Error::new(ErrorKind::Other, format!("encryption of {} bytes failed", plain.len())))?;
+        out.extend_from_slice(&tag);
+        Ok(out)
     }
 
     /// Decrypt and decompress; `what` names the object in the error.
@@ -95,7 +111,11 @@ impl MasterKey {
         let plain = open_with(&self.cipher, sealed)
             .ok_or_else(|| Error::corrupt(format!("{what}: authentication failed (corrupted or tampered data)")))?;
         match plain.first() {
-            Some(&FLAG_RAW) => Ok(plain[1..].to_vec()),
+            Some(&FLAG_RAW) => {
+                let mut plain = plain;
+                plain.remove(0); // no second buffer the size of the blob
+                Ok(plain)
+            }
             Some(&FLAG_ZSTD) => decompress(&plain[1..]).map_err(|e| Error::corrupt(format!("{what}: zstd: {e}"))),
             _ => Err(Error::corrupt(format!("{what}: unknown compression flag"))),
         }
@@ -108,7 +128,8 @@ thread_local! {
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
 }
 
-fn compress(plain: &[u8], level: i32) -> Result<Vec<u8>> {
+/// Compress `plain` into `out` (at least `compress_bound` long); returns the length.
+fn compress_into(plain: &[u8], level: i32, out: &mut [u8]) -> Result<usize> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
@@ -117,7 +138,7 @@ fn compress(plain: &[u8], level: i32) -> Result<Vec<u8>> {
             *slot = Some((level, c));
         }
         let (_, c) = slot.as_mut().ok_or_else(|| Error::new(ErrorKind::Other, "zstd context missing"))?;
-        c.compress(plain).map_err(|e| Error::new(ErrorKind::Other, format!("zstd: {e}")))
+        c.compress_to_buffer(plain, out).map_err(|e| Error::new(ErrorKind::Other, format!("zstd: {e}")))
     })
 }
 

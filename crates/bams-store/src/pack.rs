@@ -6,6 +6,7 @@
 //! its bytes, so a pack can be verified without the key and a reader can always rebuild the
 //! index from the packs alone.
 
+use crate::backend::ObjectSink;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -88,18 +89,74 @@ impl PackBuilder {
 
     /// Seal the header and return the pack id, bytes and entries.
     pub fn finish(mut self, key: &MasterKey) -> Result<(Id, Vec<u8>, Vec<PackEntry>)> {
-        let mut header = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
-        for e in &self.entries {
-            header.push(e.kind as u8);
-            header.extend_from_slice(&e.id.0);
-            header.extend_from_slice(&e.length.to_le_bytes());
-            header.extend_from_slice(&e.raw_len.to_le_bytes());
-        }
-        let sealed = key.seal(&header, None)?;
-        self.buf.extend_from_slice(&sealed);
-        self.buf.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&trailer(&self.entries, key)?);
         let id = Id::hash_of(&self.buf);
         Ok((id, self.buf, self.entries))
+    }
+}
+
+/// The sealed header and its length: what follows a pack's blobs.
+fn trailer(entries: &[PackEntry], key: &MasterKey) -> Result<Vec<u8>> {
+    let mut header = Vec::with_capacity(entries.len() * ENTRY_LEN);
+    for e in entries {
+        header.push(e.kind as u8);
+        header.extend_from_slice(&e.id.0);
+        header.extend_from_slice(&e.length.to_le_bytes());
+        header.extend_from_slice(&e.raw_len.to_le_bytes());
+    }
+    let mut sealed = key.seal(&header, None)?;
+    let len = sealed.len() as u32;
+    sealed.extend_from_slice(&len.to_le_bytes());
+    Ok(sealed)
+}
+
+/// A pack written to its backend as blobs arrive ([`crate::backend::WriteBackend::sink`]),
+/// hashed on the way: the same bytes as [`PackBuilder`] without holding them.
+pub struct PackStream {
+    sink: Box<dyn ObjectSink>,
+    hasher: blake3::Hasher,
+    size: usize,
+    entries: Vec<PackEntry>,
+}
+
+impl PackStream {
+    /// A pack written into `sink`.
+    pub fn new(sink: Box<dyn ObjectSink>) -> Self {
+        Self { sink, hasher: blake3::Hasher::new(), size: 0, entries: Vec::new() }
+    }
+
+    /// Append one sealed blob.
+    pub fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: usize) -> Result<()> {
+        self.sink.write(sealed)?;
+        self.hasher.update(sealed);
+        self.entries.push(PackEntry {
+            kind,
+            id,
+            offset: self.size as u32,
+            length: sealed.len() as u32,
+            raw_len: raw_len as u32,
+        });
+        self.size += sealed.len();
+        Ok(())
+    }
+
+    /// Bytes so far.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// True when no blob was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Write the header; returns the pack id, the sink to install under the pack's key, and
+    /// the entries.
+    pub fn finish(mut self, key: &MasterKey) -> Result<(Id, Box<dyn ObjectSink>, Vec<PackEntry>)> {
+        let trailer = trailer(&self.entries, key)?;
+        self.sink.write(&trailer)?;
+        self.hasher.update(&trailer);
+        Ok((Id(*self.hasher.finalize().as_bytes()), self.sink, self.entries))
     }
 }
 

@@ -16,7 +16,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::Id;
 use crate::index::{IndexFile, MasterIndex};
-use crate::pack::{pack_key, BlobKind, PackBuilder};
+use crate::pack::{pack_key, BlobKind, PackBuilder, PackStream};
 use crate::repo::Repository;
 
 /// Packs per intermediate index file.
@@ -225,17 +225,26 @@ fn pack_loop(repo: &Repository, rx: &Receiver<Vec<SealedBlob>>, uploads: usize) 
     let mut unindexed = IndexFile::default();
     // Trees and data go to separate packs: tree packs are small and read whole (and cached)
     // when walking snapshots, without touching the data.
-    let fresh_data_pack = || PackBuilder::with_capacity(pack_size + (pack_size / 4));
-    let mut packs = [fresh_data_pack(), PackBuilder::default()];
+    // Packs go straight to the backend where it takes them piece by piece (a local
+    // directory): memory then holds no pack at all.
+    let fresh_pack = |kind: BlobKind| -> Result<OpenPack> {
+        match repo.backend().sink() {
+            Some(sink) => Ok(OpenPack::Stream(Box::new(PackStream::new(sink?)))),
+            None if kind == BlobKind::Data => {
+                Ok(OpenPack::Memory(PackBuilder::with_capacity(pack_size + (pack_size / 4))))
+            }
+            None => Ok(OpenPack::Memory(PackBuilder::default())),
+        }
+    };
+    let mut packs = [fresh_pack(BlobKind::Data)?, fresh_pack(BlobKind::Tree)?];
 
     let result = (|| -> Result<()> {
         for blob in rx.iter().flatten() {
             stats.packed_bytes += blob.sealed.len() as u64;
             let pack = &mut packs[blob.kind as usize];
-            pack.add(blob.kind, blob.id, &blob.sealed, blob.raw_len);
+            pack.add(blob.kind, blob.id, &blob.sealed, blob.raw_len)?;
             if pack.size() >= pack_size {
-                let next = if blob.kind == BlobKind::Data { fresh_data_pack() } else { PackBuilder::default() };
-                let full = std::mem::replace(pack, next);
+                let full = std::mem::replace(pack, fresh_pack(blob.kind)?);
                 pending.push(upload(repo, full, &sem)?);
                 stats.packs += 1;
                 reap(repo, &mut pending, &mut unindexed, &mut stats, false)?;
@@ -243,7 +252,8 @@ fn pack_loop(repo: &Repository, rx: &Receiver<Vec<SealedBlob>>, uploads: usize) 
         }
         for pack in &mut packs {
             if !pack.is_empty() {
-                pending.push(upload(repo, std::mem::take(pack), &sem)?);
+                let last = std::mem::replace(pack, OpenPack::Memory(PackBuilder::default()));
+                pending.push(upload(repo, last, &sem)?);
                 stats.packs += 1;
             }
         }
@@ -259,18 +269,64 @@ fn pack_loop(repo: &Repository, rx: &Receiver<Vec<SealedBlob>>, uploads: usize) 
     Ok(stats)
 }
 
-fn upload(repo: &Repository, pack: PackBuilder, sem: &Arc<tokio::sync::Semaphore>) -> Result<Upload> {
-    let (id, bytes, entries) = pack.finish(repo.key())?;
+/// A pack being filled: in memory, or streamed to the backend.
+enum OpenPack {
+    Memory(PackBuilder),
+    Stream(Box<PackStream>),
+}
+
+impl OpenPack {
+    fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8], raw_len: usize) -> Result<()> {
+        match self {
+            Self::Memory(p) => {
+                p.add(kind, id, sealed, raw_len);
+                Ok(())
+            }
+            Self::Stream(p) => p.add(kind, id, sealed, raw_len),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Self::Memory(p) => p.size(),
+            Self::Stream(p) => p.size(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Memory(p) => p.is_empty(),
+            Self::Stream(p) => p.is_empty(),
+        }
+    }
+}
+
+/// Finish `pack` and store it in the background (at most `sem`'s permits at once): upload the
+/// bytes, or make a streamed pack durable under its name.
+fn upload(repo: &Repository, pack: OpenPack, sem: &Arc<tokio::sync::Semaphore>) -> Result<Upload> {
     let permit = repo
         .runtime()
         .block_on(sem.clone().acquire_owned())
         .map_err(|_| Error::new(ErrorKind::Other, "upload semaphore closed"))?;
-    let backend = repo.backend().clone();
-    Ok(repo.runtime().spawn(async move {
-        let _permit = permit;
-        backend.put(&pack_key(&id), Bytes::from(bytes)).await?;
-        Ok((id, entries))
-    }))
+    match pack {
+        OpenPack::Memory(pack) => {
+            let (id, bytes, entries) = pack.finish(repo.key())?;
+            let backend = repo.backend().clone();
+            Ok(repo.runtime().spawn(async move {
+                let _permit = permit;
+                backend.put(&pack_key(&id), Bytes::from(bytes)).await?;
+                Ok((id, entries))
+            }))
+        }
+        OpenPack::Stream(pack) => {
+            let (id, sink, entries) = pack.finish(repo.key())?;
+            Ok(repo.runtime().spawn_blocking(move || {
+                let _permit = permit;
+                sink.install(&pack_key(&id))?;
+                Ok((id, entries))
+            }))
+        }
+    }
 }
 
 /// Collect finished uploads; write an index file when enough packs (or all, at the end) landed.

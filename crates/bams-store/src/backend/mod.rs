@@ -61,6 +61,22 @@ pub trait WriteBackend: ReadBackend {
     }
     /// Remove an object; removing a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+    /// A new object to be written piece by piece and named at the end, for backends that
+    /// can take one without holding it in memory (a local directory streams packs straight
+    /// to disk). `None`: build the object in memory and [`Self::put`] it.
+    fn sink(&self) -> Option<Result<Box<dyn ObjectSink>>> {
+        None
+    }
+}
+
+/// An object being written ([`WriteBackend::sink`]); dropped without [`Self::install`], it
+/// leaves nothing behind.
+pub trait ObjectSink: Send {
+    /// Append bytes.
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Make everything written the object `key`, durably (on return it survives a crash).
+    /// Blocking: call it off the async runtime's worker threads.
+    fn install(self: Box<Self>, key: &str) -> Result<()>;
 }
 
 /// A range read over the network must return exactly `len` bytes. Fewer means the body was
