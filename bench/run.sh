@@ -5,7 +5,8 @@
 # stdlib, ~1.4 GB, ~60k files) and a 3 GiB ext4 image on a loop device holding a copy of it;
 # image v2 = v1 with ~3% of its files overwritten in place.
 # Steps per tool: first tree backup with the page cache dropped (into a throwaway repository),
-# init, first tree backup warm, unchanged re-backup, re-backup after 2% of files changed,
+# init, first tree backup warm, unchanged re-backup (3 runs, median), re-backup after 2% of
+# files changed,
 # image v1 and v2 (page cache dropped), full restore of the tree (checked byte-identical with
 # diff -r), repository size, peak RSS. Prints a table of times/sizes, bams/peer ratios and
 # issue 18's targets.
@@ -87,17 +88,17 @@ run_tool() { # tool
     bams)
       measure bams init "$BAMS" -q -r "$repo" repo init
       measure bams tree1 "$BAMS" -q -r "$repo" backup "$DATA" --host bench
-      warm "$DATA"; measure bams tree2 "$BAMS" -q -r "$repo" backup "$DATA" --host bench
+      for _ in 1 2 3; do warm "$DATA"; measure bams tree2 "$BAMS" -q -r "$repo" backup "$DATA" --host bench; done
       ;;
     restic)
       measure restic init restic -q -r "$repo" init
       measure restic tree1 restic -q -r "$repo" backup "$DATA" --host bench
-      warm "$DATA"; measure restic tree2 restic -q -r "$repo" backup "$DATA" --host bench
+      for _ in 1 2 3; do warm "$DATA"; measure restic tree2 restic -q -r "$repo" backup "$DATA" --host bench; done
       ;;
     borg)
       measure borg init borg init -e repokey "$repo"
       measure borg tree1 borg create "$repo::t1" "$DATA"
-      warm "$DATA"; measure borg tree2 borg create "$repo::t2" "$DATA"
+      for n in 1 2 3; do warm "$DATA"; measure borg tree2 borg create "$repo::t2-$n" "$DATA"; done
       ;;
   esac
   # The 2%-changed step backs up the modified copy under the same path via a bind mount.

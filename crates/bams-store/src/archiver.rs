@@ -689,7 +689,7 @@ impl Walker<'_, '_, '_> {
             content.push(id);
             // Shorter than the chunker's minimum, the first chunk is the whole file.
             let whole_file = first && chunk.len() < self.repo.config().chunker.min_size as usize;
-            if let Some(head) = (new && whole_file).then(|| HeadRecord::of(self.repo.key(), chunk, &id)).flatten() {
+            if let Some(head) = (new && whole_file).then(|| HeadRecord::of(chunk, &id)).flatten() {
                 self.new_heads.push(head);
                 if self.new_heads.len() >= crate::heads::RECORDS_PER_FILE {
                     save_heads(self.repo, &std::mem::take(&mut self.new_heads));

@@ -211,8 +211,8 @@ impl Repository {
         Unlocked { key: self.key.clone(), slot: self.key_slot }
     }
 
-    /// Open with what an earlier open unlocked, skipping the key derivation (Argon2id: ~0.2 s
-    /// and 64 MiB each time), for long-running clients such as agents. The config is read
+    /// Open with what an earlier open unlocked, skipping the key derivation (Argon2id: ~0.1 s
+    /// and 32 MiB each time), for long-running clients such as agents. The config is read
     /// afresh and must open with that key: a repository replaced under the same name fails
     /// with `WrongPassword`, and the caller opens it with its secret again.
     pub fn open_unlocked(backend: DynBackend, rt: Handle, unlocked: &Unlocked) -> Result<Self> {

@@ -312,10 +312,10 @@ pub struct InitArgs {
     #[arg(long, env = "BAMS_FROM_PASSWORD_FILE")]
     pub from_password_file: Option<PathBuf>,
     /// Memory of the password's key derivation (Argon2id), MiB: more makes guessing costlier
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(8..=1024))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(8..=1024))]
     pub kdf_memory_mib: u32,
     /// Passes of the password's key derivation (Argon2id)
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub kdf_passes: u32,
 }
 
