@@ -172,6 +172,18 @@ fn node_at(
     }
 }
 
+/// Restore `snapshot` whole into a fresh directory and read back the file backed up at `path`.
+fn restored_file(f: &common::Fixture, snapshot: &bams_store::snapshot::Snapshot, path: &std::path::Path) -> Vec<u8> {
+    let index = f.repo.load_index().unwrap();
+    let target = f.dir.path().join(format!("restored-{}", bams_store::Id::random().short()));
+    let opts = bams_store::restorer::RestoreOptions::new(&target);
+    let (root, root_path) = bams_store::restorer::resolve_subtree(&f.repo, &index, &snapshot.tree, None).unwrap();
+    let r = bams_store::restorer::restore(&f.repo, &index, &root, &root_path, &opts, &bams_store::archiver::NoProgress)
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    std::fs::read(target.join(path.strip_prefix("/").unwrap())).unwrap()
+}
+
 fn backup(f: &common::Fixture, path: &std::path::Path, image: bool) -> bams_store::archiver::BackupResult {
     let mut opts = bams_store::archiver::BackupOptions::paths(vec![path.to_owned()]);
     opts.image = image;
@@ -238,17 +250,7 @@ fn an_image_shares_blobs_with_the_files_it_holds() {
         v1.snapshot.summary.data_added
     );
 
-    let index = f.repo.load_index().unwrap();
-    let target = f.dir.path().join("restored");
-    let opts = bams_store::restorer::RestoreOptions::new(&target);
-    let (root, root_path) = bams_store::restorer::resolve_subtree(&f.repo, &index, &v1.snapshot.tree, None).unwrap();
-    let r = bams_store::restorer::restore(&f.repo, &index, &root, &root_path, &opts, &bams_store::archiver::NoProgress)
-        .unwrap();
-    assert!(r.errors.is_empty(), "{:?}", r.errors);
-    assert!(
-        std::fs::read(target.join(img.strip_prefix("/").unwrap())).unwrap() == disk,
-        "the image restores byte for byte"
-    );
+    assert!(restored_file(&f, &v1.snapshot, &img) == disk, "the image restores byte for byte");
 
     // v2: 100 bytes change outside the file's copy.
     disk[(512 << 10)..(512 << 10) + 100].fill(0xA5);
@@ -309,14 +311,7 @@ fn an_image_shares_the_small_files_it_holds() {
         "shared bytes are not stored: {} added",
         summary.data_added
     );
-    let index = f.repo.load_index().unwrap();
-    let target = f.dir.path().join("restored");
-    let opts = bams_store::restorer::RestoreOptions::new(&target);
-    let (root, root_path) = bams_store::restorer::resolve_subtree(&f.repo, &index, &v1.snapshot.tree, None).unwrap();
-    let r = bams_store::restorer::restore(&f.repo, &index, &root, &root_path, &opts, &bams_store::archiver::NoProgress)
-        .unwrap();
-    assert!(r.errors.is_empty(), "{:?}", r.errors);
-    assert!(std::fs::read(target.join(img.strip_prefix("/").unwrap())).unwrap() == disk, "restores byte for byte");
+    assert!(restored_file(&f, &v1.snapshot, &img) == disk, "the image restores byte for byte");
 
     // Without the heads, the same image shares nothing of the small files.
     let g = common::fixture();
