@@ -15,7 +15,6 @@
 //! for [`STALE_AFTER`]/2 must assume others now see it stale: [`LockGuard::ensure_held`] fails
 //! and writers stop before they write their snapshot.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,7 +110,9 @@ pub struct LockGuard<'a> {
     stale_seen: Vec<Id>,
     current: Arc<Mutex<Id>>,
     refreshed: Arc<Mutex<Instant>>,
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the refresher at once (it waits on the other end, not in a sleep: a
+    /// command would otherwise end up to one sleep late).
+    stop: Option<std::sync::mpsc::Sender<()>>,
     refresher: Option<std::thread::JoinHandle<()>>,
     timing: Timing,
 }
@@ -215,9 +216,10 @@ pub(crate) fn acquire_with<'a>(
         let Some(conflict) = conflict else {
             let current = Arc::new(Mutex::new(own));
             let refreshed = Arc::new(Mutex::new(Instant::now()));
-            let stop = Arc::new(AtomicBool::new(false));
+            let (stop, stopped) = std::sync::mpsc::channel();
             let refresher =
-                spawn_refresher(repo, current.clone(), refreshed.clone(), stop.clone(), info.clone(), timing.refresh);
+                spawn_refresher(repo, current.clone(), refreshed.clone(), stopped, info.clone(), timing.refresh);
+            let stop = Some(stop);
             return Ok(LockGuard { repo, others_seen, stale_seen, current, refreshed, stop, refresher, timing });
         };
         let _ = repo.delete(&format!("locks/{own}"));
@@ -233,7 +235,7 @@ fn spawn_refresher(
     repo: &Repository,
     current: Arc<Mutex<Id>>,
     refreshed: Arc<Mutex<Instant>>,
-    stop: Arc<AtomicBool>,
+    stopped: std::sync::mpsc::Receiver<()>,
     info: impl Fn() -> LockInfo + Send + 'static,
     every: Duration,
 ) -> Option<std::thread::JoinHandle<()>> {
@@ -246,8 +248,12 @@ fn spawn_refresher(
         .name("bams-lock-refresh".into())
         .spawn(move || {
             let mut last = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200).min(every / 4));
+            loop {
+                let wait = every.saturating_sub(last.elapsed());
+                match stopped.recv_timeout(wait) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return, // the guard was dropped
+                }
                 if last.elapsed() < every {
                     continue;
                 }
@@ -317,7 +323,7 @@ impl LockGuard<'_> {
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
@@ -355,7 +361,7 @@ pub fn remove_stale(repo: &Repository) -> Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
     use async_trait::async_trait;
