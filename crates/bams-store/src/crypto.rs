@@ -83,8 +83,7 @@ impl MasterKey {
             // Keep it only when it saves at least 1/32: incompressible data stays raw.
             if n + n / 32 < plain.len() {
                 out.truncate(HEAD + n);
-                out.reserve_exact(TAG_LEN);
-                out.shrink_to(HEAD + n + TAG_LEN);
+                out.shrink_to(HEAD + n + TAG_LEN); // room for the tag, no more
                 flag = FLAG_ZSTD;
             }
         }
@@ -93,17 +92,8 @@ impl MasterKey {
             out.resize(HEAD, 0);
             out.extend_from_slice(plain);
         }
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::thread_rng().fill_bytes(&mut nonce);
-        out[..NONCE_LEN].copy_from_slice(&nonce);
         out[NONCE_LEN] = flag;
-        // Only a plaintext beyond AES-GCM's limit (64 GiB) fails; never store an empty stand-in.
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut out[NONCE_LEN..])
-            .map_err(|_| Error::new(ErrorKind::Other, format!("encryption of {} bytes failed", plain.len())))?;
-        out.extend_from_slice(&tag);
-        Ok(out)
+        encrypt_after_nonce(&self.cipher, out)
     }
 
     /// Decrypt and decompress; `what` names the object in the error.
@@ -168,16 +158,24 @@ fn decompress(data: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 fn seal_with(cipher: &Aes256Gcm, plain: &[u8]) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(NONCE_LEN + plain.len() + TAG_LEN);
+    buf.resize(NONCE_LEN, 0);
+    buf.extend_from_slice(plain);
+    encrypt_after_nonce(cipher, buf)
+}
+
+/// Encrypt `buf[NONCE_LEN..]` in place under a fresh random nonce written into
+/// `buf[..NONCE_LEN]`, and append the tag: `nonce || ciphertext || tag`.
+fn encrypt_after_nonce(cipher: &Aes256Gcm, mut buf: Vec<u8>) -> Result<Vec<u8>> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::thread_rng().fill_bytes(&mut nonce);
+    buf[..NONCE_LEN].copy_from_slice(&nonce);
     // Only a plaintext beyond AES-GCM's limit (64 GiB) fails; never store an empty stand-in.
-    let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), plain)
-        .map_err(|_| Error::new(ErrorKind::Other, format!("encryption of {} bytes failed", plain.len())))?;
-    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
-    Ok(out)
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut buf[NONCE_LEN..])
+        .map_err(|_| Error::new(ErrorKind::Other, format!("encryption of {} bytes failed", buf.len() - NONCE_LEN)))?;
+    buf.extend_from_slice(&tag);
+    Ok(buf)
 }
 
 fn open_with(cipher: &Aes256Gcm, sealed: &[u8]) -> Option<Vec<u8>> {
