@@ -115,9 +115,18 @@ pub fn save(repo: &Repository, records: &[HeadRecord]) -> Result<Id> {
     repo.save_sealed(DIR, &encode(records))
 }
 
+/// The `heads/` objects with their stored sizes.
+fn listed(repo: &Repository) -> Result<Vec<(Id, u64)>> {
+    Ok(repo
+        .list("heads/")?
+        .iter()
+        .filter_map(|o| Id::from_hex(o.key.trim_start_matches("heads/")).ok().map(|id| (id, o.size)))
+        .collect())
+}
+
 /// Ids of the `heads/` objects.
 pub fn ids(repo: &Repository) -> Result<Vec<Id>> {
-    Ok(repo.list("heads/")?.iter().filter_map(|o| Id::from_hex(o.key.trim_start_matches("heads/")).ok()).collect())
+    Ok(listed(repo)?.into_iter().map(|(id, _)| id).collect())
 }
 
 /// Heads objects that could not be read, with why.
@@ -125,16 +134,20 @@ pub type Unreadable = Vec<(Id, Error)>;
 
 /// The records of every readable heads object, and the objects that could not be read.
 pub fn load_all(repo: &Repository) -> Result<(Vec<HeadRecord>, Unreadable)> {
-    let ids = ids(repo)?;
+    Ok(load(repo, &ids(repo)?))
+}
+
+/// The records of the heads objects `ids`, and those that could not be read.
+fn load(repo: &Repository, ids: &[Id]) -> (Vec<HeadRecord>, Unreadable) {
     let mut records = Vec::new();
     let mut failed = Vec::new();
-    for (id, plain) in ids.iter().zip(repo.load_many_sealed(DIR, &ids)) {
+    for (id, plain) in ids.iter().zip(repo.load_many_sealed(DIR, ids)) {
         match plain.and_then(|p| decode(&p, &id.to_hex())) {
             Ok(r) => records.extend(r),
             Err(e) => failed.push((*id, e)),
         }
     }
-    Ok((records, failed))
+    (records, failed)
 }
 
 /// The lookup an image backup uses: every record, sorted by head.
@@ -224,22 +237,19 @@ pub fn find_files(data: &[u8], at: u64, key: &MasterKey, table: &HeadTable, has:
     found
 }
 
-/// Records per merged heads object (28 MiB of plaintext, above [`SMALL_FILE_BYTES`] sealed
-/// even when compressed, so a merged object is not merged again).
+/// Records per merged heads object (28 MiB of plaintext, above
+/// [`crate::consolidate::SMALL_FILE_BYTES`] sealed even when compressed, so a merged object is
+/// not merged again).
 const MERGED_RECORDS: usize = 1 << 20;
 
-/// Heads objects at least this large (sealed) count as merged and are left alone by
-/// [`merge_small`] (about 300,000 records).
-pub const SMALL_FILE_BYTES: u64 = 8 << 20;
-
-/// Merge the small heads objects into few large ones (consolidation: every backup of new files
+/// Merge the small heads objects (below [`crate::consolidate::SMALL_FILE_BYTES`], as for index
+/// files: about 300,000 records) into few large ones (consolidation: every backup of new files
 /// adds one). Returns (objects merged away, objects written).
 pub fn merge_small(repo: &Repository, min_files: usize) -> Result<(usize, usize)> {
-    let small: Vec<Id> = repo
-        .list("heads/")?
-        .iter()
-        .filter(|o| o.size < SMALL_FILE_BYTES)
-        .filter_map(|o| Id::from_hex(o.key.trim_start_matches("heads/")).ok())
+    let small: Vec<Id> = listed(repo)?
+        .into_iter()
+        .filter(|(_, size)| *size < crate::consolidate::SMALL_FILE_BYTES)
+        .map(|(id, _)| id)
         .collect();
     if small.len() < min_files.max(2) {
         return Ok((0, 0));
@@ -247,26 +257,26 @@ pub fn merge_small(repo: &Repository, min_files: usize) -> Result<(usize, usize)
     rewrite(repo, &small, &|_| true)
 }
 
-/// Drop the records whose blob `keep` rejects (prune, after deleting blobs), rewriting every
+/// Keep only the records of blobs in `used` (prune, after deleting the rest), rewriting every
 /// heads object. Returns (objects before, objects written).
-pub fn retain(repo: &Repository, keep: &dyn Fn(&[u8; 16]) -> bool) -> Result<(usize, usize)> {
+pub fn retain_used(repo: &Repository, used: &std::collections::HashSet<Id>) -> Result<(usize, usize)> {
     let all = ids(repo)?;
     if all.is_empty() {
         return Ok((0, 0));
     }
-    rewrite(repo, &all, keep)
+    let prefixes: std::collections::HashSet<[u8; 16]> = used.iter().map(Id::prefix16).collect();
+    rewrite(repo, &all, &|p| prefixes.contains(p))
 }
 
 /// Replace the objects `ids` with as few as hold their records that `keep` accepts.
 /// Crash-safe order: the new objects first, then the old ones deleted (records seen twice
 /// meanwhile are harmless). Objects that cannot be read are deleted too: they hold only hints.
 fn rewrite(repo: &Repository, ids: &[Id], keep: &dyn Fn(&[u8; 16]) -> bool) -> Result<(usize, usize)> {
-    let mut records = Vec::new();
-    for (id, plain) in ids.iter().zip(repo.load_many_sealed(DIR, ids)) {
-        match plain.and_then(|p| decode(&p, &id.to_hex())) {
-            Ok(r) => records.extend(r),
-            Err(e) if e.kind() == crate::ErrorKind::NotFound => {} // merged away meanwhile
-            Err(e) => tracing::warn!("dropping unreadable heads file {id}: {e}"),
+    let (records, failed) = load(repo, ids);
+    for (id, e) in failed {
+        if e.kind() != crate::ErrorKind::NotFound {
+            // (NotFound: merged away meanwhile.)
+            tracing::warn!("dropping unreadable heads file {id}: {e}");
         }
     }
     let kept: Vec<HeadRecord> =

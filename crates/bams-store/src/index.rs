@@ -113,9 +113,7 @@ const BUCKET_BITS: u32 = 16;
 /// The first 128 bits of a blob id, as the in-memory lookups compare them (a collision among
 /// keyed 128-bit prefixes is as unlikely as one among the ids a repository will ever hold).
 pub(crate) fn key_of(id: &Id) -> u128 {
-    let mut k = [0u8; 16];
-    k.copy_from_slice(&id.0[..16]);
-    u128::from_be_bytes(k)
+    u128::from_be_bytes(id.prefix16())
 }
 
 fn bucket_of(key: u128) -> usize {

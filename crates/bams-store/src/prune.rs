@@ -202,8 +202,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     crate::consolidate::save_split(repo, keep.packs)?;
     repo.delete_indexes(&files.iter().map(|(id, _)| *id).collect::<Vec<_>>())?;
     // File heads of deleted blobs would only be tried and rejected by image backups: drop them.
-    let used_prefixes: HashSet<[u8; 16]> = used.iter().map(|id| id.prefix16()).collect();
-    crate::heads::retain(repo, &|p| used_prefixes.contains(p))?;
+    crate::heads::retain_used(repo, &used)?;
     for pid in delete.iter().chain(repack.iter().map(|(p, _)| p)).chain(unindexed.iter()) {
         repo.delete(&pack_key(pid))?;
     }
