@@ -7,6 +7,7 @@
 //! ([`Repository::recover_unindexed_packs`]) and reuses. The crashed run's lock is what tells
 //! the next backup to look for them.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
@@ -606,6 +607,8 @@ impl Walker<'_, '_, '_> {
         };
         let cut = if sparse {
             self.chunk_sparse(&file, chunker, recut)
+        } else if recut.is_none() && node.size < u64::from(chunker.min_size) {
+            self.small_file(&mut file, node.size, chunker)
         } else {
             self.chunk_stream(&mut file, chunker, recut)
         };
@@ -659,6 +662,33 @@ impl Walker<'_, '_, '_> {
         cut.map(|size| (content, size))
     }
 
+    /// A file shorter than the chunker's minimum is one blob: it is read into a buffer of its
+    /// own that the pipeline takes over, not copied out of the shared read buffer (half of a
+    /// typical tree's bytes are in such files).
+    fn small_file(
+        &mut self,
+        file: &mut File,
+        listed: u64,
+        c: ChunkerParams,
+    ) -> std::result::Result<(Vec<Id>, u64), CutError<Error>> {
+        let min = u64::from(c.min_size);
+        let listed = listed.min(min);
+        // One spare byte: the read that finds the end needs no second allocation.
+        let mut data = Vec::with_capacity(usize::try_from(listed).unwrap_or(0) + 1);
+        (&mut *file).take(min).read_to_end(&mut data).map_err(CutError::Read)?;
+        if data.len() as u64 >= min {
+            // It grew past the minimum since it was listed: cut it as a stream.
+            let mut rest = std::io::Cursor::new(data).chain(file);
+            return self.chunk_stream(&mut rest, c, None);
+        }
+        let size = data.len() as u64;
+        let mut content = Vec::new();
+        if size > 0 {
+            self.queue_file_chunk(Cow::Owned(data), &mut content).map_err(CutError::Each)?;
+        }
+        Ok((content, size))
+    }
+
     /// Cut a stream into content-defined chunks and queue them. The buffer is reused across
     /// files (a fresh multi-MiB buffer per small file would dominate the cost of a tree backup).
     fn chunk_stream(
@@ -680,23 +710,11 @@ impl Walker<'_, '_, '_> {
     /// it is cut again with the small image chunker, so that the image's next version stores
     /// little more than the blocks that changed.
     fn queue_chunk(&mut self, chunk: &[u8], recut: Option<ChunkerParams>, content: &mut Vec<Id>) -> Result<()> {
+        let Some(small) = recut else {
+            return self.queue_file_chunk(Cow::Borrowed(chunk), content);
+        };
         self.summary.bytes_read += chunk.len() as u64;
         self.progress.bytes(chunk.len() as u64);
-        let Some(small) = recut else {
-            let first = content.is_empty();
-            let id = self.repo.key().blob_id(chunk);
-            let new = self.writer.add_with_id(BlobKind::Data, id, chunk.to_vec())?;
-            content.push(id);
-            // Shorter than the chunker's minimum, the first chunk is the whole file.
-            let whole_file = first && chunk.len() < self.repo.config().chunker.min_size as usize;
-            if let Some(head) = (new && whole_file).then(|| HeadRecord::of(chunk, &id)).flatten() {
-                self.new_heads.push(head);
-                if self.new_heads.len() >= crate::heads::RECORDS_PER_FILE {
-                    save_heads(self.repo, &std::mem::take(&mut self.new_heads));
-                }
-            }
-            return Ok(());
-        };
         let at = self.image_at;
         self.image_at += chunk.len() as u64;
         let whole = self.repo.key().blob_id(chunk);
@@ -704,7 +722,7 @@ impl Walker<'_, '_, '_> {
         let known = self.writer.has(&whole);
         if known || chunk.iter().all(|&b| b == 0) {
             if !known {
-                self.writer.add_with_id(BlobKind::Data, whole, chunk.to_vec())?;
+                self.writer.add_with_id(BlobKind::Data, whole, chunk)?;
             }
             content.push(whole);
             return Ok(());
@@ -722,6 +740,27 @@ impl Walker<'_, '_, '_> {
             pos = f.offset + f.len;
         }
         self.queue_new_image_data(&chunk[pos..], small, content)
+    }
+
+    /// Queue one chunk of a file's content, and record its head when it is a whole new file.
+    fn queue_file_chunk(&mut self, chunk: Cow<'_, [u8]>, content: &mut Vec<Id>) -> Result<()> {
+        let len = chunk.len();
+        self.summary.bytes_read += len as u64;
+        self.progress.bytes(len as u64);
+        let first = content.is_empty();
+        let id = self.repo.key().blob_id(&chunk);
+        // Shorter than the chunker's minimum, the first chunk is the whole file.
+        let whole_file = first && len < self.repo.config().chunker.min_size as usize;
+        let head = whole_file.then(|| HeadRecord::of(&chunk, &id)).flatten();
+        let new = self.writer.add_with_id(BlobKind::Data, id, chunk)?;
+        content.push(id);
+        if let Some(head) = head.filter(|_| new) {
+            self.new_heads.push(head);
+            if self.new_heads.len() >= crate::heads::RECORDS_PER_FILE {
+                save_heads(self.repo, &std::mem::take(&mut self.new_heads));
+            }
+        }
+        Ok(())
     }
 
     /// Queue image bytes no blob holds: zeros (the padding after a file) as one blob, the rest

@@ -6,6 +6,7 @@
 //! interrupted run keeps most of its work. Every channel is bounded, so memory stays at about
 //! `(sealers + queue) × max chunk + (uploads + 1) × pack size` whatever the input size.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread::{Scope, ScopedJoinHandle};
@@ -138,11 +139,13 @@ impl<'scope, 'env> BlobWriter<'scope, 'env> {
         Ok(id)
     }
 
-    /// Queue a blob whose id the caller computed; returns whether it was new.
-    pub fn add_with_id(&mut self, kind: BlobKind, id: Id, data: Vec<u8>) -> Result<bool> {
+    /// Queue a blob whose id the caller computed; returns whether it was new. Borrowed data is
+    /// copied only when the blob is new.
+    pub fn add_with_id<'a>(&mut self, kind: BlobKind, id: Id, data: impl Into<Cow<'a, [u8]>>) -> Result<bool> {
         if self.known.contains(&id) || !self.new_ids.insert(crate::index::key_of(&id)) {
             return Ok(false);
         }
+        let data = data.into().into_owned();
         match kind {
             BlobKind::Data => self.added.0 += 1,
             BlobKind::Tree => self.added.1 += 1,

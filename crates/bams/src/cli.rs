@@ -295,7 +295,7 @@ pub struct ConsolidateArgs {
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// zstd level 1-19, 0 = no compression
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
+    #[arg(long, default_value_t = bams_store::repo::DEFAULT_COMPRESSION, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compression: i32,
     /// Target pack size in MiB [default: 64 on s3://, where each object is a billed request; 16
     /// elsewhere]
