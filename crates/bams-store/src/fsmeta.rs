@@ -192,3 +192,39 @@ pub fn owner_ids(node: &Node, opts: ApplyOptions) -> (Option<rustix::fs::Uid>, O
     let gid = node.group.as_deref().filter(|_| by_name).and_then(|g| opts.names.gid(g)).unwrap_or(node.gid);
     (Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned_by(user: &str, group: &str) -> Node {
+        Node {
+            uid: 4242,
+            gid: 4343,
+            user: Some(user.into()),
+            group: Some(group.into()),
+            ..Node::plain_file("f", Vec::new(), 0, 0)
+        }
+    }
+
+    #[test]
+    fn settling_the_owner_keeps_what_would_be_restored() {
+        let names = OwnerIds::default();
+        for numeric_owner in [false, true] {
+            let opts = ApplyOptions { owners: true, numeric_owner, names: &names };
+            for (user, group) in [("root", "root"), ("no-such-user-bams", "no-such-group-bams")] {
+                let node = owned_by(user, group);
+                let before = owner_ids(&node, opts);
+                let mut settled = node.clone();
+                settle_owner(&mut settled, opts);
+                assert_eq!(owner_ids(&settled, opts), before, "{user} numeric={numeric_owner}");
+                assert!(settled.user.is_none() && settled.group.is_none() && settled.name.0.is_empty());
+            }
+        }
+        // Names win over ids unless numeric ids are asked for.
+        let opts = ApplyOptions { owners: true, numeric_owner: false, names: &names };
+        let mut node = owned_by("root", "root");
+        settle_owner(&mut node, opts);
+        assert_eq!((node.uid, node.gid), (0, 0));
+    }
+}
