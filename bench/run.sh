@@ -5,8 +5,8 @@
 # stdlib, ~1.4 GB, ~60k files) and a 3 GiB ext4 image on a loop device holding a copy of it;
 # image v2 = v1 with ~3% of its files overwritten in place.
 # Steps per tool: first tree backup with the page cache dropped (into a throwaway repository),
-# init, first tree backup warm, unchanged re-backup (3 runs, median), re-backup after 2% of
-# files changed,
+# init, first tree backup warm (3 runs into fresh repositories, median), unchanged re-backup
+# (3 runs, median), re-backup after 2% of files changed,
 # image v1 and v2 (page cache dropped), full restore of the tree (checked byte-identical with
 # diff -r), repository size, peak RSS. Prints a table of times/sizes, bams/peer ratios and
 # issue 18's targets.
@@ -88,16 +88,28 @@ run_tool() { # tool
     bams)
       measure bams init "$BAMS" -q -r "$repo" repo init
       measure bams tree1 "$BAMS" -q -r "$repo" backup "$DATA" --host bench
+      for _ in 2 3; do
+        rm -rf "$repo"; "$BAMS" -q -r "$repo" repo init >/dev/null; warm "$DATA"
+        measure bams tree1 "$BAMS" -q -r "$repo" backup "$DATA" --host bench
+      done
       for _ in 1 2 3; do warm "$DATA"; measure bams tree2 "$BAMS" -q -r "$repo" backup "$DATA" --host bench; done
       ;;
     restic)
       measure restic init restic -q -r "$repo" init
       measure restic tree1 restic -q -r "$repo" backup "$DATA" --host bench
+      for _ in 2 3; do
+        rm -rf "$repo"; restic -q -r "$repo" init >/dev/null; warm "$DATA"
+        measure restic tree1 restic -q -r "$repo" backup "$DATA" --host bench
+      done
       for _ in 1 2 3; do warm "$DATA"; measure restic tree2 restic -q -r "$repo" backup "$DATA" --host bench; done
       ;;
     borg)
       measure borg init borg init -e repokey "$repo"
       measure borg tree1 borg create "$repo::t1" "$DATA"
+      for _ in 2 3; do
+        rm -rf "$repo"; borg init -e repokey "$repo" >/dev/null 2>&1; warm "$DATA"
+        measure borg tree1 borg create "$repo::t1" "$DATA"
+      done
       for n in 1 2 3; do warm "$DATA"; measure borg tree2 borg create "$repo::t2-$n" "$DATA"; done
       ;;
   esac

@@ -294,8 +294,8 @@ pub struct ConsolidateArgs {
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// zstd level 1-19, 0 = no compression
-    #[arg(long, default_value_t = bams_store::repo::DEFAULT_COMPRESSION, value_parser = clap::value_parser!(i32).range(0..=19))]
+    /// zstd level 1-19, or -1 to -7 for zstd's fast levels; 0 = no compression
+    #[arg(long, default_value_t = bams_store::repo::DEFAULT_COMPRESSION, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-7..=19))]
     pub compression: i32,
     /// Target pack size in MiB [default: 64 on s3://, where each object is a billed request; 16
     /// elsewhere]
