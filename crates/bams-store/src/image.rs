@@ -199,8 +199,15 @@ pub fn store_zeros(repo: &Repository, size: u64, meta: VersionMeta) -> Result<St
         // `period`; the last stretch (a whole period plus the tail) is cut as FastCDC cuts it.
         let (repeat, last) = if whole > 0 { (whole - 1, period + tail) } else { (0, tail) };
         let chunk = &probe[..period as usize];
-        for _ in 0..repeat {
+        // Known zeros: hashed once, not scanned again per period (a 55 GiB disk is 450,000
+        // periods, which took an API request past its client's timeout).
+        if repeat > 0 {
             chunks.push(repo, writer, chunk)?;
+            let (id, plain) = chunks.hasher.hash(repo, chunk);
+            for _ in 1..repeat {
+                chunks.content.push(id);
+                chunks.manifest.chunks.push((period as u32, plain));
+            }
         }
         let end = vec![0u8; last as usize];
         for ch in fastcdc::v2020::FastCDC::new(&end, c.min_size, c.avg_size, c.max_size) {
