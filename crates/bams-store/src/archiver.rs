@@ -199,7 +199,7 @@ pub fn backup(repo: &Repository, opts: BackupOptions, progress: &dyn Progress) -
         };
         let root = match opts.source {
             Source::Stdin { mut reader, name } => walker.stdin_tree(&mut reader, &name),
-            Source::Paths(_) => walker.virtual_root(&paths, parent_root.as_ref()),
+            Source::Paths(_) => walker.virtual_root(&paths, parent_root),
         };
         let Walker { writer, mut summary, new_heads, .. } = walker;
         let root = match root {
@@ -392,7 +392,7 @@ impl Walker<'_, '_, '_> {
         self.repo.load_tree(self.index, &id).ok()
     }
 
-    fn virtual_root(&mut self, paths: &[PathBuf], parent: Option<&Tree>) -> Result<Id> {
+    fn virtual_root(&mut self, paths: &[PathBuf], parent: Option<Tree>) -> Result<Id> {
         if paths.iter().any(|p| p == Path::new("/")) {
             let meta = fs::symlink_metadata("/").map_err(|e| Error::io("/", e))?;
             return self.dir_tree(Path::new("/"), meta.dev(), parent);
@@ -406,11 +406,11 @@ impl Walker<'_, '_, '_> {
         self.virtual_tree(Path::new("/"), &root, parent)
     }
 
-    fn virtual_tree(&mut self, path: &Path, dir: &VirtualDir, parent: Option<&Tree>) -> Result<Id> {
+    fn virtual_tree(&mut self, path: &Path, dir: &VirtualDir, mut parent: Option<Tree>) -> Result<Id> {
         let mut tree = Tree::default();
         for (name, entry) in &dir.children {
             let child_path = path.join(name);
-            let parent_node = parent.and_then(|t| t.find(name.as_encoded_bytes()));
+            let parent_node = parent.as_mut().and_then(|t| t.find_mut(name.as_encoded_bytes()));
             match entry {
                 VirtualEntry::Target(full) => {
                     let meta = match fs::symlink_metadata(full) {
@@ -428,8 +428,8 @@ impl Walker<'_, '_, '_> {
                 VirtualEntry::Dir(sub) => {
                     let meta = fs::symlink_metadata(&child_path).map_err(|e| Error::io(child_path.display(), e))?;
                     let mut node = node_from_metadata(name, &child_path, &meta, &mut self.names);
-                    let parent_sub = self.parent_subtree(parent_node);
-                    node.subtree = Some(self.virtual_tree(&child_path, sub, parent_sub.as_ref())?);
+                    let parent_sub = self.parent_subtree(parent_node.as_deref());
+                    node.subtree = Some(self.virtual_tree(&child_path, sub, parent_sub)?);
                     self.summary.dirs += 1;
                     tree.nodes.push(node);
                 }
@@ -438,7 +438,10 @@ impl Walker<'_, '_, '_> {
         self.save_tree(tree)
     }
 
-    fn dir_tree(&mut self, path: &Path, root_dev: u64, parent: Option<&Tree>) -> Result<Id> {
+    /// A directory's tree. The parent snapshot's tree of it is taken by value: it is dropped
+    /// once its entries are matched, before the new tree is encoded, so a directory of many
+    /// thousand entries does not hold both decoded trees and the encoding at once.
+    fn dir_tree(&mut self, path: &Path, root_dev: u64, parent: Option<Tree>) -> Result<Id> {
         // The outermost directory of a target starts the scanner for everything below it.
         if self.scanner.is_some() {
             return self.scanned_dir_tree(path, root_dev, parent);
@@ -449,8 +452,7 @@ impl Walker<'_, '_, '_> {
         tree
     }
 
-    fn scanned_dir_tree(&mut self, path: &Path, root_dev: u64, parent: Option<&Tree>) -> Result<Id> {
-        let mut tree = Tree::default();
+    fn scanned_dir_tree(&mut self, path: &Path, root_dev: u64, mut parent: Option<Tree>) -> Result<Id> {
         let scan = self
             .scanner
             .as_mut()
@@ -463,21 +465,28 @@ impl Walker<'_, '_, '_> {
             Ok(entries) => entries,
             Err(msg) => {
                 self.warn(msg);
-                return self.save_tree(tree);
+                return self.save_tree(Tree::default());
             }
         };
-        let parents: Vec<Option<&Node>> =
-            entries.iter().map(|e| parent.and_then(|t| t.find(e.name.as_encoded_bytes()))).collect();
+        let mut tree = Tree { nodes: Vec::with_capacity(entries.len()) };
+        // Each entry's node in the parent snapshot, by position: the walk takes what it can
+        // reuse (content, attributes) out of them instead of copying.
+        let parents: Vec<Option<usize>> =
+            entries.iter().map(|e| parent.as_ref().and_then(|t| t.position(e.name.as_encoded_bytes()))).collect();
         let to_read: Vec<bool> = entries
             .iter()
             .zip(&parents)
-            .map(|(e, p)| e.meta.is_file() && e.meta.len() > 0 && !unchanged(*p, &e.meta))
+            .map(|(e, at)| {
+                let parent_node = parent.as_ref().zip(*at).map(|(t, i)| &t.nodes[i]);
+                e.meta.is_file() && e.meta.len() > 0 && !unchanged(parent_node, &e.meta)
+            })
             .collect();
         // The files this directory will have read, announced before the first is opened.
         self.prefetch
             .announce(entries.iter().zip(&to_read).filter(|(_, r)| **r).map(|(e, _)| (e.path.clone(), e.meta.len())));
-        for ((e, read), parent_node) in entries.into_iter().zip(to_read).zip(parents) {
+        for ((e, read), at) in entries.into_iter().zip(to_read).zip(parents) {
             let len = e.meta.len();
+            let parent_node = parent.as_mut().zip(at).map(|(t, i)| &mut t.nodes[i]);
             let node = self.entry(&e.path, &e.name, &e.meta, Some(e.extras), parent_node, root_dev, false);
             if read {
                 self.prefetch.consumed(len);
@@ -486,6 +495,7 @@ impl Walker<'_, '_, '_> {
                 tree.nodes.push(node);
             }
         }
+        drop(parent);
         self.save_tree(tree)
     }
 
@@ -497,7 +507,7 @@ impl Walker<'_, '_, '_> {
         name: &OsStr,
         meta: &fs::Metadata,
         extras: Option<Extras>,
-        parent: Option<&Node>,
+        parent: Option<&mut Node>,
         root_dev: u64,
         top: bool,
     ) -> Result<Option<Node>> {
@@ -510,8 +520,8 @@ impl Walker<'_, '_, '_> {
                 let sub = if !crate::scan::descends(self.one_file_system, meta, root_dev) {
                     self.save_tree(Tree::default())?
                 } else {
-                    let parent_sub = self.parent_subtree(parent);
-                    self.dir_tree(path, root_dev, parent_sub.as_ref())?
+                    let parent_sub = self.parent_subtree(parent.as_deref());
+                    self.dir_tree(path, root_dev, parent_sub)?
                 };
                 node.subtree = Some(sub);
             }
@@ -567,28 +577,29 @@ impl Walker<'_, '_, '_> {
     }
 
     /// Fill a regular file's content (and its extended attributes when `xattrs_pending`);
-    /// `false` when it could not be read.
+    /// `false` when it could not be read. What an unchanged file reuses is taken out of its
+    /// `parent` node, which the walk does not look at again.
     fn file_content(
         &mut self,
         path: &Path,
         node: &mut Node,
         meta: &fs::Metadata,
-        parent: Option<&Node>,
+        parent: Option<&mut Node>,
         mut xattrs_pending: bool,
     ) -> Result<bool> {
         self.summary.total_bytes += node.size;
-        if let Some(p) = parent.filter(|_| xattrs_pending && unchanged(parent, meta)) {
-            // Setting or removing an attribute changes the ctime: an unchanged file has the
-            // parent snapshot's.
-            node.xattrs = p.xattrs.clone();
-            xattrs_pending = false;
-        }
-        if let Some(p) = parent {
-            let same = unchanged(Some(p), meta)
-                && (p.size == 0 || !p.content.is_empty())
-                && p.content.iter().all(|id| self.writer.has(id));
+        let had_parent = parent.is_some();
+        let unchanged_parent = parent.filter(|p| unchanged(Some(&**p), meta));
+        if let Some(p) = unchanged_parent {
+            if xattrs_pending {
+                // Setting or removing an attribute changes the ctime: an unchanged file has
+                // the parent snapshot's.
+                node.xattrs = std::mem::take(&mut p.xattrs);
+                xattrs_pending = false;
+            }
+            let same = (p.size == 0 || !p.content.is_empty()) && p.content.iter().all(|id| self.writer.has(id));
             if same {
-                node.content = p.content.clone();
+                node.content = std::mem::take(&mut p.content);
                 self.summary.files_unmodified += 1;
                 self.progress.bytes(node.size);
                 self.progress.file_done();
@@ -608,7 +619,7 @@ impl Walker<'_, '_, '_> {
         if !self.read_content(path, node, self.repo.config().chunker, None, false, xattrs_pending)? {
             return Ok(false);
         }
-        if parent.is_some() {
+        if had_parent {
             self.summary.files_changed += 1;
         } else {
             self.summary.files_new += 1;

@@ -194,10 +194,100 @@ impl Node {
     }
 }
 
+/// About how many nodes a tree's plaintext holds, so its list is allocated once instead of
+/// growing by doubling while parsed (a backup holds one parent tree per open directory level;
+/// for a directory of 18,000 entries the doubling cost 13 MB at its peak instead of 5).
+/// Every node starts with `{"name":` — a quote inside a JSON string is escaped, so the bytes
+/// cannot occur inside a name — and other objects that start so only raise the estimate. A
+/// node takes at least 64 bytes of plaintext, which bounds the estimate for crafted input.
+fn node_count_hint(plaintext: &[u8]) -> usize {
+    memchr::memmem::find_iter(plaintext, b"{\"name\":").count().min(plaintext.len() / 64)
+}
+
+/// Parses `{"nodes": [...]}` with the node list allocated for `nodes_hint` entries.
+struct TreeSeed {
+    nodes_hint: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for TreeSeed {
+    type Value = Tree;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Tree, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TreeSeed {
+    type Value = Tree;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a tree object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Tree, A::Error> {
+        let mut nodes = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key != "nodes" {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            } else if nodes.is_some() {
+                return Err(serde::de::Error::duplicate_field("nodes"));
+            } else {
+                nodes = Some(map.next_value_seed(NodesSeed { hint: self.nodes_hint })?);
+            }
+        }
+        let nodes = nodes.ok_or_else(|| serde::de::Error::missing_field("nodes"))?;
+        Ok(Tree { nodes })
+    }
+}
+
+/// A node list allocated for `hint` entries up front.
+struct NodesSeed {
+    hint: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for NodesSeed {
+    type Value = Vec<Node>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Vec<Node>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NodesSeed {
+    type Value = Vec<Node>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of nodes")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Vec<Node>, A::Error> {
+        let mut nodes = Vec::with_capacity(self.hint);
+        while let Some(node) = seq.next_element()? {
+            nodes.push(node);
+        }
+        Ok(nodes)
+    }
+}
+
 impl Tree {
-    /// Serialize to the blob plaintext.
+    /// Serialize to the blob plaintext, into a buffer sized once from the nodes (growing by
+    /// doubling, a large directory's encoding held its old and new copies at once).
     pub fn encode(&self) -> Result<Vec<u8>> {
-        Ok(serde_json::to_vec(self)?)
+        let mut out = Vec::with_capacity(self.encoded_len_estimate());
+        serde_json::to_writer(&mut out, self)?;
+        Ok(out)
+    }
+
+    /// A slight overestimate of the plaintext's length: field names, numbers and owner names
+    /// take under 300 bytes a node, a name at most six bytes a byte (`\u0001`), an id 67.
+    fn encoded_len_estimate(&self) -> usize {
+        let node = |n: &Node| {
+            let names = 6 * (n.name.0.len() + n.link_target.as_ref().map_or(0, |t| t.0.len()));
+            let owners = 6 * (n.user.as_ref().map_or(0, String::len) + n.group.as_ref().map_or(0, String::len));
+            let xattrs: usize = n.xattrs.iter().map(|x| 6 * x.name.0.len() + x.value.len() + 32).sum();
+            300 + names + owners + 67 * (n.content.len() + usize::from(n.subtree.is_some())) + xattrs
+        };
+        16 + self.nodes.iter().map(node).sum::<usize>()
     }
 
     /// Parse a tree blob's plaintext. A tree is untrusted input (anyone holding the key, or a
@@ -205,7 +295,12 @@ impl Tree {
     /// must be strictly increasing, so no tree can hold two entries of the same name (which a
     /// restore would apply one over the other, e.g. a symlink and then a directory through it).
     pub fn decode(data: &[u8]) -> Result<Self> {
-        let tree: Self = serde_json::from_slice(data)?;
+        let mut parser = serde_json::Deserializer::from_slice(data);
+        let seed = TreeSeed { nodes_hint: node_count_hint(data) };
+        let mut tree = serde::de::DeserializeSeed::deserialize(seed, &mut parser)?;
+        parser.end()?;
+        // The hint may count an attribute object as a node: give back the slack.
+        tree.nodes.shrink_to_fit();
         for (i, node) in tree.nodes.iter().enumerate() {
             check_name(&node.name)?;
             if i > 0 && tree.nodes[i - 1].name >= node.name {
@@ -217,7 +312,17 @@ impl Tree {
 
     /// Entry by exact name (nodes are sorted, so binary search).
     pub fn find(&self, name: &[u8]) -> Option<&Node> {
-        self.nodes.binary_search_by(|n| n.name.0.as_slice().cmp(name)).ok().map(|i| &self.nodes[i])
+        self.position(name).map(|i| &self.nodes[i])
+    }
+
+    /// Entry by exact name, to take parts out of (a backup reusing its parent snapshot's).
+    pub fn find_mut(&mut self, name: &[u8]) -> Option<&mut Node> {
+        self.position(name).map(|i| &mut self.nodes[i])
+    }
+
+    /// Where the entry of this exact name is in `nodes`.
+    pub fn position(&self, name: &[u8]) -> Option<usize> {
+        self.nodes.binary_search_by(|n| n.name.0.as_slice().cmp(name)).ok()
     }
 
     /// Sort nodes by name; must hold before encoding.
@@ -238,5 +343,48 @@ mod tests {
         assert_eq!(serde_json::from_str::<RawName>(&json).unwrap(), name);
         let plain = RawName(b"plain".to_vec());
         assert_eq!(serde_json::to_string(&plain).unwrap(), "\"plain\"");
+    }
+
+    fn file(name: &str) -> Node {
+        Node::plain_file(name, Vec::new(), 0, 1)
+    }
+
+    #[test]
+    fn decode_allocates_the_node_list_once_and_exactly() {
+        let mut tree = Tree { nodes: (0..1000).map(|i| file(&format!("f{i:04}"))).collect() };
+        // Attribute objects also start with {"name": and names may hold the same bytes.
+        tree.nodes[3].xattrs = vec![Xattr { name: RawName(b"user.a".to_vec()), value: "00".into() }];
+        tree.nodes[4].name = RawName(br#"f0003{"name":"#.to_vec());
+        // The longest a node encodes: every number at its widest, control bytes in names.
+        let widest = &mut tree.nodes[5];
+        widest.name = RawName(b"f0005\x01\x02\x03".to_vec());
+        (widest.mode, widest.uid, widest.gid) = (u32::MAX, u32::MAX, u32::MAX);
+        (widest.user, widest.group) = (Some("u".repeat(32)), Some("\u{1}".repeat(32)));
+        (widest.size, widest.inode, widest.device_id, widest.links) = (u64::MAX, u64::MAX, u64::MAX, u64::MAX);
+        (widest.mtime_ns, widest.atime_ns, widest.ctime_ns) = (i64::MIN, i64::MIN, i64::MIN);
+        (widest.rdev, widest.sparse) = (Some(u64::MAX), true);
+        widest.link_target = Some(RawName(vec![0xff; 40]));
+        widest.content = vec![Id::hash_of(b"a"), Id::hash_of(b"b")];
+        widest.subtree = Some(Id::hash_of(b"c"));
+        let plaintext = tree.encode().unwrap();
+        assert_eq!(node_count_hint(&plaintext), 1001);
+        let decoded = Tree::decode(&plaintext).unwrap();
+        assert_eq!(decoded, tree);
+        assert_eq!(decoded.nodes.capacity(), 1000);
+        // The encoding never outgrows its first buffer.
+        assert_eq!(plaintext.capacity(), tree.encoded_len_estimate());
+        let widest = Tree { nodes: vec![tree.nodes[5].clone()] };
+        assert_eq!(widest.encode().unwrap().capacity(), widest.encoded_len_estimate());
+    }
+
+    #[test]
+    fn decode_checks_the_object_shape() {
+        assert_eq!(Tree::decode(br#"{"nodes":[],"later":{"x":[1]}}"#).unwrap(), Tree::default());
+        for bad in [&br#"{}"#[..], br#"{"nodes":[],"nodes":[]}"#, br#"[]"#, br#"{"nodes":[]} x"#, br#"{"nodes":{}}"#] {
+            assert!(Tree::decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        // A crafted plaintext of nothing but node openings cannot reserve more than its size.
+        let crafted = br#"{"name":"#.repeat(10_000);
+        assert!(node_count_hint(&crafted) <= crafted.len() / 64);
     }
 }
