@@ -49,48 +49,53 @@ impl IndexFile {
 
     /// Parse plaintext; `name` is used in errors.
     pub fn decode(data: &[u8], name: &str) -> Result<Self> {
-        let bad = |what: &str| Error::corrupt(format!("index {name}: {what}"));
-        if data.get(..4) != Some(MAGIC.as_slice()) {
-            return Err(bad("bad magic"));
-        }
-        let mut pos = 4;
-        let mut packs = Vec::new();
-        let u32_at = |p: usize| -> Result<u32> {
-            data.get(p..p + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or_else(|| bad("truncated"))
-        };
-        while pos < data.len() {
-            let pack = Id(data
-                .get(pos..pos + 32)
-                .ok_or_else(|| bad("truncated"))?
-                .try_into()
-                .map_err(|_| bad("truncated"))?);
-            let count = u32_at(pos + 32)? as usize;
-            pos += 36;
-            if data.len() < pos + count * ENTRY_LEN {
-                return Err(bad("truncated entries"));
-            }
-            let mut entries = Vec::with_capacity(count);
-            for _ in 0..count {
-                let kind = BlobKind::from_u8(data[pos])?;
-                let mut id = [0u8; 32];
-                id.copy_from_slice(&data[pos + 1..pos + 33]);
-                entries.push(PackEntry {
-                    kind,
-                    id: Id(id),
-                    offset: u32_at(pos + 33)?,
-                    length: u32_at(pos + 37)?,
-                    raw_len: u32_at(pos + 41)?,
-                });
-                pos += ENTRY_LEN;
-            }
-            packs.push((pack, entries));
-        }
+        let packs = pack_sections(data, name)?
+            .into_iter()
+            .map(|(pack, entries)| (pack, entries.chunks_exact(ENTRY_LEN).map(entry_at).collect()))
+            .collect();
         Ok(Self { packs })
     }
 
     /// Number of blobs listed.
     pub fn blob_count(&self) -> usize {
         self.packs.iter().map(|(_, e)| e.len()).sum()
+    }
+}
+
+/// Check an index file's plaintext whole and split it into its packs' entry bytes (each a
+/// multiple of `ENTRY_LEN` with valid kinds), so a damaged file is refused before any of it
+/// is used, without decoding its entries into memory first.
+fn pack_sections<'a>(data: &'a [u8], name: &str) -> Result<Vec<(Id, &'a [u8])>> {
+    let bad = |what: &str| Error::corrupt(format!("index {name}: {what}"));
+    let rest = data.strip_prefix(MAGIC.as_slice()).ok_or_else(|| bad("bad magic"))?;
+    let mut rest = rest;
+    let mut packs = Vec::new();
+    while !rest.is_empty() {
+        let (head, tail) = rest.split_at_checked(36).ok_or_else(|| bad("truncated"))?;
+        let pack = Id(head[..32].try_into().map_err(|_| bad("truncated"))?);
+        let count = u32::from_le_bytes([head[32], head[33], head[34], head[35]]) as usize;
+        let len = count.checked_mul(ENTRY_LEN).ok_or_else(|| bad("truncated entries"))?;
+        let (entries, tail) = tail.split_at_checked(len).ok_or_else(|| bad("truncated entries"))?;
+        for e in entries.chunks_exact(ENTRY_LEN) {
+            BlobKind::from_u8(e[0]).map_err(|err| bad(&err.to_string()))?;
+        }
+        packs.push((pack, entries));
+        rest = tail;
+    }
+    Ok(packs)
+}
+
+/// One entry's bytes (kind already checked by [`pack_sections`]).
+fn entry_at(e: &[u8]) -> PackEntry {
+    let u32_at = |p: usize| u32::from_le_bytes([e[p], e[p + 1], e[p + 2], e[p + 3]]);
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&e[1..33]);
+    PackEntry {
+        kind: if e[0] == BlobKind::Tree as u8 { BlobKind::Tree } else { BlobKind::Data },
+        id: Id(id),
+        offset: u32_at(33),
+        length: u32_at(37),
+        raw_len: u32_at(41),
     }
 }
 
@@ -114,6 +119,17 @@ const BUCKET_BITS: u32 = 16;
 /// keyed 128-bit prefixes is as unlikely as one among the ids a repository will ever hold).
 pub(crate) fn key_of(id: &Id) -> u128 {
     u128::from_be_bytes(id.prefix16())
+}
+
+fn record(pack: u32, e: &PackEntry) -> Record {
+    Record {
+        key: key_of(&e.id),
+        pack,
+        offset: e.offset,
+        // Sealed blobs are at most a pack long, far below 2^31 bytes.
+        length_kind: (e.length & !TREE_BIT) | if e.kind == BlobKind::Tree { TREE_BIT } else { 0 },
+        raw_len: e.raw_len,
+    }
 }
 
 fn bucket_of(key: u128) -> usize {
@@ -167,25 +183,39 @@ impl MasterIndex {
         }
     }
 
-    /// Add one pack's entries.
-    pub fn add_pack(&mut self, pack: Id, entries: &[PackEntry]) {
+    /// Add every entry of an index file's plaintext straight from its bytes: loading a
+    /// repository's index holds only the lookup table and the file being read, not every file
+    /// decoded (48 bytes a blob beside the table's 32). A damaged file adds nothing.
+    pub fn add_plaintext(&mut self, data: &[u8], name: &str) -> Result<()> {
+        for (pack, entries) in pack_sections(data, name)? {
+            let pos = self.pack_position(pack);
+            self.records.reserve(entries.len() / ENTRY_LEN);
+            for e in entries.chunks_exact(ENTRY_LEN).map(entry_at) {
+                self.pack_has_data[pos as usize] |= e.kind == BlobKind::Data;
+                self.records.push(record(pos, &e));
+            }
+        }
+        self.sorted = false;
+        Ok(())
+    }
+
+    fn pack_position(&mut self, pack: Id) -> u32 {
         let next = self.packs.len() as u32;
         let pos = *self.pack_pos.entry(pack).or_insert(next);
         if pos == next {
             self.packs.push(pack);
             self.pack_has_data.push(false);
         }
+        pos
+    }
+
+    /// Add one pack's entries.
+    pub fn add_pack(&mut self, pack: Id, entries: &[PackEntry]) {
+        let pos = self.pack_position(pack);
         if entries.iter().any(|e| e.kind == BlobKind::Data) {
             self.pack_has_data[pos as usize] = true;
         }
-        self.records.extend(entries.iter().map(|e| Record {
-            key: key_of(&e.id),
-            pack: pos,
-            offset: e.offset,
-            // Sealed blobs are at most a pack long, far below 2^31 bytes.
-            length_kind: (e.length & !TREE_BIT) | if e.kind == BlobKind::Tree { TREE_BIT } else { 0 },
-            raw_len: e.raw_len,
-        }));
+        self.records.extend(entries.iter().map(|e| record(pos, e)));
         self.sorted = false;
     }
 
@@ -316,6 +346,38 @@ mod tests {
         assert_eq!((loc.kind, loc.offset, loc.length, loc.raw_len), (BlobKind::Tree, 5, (1 << 31) - 1, u32::MAX));
         assert_eq!(mi.get(&Id([8; 32])).unwrap().kind, BlobKind::Data);
         assert!(!mi.is_tree_pack(&Id([1; 32])));
+    }
+
+    #[test]
+    fn plaintext_adds_what_decoding_adds_and_damage_adds_nothing() {
+        let tree = PackEntry { kind: BlobKind::Tree, ..entry(3, 7) };
+        let file = IndexFile { packs: vec![(Id([1; 32]), vec![entry(1, 0), tree]), (Id([2; 32]), vec![entry(2, 5)])] };
+        let plain = file.encode();
+        let mut direct = MasterIndex::default();
+        direct.add_plaintext(&plain, "t").unwrap();
+        direct.finalize();
+        let mut decoded = MasterIndex::default();
+        decoded.add_file(&IndexFile::decode(&plain, "t").unwrap());
+        decoded.finalize();
+        for seed in [1, 2, 3, 4] {
+            assert_eq!(direct.get(&Id([seed; 32])), decoded.get(&Id([seed; 32])));
+        }
+        assert_eq!(direct.get(&Id([3; 32])).unwrap().kind, BlobKind::Tree);
+        assert!(direct.is_tree_pack(&Id([2; 32])) == decoded.is_tree_pack(&Id([2; 32])));
+
+        // A bad kind in the last pack, or a file cut anywhere, refuses the whole file.
+        let mut bad_kind = plain.clone();
+        let last_kind = bad_kind.len() - ENTRY_LEN;
+        bad_kind[last_kind] = 9;
+        let whole_packs = [4, 4 + 36 + 2 * ENTRY_LEN];
+        let cuts = (1..plain.len()).filter(|n| !whole_packs.contains(n)).map(|n| plain[..n].to_vec());
+        for damaged in std::iter::once(bad_kind).chain(cuts) {
+            let mut mi = MasterIndex::default();
+            assert!(mi.add_plaintext(&damaged, "t").is_err(), "{} bytes accepted", damaged.len());
+            assert!(IndexFile::decode(&damaged, "t").is_err());
+            mi.finalize();
+            assert_eq!(mi.len(), 0);
+        }
     }
 
     proptest! {

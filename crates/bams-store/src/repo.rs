@@ -454,6 +454,19 @@ impl Repository {
     /// the rest downloaded concurrently (and cached), each verified and read again when
     /// damaged on the way. Cache entries of objects no longer listed are dropped.
     pub(crate) fn load_many_sealed(&self, dir: &str, ids: &[Id]) -> Vec<Result<Vec<u8>>> {
+        self.retain_cached(dir, ids.iter());
+        self.load_sealed_group(dir, ids)
+    }
+
+    /// Forget cached copies of `dir` objects that are no longer listed (`live`).
+    fn retain_cached<'a>(&self, dir: &str, live: impl Iterator<Item = &'a Id>) {
+        if let Some(c) = &self.cache {
+            c.retain(dir, &live.map(Id::to_hex).collect());
+        }
+    }
+
+    /// [`Self::load_many_sealed`] for some of the listed objects (the cache is not trimmed).
+    fn load_sealed_group(&self, dir: &str, ids: &[Id]) -> Vec<Result<Vec<u8>>> {
         let key = |id: &Id| format!("{dir}/{id}");
         let mut out: Vec<Option<Result<Vec<u8>>>> = ids
             .iter()
@@ -469,9 +482,6 @@ impl Repository {
                 }
             })
             .collect();
-        if let Some(c) = &self.cache {
-            c.retain(dir, &ids.iter().map(Id::to_hex).collect());
-        }
         let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
         let raws = self.get_many(missing.iter().map(|&i| key(&ids[i])).collect());
         // Verify a download and remember it.
@@ -549,12 +559,22 @@ impl Repository {
 
     /// Ids of all index files.
     pub fn index_ids(&self) -> Result<Vec<Id>> {
-        Ok(self.list("index/")?.iter().filter_map(|o| Id::from_hex(o.key.trim_start_matches("index/")).ok()).collect())
+        Ok(self.index_listing()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Index file ids with their stored sizes.
+    fn index_listing(&self) -> Result<Vec<(Id, u64)>> {
+        Ok(self
+            .list("index/")?
+            .iter()
+            .filter_map(|o| Some((Id::from_hex(o.key.trim_start_matches("index/")).ok()?, o.size)))
+            .collect())
     }
 
     /// Load every index file. A damaged index file is an error naming it.
     pub fn load_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
         let ids = self.index_ids()?;
+        self.retain_cached("index", ids.iter());
         let files = self.load_index_files_by_id(&ids);
         ids.into_iter()
             .zip(files)
@@ -563,8 +583,9 @@ impl Repository {
     }
 
     /// Load the index files `ids`, each on its own (one damaged file fails only its entry).
+    /// Cached copies of files not named stay (consolidation reads only the small ones).
     pub fn load_index_files_by_id(&self, ids: &[Id]) -> Vec<Result<IndexFile>> {
-        self.load_many_sealed("index", ids)
+        self.load_sealed_group("index", ids)
             .into_iter()
             .zip(ids)
             .map(|(plain, id)| plain.and_then(|p| IndexFile::decode(&p, &id.to_hex())))
@@ -579,19 +600,37 @@ impl Repository {
     /// An index file that vanished between listing and reading was merged away by a
     /// consolidation running meanwhile, which wrote its replacement first: the listing is
     /// read again (a few times at most) so the replacement is found.
+    ///
+    /// Files are fetched a group at a time (≤ 64 MiB or 16 files) and added to the lookup
+    /// straight from their plaintext, so memory holds the lookup (32 bytes a blob) and one
+    /// group, not every file at once (a 10-million-blob repository's `ls` peaked at 782 MiB).
     pub fn load_index(&self) -> Result<MasterIndex> {
+        const GROUP_BYTES: u64 = 64 << 20;
+        const GROUP_FILES: usize = 16;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let ids = self.index_ids()?;
-            let files = self.load_index_files_by_id(&ids);
+            let listing = self.index_listing()?;
+            self.retain_cached("index", listing.iter().map(|(id, _)| id));
             let mut mi = MasterIndex::default();
             let mut vanished = false;
-            for (id, file) in ids.into_iter().zip(files) {
-                match file {
-                    Ok(f) => mi.add_file(&f),
-                    Err(e) if e.kind() == crate::ErrorKind::NotFound && attempt <= 3 => vanished = true,
-                    Err(e) => tracing::warn!("skipping index file {id}: {e}"),
+            let mut rest = listing.as_slice();
+            while !rest.is_empty() {
+                let mut n = 0;
+                let mut bytes = 0;
+                while n < rest.len() && n < GROUP_FILES && (n == 0 || bytes + rest[n].1 <= GROUP_BYTES) {
+                    bytes += rest[n].1;
+                    n += 1;
+                }
+                let (group, tail) = rest.split_at(n);
+                rest = tail;
+                let ids: Vec<Id> = group.iter().map(|(id, _)| *id).collect();
+                for (id, plain) in ids.iter().zip(self.load_sealed_group("index", &ids)) {
+                    match plain.and_then(|p| mi.add_plaintext(&p, &id.to_hex())) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == crate::ErrorKind::NotFound && attempt <= 3 => vanished = true,
+                        Err(e) => tracing::warn!("skipping index file {id}: {e}"),
+                    }
                 }
             }
             if !vanished {

@@ -116,9 +116,52 @@ impl FileOpener {
     }
 }
 
+/// Entries the scanner may be ahead of the walker (beside [`AHEAD`] directories: 64 directories
+/// of 10,000 files each held 190 MB). A directory larger than this is still sent alone.
+const ENTRIES_AHEAD: usize = 16_384;
+
+/// Entries scanned and not yet taken by the walker, and whether the walker has stopped.
+#[derive(Default)]
+struct Backlog {
+    state: std::sync::Mutex<(usize, bool)>,
+    taken: std::sync::Condvar,
+}
+
+impl Backlog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wait until `n` more entries fit (or nothing is queued); `false` once the walker stopped.
+    fn admit(&self, n: usize) -> bool {
+        let mut state = self.lock();
+        while !state.1 && state.0 > 0 && state.0 + n > ENTRIES_AHEAD {
+            state = self.taken.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state.0 += n;
+        !state.1
+    }
+
+    fn take(&self, n: usize) {
+        let mut state = self.lock();
+        state.0 = state.0.saturating_sub(n);
+        self.taken.notify_one();
+    }
+
+    fn stop(&self) {
+        self.lock().1 = true;
+        self.taken.notify_one();
+    }
+}
+
+fn entry_count(scan: &DirScan) -> usize {
+    scan.entries.as_ref().map_or(0, Vec::len)
+}
+
 /// The scanning thread of one backup target; stops when dropped.
 pub struct Scanner {
     rx: Option<Receiver<DirScan>>,
+    backlog: std::sync::Arc<Backlog>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -126,6 +169,8 @@ impl Scanner {
     /// Scan the tree under `root` (a directory on device `root_dev`).
     pub fn start(root: PathBuf, root_dev: u64, excluder: PathMatcher, one_file_system: bool) -> Self {
         let (tx, rx) = bounded(AHEAD);
+        let backlog = std::sync::Arc::new(Backlog::default());
+        let ahead = backlog.clone();
         let thread = std::thread::Builder::new()
             .name("bams-scan".into())
             .spawn(move || {
@@ -139,19 +184,20 @@ impl Scanner {
                         stack.extend(subdirs.map(|e| e.path.clone()));
                         stack[start..].reverse();
                     }
-                    if tx.send(scan).is_err() {
+                    if !ahead.admit(entry_count(&scan)) || tx.send(scan).is_err() {
                         return; // the walker stopped
                     }
                 }
             })
             .ok();
         // Without a thread the walker scans every directory itself.
-        Self { rx: thread.is_some().then_some(rx), thread }
+        Self { rx: thread.is_some().then_some(rx), backlog, thread }
     }
 
     /// The scan of `path`, if it is the next one; `None` puts the walker on its own.
     pub fn next(&mut self, path: &Path) -> Option<DirScan> {
         let scan = self.rx.as_ref()?.recv().ok()?;
+        self.backlog.take(entry_count(&scan));
         if scan.path == path {
             Some(scan)
         } else {
@@ -162,6 +208,7 @@ impl Scanner {
     }
 
     fn stop(&mut self) {
+        self.backlog.stop();
         self.rx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -178,6 +225,26 @@ impl Drop for Scanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scanner_waits_for_the_walker_beyond_its_entry_budget() {
+        let backlog = std::sync::Arc::new(Backlog::default());
+        // A directory larger than the budget still goes alone, the next waits for it.
+        assert!(backlog.admit(3 * ENTRIES_AHEAD));
+        let ahead = backlog.clone();
+        let scanner = std::thread::spawn(move || ahead.admit(10));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!scanner.is_finished(), "admitted past the budget");
+        backlog.take(3 * ENTRIES_AHEAD);
+        assert!(scanner.join().expect("scanner thread"));
+        // A stopped walker releases a waiting scanner, which then stops.
+        backlog.take(10);
+        assert!(backlog.admit(ENTRIES_AHEAD));
+        let ahead = backlog.clone();
+        let scanner = std::thread::spawn(move || ahead.admit(ENTRIES_AHEAD));
+        backlog.stop();
+        assert!(!scanner.join().expect("scanner thread"));
+    }
 
     #[test]
     fn files_open_by_name_in_any_directory_and_never_through_a_symlink() {
