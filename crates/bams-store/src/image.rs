@@ -203,7 +203,10 @@ pub fn store_zeros(repo: &Repository, size: u64, meta: VersionMeta) -> Result<St
         // periods, which took an API request past its client's timeout).
         if repeat > 0 {
             chunks.push(repo, writer, chunk)?;
-            let (id, plain) = chunks.hasher.hash(repo, chunk);
+            // The pushed period's ids, reused rather than hashed again.
+            let (Some(&id), Some(&(_, plain))) = (chunks.content.last(), chunks.manifest.chunks.last()) else {
+                return Err(crate::Error::new(crate::ErrorKind::Other, "zero period not recorded"));
+            };
             for _ in 1..repeat {
                 chunks.content.push(id);
                 chunks.manifest.chunks.push((period as u32, plain));
