@@ -98,6 +98,9 @@ for m in $(seq 1 "$MINUTES"); do
   for i in $(seq 1 "$N"); do head -c 8192 /dev/urandom >"$WORK/trees/a$i/docs/f$(( m % 20 + 1 )).bin"; done
   if [ "$m" -lt "$MINUTES" ]; then sleep $(( 60 - $(date +%-S) )); fi
 done
+# The window's last schedules fired 30 s ago: no more runs after it, even if the last minute's
+# runs are still going when the next minute starts.
+for s in $(api GET /api/v1/schedules | jq '.[].id'); do api DELETE "/api/v1/schedules/$s" >/dev/null; done
 # Let the last minute's runs end (bounded).
 for _ in $(seq 1 120); do
   active=$(api GET /api/v1/dashboard | jq .active_runs)
@@ -105,8 +108,6 @@ for _ in $(seq 1 120); do
   sleep 1
 done
 t1=$(now_ms); c1=$(cpu_ticks "$SPID")
-# No more runs after the window.
-for s in $(api GET /api/v1/schedules | jq '.[].id'); do api DELETE "/api/v1/schedules/$s" >/dev/null; done
 hz=$(getconf CLK_TCK)
 cpu=$(python3 -c "print(f'{($c1 - $c0) / $hz / (($t1 - $t0) / 1000) * 100:.1f}')")
 rss_peak=$(status_kb "$SPID" VmHWM); rss_now=$(status_kb "$SPID" VmRSS)

@@ -106,6 +106,9 @@ impl Agent {
 const COLS: &str = "id, name, status, enroll_expires_at, hostname, version, last_seen_at, created_at, enrolled_at, \
                     user_id, token_id";
 
+/// How fresh an agent's `last_seen_at` is kept (it is not rewritten more often).
+pub const SEEN_RESOLUTION_MS: i64 = 10_000;
+
 /// An enrollment token lives this long.
 pub const ENROLL_TTL_MS: i64 = 24 * 3_600_000;
 
@@ -208,10 +211,19 @@ impl Catalog {
         row.as_ref().map(Agent::from_row).transpose()
     }
 
-    /// Record a request from the agent (what it reports about itself).
-    pub async fn agent_seen(&self, id: i64, hostname: &str, version: &str) -> Result<()> {
+    /// Record a request from `agent` (what it reports about itself). Skipped when nothing
+    /// changed and it was seen within `SEEN_RESOLUTION_MS`: an agent polls again as soon as a
+    /// run ends, and a thousand agents ending their runs together need not write a thousand
+    /// rows to say they are alive.
+    pub async fn agent_seen(&self, agent: &Agent, hostname: &str, version: &str) -> Result<()> {
+        let now = now_ms();
+        let fresh = agent.last_seen_at.is_some_and(|t| (0..SEEN_RESOLUTION_MS).contains(&(now - t)));
+        if fresh && agent.hostname.as_deref() == Some(hostname) && agent.version.as_deref() == Some(version) {
+            return Ok(());
+        }
+        let id = agent.id;
         sqlx::query("UPDATE agents SET last_seen_at = $1, hostname = $2, version = $3 WHERE id = $4")
-            .bind(now_ms())
+            .bind(now)
             .bind(hostname)
             .bind(version)
             .bind(id)

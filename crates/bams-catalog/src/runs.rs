@@ -361,6 +361,16 @@ impl Catalog {
         row.as_ref().map(Run::from_row).transpose()
     }
 
+    /// Agents with a queued run (whose polls should look at the queue): one indexed read,
+    /// however many agents wait.
+    pub async fn agents_with_queued_runs(&self) -> Result<Vec<i64>> {
+        let ids: Vec<(i64,)> =
+            sqlx::query_as("SELECT DISTINCT agent_id FROM runs WHERE status = 'queued' AND agent_id IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
     /// An agent's sign of life for its running run; answers whether a cancel was requested.
     /// `None` when the run is not running on that agent (anymore).
     pub async fn agent_heartbeat(&self, run: i64, agent: i64) -> Result<Option<bool>> {

@@ -348,6 +348,11 @@ async fn pools_and_schedules(cat: &Catalog) {
     while let Some(other) = cat.claim_run("server-a").await.unwrap() {
         assert_ne!(other.id, run.id, "an agent's scheduled run is not the server's");
     }
+    // The agent's poll is rung while its run waits, and not once the agent claimed it.
+    assert_eq!(cat.agents_with_queued_runs().await.unwrap(), vec![agent.id]);
+    let claimed = cat.claim_agent_run(agent.id, "server-a").await.unwrap().expect("the agent's run");
+    assert_eq!(claimed.id, run.id);
+    assert!(cat.agents_with_queued_runs().await.unwrap().is_empty());
 
     cat.delete_job(job.id).await.unwrap();
     cat.delete_pool(pool.id).await.unwrap();

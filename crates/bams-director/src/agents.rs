@@ -364,6 +364,27 @@ impl Director {
         })
     }
 
+    /// Make the own repository of `job`'s agent now, in the background, when the job is
+    /// saved: its first run then finds it ready instead of making it while the agent's poll
+    /// waits (a thousand new agents' first runs due in the same minute queued on it). A
+    /// failure is only logged: the first run tries again and reports it.
+    pub fn prepare_agent_repository(self: &Arc<Self>, job: &Job) {
+        let Some(agent_id) = job.agent else { return };
+        if !matches!(job.kind, JobKind::Backup | JobKind::Restore | JobKind::Verify) {
+            return;
+        }
+        let (me, repository) = (self.clone(), job.repository);
+        tokio::spawn(async move {
+            let made = match me.catalog().get_agent(agent_id).await {
+                Ok(agent) => me.agent_repo(repository, &agent).await.map(drop),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = made {
+                tracing::warn!(agent = agent_id, repository, error = %e, "preparing the agent's repository");
+            }
+        });
+    }
+
     /// The repository `agent` works in for a job on repository `job_repository`: its own
     /// under it (made on first use), or that repository itself when its pool shares one
     /// across machines (`shared_dedup`) or it already is the agent's own.
@@ -631,7 +652,7 @@ impl Director {
             let _ = cat.append_log(*id, &format!("{} {line}\n", stamp())).await;
         }
         if !requeued.is_empty() {
-            self.agent_work().notify_waiters();
+            self.agent_bells().kick();
         }
         for r in cat.silent_agent_runs(silent_ms).await? {
             let msg = format!("agent lost: no heartbeat for {} s (killed, hung or cut off)", silent_ms / 1000);

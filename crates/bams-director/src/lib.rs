@@ -4,6 +4,7 @@
 //! catalog's claim queries make sure each schedule fires once and each run runs once.
 
 pub mod agents;
+pub mod bells;
 mod exec;
 pub mod notify;
 mod pools;

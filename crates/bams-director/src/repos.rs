@@ -35,8 +35,10 @@ pub struct RepoPool {
     catalog: Catalog,
     keys_dir: PathBuf,
     open: Mutex<HashMap<i64, Arc<Repository>>>,
-    /// Held while an agent's repository is made, so two runs of one agent make one.
-    making: tokio::sync::Mutex<()>,
+    /// One lock per repository name being made, so two runs of one agent make one while a
+    /// thousand agents' first runs make theirs side by side (one lock for all made them
+    /// queue: in `bench/agents.sh` the last ones waited past their poll's HTTP timeout).
+    making: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl RepoPool {
@@ -46,7 +48,7 @@ impl RepoPool {
             catalog,
             keys_dir: data_dir.join("keys"),
             open: Mutex::new(HashMap::new()),
-            making: tokio::sync::Mutex::new(()),
+            making: Mutex::new(HashMap::new()),
         }
     }
 
@@ -128,7 +130,8 @@ impl RepoPool {
     /// not (the default repository, the image repository).
     pub async fn ensure(&self, name: &str, url: &str) -> Result<bams_catalog::Repository, RepoPoolError> {
         bams_catalog::validate_name("repository", name)?;
-        let _making = self.making.lock().await;
+        let making = self.making_lock(name);
+        let _making = making.lock().await;
         if let Ok(r) = self.catalog.get_repository_by_name(name).await {
             return Ok(r);
         }
@@ -154,11 +157,12 @@ impl RepoPool {
         if let Some(r) = self.catalog.agent_repository(parent.id, agent.id).await? {
             return Ok(r);
         }
-        let _making = self.making.lock().await;
+        let name = bams_catalog::agent_repository_name(&parent.name, &agent.name);
+        let making = self.making_lock(&name);
+        let _making = making.lock().await;
         if let Some(r) = self.catalog.agent_repository(parent.id, agent.id).await? {
             return Ok(r);
         }
-        let name = bams_catalog::agent_repository_name(&parent.name, &agent.name);
         let url = format!("{}/agents/{}", parent.url.trim_end_matches('/'), agent.name);
         check_location(&url)?;
         let backend = bams_store::backend::from_location(&url)?;
@@ -257,6 +261,13 @@ impl RepoPool {
     /// Forget a cached handle (after unregistering).
     pub fn evict(&self, id: i64) {
         self.lock().remove(&id);
+    }
+
+    /// The lock held while repository `name` is made (dropped from the map once unused).
+    fn making_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.making.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(name.to_string()).or_default().clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<Repository>>> {

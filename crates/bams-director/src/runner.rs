@@ -53,7 +53,7 @@ pub struct Director {
     running: Mutex<HashMap<i64, Arc<RunControl>>>,
     stopping: AtomicBool,
     wake: Notify,
-    agent_work: Notify,
+    agent_bells: crate::bells::AgentBells,
     idle: Notify,
     extra: std::sync::RwLock<HashMap<&'static str, Arc<dyn crate::KindExecutor>>>,
     notifier: Arc<crate::notify::Notifier>,
@@ -75,7 +75,7 @@ impl Director {
             running: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             wake: Notify::new(),
-            agent_work: Notify::new(),
+            agent_bells: crate::bells::AgentBells::default(),
             idle: Notify::new(),
             extra: std::sync::RwLock::new(HashMap::new()),
             notifier,
@@ -139,6 +139,7 @@ impl Director {
         if !self.opts.run_missed {
             self.skip_missed().await?;
         }
+        tokio::spawn(self.clone().dispatch_loop());
         let me = self.clone();
         Ok(tokio::spawn(async move { me.run_loop().await }))
     }
@@ -146,14 +147,27 @@ impl Director {
     /// Claim queued work now instead of at the next tick (after `POST /jobs/{id}/run`).
     pub fn wake(&self) {
         self.wake.notify_one();
-        self.agent_work.notify_waiters();
+        self.agent_bells.kick();
     }
 
-    /// Notified whenever this server queues work an agent may take (a fired schedule, a
-    /// manual run, a requeued assignment): waiting long-polls look at once instead of at
-    /// their next one-second check.
-    pub fn agent_work(&self) -> &Notify {
-        &self.agent_work
+    /// The agents' long-poll bells: a poll waits on its agent's bell, rung when that agent
+    /// has queued work (at once when this server queued it, within a second otherwise).
+    pub fn agent_bells(&self) -> &crate::bells::AgentBells {
+        &self.agent_bells
+    }
+
+    /// Ring the bells of the waiting agents that have queued runs, once per kick or second.
+    async fn dispatch_loop(self: Arc<Self>) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            self.agent_bells.next_round().await;
+            if self.agent_bells.waiting().is_empty() {
+                continue;
+            }
+            match self.catalog().agents_with_queued_runs().await {
+                Ok(agents) => self.agent_bells.ring(&agents),
+                Err(e) => warn!(error = %e, "looking for agents with queued runs"),
+            }
+        }
     }
 
     /// Stop claiming; wait up to `deadline` for running jobs, then ask them to checkpoint
@@ -266,7 +280,7 @@ impl Director {
         }
         fired |= self.heartbeat_and_recover(ms(self.opts.server_silence)).await?;
         if fired {
-            self.agent_work.notify_waiters();
+            self.agent_bells.kick();
         }
         // Pass cancel requests to what we run.
         let ids: Vec<i64> = self.controls().keys().copied().collect();

@@ -164,11 +164,14 @@ async fn calling_agent(st: &AppState, caller: &Caller) -> ApiResult<Agent> {
 #[utoipa::path(post, path = "/api/v1/agent/poll", tag = "agents", request_body = Poll, responses((status = 200, body = PollReply)))]
 pub async fn poll(State(st): State<AppState>, caller: Caller, Json(p): Json<Poll>) -> ApiResult<Json<PollReply>> {
     let agent = calling_agent(&st, &caller).await?;
-    st.catalog.agent_seen(agent.id, &p.hostname, &p.version).await?;
+    st.catalog.agent_seen(&agent, &p.hostname, &p.version).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(p.wait_secs).min(MAX_WAIT);
+    // Rung when this agent has queued work: at once when this server queued it, within a
+    // second when another server of the group did (see `bams_director::bells`).
+    let bell = st.director.agent_bells().bell(agent.id);
     loop {
         // Registered before looking, so work queued while we look still wakes us.
-        let woken = st.director.agent_work().notified();
+        let woken = bell.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         if let Some(a) = st.director.next_agent_assignment(&agent).await? {
@@ -179,10 +182,9 @@ pub async fn poll(State(st): State<AppState>, caller: Caller, Json(p): Json<Poll
         if now >= deadline {
             return Ok(Json(PollReply::default()));
         }
-        // Woken by a run queued on this server; runs queued elsewhere are seen within a second.
         tokio::select! {
             () = woken => {}
-            () = tokio::time::sleep((deadline - now).min(Duration::from_secs(1))) => {}
+            () = tokio::time::sleep(deadline - now) => {}
         }
     }
 }

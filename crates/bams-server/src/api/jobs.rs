@@ -170,6 +170,7 @@ pub async fn create_job(
             return Err(e);
         }
     }
+    st.director.prepare_agent_repository(&job);
     Ok((StatusCode::CREATED, Json(job)))
 }
 
@@ -193,7 +194,9 @@ pub async fn update_job(
         return Err(ApiError::bad_request("change schedules through /api/v1/schedules"));
     }
     check_target(&st, &spec).await?;
-    Ok(Json(st.catalog.update_job(id, &spec).await?))
+    let job = st.catalog.update_job(id, &spec).await?;
+    st.director.prepare_agent_repository(&job);
+    Ok(Json(job))
 }
 
 /// Delete a job and its schedules (run history stays).
