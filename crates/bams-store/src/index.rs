@@ -67,8 +67,7 @@ impl IndexFile {
 /// is used, without decoding its entries into memory first.
 fn pack_sections<'a>(data: &'a [u8], name: &str) -> Result<Vec<(Id, &'a [u8])>> {
     let bad = |what: &str| Error::corrupt(format!("index {name}: {what}"));
-    let rest = data.strip_prefix(MAGIC.as_slice()).ok_or_else(|| bad("bad magic"))?;
-    let mut rest = rest;
+    let mut rest = data.strip_prefix(MAGIC.as_slice()).ok_or_else(|| bad("bad magic"))?;
     let mut packs = Vec::new();
     while !rest.is_empty() {
         let (head, tail) = rest.split_at_checked(36).ok_or_else(|| bad("truncated"))?;

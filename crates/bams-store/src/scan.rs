@@ -123,33 +123,39 @@ const ENTRIES_AHEAD: usize = 16_384;
 /// Entries scanned and not yet taken by the walker, and whether the walker has stopped.
 #[derive(Default)]
 struct Backlog {
-    state: std::sync::Mutex<(usize, bool)>,
+    state: std::sync::Mutex<BacklogState>,
     taken: std::sync::Condvar,
 }
 
+#[derive(Default)]
+struct BacklogState {
+    queued: usize,
+    stopped: bool,
+}
+
 impl Backlog {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BacklogState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Wait until `n` more entries fit (or nothing is queued); `false` once the walker stopped.
     fn admit(&self, n: usize) -> bool {
         let mut state = self.lock();
-        while !state.1 && state.0 > 0 && state.0 + n > ENTRIES_AHEAD {
+        while !state.stopped && state.queued > 0 && state.queued + n > ENTRIES_AHEAD {
             state = self.taken.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-        state.0 += n;
-        !state.1
+        state.queued += n;
+        !state.stopped
     }
 
     fn take(&self, n: usize) {
         let mut state = self.lock();
-        state.0 = state.0.saturating_sub(n);
+        state.queued = state.queued.saturating_sub(n);
         self.taken.notify_one();
     }
 
     fn stop(&self) {
-        self.lock().1 = true;
+        self.lock().stopped = true;
         self.taken.notify_one();
     }
 }
