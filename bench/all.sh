@@ -11,7 +11,7 @@
 #   bench/failover.sh   two servers over PostgreSQL + S3, kill -9 of one: re-queue time
 #   bench/index-s3.sh   10,000 index files on S3 (moto): open before/after consolidation
 #
-# About three hours on 2 cores (the 10M-file part alone takes over an hour). Choose sections
+# About 75 minutes on 2 cores (the 10M-file part alone takes about 40 of them). Choose sections
 # with SECTIONS="run scale agents failover index-s3"; the sizes with each script's own variables
 # (DIRS/PER_DIR/INDEX_FILES, AGENTS/MINUTES, S3_INDEX_FILES, BENCH_DIR).
 # Needs root and scripts/setup-dev.sh.
