@@ -400,13 +400,19 @@ impl Catalog {
 
     /// Put back in the queue the agent runs claimed `ack_ms` ago and never acknowledged (the
     /// answer to the poll went to an agent that had died meanwhile); returns their ids.
-    pub async fn requeue_unacknowledged(&self, ack_ms: i64) -> Result<Vec<i64>> {
+    /// `note` (a whole log line) is appended in the same statement: appended afterwards, it
+    /// could land after the lines of the run's next attempt, which may start at once.
+    pub async fn requeue_unacknowledged(&self, ack_ms: i64, note: &str) -> Result<Vec<i64>> {
         let rows: Vec<(i64,)> = sqlx::query_as(
-            "UPDATE runs SET status = 'queued', server_id = NULL, started_at = NULL \
+            "UPDATE runs SET status = 'queued', server_id = NULL, started_at = NULL, \
+             log = CASE WHEN LENGTH(log) + $2 <= $3 THEN log || $4 ELSE log END \
              WHERE status = 'running' AND agent_id IS NOT NULL AND heartbeat_at IS NULL AND started_at < $1 \
              RETURNING id",
         )
         .bind(now_ms() - ack_ms)
+        .bind(note.len() as i64)
+        .bind(MAX_LOG as i64)
+        .bind(note)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|r| r.0).collect())

@@ -353,6 +353,16 @@ async fn pools_and_schedules(cat: &Catalog) {
     let claimed = cat.claim_agent_run(agent.id, "server-a").await.unwrap().expect("the agent's run");
     assert_eq!(claimed.id, run.id);
     assert!(cat.agents_with_queued_runs().await.unwrap().is_empty());
+    // Never acknowledged: queued again with its note, once; the next attempt's lines follow
+    // the note (it is written with the requeue, not after it).
+    assert!(cat.requeue_unacknowledged(60_000, "too early\n").await.unwrap().is_empty());
+    assert_eq!(cat.requeue_unacknowledged(-1_000, "queued again\n").await.unwrap(), vec![run.id]);
+    assert!(cat.requeue_unacknowledged(-1_000, "twice\n").await.unwrap().is_empty(), "a queued run stays put");
+    assert_eq!(cat.agents_with_queued_runs().await.unwrap(), vec![agent.id]);
+    let again = cat.claim_agent_run(agent.id, "server-a").await.unwrap().expect("claimed again");
+    assert_eq!(again.id, run.id);
+    cat.append_log(run.id, "second attempt\n").await.unwrap();
+    assert!(cat.run_log(run.id).await.unwrap().ends_with("queued again\nsecond attempt\n"));
 
     cat.delete_job(job.id).await.unwrap();
     cat.delete_pool(pool.id).await.unwrap();

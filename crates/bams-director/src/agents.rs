@@ -646,11 +646,8 @@ impl Director {
     /// queued agent runs whose agent never came for them.
     pub(crate) async fn reap_agent_runs(&self, silent_ms: i64, wait_ms: i64) -> Result<(), bams_catalog::CatalogError> {
         let cat = self.catalog();
-        let requeued = cat.requeue_unacknowledged(silent_ms).await?;
-        for id in &requeued {
-            let line = "the agent did not acknowledge the assignment (it went away): queued again";
-            let _ = cat.append_log(*id, &format!("{} {line}\n", stamp())).await;
-        }
+        let line = "the agent did not acknowledge the assignment (it went away): queued again";
+        let requeued = cat.requeue_unacknowledged(silent_ms, &format!("{} {line}\n", stamp())).await?;
         if !requeued.is_empty() {
             self.agent_bells().kick();
         }
