@@ -2,15 +2,14 @@
 # Side-by-side benchmark: bams vs restic vs borg (Debian packages) on one machine, one run.
 #
 # Dataset (built once under $BENCH_DIR, reused): a tree of real files (/usr/share + a Python
-# stdlib, ~1.4 GB, ~60k files) and a 3 GiB ext4 image on a loop device holding a copy of it;
+# stdlib, ~1.1 GiB, ~90k files) and a 3 GiB ext4 image on a loop device holding a copy of it;
 # image v2 = v1 with ~3% of its files overwritten in place.
 # Steps per tool: first tree backup with the page cache dropped (3 runs into throwaway
-# repositories, median),
-# init, first tree backup warm (3 runs into fresh repositories, median), unchanged re-backup
-# (3 runs, median), re-backup after 2% of files changed,
-# image v1 and v2 (page cache dropped), full restore of the tree (checked byte-identical with
-# diff -r), repository size, peak RSS. Prints a table of times/sizes, bams/peer ratios and
-# issue 18's targets.
+# repositories, median), init, first tree backup warm (3 runs into fresh repositories,
+# median), unchanged re-backup (3 runs, median), re-backup after 2% of files changed, image v1
+# and v2 (page cache dropped), full restore of the tree (checked byte-identical with diff -r),
+# repository size, peak RSS. Prints a table of times/sizes, bams/peer ratios and issue 18's
+# targets.
 #
 # Needs root (loop mount) and scripts/setup-dev.sh (restic, borgbackup, /usr/bin/time).
 # Usage: bench/run.sh            (BENCH_DIR=/var/tmp/bams-bench by default)
